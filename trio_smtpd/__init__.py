@@ -1,0 +1,1 @@
+"""trio_smtpd: SMTP and LMTP servers for trio."""

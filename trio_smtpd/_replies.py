@@ -1,0 +1,94 @@
+"""SMTP replies as values.
+
+A reply is a three-digit code, an optional RFC 3463 enhanced status code and one or
+more lines of text. Text is checked for CR and LF when the reply is built, so that no
+caller (least of all application code) can smuggle extra protocol lines to the client.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Reply", "ReplyError", "ReplyTextError"]
+
+_CODE = re.compile(r"[2-5][0-5][0-9]")
+# RFC 3463: class "." subject "." detail, with class 2, 4 or 5.
+_ENHANCED = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
+# Printable US-ASCII, space and tab (RFC 5321 textstring), plus UTF-8 for SMTPUTF8 sessions.
+_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class ReplyTextError(ValueError):
+    """Raised when a reply would carry text that could break the protocol stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply: ``code``, optional ``enhanced`` status code, and ``lines`` of text."""
+
+    code: int
+    enhanced: str | None
+    lines: tuple[str, ...]
+
+    def __init__(self, code: int, text: str | tuple[str, ...] | list[str] = "",
+                 enhanced: str | None = None) -> None:
+        if not _CODE.fullmatch(str(code)):
+            raise ReplyTextError(f"not an SMTP reply code: {code!r}")
+        if enhanced is not None:
+            if not _ENHANCED.fullmatch(enhanced):
+                raise ReplyTextError(f"not an enhanced status code: {enhanced!r}")
+            if enhanced[0] != str(code)[0]:
+                raise ReplyTextError(f"enhanced code {enhanced} does not match class of {code}")
+        lines = (text,) if isinstance(text, str) else tuple(text)
+        if not lines:
+            lines = ("",)
+        for line in lines:
+            if _FORBIDDEN.search(line):
+                raise ReplyTextError(f"reply text contains a control character: {line!r}")
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "enhanced", enhanced)
+        object.__setattr__(self, "lines", lines)
+
+    @property
+    def is_positive(self) -> bool:
+        return self.code < 400
+
+    @property
+    def is_transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    @property
+    def text(self) -> str:
+        """All text lines joined by a space (for logs)."""
+        return " ".join(self.lines)
+
+    def to_bytes(self, *, enhanced_codes: bool = True) -> bytes:
+        """Serialise as RFC 5321 4.2 reply lines; ``-`` marks all but the last line."""
+        out = []
+        last = len(self.lines) - 1
+        for index, line in enumerate(self.lines):
+            sep = " " if index == last else "-"
+            words = [w for w in (self.enhanced if enhanced_codes else None, line) if w]
+            out.append(f"{self.code}{sep}{' '.join(words)}\r\n")
+        return "".join(out).encode("utf-8")
+
+    def __str__(self) -> str:
+        enhanced = f"{self.enhanced} " if self.enhanced else ""
+        return f"{self.code} {enhanced}{self.text}".rstrip()
+
+
+class ReplyError(Exception):
+    """An error that the protocol answers with a specific reply."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+    @classmethod
+    def of(cls, code: int, enhanced: str | None, text: str) -> ReplyError:
+        return cls(Reply(code, text, enhanced))
