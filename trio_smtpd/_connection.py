@@ -1,0 +1,829 @@
+"""The sans-I/O SMTP/LMTP server state machine.
+
+Theory of operation (in the manner of h11): the caller feeds received bytes in with
+``receive_data()`` and pulls ``next_event()`` until it returns ``NEED_DATA``; every event
+that is a ``Decision`` must be answered (``respond()``, or the AUTH calls) before the next
+one is pulled. Replies accumulate in an output buffer that the caller drains with
+``data_to_send()``; draining only when ``next_event()`` says ``NEED_DATA`` flushes the
+replies of a pipelined group together (RFC 2920 3.2).
+
+Everything that affects protocol state lives here: sequencing (RFC 5321 4.1.4), limits,
+STARTTLS and AUTH state changes, DATA/BDAT framing, LMTP's per-recipient replies. The
+engine answers protocol errors itself; only decisions reach the caller. It never does I/O
+and never reads a clock, so it can be driven by tests transcript by transcript.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections import deque
+from collections.abc import Callable, Sequence
+from functools import partial
+
+from ._address import Address, parse_forward_path, parse_reverse_path
+from ._commands import parse_bdat, path_argument, split_command
+from ._config import ProtocolConfig
+from ._events import (
+    AuthResponse,
+    AuthStart,
+    Connect,
+    ConnectionClosed,
+    DataStart,
+    Decision,
+    EndOfMessage,
+    Event,
+    Hello,
+    Mail,
+    MessageAborted,
+    MessageData,
+    Rcpt,
+    Reset,
+    StartTLS,
+)
+from ._framing import REPLY_TOO_BIG, ChunkReader, DotReader
+from ._params import EnabledExtensions, MailParams, parse_mail_params, parse_rcpt_params
+from ._replies import Reply, ReplyError
+
+__all__ = ["NEED_DATA", "NeedData", "ServerConnection", "UsageError"]
+
+
+class NeedData:
+    """Sentinel type: the engine needs more bytes before it can say anything new."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = NeedData()
+
+
+class UsageError(RuntimeError):
+    """The caller drove the engine wrongly (e.g. pulled an event with a decision pending)."""
+
+
+class Mode(enum.Enum):
+    """What the bytes in the receive buffer are."""
+
+    GREETING = "greeting"  # nothing is read until the Connect decision is answered
+    COMMAND = "command"  # command lines
+    AUTH = "auth"  # a SASL response line
+    DATA = "data"  # a dot-terminated message body
+    BDAT = "bdat"  # the octets of a BDAT chunk
+    TLS_HANDSHAKE = "tls"  # the caller is doing the TLS handshake; no bytes for us
+    CLOSED = "closed"
+
+
+# Replies the engine itself gives; application replies come through respond().
+_OK = Reply(250, "OK", "2.0.0")
+_NO_HELLO = Reply(503, "Send HELO/EHLO first", "5.5.1")
+_NO_LHLO = Reply(503, "Send LHLO first", "5.5.1")
+_NEED_MAIL = Reply(503, "Need MAIL command first", "5.5.1")
+_NEED_RCPT = Reply(554, "No valid recipients", "5.5.1")
+_REFUSED_ONLY_QUIT = Reply(503, "No service here; only QUIT is accepted", "5.5.1")
+_TOO_MANY_ERRORS = Reply(421, "Too many errors, closing connection", "4.7.0")
+_CRLF = b"\r\n"
+
+# Codes that count against max_bad_commands (RFC 5321 4.2.2 syntax and sequence errors).
+_BAD_COMMAND_CODES = frozenset({500, 501, 502, 503, 504, 555})
+
+
+class ServerConnection:
+    """One SMTP or LMTP server session, without I/O."""
+
+    def __init__(self, config: ProtocolConfig | None = None, *, tls_active: bool = False) -> None:
+        self.config = config or ProtocolConfig()
+        self.tls_active = tls_active
+        self.mode = Mode.GREETING
+        #: The name given with the accepted HELO/EHLO/LHLO, or None before one.
+        self.hello_name: str | None = None
+        self.hello_verb: str | None = None
+        #: The identity given to ``auth_success()``, or None.
+        self.authenticated_as: str | None = None
+        self._refused = False
+        self._buffer = bytearray()
+        self._out = bytearray()
+        self._eof = False
+        self._queued: deque[Event] = deque()
+        self._pending: Decision | None = None
+        self._discarding_line = False
+        self._bad_commands = 0
+        self._auth_failures = 0
+        self._enhanced = self.config.enhanced_status_codes
+        self._handlers: dict[str, Callable[[str], Event | None]] = {
+            "HELO": partial(self._hello, "HELO"),
+            "EHLO": partial(self._hello, "EHLO"),
+            "LHLO": partial(self._hello, "LHLO"),
+            "MAIL": self._cmd_mail,
+            "RCPT": self._cmd_rcpt,
+            "DATA": self._cmd_data,
+            "BDAT": self._cmd_bdat,
+            "RSET": self._cmd_rset,
+            "NOOP": self._cmd_noop,
+            "QUIT": self._cmd_quit,
+            "HELP": self._cmd_help,
+            "VRFY": self._cmd_vrfy,
+            "EXPN": self._cmd_expn,
+            "STARTTLS": self._cmd_starttls,
+            "AUTH": self._cmd_auth,
+        }
+        # The mail transaction (RFC 5321 3.3); reset by _clear_transaction().
+        self._has_sender = False
+        self._sender: Address | None = None
+        self._mail_params: MailParams | None = None
+        self._recipients: list[Rcpt] = []
+        self._body_method: str | None = None
+        self._bdat_size = 0
+        self._chunk_size = 0
+        self._dot_reader: DotReader | None = None
+        self._chunk: ChunkReader | None = None
+        self._chunk_last = False
+        self._chunk_refusal: tuple[Reply, bool, bool] | None = None
+
+    # ------------------------------------------------------------------ public state
+
+    @property
+    def closed(self) -> bool:
+        return self.mode is Mode.CLOSED
+
+    @property
+    def pending(self) -> Decision | None:
+        """The decision waiting for an answer, if any."""
+        return self._pending
+
+    @property
+    def sender(self) -> Address | None:
+        return self._sender
+
+    @property
+    def mail_params(self) -> MailParams | None:
+        return self._mail_params
+
+    @property
+    def recipients(self) -> tuple[Rcpt, ...]:
+        """The accepted RCPT events of the current transaction, in order."""
+        return tuple(self._recipients)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._has_sender
+
+    # ------------------------------------------------------------------ byte pump
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        """Add received bytes; ``b""`` means the client closed its side."""
+        if self.mode is Mode.TLS_HANDSHAKE:
+            raise UsageError("bytes received during the TLS handshake belong to the TLS layer")
+        if self._eof and data:
+            raise UsageError("data received after end of file")
+        if not data:
+            self._eof = True
+        elif self.mode is not Mode.CLOSED:
+            self._buffer += data
+
+    def data_to_send(self) -> bytes:
+        """Return (and forget) every reply byte produced so far."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def buffered(self) -> int:
+        """Octets received but not yet consumed (bounded by the line limits)."""
+        return len(self._buffer)
+
+    def next_event(self) -> Event | NeedData:
+        if self._pending is not None:
+            raise UsageError(f"answer {type(self._pending).__name__} before the next event")
+        while True:
+            if self._queued:
+                event = self._queued.popleft()
+                if isinstance(event, Decision):
+                    self._pending = event
+                return event
+            mode = self.mode
+            if mode is Mode.GREETING:
+                self._pending = Connect()
+                return self._pending
+            if mode is Mode.CLOSED or mode is Mode.TLS_HANDSHAKE:
+                return NEED_DATA
+            if mode is Mode.DATA:
+                produced = self._step_data()
+            elif mode is Mode.BDAT:
+                produced = self._step_bdat()
+            else:
+                produced = self._step_line()
+            if produced is NEED_DATA:
+                if self._eof:
+                    return self._end_of_file()
+                return NEED_DATA
+            if produced is not None:
+                assert isinstance(produced, Event)
+                self._queued.append(produced)
+
+    # ------------------------------------------------------------------ decisions
+
+    def respond(self, reply: Reply | None = None) -> None:
+        """Answer the pending decision; None means its default positive reply."""
+        decision = self._pending
+        if decision is None:
+            raise UsageError("no decision is pending")
+        if isinstance(decision, AuthStart | AuthResponse):
+            raise UsageError("answer AUTH with auth_challenge/auth_success/auth_failure")
+        if isinstance(decision, EndOfMessage) and self.config.lmtp:
+            count = len(self._recipients)
+            self.respond_per_recipient([reply] * count if reply else [None] * count)
+            return
+        if reply is not None and reply.code == 421:
+            self._pending = None
+            self._send(reply)
+            self._queued.append(self._close("CLOSING"))
+            return
+        self._pending = None
+        try:
+            self._answer(decision, reply)
+        except UsageError:
+            self._pending = decision  # a wrong answer leaves the decision open
+            raise
+
+    def _answer(self, decision: Decision, reply: Reply | None) -> None:
+        if isinstance(decision, Connect):
+            self._answer_connect(reply)
+        elif isinstance(decision, Hello):
+            self._answer_hello(decision, reply)
+        elif isinstance(decision, Mail):
+            self._answer_mail(decision, reply)
+        elif isinstance(decision, Rcpt):
+            self._answer_rcpt(decision, reply)
+        elif isinstance(decision, DataStart):
+            self._answer_data_start(decision, reply)
+        elif isinstance(decision, EndOfMessage):
+            self._send(_check(reply, (250,), "message") or Reply(250, "Message accepted", "2.0.0"))
+            self._clear_transaction()
+
+    def respond_per_recipient(self, replies: Sequence[Reply | None]) -> None:
+        """LMTP (RFC 2033 4.2): answer EndOfMessage with one reply per accepted recipient."""
+        decision = self._pending
+        if not isinstance(decision, EndOfMessage):
+            raise UsageError("per-recipient replies answer EndOfMessage only")
+        if not self.config.lmtp:
+            raise UsageError("per-recipient replies are for LMTP sessions")
+        if len(replies) != len(self._recipients):
+            raise UsageError(
+                f"{len(replies)} replies for {len(self._recipients)} accepted recipients"
+            )
+        self._pending = None
+        for rcpt, reply in zip(self._recipients, replies, strict=True):
+            default = Reply(250, f"<{rcpt.recipient}> delivered", "2.1.5")
+            self._send(_check(reply, (250,), "message") or default)
+        self._clear_transaction()
+
+    def auth_challenge(self, challenge: bytes) -> None:
+        """Send a 334 challenge; the client's answer comes back as ``AuthResponse``."""
+        self._take_auth_decision()
+        self._send_raw(b"334 " + base64.b64encode(challenge) + _CRLF)
+        self.mode = Mode.AUTH
+
+    def auth_success(self, identity: str) -> None:
+        self._take_auth_decision()
+        self.authenticated_as = identity
+        self.mode = Mode.COMMAND
+        self._send(Reply(235, "Authentication successful", "2.7.0"))
+
+    def auth_failure(self, reply: Reply | None = None) -> None:
+        if reply is not None and reply.code < 400:
+            raise UsageError("an AUTH failure needs a 4xx or 5xx reply")
+        self._take_auth_decision()
+        self.mode = Mode.COMMAND
+        self._auth_failures += 1
+        if self._auth_failures > self.config.max_auth_failures:
+            self._send(Reply(421, "Too many authentication failures", "4.7.0"))
+            self._close("AUTH_FAILURES")
+            return
+        self._send(reply or Reply(535, "Authentication credentials invalid", "5.7.8"))
+
+    def tls_established(self) -> None:
+        """The TLS handshake after STARTTLS succeeded: start over, as RFC 3207 4.2 says."""
+        if self.mode is not Mode.TLS_HANDSHAKE:
+            raise UsageError("no STARTTLS handshake is under way")
+        self.tls_active = True
+        self.hello_name = self.hello_verb = None
+        self.mode = Mode.COMMAND
+
+    def close_with(self, reply: Reply) -> None:
+        """Send a last reply (421 on timeout or shutdown) and close, whatever the state."""
+        if self.mode is Mode.CLOSED:
+            return
+        if self.mode in (Mode.DATA, Mode.BDAT) or self._pending is not None:
+            self._queued.clear()
+        self._pending = None
+        self._send(reply)
+        self._close("CLOSING")
+
+    # ------------------------------------------------------------------ reading lines
+
+    def _step_line(self) -> Event | NeedData | None:
+        auth = self.mode is Mode.AUTH
+        limit = self.config.max_auth_line_length if auth else self._max_command_line
+        buf = self._buffer
+        if self._discarding_line:
+            end = buf.find(b"\n")
+            if end < 0:
+                buf.clear()
+                return NEED_DATA
+            del buf[: end + 1]
+            self._discarding_line = False
+            if auth:
+                self.mode = Mode.COMMAND
+                self._error(Reply(500, "Authentication exchange line is too long",
+                                         "5.5.6"))
+                return None
+            self._error(Reply(500, "Line too long", "5.5.2"))
+            return None
+        end = buf.find(b"\n", 0, limit)
+        if end < 0:
+            if len(buf) >= limit:
+                # Bounded memory: forget the line now, answer once its end arrives.
+                del buf[:limit]
+                self._discarding_line = True
+                return None
+            return NEED_DATA
+        raw = bytes(buf[: end + 1])
+        del buf[: end + 1]
+        if auth:
+            return self._auth_line(raw)
+        return self._command_line(raw)
+
+    @property
+    def _max_command_line(self) -> int:
+        return self.config.max_command_line_length + self.config.command_line_allowance
+
+    def _command_line(self, raw: bytes) -> Event | None:
+        line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._error(Reply(500, "Command line is not valid UTF-8", "5.5.2"))
+            return None
+        if not text:
+            self._error(Reply(500, "Empty command line", "5.5.2"))
+            return None
+        verb, argument = split_command(text)
+        handler = self._handlers.get(verb)
+        if handler is None:
+            self._error(Reply(500, "Command unrecognized", "5.5.1"))
+            return None
+        if len(raw) > self.config.max_command_line_length and verb not in ("MAIL", "RCPT"):
+            self._error(Reply(500, "Line too long", "5.5.2"))
+            return None
+        if any(c < " " or c == "\x7f" for c in argument):
+            self._error(Reply(501, "Control character in command arguments", "5.5.2"))
+            return None
+        if self._refused and verb != "QUIT":
+            self._error(_REFUSED_ONLY_QUIT)
+            return None
+        try:
+            return handler(argument)
+        except ReplyError as exc:
+            self._error(exc.reply)
+            return None
+
+    # ------------------------------------------------------------------ commands
+
+    def _hello(self, verb: str, argument: str) -> Event | None:
+        if self.config.lmtp != (verb == "LHLO"):
+            self._error(Reply(500, "Use LHLO in LMTP" if self.config.lmtp
+                                     else "Command unrecognized", "5.5.1"))
+            return None
+        if not argument:
+            self._error(Reply(501, f"Syntax: {verb} <hostname>", "5.5.4"))
+            return None
+        events = self._reset("HELLO")
+        if events is not None:
+            self._queued.append(events)
+        return Hello(verb, argument)  # type: ignore[arg-type]
+
+    def _cmd_mail(self, argument: str) -> Event | None:
+        self._require_hello()
+        if self._has_sender:
+            raise ReplyError(Reply(503, "Sender already specified", "5.5.1"))
+        if self.config.require_tls and not self.tls_active:
+            raise ReplyError(Reply(530, "Must issue a STARTTLS command first", "5.7.0"))
+        if self.config.require_auth and self.authenticated_as is None:
+            raise ReplyError(Reply(530, "Authentication required", "5.7.0"))
+        path = path_argument(argument, "FROM:", "5.5.4")
+        sender, rest = parse_reverse_path(path, utf8=self.config.smtputf8)
+        self._check_no_params_after_helo(rest)
+        params = parse_mail_params(rest, self._extensions())
+        if sender is not None and not sender.is_ascii and not params.smtputf8:
+            raise ReplyError(Reply(553, "Non-ASCII sender address requires SMTPUTF8", "5.6.7"))
+        return Mail(sender, params)
+
+    def _cmd_rcpt(self, argument: str) -> Event | None:
+        self._require_hello()
+        if not self._has_sender or self._body_method is not None:
+            raise ReplyError(_NEED_MAIL if not self._has_sender else
+                             Reply(503, "Message data already started", "5.5.1"))
+        path = path_argument(argument, "TO:", "5.5.4")
+        recipient, rest = parse_forward_path(path, utf8=self.config.smtputf8)
+        self._check_no_params_after_helo(rest)
+        params = parse_rcpt_params(rest, self._extensions())
+        smtputf8 = self._mail_params is not None and self._mail_params.smtputf8
+        if not recipient.is_ascii and not smtputf8:
+            raise ReplyError(Reply(553, "Non-ASCII recipient address requires SMTPUTF8", "5.6.7"))
+        if len(self._recipients) >= self.config.max_recipients:
+            # RFC 5321 4.5.3.1.10: a transient reply, so the client retries the rest.
+            self._send(Reply(452, "Too many recipients", "4.5.3"))
+            return None
+        return Rcpt(recipient, params)
+
+    def _cmd_data(self, argument: str) -> Event | None:
+        self._check_body_start("DATA")
+        if argument:
+            raise ReplyError(Reply(501, "Syntax: DATA takes no arguments", "5.5.4"))
+        if self._mail_params is not None and self._mail_params.body == "BINARYMIME":
+            raise ReplyError(Reply(503, "BODY=BINARYMIME needs BDAT, not DATA", "5.5.1"))
+        return DataStart("DATA")
+
+    def _cmd_bdat(self, argument: str) -> Event | None:
+        size, last = parse_bdat(argument)
+        # Whatever is wrong, the chunk's octets are on their way: consume them before the
+        # reply, or they would be read as commands (go-smtp #315).
+        if not self.config.chunking:
+            self._discard_chunk(size, Reply(502, "BDAT not implemented", "5.5.1"))
+            return None
+        if self._body_method != "BDAT":
+            try:
+                self._check_body_start("BDAT")
+            except ReplyError as exc:
+                self._discard_chunk(size, exc.reply)
+                return None
+        limit = self.config.max_message_size
+        if limit is not None and self._bdat_size + size > limit:
+            started = self._body_method == "BDAT"
+            self._discard_chunk(size, REPLY_TOO_BIG, client_error=False, fails=True)
+            return MessageAborted(REPLY_TOO_BIG) if started else None
+        self._chunk_size, self._chunk_last = size, last
+        if self._body_method is None:
+            return DataStart("BDAT")
+        self._start_chunk(discard=False)
+        return None
+
+    def _cmd_rset(self, argument: str) -> Event | None:
+        if argument:
+            raise ReplyError(Reply(501, "Syntax: RSET takes no arguments", "5.5.4"))
+        event = self._reset("RSET")
+        self._send(_OK)
+        return event
+
+    def _cmd_noop(self, argument: str) -> Event | None:
+        self._send(_OK)
+        return None
+
+    def _cmd_quit(self, argument: str) -> Event | None:
+        if argument:
+            raise ReplyError(Reply(501, "Syntax: QUIT takes no arguments", "5.5.4"))
+        self._send(Reply(221, f"{self.config.hostname} closing connection", "2.0.0"))
+        return self._close("QUIT")
+
+    def _cmd_help(self, argument: str) -> Event | None:
+        self._send(Reply(214, ["Commands: " + " ".join(self._commands_offered()),
+                               "See RFC 5321"], "2.0.0"))
+        return None
+
+    def _cmd_vrfy(self, argument: str) -> Event | None:
+        if not argument:
+            raise ReplyError(Reply(501, "Syntax: VRFY <address>", "5.5.4"))
+        # RFC 5321 3.5.3: 252 says neither yes nor no, so no address is disclosed.
+        self._send(Reply(252, "Cannot VRFY user, but will accept message and attempt delivery",
+                         "2.5.0"))
+        return None
+
+    def _cmd_expn(self, argument: str) -> Event | None:
+        raise ReplyError(Reply(502, "EXPN not available", "5.5.1"))
+
+    def _cmd_starttls(self, argument: str) -> Event | None:
+        if not self.config.tls_available:
+            raise ReplyError(Reply(502, "STARTTLS not available", "5.5.1"))
+        if self.tls_active:
+            raise ReplyError(Reply(503, "TLS already active", "5.5.1"))
+        self._require_hello()
+        if argument:
+            raise ReplyError(Reply(501, "Syntax: STARTTLS takes no arguments", "5.5.4"))
+        self._send(Reply(220, "Ready to start TLS", "2.0.0"))
+        # CVE-2011-0411 class: anything pipelined behind STARTTLS was sent in plaintext
+        # and must not be read as if it came through TLS.
+        self._buffer.clear()
+        event = self._reset("STARTTLS")
+        if event is not None:
+            self._queued.append(event)
+        self.hello_name = self.hello_verb = None
+        self.mode = Mode.TLS_HANDSHAKE
+        return StartTLS()
+
+    def _cmd_auth(self, argument: str) -> Event | None:
+        self._require_hello()
+        if not self.config.auth_mechanisms:
+            raise ReplyError(Reply(502, "AUTH not available", "5.5.1"))
+        if not self._auth_permitted():
+            raise ReplyError(Reply(538, "Encryption required for requested authentication "
+                                   "mechanism", "5.7.11"))
+        if self.authenticated_as is not None:
+            raise ReplyError(Reply(503, "Already authenticated", "5.5.1"))
+        if self._has_sender:
+            raise ReplyError(Reply(503, "AUTH not allowed during a mail transaction", "5.5.1"))
+        mechanism, _, initial = argument.partition(" ")
+        mechanism = mechanism.upper()
+        if not mechanism or " " in initial:
+            raise ReplyError(Reply(501, "Syntax: AUTH <mechanism> [initial-response]",
+                                   "5.5.4"))
+        if mechanism not in self.config.auth_mechanisms:
+            raise ReplyError(Reply(504, "Unrecognized authentication mechanism", "5.5.4"))
+        if not initial:
+            response = None
+        elif initial == "=":
+            response = b""  # RFC 4954 4: "=" is an empty initial response
+        else:
+            response = _b64decode(initial)
+        return AuthStart(mechanism, response)
+
+    def _auth_line(self, raw: bytes) -> Event | None:
+        line = raw.rstrip(b"\r\n")
+        self.mode = Mode.COMMAND
+        if line == b"*":
+            self._error(Reply(501, "Authentication cancelled", "5.0.0"))
+            return None
+        try:
+            data = _b64decode(line.decode("ascii"))
+        except (ReplyError, UnicodeDecodeError):
+            self._error(Reply(501, "Invalid base64 in authentication response", "5.5.2"))
+            return None
+        self.mode = Mode.AUTH
+        return AuthResponse(data)
+
+    # ------------------------------------------------------------------ message bodies
+
+    def _step_data(self) -> Event | NeedData | None:
+        reader = self._dot_reader
+        assert reader is not None
+        data = reader.read(self._buffer)
+        if reader.done:
+            self._dot_reader = None
+            self.mode = Mode.COMMAND
+            if data:
+                self._queued.append(MessageData(data))
+            return self._end_of_body(reader.error, reader.size)
+        if data:
+            return MessageData(data)
+        return NEED_DATA
+
+    def _step_bdat(self) -> Event | NeedData | None:
+        chunk = self._chunk
+        assert chunk is not None
+        data = chunk.read(self._buffer)
+        if not data and not chunk.done:
+            return NEED_DATA
+        self._bdat_size += len(data)
+        if not chunk.done:
+            return MessageData(data)
+        self._chunk = None
+        self.mode = Mode.COMMAND
+        if data:
+            self._queued.append(MessageData(data))
+        refusal = self._chunk_refusal
+        if refusal is not None:
+            self._chunk_refusal = None
+            reply, client_error, fails = refusal
+            if fails:
+                # RFC 3030 2: a refused chunk fails the whole transaction.
+                self._clear_transaction()
+            if client_error:
+                self._error(reply)
+                return None
+            self._send(reply)
+            return None
+        if self._chunk_last:
+            return self._end_of_body(None, self._bdat_size)
+        self._send(Reply(250, f"{self._chunk_size} octets received", "2.0.0"))
+        return None
+
+    def _end_of_body(self, error: Reply | None, size: int) -> Event | None:
+        if error is not None:
+            self._send(error)
+            self._clear_transaction()
+            return MessageAborted(error)
+        return EndOfMessage(size)
+
+    def _discard_chunk(self, size: int, reply: Reply, *, client_error: bool = True,
+                       fails: bool = False) -> None:
+        """Read and drop a BDAT chunk's octets, then give ``reply``."""
+        self._chunk_size, self._chunk_last = size, False
+        self._chunk_refusal = (reply, client_error, fails)
+        self._start_chunk(discard=True)
+
+    def _start_chunk(self, *, discard: bool) -> None:
+        self._chunk = ChunkReader(self._chunk_size, discard=discard)
+        self.mode = Mode.BDAT
+
+    # ------------------------------------------------------------------ answering decisions
+
+    def _answer_connect(self, reply: Reply | None) -> None:
+        if reply is None or reply.code == 220:
+            kind = "LMTP" if self.config.lmtp else "ESMTP"
+            self._send(reply or Reply(220, f"{self.config.hostname} {kind} trio_smtpd ready"))
+            self.mode = Mode.COMMAND
+        elif reply.code == 554:
+            # RFC 5321 3.1: refuse service but stay for QUIT, answering other commands 503.
+            self._send(reply)
+            self._refused = True
+            self.mode = Mode.COMMAND
+        else:
+            raise UsageError("a greeting is 220, 554, or 421")
+
+    def _answer_hello(self, decision: Hello, reply: Reply | None) -> None:
+        if reply is not None and reply.code >= 400:
+            self._send(reply)
+            self.hello_name = self.hello_verb = None
+            return
+        _check(reply, (250,), "HELO")
+        self.hello_name, self.hello_verb = decision.name, decision.verb
+        greeting = f"{self.config.hostname} greets {decision.name}"
+        if decision.verb == "HELO":
+            self._send(Reply(250, greeting))
+        else:
+            self._send(Reply(250, [greeting, *self._ehlo_keywords()]))
+
+    def _answer_mail(self, decision: Mail, reply: Reply | None) -> None:
+        if reply is not None and reply.code >= 400:
+            self._send(reply)
+            return
+        self._send(_check(reply, (250,), "MAIL") or Reply(250, "Sender OK", "2.1.0"))
+        self._has_sender = True
+        self._sender, self._mail_params = decision.sender, decision.params
+
+    def _answer_rcpt(self, decision: Rcpt, reply: Reply | None) -> None:
+        if reply is not None and reply.code >= 400:
+            self._send(reply)
+            return
+        self._send(_check(reply, (250, 251, 252), "RCPT") or Reply(250, "Recipient OK",
+                                                                      "2.1.5"))
+        self._recipients.append(decision)
+
+    def _answer_data_start(self, decision: DataStart, reply: Reply | None) -> None:
+        if decision.method == "BDAT":
+            if reply is not None and reply.code >= 400:
+                # The refused chunk's octets are still on their way: drop them, then answer.
+                self._discard_chunk(self._chunk_size, reply, client_error=False, fails=True)
+                return
+            self._body_method = "BDAT"
+            self._start_chunk(discard=False)
+            return
+        if reply is not None and reply.code >= 400:
+            self._send(reply)
+            return
+        self._send(_check(reply, (354,), "DATA") or Reply(354, "End data with <CR><LF>.<CR><LF>"))
+        self._body_method = "DATA"
+        self._dot_reader = DotReader(
+            max_size=self.config.max_message_size,
+            max_line=self.config.max_data_line_length,
+            keep_bare=self.config.bare_line_endings == "keep",
+        )
+        self.mode = Mode.DATA
+
+    def _take_auth_decision(self) -> None:
+        if not isinstance(self._pending, AuthStart | AuthResponse):
+            raise UsageError("no AUTH exchange is pending")
+        self._pending = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _send(self, reply: Reply) -> None:
+        self._out += reply.to_bytes(enhanced_codes=self._enhanced)
+
+    def _send_raw(self, data: bytes) -> None:
+        self._out += data
+
+    def _error(self, reply: Reply) -> None:
+        """Answer a protocol error, counting it; past the limit, 421 and close instead."""
+        if reply.code in _BAD_COMMAND_CODES:
+            self._bad_commands += 1
+            if self._bad_commands > self.config.max_bad_commands:
+                self._send(_TOO_MANY_ERRORS)
+                self._queued.append(self._close("ERRORS"))
+                return None
+        self._send(reply)
+        return None
+
+    def _close(self, reason: str) -> ConnectionClosed:
+        self.mode = Mode.CLOSED
+        self._buffer.clear()
+        self._discarding_line = False
+        return ConnectionClosed(reason)  # type: ignore[arg-type]
+
+    def _end_of_file(self) -> Event:
+        # The client is gone: anything half-received is dropped and nothing is answered.
+        started = self._body_method is not None
+        closed = self._close("EOF")
+        if started:
+            self._queued.append(closed)
+            return MessageAborted(None)
+        return closed
+
+    def _require_hello(self) -> None:
+        if self.hello_name is None:
+            raise ReplyError(_NO_LHLO if self.config.lmtp else _NO_HELLO)
+
+    def _check_body_start(self, method: str) -> None:
+        self._require_hello()
+        if not self._has_sender:
+            raise ReplyError(_NEED_MAIL)
+        if self._body_method is not None:
+            raise ReplyError(Reply(503, f"{method} not allowed: message data already started",
+                                   "5.5.1"))
+        if not self._recipients:
+            raise ReplyError(_NEED_RCPT)
+
+    def _reset(self, reason: str) -> Reset | None:
+        had_transaction = self._has_sender
+        self._clear_transaction()
+        return Reset(reason) if had_transaction else None  # type: ignore[arg-type]
+
+    def _clear_transaction(self) -> None:
+        self._has_sender = False
+        self._sender = None
+        self._mail_params = None
+        self._recipients = []
+        self._body_method = None
+        self._bdat_size = 0
+        self._chunk_size = 0
+
+    def _auth_permitted(self) -> bool:
+        return self.tls_active or not self.config.auth_requires_tls
+
+    def _check_no_params_after_helo(self, rest: str) -> None:
+        # ESMTP parameters need EHLO (RFC 5321 4.1.1.1); after HELO there are none.
+        if self.hello_verb == "HELO" and rest.strip(" "):
+            raise ReplyError(Reply(555, "Parameters need EHLO, not HELO", "5.5.4"))
+
+    def _extensions(self) -> EnabledExtensions:
+        config = self.config
+        return EnabledExtensions(
+            max_message_size=config.max_message_size,
+            eightbitmime=config.eightbitmime,
+            binarymime=config.chunking and config.binarymime,
+            smtputf8=config.smtputf8,
+            dsn=config.dsn,
+            auth=bool(config.auth_mechanisms),
+            requiretls=config.requiretls and self.tls_active,
+        )
+
+    def _ehlo_keywords(self) -> list[str]:
+        config = self.config
+        keywords = []
+        if config.pipelining:
+            keywords.append("PIPELINING")
+        if config.eightbitmime:
+            keywords.append("8BITMIME")
+        size = config.max_message_size
+        keywords.append("SIZE" if size is None else f"SIZE {size}")
+        if config.enhanced_status_codes:
+            keywords.append("ENHANCEDSTATUSCODES")
+        if config.smtputf8:
+            keywords.append("SMTPUTF8")
+        if config.chunking:
+            keywords.append("CHUNKING")
+            if config.binarymime:
+                keywords.append("BINARYMIME")
+        if config.dsn:
+            keywords.append("DSN")
+        if config.tls_available and not self.tls_active:
+            keywords.append("STARTTLS")
+        if config.auth_mechanisms and self._auth_permitted():
+            keywords.append("AUTH " + " ".join(config.auth_mechanisms))
+        if config.requiretls and self.tls_active:
+            keywords.append("REQUIRETLS")
+        keywords.append(f"LIMITS RCPTMAX={config.max_recipients}")
+        keywords.extend(config.extra_ehlo_keywords)
+        keywords.append("HELP")
+        return keywords
+
+    def _commands_offered(self) -> list[str]:
+        return [verb for verb in self._handlers
+                if (verb == "LHLO") == self.config.lmtp or verb not in ("HELO", "EHLO", "LHLO")]
+
+
+def _check(reply: Reply | None, codes: tuple[int, ...], what: str) -> Reply | None:
+    """Refuse a positive reply whose code makes no sense for this decision."""
+    if reply is not None and reply.code < 400 and codes and reply.code not in codes:
+        raise UsageError(f"{reply.code} is not a positive reply to {what}")
+    return reply
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ReplyError(Reply(501, "Invalid base64 data", "5.5.2")) from None

@@ -1,0 +1,139 @@
+"""Message body framing: DATA's dot-terminated text (RFC 5321 4.1.1.4, 4.5.2) and
+BDAT's counted chunks (RFC 3030).
+
+Both readers take bytes from the front of the connection's receive buffer and keep only
+a bounded tail of it, so memory stays bounded whatever a client sends: the DATA reader
+holds at most one unfinished line (cut off at the line length limit) and the BDAT reader
+holds nothing.
+
+SMTP smuggling (CVE-2023-51764 class): only CRLF "." CRLF ends DATA. ``\\n.\\n``,
+``\\r.\\r``, ``\\n.\\r\\n`` and ``\\r\\n.\\n`` are data. By default a bare CR or LF rejects the
+message once its real end has arrived.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ._replies import Reply
+
+__all__ = ["ChunkReader", "DotReader"]
+
+_END = b"\r\n.\r\n"
+_LONE_END = b".\r\n"
+
+REPLY_TOO_BIG = Reply(552, "Message exceeds fixed maximum message size", "5.3.4")
+REPLY_BARE_EOL = Reply(
+    550, "Message refused: bare CR or LF in data; lines must end with CRLF", "5.6.0"
+)
+
+
+def _line_too_long_reply(limit: int) -> Reply:
+    return Reply(550, f"Message refused: a line is longer than {limit} octets", "5.6.0")
+
+
+class DotReader:
+    """Reads one DATA body; ``read()`` is called whenever the buffer has grown."""
+
+    __slots__ = (
+        "_at_line_start",
+        "_keep_bare",
+        "_long_line",
+        "_max_line",
+        "_max_size",
+        "done",
+        "error",
+        "size",
+    )
+
+    def __init__(self, *, max_size: int | None, max_line: int, keep_bare: bool) -> None:
+        self._max_size = max_size
+        self._max_line = max_line
+        self._keep_bare = keep_bare
+        # ``^`` in MULTILINE mode only matches at line starts, so the scan stays linear.
+        self._long_line = re.compile(rb"^[^\n]{%d}" % max_line, re.MULTILINE)
+        # The CRLF that ended the DATA command counts as the line end before the body.
+        self._at_line_start = True
+        self.size = 0
+        self.error: Reply | None = None
+        self.done = False
+
+    def read(self, buf: bytearray) -> bytes:
+        """Consume complete lines from ``buf``; return body bytes to hand up (maybe empty).
+
+        Sets ``done`` once the terminating line has been consumed, and ``error`` as soon as
+        the message is known to be refused (from then on nothing more is handed up).
+        """
+        last_lf = buf.rfind(b"\n")
+        if last_lf < 0:
+            if len(buf) >= self._max_line:
+                # One unfinished line is already over the limit: drop it but keep its last
+                # octet, which may be the CR of the CRLF that ends it.
+                self._fail(_line_too_long_reply(self._max_line))
+                del buf[:-1]
+                self._at_line_start = False
+            return b""
+        if self._at_line_start and buf.startswith(_LONE_END):
+            del buf[:3]
+            self.done = True
+            return b""
+        end = buf.find(_END, 0, last_lf + 1)
+        if end >= 0:
+            content = bytes(buf[: end + 2])
+            del buf[: end + 5]
+            self.done = True
+        else:
+            content = bytes(buf[: last_lf + 1])
+            del buf[: last_lf + 1]
+        return self._accept(content)
+
+    def _accept(self, content: bytes) -> bytes:
+        at_line_start = self._at_line_start
+        self._at_line_start = content.endswith(b"\r\n")
+        if self.error is not None:
+            return b""
+        if not self._keep_bare:
+            crlf = content.count(b"\r\n")
+            if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
+                self._fail(REPLY_BARE_EOL)
+                return b""
+        if self._long_line.search(content) is not None:
+            self._fail(_line_too_long_reply(self._max_line))
+            return b""
+        # Dot-unstuffing: a line that starts with "." lost that first "." (RFC 5321 4.5.2).
+        if at_line_start and content.startswith(b"."):
+            content = content[1:]
+        content = content.replace(b"\r\n.", b"\r\n")
+        self.size += len(content)
+        if self._max_size is not None and self.size > self._max_size:
+            self._fail(REPLY_TOO_BIG)
+            return b""
+        return content
+
+    def _fail(self, reply: Reply) -> None:
+        if self.error is None:
+            self.error = reply
+
+
+class ChunkReader:
+    """Consumes the octets of one BDAT chunk, handing them up unless ``discard``."""
+
+    __slots__ = ("discard", "remaining")
+
+    def __init__(self, size: int, *, discard: bool) -> None:
+        self.remaining = size
+        self.discard = discard
+
+    @property
+    def done(self) -> bool:
+        return self.remaining == 0
+
+    def read(self, buf: bytearray) -> bytes:
+        take = min(self.remaining, len(buf))
+        self.remaining -= take
+        if self.discard:
+            del buf[:take]
+            return b""
+        data = bytes(buf[:take])
+        del buf[:take]
+        return data

@@ -1,0 +1,69 @@
+"""The sans-I/O SMTP/LMTP protocol engine (no trio, no sockets, no clocks).
+
+Use it to drive SMTP from any I/O framework, or to test protocol behaviour byte by byte::
+
+    conn = ServerConnection(ProtocolConfig(hostname="mx.example.org"))
+    while True:
+        event = conn.next_event()
+        if event is NEED_DATA:
+            send(conn.data_to_send()); conn.receive_data(recv())
+        elif isinstance(event, Decision):
+            conn.respond()          # or conn.respond(Reply(550, "no", "5.7.1"))
+"""
+
+from ._address import Address, parse_forward_path, parse_mailbox, parse_reverse_path
+from ._config import ProtocolConfig
+from ._connection import NEED_DATA, Mode, NeedData, ServerConnection, UsageError
+from ._events import (
+    AuthResponse,
+    AuthStart,
+    Connect,
+    ConnectionClosed,
+    DataStart,
+    Decision,
+    EndOfMessage,
+    Event,
+    Hello,
+    Mail,
+    MessageAborted,
+    MessageData,
+    Rcpt,
+    Reset,
+    StartTLS,
+)
+from ._params import MailParams, OriginalRecipient, RcptParams
+from ._replies import Reply, ReplyError, ReplyTextError
+
+__all__ = [
+    "NEED_DATA",
+    "Address",
+    "AuthResponse",
+    "AuthStart",
+    "Connect",
+    "ConnectionClosed",
+    "DataStart",
+    "Decision",
+    "EndOfMessage",
+    "Event",
+    "Hello",
+    "Mail",
+    "MailParams",
+    "MessageAborted",
+    "MessageData",
+    "Mode",
+    "NeedData",
+    "OriginalRecipient",
+    "ProtocolConfig",
+    "Rcpt",
+    "RcptParams",
+    "Reply",
+    "ReplyError",
+    "ReplyTextError",
+    "Reset",
+    "ServerConnection",
+    "StartTLS",
+    "UsageError",
+    "parse_forward_path",
+    "parse_mailbox",
+    "parse_reverse_path",
+]
