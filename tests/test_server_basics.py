@@ -1,0 +1,135 @@
+"""The trio server: serving, both iterator styles, defaults, failures."""
+
+from __future__ import annotations
+
+import smtplib
+from functools import partial
+
+import pytest
+import trio
+
+import trio_smtpd
+from trio_smtpd import Config, Message, Rcpt, Session, serve
+from trio_smtpd.testing import open_client
+
+MESSAGE = b"Subject: test\r\n\r\nHello\r\n..dot\r\n"
+
+
+async def test_transactions_iterator_over_tcp_with_smtplib() -> None:
+    received: list[trio_smtpd.Transaction] = []
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve, Config(hostname="mx.test"), 0,
+                                             host="127.0.0.1"))
+        port = server.port
+        assert port
+
+        async def consume() -> None:
+            async for tx in server.transactions():
+                received.append(tx)
+                tx.accept("stored")
+
+        nursery.start_soon(consume)
+
+        def send() -> dict[str, tuple[int, bytes]]:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                return client.sendmail("a@example.org", ["b@example.net", "c@example.net"],
+                                       MESSAGE)
+
+        assert await trio.to_thread.run_sync(send) == {}
+        server.shutdown()
+    [tx] = received
+    assert str(tx.sender) == "a@example.org"
+    assert [str(r.address) for r in tx.recipients] == ["b@example.net", "c@example.net"]
+    assert tx.data == MESSAGE  # smtplib stuffed the dots; the server unstuffed them
+    assert tx.session.peer is not None and tx.session.peer[0] == "127.0.0.1"
+    assert tx.session.helo is not None
+    assert not tx.session.lmtp
+
+
+async def test_handler_decides_each_step() -> None:
+    async def handler(session: Session) -> None:
+        async for event in session:
+            match event:
+                case Rcpt(recipient=address) if address.local_part == "nobody":
+                    event.reject(550, "No such user", "5.1.1")
+                case Message(transaction=tx):
+                    assert tx.data == b"hi\r\n"
+                    event.accept("queued as 42")
+                case _:
+                    event.accept()
+
+    async with open_client(handler=handler) as client:
+        assert client.greeting is not None and client.greeting.code == 220
+        assert (await client.command("EHLO c")).code == 250
+        assert (await client.command("MAIL FROM:<a@b.c>")).code == 250
+        reply = await client.command("RCPT TO:<nobody@mx.test>")
+        assert (reply.code, reply.lines) == (550, ["5.1.1 No such user"])
+        assert (await client.command("RCPT TO:<x@mx.test>")).code == 250
+        assert (await client.command("DATA")).code == 354
+        await client.send(b"hi\r\n.\r\n")
+        reply = await client.reply()
+        assert (reply.code, reply.lines) == (250, ["2.0.0 queued as 42"])
+
+
+async def test_undecided_message_is_tempfailed_not_accepted() -> None:
+    async def handler(session: Session) -> None:
+        async for event in session:
+            if not isinstance(event, Message):
+                event.accept()
+
+    async with open_client(handler=handler) as client:
+        replies = await client.send_message("a@b.c", ["d@e.f"], b"x\r\n")
+        assert [r.code for r in replies] == [250, 250, 250, 354, 451]
+
+
+async def test_handler_that_raises_gets_451_and_server_survives() -> None:
+    async def handler(session: Session) -> None:
+        async for event in session:
+            if isinstance(event, Rcpt):
+                raise RuntimeError("application bug")
+            event.accept()
+
+    async with open_client(handler=handler) as client:
+        assert (await client.command("EHLO c")).code == 250
+        assert (await client.command("MAIL FROM:<a@b.c>")).code == 250
+        assert (await client.command("RCPT TO:<d@e.f>")).code == 451
+        # The session goes on without the handler: envelope accepted, messages tempfailed.
+        assert (await client.command("RCPT TO:<g@e.f>")).code == 250
+        assert (await client.command("DATA")).code == 354
+        await client.send(b"x\r\n.\r\n")
+        assert (await client.reply()).code == 451
+        server = client.server
+        assert server is not None
+        other = await _second_client(server)
+        assert other.code == 220
+
+
+async def _second_client(server: trio_smtpd.Server) -> trio_smtpd.testing.ClientReply:
+    listener = server.listeners[0]
+    assert isinstance(listener, trio_smtpd.testing.MemoryListener)
+    client = trio_smtpd.testing.TestClient(await listener.connect())
+    reply = await client.reply()
+    await client.aclose()
+    return reply
+
+
+async def test_connect_rejection() -> None:
+    async def handler(session: Session) -> None:
+        async for event in session:
+            if isinstance(event, trio_smtpd.Connect):
+                event.reject(554, "Go away", "5.7.1")
+            else:
+                event.accept()
+
+    async with open_client(handler=handler, greeting=False) as client:
+        greeting = await client.reply()
+        assert (greeting.code, greeting.lines) == (554, ["5.7.1 Go away"])
+        assert (await client.command("EHLO c")).code == 503
+        assert (await client.command("QUIT")).code == 221
+
+
+def test_config_rejects_unknown_mechanism() -> None:
+    with pytest.raises(ValueError):
+        Config(auth_mechanisms=("KERBEROS_V4",))
+    with pytest.raises(ValueError):
+        Config(protocol={"max_command_line_length": 100})

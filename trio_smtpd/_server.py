@@ -1,0 +1,371 @@
+"""Serving SMTP/LMTP with trio: listeners, one task per connection, limits, shutdown.
+
+``serve()`` has the shape of ``trio.serve_listeners``: start it with ``nursery.start()``
+and it reports a ``Server`` once it is listening. Connection tasks live in a nursery the
+server owns and shields from outside cancellation, so that cancelling ``serve()`` (or
+calling ``Server.shutdown()``) is graceful: accepting stops at once, idle sessions are
+told 421, sessions in the middle of a transaction get the grace period to finish, and
+only then is anything cut off. A reply of 250 is only ever sent after the application
+accepted the message, so no acknowledged message is lost by shutting down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import math
+import os
+import socket
+import ssl
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from ._config import ProtocolConfig
+from ._decisions import Message, SessionInfo, Transaction
+from ._replies import Reply
+from ._sasl import MECHANISMS, Credentials
+from ._session import Session, handshake, tls_info
+
+__all__ = ["Config", "Handler", "Server", "Timeouts", "forward_transactions", "serve"]
+
+log = logging.getLogger("trio_smtpd")
+
+Handler = Callable[[Session], Awaitable[None]]
+Authenticator = Callable[[Credentials], Awaitable[str | None]]
+
+_SHUTTING_DOWN = Reply(421, "Service shutting down, try again later", "4.3.2")
+_TOO_MANY = Reply(421, "Too many connections, try again later", "4.7.0")
+_TOO_MANY_FROM_YOU = Reply(421, "Too many connections from your address", "4.7.0")
+_CRASHED = Reply(421, "Local error, closing connection", "4.3.0")
+_SESSION_TOO_LONG = Reply(421, "Session too long, closing connection", "4.4.2")
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Every timeout, in seconds; each is a trio cancel scope around one kind of wait."""
+
+    #: Waiting for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes).
+    command: float = 300.0
+    #: Waiting for each read of message data (RFC 5321 4.5.3.2.5: 3 minutes).
+    data_block: float = 180.0
+    #: The application deciding about a message (RFC 5321 4.5.3.2.6, the client's
+    #: DATA termination wait: 10 minutes); then 451.
+    message_decision: float = 600.0
+    #: The application deciding an envelope step (connect, HELO, AUTH, MAIL, RCPT, DATA).
+    decision: float = 300.0
+    tls_handshake: float = 60.0
+    #: Writing replies to a client that does not read them.
+    write: float = 300.0
+    #: The whole session, whatever it does; None for no cap.
+    session: float | None = 3600.0
+    #: Graceful shutdown: how long transactions in progress get to finish.
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a server needs; the protocol options are those of ``ProtocolConfig``."""
+
+    hostname: str = field(default_factory=socket.gethostname)
+    lmtp: bool = False
+    #: Enables STARTTLS (and implicit-TLS listeners).
+    tls: ssl.SSLContext | None = None
+    #: Checks SASL credentials: returns the authenticated identity, or None to refuse.
+    authenticator: Authenticator | None = None
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    auth_requires_tls: bool = True
+    require_tls: bool = False
+    require_auth: bool = False
+    max_message_size: int | None = 32 * 2**20
+    max_recipients: int = 100
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    #: Any other ``ProtocolConfig`` field (limits, extensions, bare_line_endings...).
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.auth_mechanisms if m not in MECHANISMS]
+        if unknown:
+            raise ValueError(f"unsupported SASL mechanisms: {unknown}")
+        self.protocol_config()  # fail now, not at the first connection
+
+    def protocol_config(self) -> ProtocolConfig:
+        return ProtocolConfig(
+            **{
+                "hostname": self.hostname,
+                "lmtp": self.lmtp,
+                "tls_available": self.tls is not None,
+                "auth_mechanisms": self.auth_mechanisms if self.authenticator else (),
+                "auth_requires_tls": self.auth_requires_tls,
+                "require_tls": self.require_tls,
+                "require_auth": self.require_auth,
+                "max_message_size": self.max_message_size,
+                "max_recipients": self.max_recipients,
+                **self.protocol,
+            }
+        )
+
+
+class Server:
+    """A running server: its listeners, its transactions, and its shutdown."""
+
+    def __init__(self, config: Config, handler: Handler | None) -> None:
+        self.config = config
+        self.protocol_config = config.protocol_config()
+        self.listeners: list[trio.abc.Listener[Any]] = []
+        self._handler = handler or forward_transactions
+        self._tx_send, self._tx_receive = trio.open_memory_channel[Transaction](0)
+        self._sessions: set[Session] = set()
+        self._per_ip: Counter[str] = Counter()
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid():x}"
+        self._stop = trio.Event()
+        self._drained = trio.Event()
+        self._conn_nursery: trio.Nursery | None = None
+
+    @property
+    def port(self) -> int | None:
+        """The port of the first TCP listener (handy after binding port 0)."""
+        for listener in self.listeners:
+            if isinstance(listener, trio.SocketListener):
+                return int(listener.socket.getsockname()[1])
+            inner = getattr(listener, "transport_listener", None)
+            if isinstance(inner, trio.SocketListener):
+                return int(inner.socket.getsockname()[1])
+        return None
+
+    @property
+    def connections(self) -> int:
+        return len(self._sessions)
+
+    def transactions(self) -> AsyncIterator[Transaction]:
+        """Every complete transaction from every connection, in arrival order.
+
+        Clients wait for their final reply until the transaction is answered (or the
+        message decision timeout passes: then 451).
+        """
+        return self._tx_receive.__aiter__()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._stop.is_set()
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown (the grace period is ``Timeouts.shutdown_grace``)."""
+        self._stop.set()
+
+    async def wait_closed(self) -> None:
+        await self._drained.wait()
+
+    async def deliver(self, transaction: Transaction) -> None:
+        """Hand a transaction to ``transactions()`` and wait for its answer (bounded)."""
+        with trio.move_on_after(self.config.timeouts.message_decision):
+            await self._tx_send.send(transaction)
+            await transaction._done.wait()
+
+    # ------------------------------------------------------------------ running
+
+    async def _run(self, listeners: Sequence[trio.abc.Listener[Any]],
+                   tls_listeners: Sequence[trio.abc.Listener[Any]],
+                   task_status: trio.TaskStatus[Server]) -> None:
+        self.listeners = [*listeners, *tls_listeners]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._connection_nursery)
+            try:
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept_loop, listener, False)
+                    for listener in tls_listeners:
+                        accepting.start_soon(self._accept_loop, listener, True)
+                    task_status.started(self)
+                    await self._stop.wait()
+                    accepting.cancel_scope.cancel()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._drain()
+
+    async def _connection_nursery(self, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as nursery:
+            # Shielded: connections end by our graceful shutdown, not by outside cancels.
+            nursery.cancel_scope.shield = True
+            self._conn_nursery = nursery
+            task_status.started()
+            await self._drained.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _drain(self) -> None:
+        for listener in self.listeners:
+            with trio.move_on_after(1):
+                await listener.aclose()
+        for session in list(self._sessions):
+            session.closing_reply = _SHUTTING_DOWN
+            if session.idle_scope is not None:
+                session.idle_scope.cancel()
+        with trio.move_on_after(self.config.timeouts.shutdown_grace):
+            while self._sessions:
+                await trio.sleep(0.05)
+        if self._sessions:
+            log.warning("shutdown: cutting off %d session(s) after the grace period",
+                        len(self._sessions))
+        await self._tx_send.aclose()
+        self._drained.set()
+
+    async def _accept_loop(self, listener: trio.abc.Listener[Any], implicit_tls: bool) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept failed (%s); pausing", exc)
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+            assert self._conn_nursery is not None
+            self._conn_nursery.start_soon(self._handle_connection, stream, implicit_tls)
+
+    async def _handle_connection(self, stream: trio.abc.Stream, implicit_tls: bool) -> None:
+        peer, local = _addresses(stream)
+        info = SessionInfo(id=f"{self._prefix}.{next(self._ids)}", peer=peer, local=local,
+                           lmtp=self.config.lmtp, started=datetime.now(UTC))
+        ip = peer[0] if peer else ""
+        refusal = None
+        if len(self._sessions) >= self.config.max_connections:
+            refusal = _TOO_MANY
+        elif ip and self._per_ip[ip] >= self.config.max_connections_per_ip:
+            refusal = _TOO_MANY_FROM_YOU
+        if refusal is not None:
+            log.info("session %s: refused %s: %s", info.id, peer, refusal.text)
+            await _refuse(stream, refusal)
+            return
+        self._per_ip[ip] += 1
+        session: Session | None = None
+        try:
+            if implicit_tls:
+                tls_stream = await self._implicit_tls(stream, info)
+                if tls_stream is None:
+                    return
+                stream = tls_stream
+            session = Session(self, stream, info)
+            self._sessions.add(session)
+            log.info("session %s: connect from %s", info.id, peer)
+            await self._run_session(session)
+        finally:
+            self._per_ip[ip] -= 1
+            if not self._per_ip[ip]:
+                del self._per_ip[ip]
+            if session is not None:
+                self._sessions.discard(session)
+                log.info("session %s: closed", info.id)
+
+    async def _implicit_tls(self, stream: trio.abc.Stream,
+                            info: SessionInfo) -> trio.abc.Stream | None:
+        context = self.config.tls
+        if context is None:
+            raise RuntimeError("implicit TLS listeners need Config.tls")
+        tls_stream = trio.SSLStream(stream, context, server_side=True)
+        if not await handshake(tls_stream, self.config.timeouts.tls_handshake, info.id):
+            await trio.aclose_forcefully(stream)
+            return None
+        info.tls = tls_info(tls_stream)
+        return tls_stream
+
+    async def _run_session(self, session: Session) -> None:
+        cap = self.config.timeouts.session
+        with trio.move_on_after(math.inf if cap is None else cap) as session_scope:
+            try:
+                failed = await self._run_handler(session)
+                await session.finish(handler_failed=failed)
+            except Exception:
+                log.exception("session %s: internal error", session.info.id)
+                with trio.CancelScope(shield=True):
+                    await session.close(_CRASHED)
+                return
+        with trio.CancelScope(shield=True):
+            await session.close(_SESSION_TOO_LONG if session_scope.cancelled_caught else None)
+
+    async def _run_handler(self, session: Session) -> bool:
+        """Run the application's handler; True if it failed (raised or ran out of time)."""
+        with trio.CancelScope() as app_scope:
+            session.app_scope = app_scope
+            try:
+                await self._handler(session)
+                return False
+            except Exception:
+                log.exception("session %s: application handler raised", session.info.id)
+                return True
+            finally:
+                session.app_scope = None
+        log.warning("session %s: application took too long to decide", session.info.id)
+        return True
+
+
+async def forward_transactions(session: Session) -> None:
+    """The default handler: accept every envelope step and hand each message to
+    ``Server.transactions()``, waiting (bounded) for the application's answer."""
+    server = session.server
+    async for event in session:
+        if isinstance(event, Message):
+            await server.deliver(event.transaction)
+            event.decided = True
+
+
+async def serve(
+    config: Config,
+    port: int | None = None,
+    *,
+    host: str | bytes | None = None,
+    handler: Handler | None = None,
+    listeners: Sequence[trio.abc.Listener[Any]] = (),
+    tls_port: int | None = None,
+    tls_listeners: Sequence[trio.abc.Listener[Any]] = (),
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve SMTP (or LMTP) until cancelled or shut down; reports the ``Server``.
+
+    ``port``/``host`` open TCP listeners (IPv4 and IPv6, as ``trio.open_tcp_listeners``);
+    ``listeners`` takes any others. ``tls_port``/``tls_listeners`` do implicit TLS
+    (RFC 8314) with ``config.tls``. ``handler(session)`` makes the decisions of each
+    connection; without one, messages go to ``Server.transactions()``.
+    """
+    plain = list(listeners)
+    implicit = list(tls_listeners)
+    if port is not None:
+        plain += await trio.open_tcp_listeners(port, host=host)
+    if tls_port is not None:
+        implicit += await trio.open_tcp_listeners(tls_port, host=host)
+    if implicit and config.tls is None:
+        raise ValueError("implicit TLS listeners need Config.tls")
+    if not plain and not implicit:
+        raise ValueError("nothing to listen on: give a port or listeners")
+    server = Server(config, handler)
+    await server._run(plain, implicit, task_status)
+
+
+async def _refuse(stream: trio.abc.Stream, reply: Reply) -> None:
+    with trio.move_on_after(5):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(reply.to_bytes())
+    await trio.aclose_forcefully(stream)
+
+
+def _addresses(stream: trio.abc.Stream) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return None, None
+    try:
+        peer, local = sock.getpeername(), sock.getsockname()
+    except OSError:
+        return None, None
+    if isinstance(peer, tuple) and isinstance(local, tuple):
+        return (peer[0], peer[1]), (local[0], local[1])
+    return None, None
