@@ -1,0 +1,68 @@
+"""Durable Maildir delivery."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from trio_smtpd.maildir import Maildir
+
+
+async def test_deliver_writes_into_new_only(tmp_path: Path) -> None:
+    maildir = Maildir(tmp_path / "mail")
+    maildir.create()
+    name = await maildir.deliver(b"Subject: x\r\n\r\nbody\r\n")
+    assert (tmp_path / "mail" / "new" / name).read_bytes() == b"Subject: x\r\n\r\nbody\r\n"
+    assert os.listdir(tmp_path / "mail" / "tmp") == []
+    assert os.listdir(tmp_path / "mail" / "cur") == []
+
+
+async def test_names_are_unique_and_follow_the_convention(tmp_path: Path) -> None:
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    names = set()
+    async with trio.open_nursery() as nursery:
+        async def one() -> None:
+            names.add(await maildir.deliver(b"x"))
+        for _ in range(50):
+            nursery.start_soon(one)
+    assert len(names) == 50
+    for name in names:
+        seconds, rest = name.split(".", 1)
+        assert seconds.isdigit() and rest.startswith("M") and f"P{os.getpid()}Q" in rest
+        assert "/" not in name and ":" not in name
+
+
+async def test_streamed_writer_commit_and_abort(tmp_path: Path) -> None:
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    writer = maildir.open()
+    writer.BUFFER = 4  # force a real write before the commit
+    await writer.write(b"part one, ")
+    assert os.listdir(tmp_path / "tmp") == [writer.name]
+    assert os.listdir(tmp_path / "new") == []  # not visible until committed
+    await writer.write(b"part two")
+    name = await writer.commit()
+    assert (tmp_path / "new" / name).read_bytes() == b"part one, part two"
+    aborted = maildir.open()
+    await aborted.write(b"never delivered")
+    await aborted.abort()
+    assert os.listdir(tmp_path / "new") == [name]
+    assert os.listdir(tmp_path / "tmp") == []
+    with pytest.raises(ValueError):
+        await aborted.write(b"more")
+
+
+def test_create_fails_on_unwritable_directory(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        target = tmp_path / "file"
+        target.write_bytes(b"")  # a file where the Maildir should be: fails even for root
+        with pytest.raises(OSError):
+            Maildir(target / "mail").create()
+    else:
+        tmp_path.chmod(0o500)
+        with pytest.raises(OSError):
+            Maildir(tmp_path / "mail").create()

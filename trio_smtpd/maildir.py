@@ -1,0 +1,149 @@
+"""Durable Maildir delivery that never blocks the trio event loop.
+
+A message is written to ``tmp/``, fsynced, renamed into ``new/``, and ``new/`` itself is
+fsynced, all in a worker thread; only then may the server say 250. A message that was not
+fully written never appears in ``new/`` (the rename is atomic), and a crash leaves at most
+a stray file in ``tmp/``, which Maildir readers ignore.
+
+File names follow the Maildir convention (``time.MusecPpidQcountRrandom.host``) so that
+several processes and hosts can deliver into one Maildir without colliding.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+
+import trio
+
+__all__ = ["Maildir", "MaildirWriter"]
+
+_counter = itertools.count(1)
+
+
+def _safe_hostname() -> str:
+    # Maildir reserves "/" and ":" in file names; encode them as the convention says.
+    return socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+
+
+class Maildir:
+    """A Maildir folder (created with tmp/, new/ and cur/ if missing)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._host = _safe_hostname()
+
+    def create(self) -> None:
+        """Create the folders and check that ``tmp/`` is writable (raises OSError)."""
+        for sub in ("tmp", "new", "cur"):
+            (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = self.path / "tmp" / f".probe.{os.getpid()}.{secrets.token_hex(4)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+
+    def unique_name(self) -> str:
+        now = time.time()
+        seconds = int(now)
+        micros = int((now - seconds) * 1_000_000)
+        return (f"{seconds}.M{micros}P{os.getpid()}Q{next(_counter)}"
+                f"R{secrets.token_hex(8)}.{self._host}")
+
+    def open(self) -> MaildirWriter:
+        """Start a new message; ``write()`` it, then ``commit()`` or ``abort()``.
+
+        Writes are buffered (up to ``MaildirWriter.BUFFER`` octets) so that a small message
+        costs a single trip to a worker thread: create, write, fsync, rename, fsync.
+        """
+        return MaildirWriter(self, self.unique_name())
+
+    async def deliver(self, data: bytes) -> str:
+        """Store one whole message durably; return its file name in ``new/``."""
+        writer = self.open()
+        await writer.write(data)
+        return await writer.commit()
+
+
+class MaildirWriter:
+    """One message on its way into ``new/``."""
+
+    BUFFER = 1 << 20
+
+    def __init__(self, maildir: Maildir, name: str) -> None:
+        self.maildir = maildir
+        self.name = name
+        self.size = 0
+        self._tmp = maildir.path / "tmp" / name
+        self._fd: int | None = None
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._finished = False
+
+    async def write(self, data: bytes) -> None:
+        if self._finished:
+            raise ValueError("message already committed or aborted")
+        self._pending.append(data)
+        self._pending_size += len(data)
+        self.size += len(data)
+        if self._pending_size >= self.BUFFER:
+            await trio.to_thread.run_sync(self._flush)
+
+    async def commit(self) -> str:
+        """Write the rest, fsync, move into ``new/``, fsync ``new/``: now it is durable."""
+        if self._finished:
+            raise ValueError("message already committed or aborted")
+        self._finished = True
+        # Shielded: once started, finishing the rename matters more than a cancel.
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.to_thread.run_sync(self._commit)
+            except BaseException:
+                await trio.to_thread.run_sync(self._discard)
+                raise
+        return self.name
+
+    async def abort(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._pending.clear()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._discard)
+
+    # These run in a worker thread.
+
+    def _flush(self) -> None:
+        if self._fd is None:
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                               0o600)
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def _commit(self) -> None:
+        self._flush()
+        assert self._fd is not None
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        new = self.maildir.path / "new" / self.name
+        os.rename(self._tmp, new)
+        dir_fd = os.open(new.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._tmp.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""The sinkhole server program (``trio-smtpd``): durable Maildir delivery, structured logs."""

@@ -1,0 +1,222 @@
+"""``trio-smtpd``: the sinkhole SMTP/LMTP server (and ``trio-smtpd hash-password``).
+
+Configuration errors are one line on stderr and exit status 2. SIGTERM or SIGINT shuts
+down gracefully (in-flight transactions get the grace period); a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, NoReturn
+
+import trio
+
+from .. import Config, Credentials, PlainCredentials, Timeouts, __version__, serve
+from ..maildir import Maildir
+from .delivery import SinkholeHandler
+from .logs import configure_logging, log_event
+from .passwords import AuthFileError, hash_password, load_auth_file, verify_password
+
+__all__ = ["main"]
+
+EXIT_CONFIG = 2
+
+
+class ConfigError(Exception):
+    """A problem with the command line or the files it names."""
+
+
+def parse_address(text: str, option: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{option} {text!r}: expected HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigError(f"{option} {text!r}: write IPv6 addresses as [ADDRESS]:PORT")
+    return host, int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-smtpd",
+        description="A sinkhole SMTP/LMTP server: accepts mail and stores each message "
+                    "durably in a Maildir (250 means it is on disk, fsynced). "
+                    "'trio-smtpd hash-password' makes password hashes for --auth-file.",
+    )
+    add = parser.add_argument
+    add("--listen", action="append", metavar="HOST:PORT",
+        help="address to listen on (repeatable; default 127.0.0.1:2525; [::1]:25 for IPv6)")
+    add("--maildir", default="./maildir", metavar="DIR",
+        help="Maildir to store messages in, created if missing (default ./maildir)")
+    add("--hostname", default=None, metavar="NAME",
+        help="name in the greeting and Received headers (default: this host's name)")
+    add("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP")
+    add("--tls-cert", metavar="FILE", help="PEM certificate chain; enables STARTTLS")
+    add("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
+    add("--tls-listen", action="append", default=[], metavar="HOST:PORT",
+        help="address for implicit TLS (RFC 8314, port 465 style; repeatable)")
+    add("--auth-file", metavar="FILE",
+        help="enables AUTH PLAIN/LOGIN (only over TLS): lines of user:hash, each hash made "
+             "by 'trio-smtpd hash-password'")
+    add("--max-message-size", type=int, default=32 * 2**20, metavar="BYTES",
+        help="largest message accepted, advertised as SIZE (default 33554432)")
+    add("--max-recipients", type=int, default=100, metavar="N",
+        help="recipients per transaction; more get 452 (default 100, RFC 5321)")
+    add("--timeout", type=float, default=300.0, metavar="SECONDS",
+        help="idle time allowed between commands before 421 (default 300, RFC 5321)")
+    add("--max-connections", type=int, default=1000, metavar="N",
+        help="concurrent connections; more are answered 421 (default 1000)")
+    add("--discard", action="store_true",
+        help="accept and log every message but store nothing (the pure sinkhole)")
+    add("--log-format", choices=("text", "json"), default="text",
+        help="one line per connection event and per transaction: text or JSON lines")
+    add("--version", action="version", version=f"trio-smtpd {__version__}")
+    return parser
+
+
+def hash_password_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="trio-smtpd hash-password",
+        description="Print a password hash for --auth-file. The password is read from "
+                    "standard input (first line) or asked for on the terminal.")
+    parser.parse_args(argv)
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("trio-smtpd: passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("trio-smtpd: empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
+def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
+    if args.max_message_size < 1 or args.max_recipients < 1 or args.max_connections < 1:
+        raise ConfigError("--max-message-size, --max-recipients and --max-connections "
+                          "must be positive")
+    if args.timeout <= 0:
+        raise ConfigError("--timeout must be positive")
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            tls.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load TLS certificate/key: {exc}") from None
+    if args.tls_listen and tls is None:
+        raise ConfigError("--tls-listen needs --tls-cert and --tls-key")
+    authenticator = None
+    if args.auth_file:
+        try:
+            users = load_auth_file(args.auth_file)
+        except AuthFileError as exc:
+            raise ConfigError(str(exc)) from None
+        authenticator = partial(_authenticate, users)
+    maildir = None
+    if not args.discard:
+        maildir = Maildir(args.maildir)
+        try:
+            maildir.create()
+        except OSError as exc:
+            raise ConfigError(f"cannot use maildir {args.maildir}: {exc}") from None
+    config = Config(
+        hostname=args.hostname or socket.gethostname(),
+        lmtp=args.lmtp,
+        tls=tls,
+        authenticator=authenticator,
+        max_message_size=args.max_message_size,
+        max_recipients=args.max_recipients,
+        max_connections=args.max_connections,
+        max_connections_per_ip=args.max_connections,
+        timeouts=Timeouts(command=args.timeout),
+    )
+    return config, maildir
+
+
+async def _authenticate(users: dict[str, str], credentials: Credentials) -> str | None:
+    if not isinstance(credentials, PlainCredentials):
+        return None
+    encoded = users.get(credentials.username)
+    if encoded is None:
+        return None
+    # scrypt is deliberately slow: keep it off the event loop.
+    ok = await trio.to_thread.run_sync(verify_password, credentials.password, encoded)
+    return credentials.username if ok else None
+
+
+async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None) -> int:
+    plain = [parse_address(a, "--listen") for a in (args.listen or ["127.0.0.1:2525"])]
+    secure = [parse_address(a, "--tls-listen") for a in args.tls_listen]
+    listeners: list[Any] = []
+    tls_listeners: list[Any] = []
+    try:
+        for (host, port), target in [*((a, listeners) for a in plain),
+                                     *((a, tls_listeners) for a in secure)]:
+            target.extend(await trio.open_tcp_listeners(port, host=host))
+    except OSError as exc:
+        for listener in listeners + tls_listeners:
+            await listener.aclose()
+        raise ConfigError(f"cannot listen: {exc}") from None
+    handler = SinkholeHandler(config.hostname, maildir)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve, config, handler=handler,
+                                             listeners=listeners, tls_listeners=tls_listeners))
+        log_event("listening", addresses=[_bound(listener) for listener in server.listeners],
+                  lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path))
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if server.shutting_down:
+                    log_event("exit", signal=signal.Signals(signum).name)
+                    os._exit(1)
+                log_event("shutdown", signal=signal.Signals(signum).name)
+                server.shutdown()
+                nursery.start_soon(_stop_after_drain, server, nursery.cancel_scope)
+    return 0
+
+
+async def _stop_after_drain(server: Any, scope: trio.CancelScope) -> None:
+    await server.wait_closed()
+    scope.cancel()
+
+
+def _bound(listener: Any) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"trio-smtpd: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_CONFIG)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["hash-password"]:
+        return hash_password_command(argv[1:])
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_format)
+    try:
+        config, maildir = build_config(args)
+        return trio.run(run, args, config, maildir)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The sinkhole's session handler: accept everything, store it durably, log it.
+
+Each message body is streamed straight into a Maildir file (bounded memory whatever its
+size), behind trace headers:
+
+* ``Return-Path: <sender>`` — the envelope sender (RFC 5321 4.4).
+* ``X-Original-To: <recipient>`` — one per envelope recipient, in RCPT order.
+* ``Received:`` — RFC 5321 4.4 trace: HELO name, client address, our host name, the
+  protocol (RFC 3848: ESMTP, ESMTPS, ESMTPSA, LMTP...), the session id, TLS version and
+  cipher, the recipient when there is only one, and the date.
+
+250 is answered only after the file is fsynced into ``new/``. A write error answers 452
+(disk full) or 451 and is logged; the server keeps running.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from dataclasses import dataclass
+from email.utils import format_datetime
+from typing import Any
+
+from .. import DataStart, Message, Session, Transaction
+from ..maildir import Maildir, MaildirWriter
+from .logs import log_event
+
+__all__ = ["SinkholeHandler", "trace_headers"]
+
+log = logging.getLogger("trio_smtpd.sinkhole")
+
+
+@dataclass
+class SinkholeHandler:
+    """Handles every session of the sinkhole server."""
+
+    hostname: str
+    maildir: Maildir | None  # None: --discard
+
+    async def __call__(self, session: Session) -> None:
+        info = session.info
+        started = time.monotonic()
+        log_event("connect", session=info.id, peer=_peer(info.peer))
+        writer: MaildirWriter | None = None
+        error: OSError | None = None
+        async for event in session:
+            if isinstance(event, DataStart):
+                event.accept()
+                writer, error = await self._receive(session, event.transaction)
+            elif isinstance(event, Message):
+                await self._finish(event, writer, error)
+                writer, error = None, None
+            else:
+                event.accept()
+        if writer is not None:  # the client left mid-message
+            await writer.abort()
+        log_event("close", session=info.id, peer=_peer(info.peer), helo=info.helo,
+                  tls=info.tls.version if info.tls else None, auth=info.authenticated_as,
+                  duration=round(time.monotonic() - started, 3))
+
+    async def _receive(self, session: Session,
+                       tx: Transaction) -> tuple[MaildirWriter | None, OSError | None]:
+        """Stream the body into a Maildir file; keep reading even after a write error."""
+        writer = None if self.maildir is None else self.maildir.open()
+        error: OSError | None = None
+        if writer is not None:
+            error = await _write(writer, trace_headers(tx, self.hostname))
+        async for chunk in session.body():
+            if writer is not None and error is None:
+                error = await _write(writer, chunk)
+        if tx.aborted and writer is not None:
+            await writer.abort()
+            writer = None
+        return writer, error
+
+    async def _finish(self, event: Message, writer: MaildirWriter | None,
+                      error: OSError | None) -> None:
+        tx = event.transaction
+        name = None
+        if error is None and writer is not None:
+            try:
+                name = await writer.commit()
+            except OSError as exc:
+                error = exc
+        if error is not None:
+            if writer is not None:
+                await writer.abort()
+            full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+            if full:
+                event.tempfail("Insufficient system storage", "4.3.1", code=452)
+            else:
+                event.tempfail("Local error in processing", "4.3.0")
+            log.error("session %s: storing the message failed: %s", tx.session.id, error)
+        elif name is not None:
+            event.accept(f"queued as {name}")
+        else:
+            event.accept("discarded")
+        replies = tx._final_replies()
+        first = replies[0] if replies else None
+        log_event(
+            "message",
+            session=tx.session.id,
+            peer=_peer(tx.session.peer),
+            helo=tx.session.helo,
+            tls=tx.session.tls.version if tx.session.tls else None,
+            auth=tx.session.authenticated_as,
+            sender=str(tx.sender) if tx.sender else "",
+            recipients=[str(r.address) for r in tx.recipients],
+            size=tx.size,
+            outcome="accepted" if first is None or first.is_positive else "tempfailed",
+            reply=str(first) if first else "250",
+            file=name,
+        )
+
+
+async def _write(writer: MaildirWriter, data: bytes) -> OSError | None:
+    try:
+        await writer.write(data)
+    except OSError as exc:
+        return exc
+    return None
+
+
+def trace_headers(tx: Transaction, hostname: str) -> bytes:
+    """Return-Path, X-Original-To and Received headers for one stored message."""
+    session = tx.session
+    ip = session.peer[0] if session.peer else "unknown"
+    helo = session.helo or "unknown"
+    protocol = "LMTP" if tx.lmtp else "UTF8SMTP" if tx.mail_params.smtputf8 else "ESMTP"
+    if session.tls:
+        protocol += "S"
+    if session.authenticated_as:
+        protocol += "A"
+    clauses = [f"from {helo} ([{ip}])", f"by {hostname} (trio_smtpd)",
+               f"with {protocol}", f"id {session.id}"]
+    if session.tls:
+        clauses.append(f"(using {session.tls.version} with cipher {session.tls.cipher})")
+    if len(tx.recipients) == 1:
+        clauses.append(f"for <{tx.recipients[0].address}>")
+    received = _fold("Received: " + "\r\n\t".join(clauses) + ";\r\n\t"
+                     + format_datetime(tx.received.astimezone()))
+    lines = [f"Return-Path: <{tx.sender or ''}>"]
+    lines += [f"X-Original-To: <{r.address}>" for r in tx.recipients]
+    lines.append(received)
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def _fold(header: str) -> str:
+    # Client-supplied HELO names are long at most one command line; keep each header
+    # line within RFC 5322's 998 octets regardless.
+    return "\r\n\t".join(line[:990] for line in header.split("\r\n\t"))
+
+
+def _peer(peer: Any) -> str | None:
+    return None if peer is None else f"{peer[0]}:{peer[1]}"
