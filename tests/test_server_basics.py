@@ -132,4 +132,4 @@ def test_config_rejects_unknown_mechanism() -> None:
     with pytest.raises(ValueError):
         Config(auth_mechanisms=("KERBEROS_V4",))
     with pytest.raises(ValueError):
-        Config(protocol={"max_command_line_length": 100})
+        Config(max_recipients=0)

@@ -21,9 +21,8 @@ import socket
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
 
 import trio
 
@@ -88,8 +87,9 @@ class Config:
     max_connections: int = 1000
     max_connections_per_ip: int = 50
     timeouts: Timeouts = field(default_factory=Timeouts)
-    #: Any other ``ProtocolConfig`` field (limits, extensions, bare_line_endings...).
-    protocol: dict[str, Any] = field(default_factory=dict)
+    #: Every other protocol option (limits, extensions, bare_line_endings...); the fields
+    #: above override the same-named fields of this one.
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.auth_mechanisms if m not in MECHANISMS]
@@ -98,19 +98,17 @@ class Config:
         self.protocol_config()  # fail now, not at the first connection
 
     def protocol_config(self) -> ProtocolConfig:
-        return ProtocolConfig(
-            **{
-                "hostname": self.hostname,
-                "lmtp": self.lmtp,
-                "tls_available": self.tls is not None,
-                "auth_mechanisms": self.auth_mechanisms if self.authenticator else (),
-                "auth_requires_tls": self.auth_requires_tls,
-                "require_tls": self.require_tls,
-                "require_auth": self.require_auth,
-                "max_message_size": self.max_message_size,
-                "max_recipients": self.max_recipients,
-                **self.protocol,
-            }
+        return replace(
+            self.protocol,
+            hostname=self.hostname,
+            lmtp=self.lmtp,
+            tls_available=self.tls is not None,
+            auth_mechanisms=self.auth_mechanisms if self.authenticator else (),
+            auth_requires_tls=self.auth_requires_tls,
+            require_tls=self.require_tls,
+            require_auth=self.require_auth,
+            max_message_size=self.max_message_size,
+            max_recipients=self.max_recipients,
         )
 
 
@@ -120,7 +118,7 @@ class Server:
     def __init__(self, config: Config, handler: Handler | None) -> None:
         self.config = config
         self.protocol_config = config.protocol_config()
-        self.listeners: list[trio.abc.Listener[Any]] = []
+        self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         self._handler = handler or forward_transactions
         self._tx_send, self._tx_receive = trio.open_memory_channel[Transaction](0)
         self._sessions: set[Session] = set()
@@ -173,8 +171,8 @@ class Server:
 
     # ------------------------------------------------------------------ running
 
-    async def _run(self, listeners: Sequence[trio.abc.Listener[Any]],
-                   tls_listeners: Sequence[trio.abc.Listener[Any]],
+    async def _run(self, listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+                   tls_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
                    task_status: trio.TaskStatus[Server]) -> None:
         self.listeners = [*listeners, *tls_listeners]
         async with trio.open_nursery() as nursery:
@@ -218,7 +216,8 @@ class Server:
         await self._tx_send.aclose()
         self._drained.set()
 
-    async def _accept_loop(self, listener: trio.abc.Listener[Any], implicit_tls: bool) -> None:
+    async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream],
+                           implicit_tls: bool) -> None:
         while True:
             try:
                 stream = await listener.accept()
@@ -325,9 +324,9 @@ async def serve(
     *,
     host: str | bytes | None = None,
     handler: Handler | None = None,
-    listeners: Sequence[trio.abc.Listener[Any]] = (),
+    listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
     tls_port: int | None = None,
-    tls_listeners: Sequence[trio.abc.Listener[Any]] = (),
+    tls_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve SMTP (or LMTP) until cancelled or shut down; reports the ``Server``.

@@ -15,11 +15,11 @@ import ssl
 import sys
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import trio
 
-from .. import Config, Credentials, PlainCredentials, Timeouts, __version__, serve
+from .. import Config, Credentials, PlainCredentials, Server, Timeouts, __version__, serve
 from ..maildir import Maildir
 from .delivery import SinkholeHandler
 from .logs import configure_logging, log_event
@@ -163,8 +163,8 @@ async def _authenticate(users: dict[str, str], credentials: Credentials) -> str 
 async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None) -> int:
     plain = [parse_address(a, "--listen") for a in (args.listen or ["127.0.0.1:2525"])]
     secure = [parse_address(a, "--tls-listen") for a in args.tls_listen]
-    listeners: list[Any] = []
-    tls_listeners: list[Any] = []
+    listeners: list[trio.SocketListener] = []
+    tls_listeners: list[trio.SocketListener] = []
     try:
         for (host, port), target in [*((a, listeners) for a in plain),
                                      *((a, tls_listeners) for a in secure)]:
@@ -190,12 +190,13 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None)
     return 0
 
 
-async def _stop_after_drain(server: Any, scope: trio.CancelScope) -> None:
+async def _stop_after_drain(server: Server, scope: trio.CancelScope) -> None:
     await server.wait_closed()
     scope.cancel()
 
 
-def _bound(listener: Any) -> str:
+def _bound(listener: trio.abc.Listener[trio.abc.Stream]) -> str:
+    assert isinstance(listener, trio.SocketListener)
     host, port = listener.socket.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
