@@ -256,7 +256,7 @@ class Server:
                 stream = tls_stream
             session = Session(self, stream, info)
             self._sessions.add(session)
-            log.info("session %s: connect from %s", info.id, peer)
+            log.debug("session %s: connect from %s", info.id, peer)
             await self._run_session(session)
         finally:
             self._per_ip[ip] -= 1
@@ -264,7 +264,7 @@ class Server:
                 del self._per_ip[ip]
             if session is not None:
                 self._sessions.discard(session)
-                log.info("session %s: closed", info.id)
+                log.debug("session %s: closed", info.id)
 
     async def _implicit_tls(self, stream: trio.abc.Stream,
                             info: SessionInfo) -> trio.abc.Stream | None:
