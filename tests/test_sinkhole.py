@@ -148,6 +148,8 @@ def test_size_and_recipient_limits(sinkhole_factory: Factory) -> None:
         code, _ = client.data(b"x" * 200)
         assert code == 552
     assert not os.listdir(sinkhole.maildir / "new")
+    [entry] = sinkhole.events("message")
+    assert entry["outcome"] == "refused" and str(entry["reply"]).startswith("552 5.3.4")
 
 
 def test_swaks_starttls_auth_pipelining(sinkhole_factory: Factory,

@@ -221,6 +221,9 @@ class Transaction:
     streamed: bool = False
     #: True once the client went away or the message was refused before its end.
     aborted: bool = False
+    #: What the client was told when the protocol engine refused the message (too large,
+    #: bare line ending, line too long); None if it was not refused or the client left.
+    abort_reply: Reply | None = None
     #: The final reply (SMTP) or replies (LMTP), once decided.
     replies: list[Reply | None] | None = field(default=None, repr=False)
     _done: trio.Event = field(default_factory=trio.Event, repr=False)

@@ -144,6 +144,8 @@ class Session:
                 continue
             self._stashed = event
             if isinstance(event, core.EndOfMessage | core.MessageAborted | core.Reset):
+                if isinstance(event, core.MessageAborted):
+                    transaction.abort_reply = event.reply
                 if not isinstance(event, core.EndOfMessage):
                     transaction.aborted = True
                 return
@@ -251,6 +253,8 @@ class Session:
         if isinstance(event, core.MessageAborted | core.Reset):
             if self._transaction is not None:
                 self._transaction.aborted = True
+                if isinstance(event, core.MessageAborted):
+                    self._transaction.abort_reply = event.reply
             self._transaction = None
             return None
         if isinstance(event, core.StartTLS):

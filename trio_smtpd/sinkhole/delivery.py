@@ -69,9 +69,13 @@ class SinkholeHandler:
         async for chunk in session.body():
             if writer is not None and error is None:
                 error = await _write(writer, chunk)
-        if tx.aborted and writer is not None:
-            await writer.abort()
-            writer = None
+        if tx.aborted:
+            if writer is not None:
+                await writer.abort()
+                writer = None
+            reply = tx.abort_reply
+            _log_transaction(tx, "refused" if reply else "abandoned",
+                             str(reply) if reply else None, None)
         return writer, error
 
     async def _finish(self, event: Message, writer: MaildirWriter | None,
@@ -98,20 +102,26 @@ class SinkholeHandler:
             event.accept("discarded")
         replies = tx._final_replies()
         first = replies[0] if replies else None
-        log_event(
-            "message",
-            session=tx.session.id,
-            peer=_peer(tx.session.peer),
-            helo=tx.session.helo,
-            tls=tx.session.tls.version if tx.session.tls else None,
-            auth=tx.session.authenticated_as,
-            sender=str(tx.sender) if tx.sender else "",
-            recipients=[str(r.address) for r in tx.recipients],
-            size=tx.size,
-            outcome="accepted" if first is None or first.is_positive else "tempfailed",
-            reply=str(first) if first else "250",
-            file=name,
-        )
+        outcome = "accepted" if first is None or first.is_positive else "tempfailed"
+        _log_transaction(tx, outcome, str(first) if first else "250", name)
+
+
+def _log_transaction(tx: Transaction, outcome: str, reply: str | None,
+                     name: str | None) -> None:
+    log_event(
+        "message",
+        session=tx.session.id,
+        peer=_peer(tx.session.peer),
+        helo=tx.session.helo,
+        tls=tx.session.tls.version if tx.session.tls else None,
+        auth=tx.session.authenticated_as,
+        sender=str(tx.sender) if tx.sender else "",
+        recipients=[str(r.address) for r in tx.recipients],
+        size=tx.size,
+        outcome=outcome,
+        reply=reply,
+        file=name,
+    )
 
 
 async def _write(writer: MaildirWriter, data: bytes) -> OSError | None:
