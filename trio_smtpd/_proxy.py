@@ -1,0 +1,116 @@
+"""The PROXY protocol, versions 1 and 2 (HAProxy's spec), sans-I/O.
+
+A load balancer in TCP mode puts one header in front of the client's bytes saying who the
+client really is. ``parse_proxy_header(data)`` reads it from the first bytes of a
+connection: it returns ``None`` while more bytes are needed, raises ``ProxyHeaderError``
+for anything malformed, and otherwise returns the header with the bytes that follow it.
+
+Only trusted peers may send the header (the server checks that before calling this);
+anyone else could claim any address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+__all__ = ["ProxyHeader", "ProxyHeaderError", "parse_proxy_header"]
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+_V1_PREFIX = b"PROXY "
+_V1_MAX = 107  # the spec's longest v1 line, CRLF included
+_V2_FIXED = 16
+_V2_MAX_BODY = 4096  # more than any address block and TLVs HAProxy sends
+
+
+class ProxyHeaderError(ValueError):
+    """The connection did not start with a valid PROXY header."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyHeader:
+    """Who the client is (None for LOCAL/UNKNOWN: use the real peer), and what followed."""
+
+    source: tuple[str, int] | None
+    destination: tuple[str, int] | None
+    version: int
+    rest: bytes
+
+
+def parse_proxy_header(data: bytes) -> ProxyHeader | None:
+    if data.startswith(V2_SIGNATURE[: len(data)]) and len(data) < len(V2_SIGNATURE):
+        return None
+    if data.startswith(V2_SIGNATURE):
+        return _parse_v2(data)
+    if _V1_PREFIX.startswith(data[:6]) and len(data) < 6:
+        return None
+    if data.startswith(_V1_PREFIX):
+        return _parse_v1(data)
+    raise ProxyHeaderError("no PROXY header")
+
+
+def _parse_v1(data: bytes) -> ProxyHeader | None:
+    end = data.find(b"\r\n", 0, _V1_MAX)
+    if end < 0:
+        if len(data) >= _V1_MAX:
+            raise ProxyHeaderError("PROXY v1 line too long")
+        return None
+    fields = data[:end].decode("ascii", "replace").split(" ")
+    rest = data[end + 2:]
+    if fields[1:2] == ["UNKNOWN"]:
+        return ProxyHeader(None, None, 1, rest)
+    if len(fields) != 6 or fields[1] not in ("TCP4", "TCP6"):
+        raise ProxyHeaderError("malformed PROXY v1 line")
+    version = 4 if fields[1] == "TCP4" else 6
+    source = (_ip(fields[2], version), _port(fields[4]))
+    destination = (_ip(fields[3], version), _port(fields[5]))
+    return ProxyHeader(source, destination, 1, rest)
+
+
+def _parse_v2(data: bytes) -> ProxyHeader | None:
+    if len(data) < _V2_FIXED:
+        return None
+    version_command, family, length = struct.unpack_from("!BBH", data, 12)
+    if version_command >> 4 != 2 or version_command & 0x0F not in (0, 1):
+        raise ProxyHeaderError("unsupported PROXY v2 version or command")
+    if length > _V2_MAX_BODY:
+        raise ProxyHeaderError("PROXY v2 header too long")
+    if len(data) < _V2_FIXED + length:
+        return None
+    body = data[_V2_FIXED:_V2_FIXED + length]
+    rest = data[_V2_FIXED + length:]
+    if version_command & 0x0F == 0:  # LOCAL: the balancer's own health check
+        return ProxyHeader(None, None, 2, rest)
+    if family == 0x11:  # TCP over IPv4
+        if length < 12:
+            raise ProxyHeaderError("PROXY v2 IPv4 address block too short")
+        src, dst, sport, dport = struct.unpack_from("!4s4sHH", body)
+        source = (str(ipaddress.IPv4Address(src)), sport)
+        return ProxyHeader(source, (str(ipaddress.IPv4Address(dst)), dport), 2, rest)
+    if family == 0x21:  # TCP over IPv6
+        if length < 36:
+            raise ProxyHeaderError("PROXY v2 IPv6 address block too short")
+        src, dst, sport, dport = struct.unpack_from("!16s16sHH", body)
+        source = (str(ipaddress.IPv6Address(src)), sport)
+        return ProxyHeader(source, (str(ipaddress.IPv6Address(dst)), dport), 2, rest)
+    if family == 0x00:  # UNSPEC: addresses unknown
+        return ProxyHeader(None, None, 2, rest)
+    raise ProxyHeaderError(f"unsupported PROXY v2 address family {family:#x}")
+
+
+def _ip(text: str, version: int) -> str:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ProxyHeaderError(f"bad address {text!r} in PROXY v1 line") from None
+    if address.version != version:
+        raise ProxyHeaderError("PROXY v1 address does not match its protocol")
+    return str(address)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or len(text) > 5 or int(text) > 65535 or (
+            len(text) > 1 and text[0] == "0"):
+        raise ProxyHeaderError(f"bad port {text!r} in PROXY v1 line")
+    return int(text)
