@@ -7,6 +7,7 @@ from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
 import trio_smtpd
 from trio_smtpd import Config, Message, Rcpt, Session, serve
@@ -133,3 +134,24 @@ def test_config_rejects_unknown_mechanism() -> None:
         Config(auth_mechanisms=("KERBEROS_V4",))
     with pytest.raises(ValueError):
         Config(max_recipients=0)
+
+
+async def test_slow_handler_gets_the_default_after_the_decision_timeout(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async def handler(session: Session) -> None:
+        async for event in session:
+            if isinstance(event, Rcpt):
+                await trio.sleep_forever()  # never decides
+            event.accept()
+
+    async with open_client(handler=handler) as client:
+        assert (await client.command("EHLO c")).code == 250
+        assert (await client.command("MAIL FROM:<a@b.c>")).code == 250
+        start = trio.current_time()
+        # The envelope default (accept) applies once Timeouts.decision has passed...
+        assert (await client.command("RCPT TO:<d@e.f>")).code == 250
+        assert trio.current_time() - start >= Config().timeouts.decision
+        # ...and with the handler gone, a message is never acknowledged.
+        assert (await client.command("DATA")).code == 354
+        await client.send(b"x\r\n.\r\n")
+        assert (await client.reply()).code == 451

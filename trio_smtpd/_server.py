@@ -282,8 +282,8 @@ class Server:
         cap = self.config.timeouts.session
         with trio.move_on_after(math.inf if cap is None else cap) as session_scope:
             try:
-                failed = await self._run_handler(session)
-                await session.finish(handler_failed=failed)
+                raised = await self._run_handler(session)
+                await session.finish(handler_raised=raised)
             except Exception:
                 log.exception("session %s: internal error", session.info.id)
                 with trio.CancelScope(shield=True):
@@ -293,7 +293,11 @@ class Server:
             await session.close(_SESSION_TOO_LONG if session_scope.cancelled_caught else None)
 
     async def _run_handler(self, session: Session) -> bool:
-        """Run the application's handler; True if it failed (raised or ran out of time)."""
+        """Run the application's handler; True if it raised.
+
+        A handler that takes too long over a decision is cancelled (its scope has the
+        decision's deadline) and the decision gets its default.
+        """
         with trio.CancelScope() as app_scope:
             session.app_scope = app_scope
             try:
@@ -305,7 +309,7 @@ class Server:
             finally:
                 session.app_scope = None
         log.warning("session %s: application took too long to decide", session.info.id)
-        return True
+        return False
 
 
 async def forward_transactions(session: Session) -> None:

@@ -150,16 +150,19 @@ class Session:
                     transaction.aborted = True
                 return
 
-    async def finish(self, *, handler_failed: bool = False) -> None:
-        """Run the rest of the session with default answers (the handler is gone)."""
+    async def finish(self, *, handler_raised: bool = False) -> None:
+        """Run the rest of the session with default answers (the handler is gone).
+
+        If the handler raised, the decision it held gets 451 (421 for a greeting);
+        otherwise that decision gets its default. Later envelope steps are accepted and
+        later messages tempfailed: with no handler, nobody could take them.
+        """
         current = self._current
-        if handler_failed and current is not None and not current.decided:
+        if handler_raised and current is not None and not current.decided:
             if isinstance(current, Connect):
                 current.tempfail()
-            elif isinstance(current, Message):
-                current.tempfail(_LOCAL_ERROR.text, _LOCAL_ERROR.enhanced)
             else:
-                current._decide(_LOCAL_ERROR)
+                current.tempfail(_LOCAL_ERROR.text, _LOCAL_ERROR.enhanced)
         while (decision := await self.next_decision()) is not None:
             if isinstance(decision, Message):
                 decision.tempfail("Message not handled; try again later", "4.3.0")
