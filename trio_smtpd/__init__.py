@@ -22,6 +22,7 @@ from ._decisions import (
     Transaction,
 )
 from ._params import MailParams, OriginalRecipient, RcptParams
+from ._proxy import ProxiedStream, ProxyProtocolListener
 from ._replies import Reply
 from ._sasl import CramMD5Credentials, Credentials, PlainCredentials
 from ._server import Config, Handler, Server, Timeouts, forward_transactions, serve
@@ -45,6 +46,8 @@ __all__ = [
     "Message",
     "OriginalRecipient",
     "PlainCredentials",
+    "ProxiedStream",
+    "ProxyProtocolListener",
     "Rcpt",
     "RcptParams",
     "Recipient",

@@ -1,21 +1,31 @@
-"""The PROXY protocol, versions 1 and 2 (HAProxy's spec), sans-I/O.
+"""The PROXY protocol, versions 1 and 2 (HAProxy's spec).
 
 A load balancer in TCP mode puts one header in front of the client's bytes saying who the
 client really is. ``parse_proxy_header(data)`` reads it from the first bytes of a
 connection: it returns ``None`` while more bytes are needed, raises ``ProxyHeaderError``
 for anything malformed, and otherwise returns the header with the bytes that follow it.
 
-Only trusted peers may send the header (the server checks that before calling this);
-anyone else could claim any address.
+Only trusted peers may send the header (``ProxyProtocolListener`` checks that before
+reading it); anyone else could claim any address. The parser is sans-I/O; the listener and
+stream wrappers below are the trio side.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["ProxyHeader", "ProxyHeaderError", "parse_proxy_header"]
+import trio
+
+__all__ = [
+    "ProxiedStream",
+    "ProxyHeader",
+    "ProxyHeaderError",
+    "ProxyProtocolListener",
+    "parse_proxy_header",
+]
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _V1_PREFIX = b"PROXY "
@@ -114,3 +124,98 @@ def _port(text: str) -> int:
             len(text) > 1 and text[0] == "0"):
         raise ProxyHeaderError(f"bad port {text!r} in PROXY v1 line")
     return int(text)
+
+
+class ProxiedStream(trio.abc.HalfCloseableStream):
+    """A stream from a PROXY-protocol listener; ``read_header()`` before anything else."""
+
+    def __init__(self, stream: trio.abc.Stream, listener: ProxyProtocolListener) -> None:
+        self.transport_stream = stream
+        self._listener = listener
+        self._rest = b""
+        #: The client as the PROXY header says (or the real peer for LOCAL/UNKNOWN).
+        self.peer: tuple[str, int] | None = None
+        self.local: tuple[str, int] | None = None
+
+    async def read_header(self) -> None:
+        """Check the peer is trusted, then read the header; ProxyHeaderError if not."""
+        peer, local = socket_addresses(self.transport_stream)
+        if peer is None or not self._listener.trusts(peer[0]):
+            raise ProxyHeaderError(f"PROXY header from untrusted address {peer}")
+        data = b""
+        with trio.move_on_after(self._listener.timeout) as scope:
+            while (header := parse_proxy_header(data)) is None:
+                chunk = await self.transport_stream.receive_some(_V1_MAX + _V2_MAX_BODY)
+                if not chunk:
+                    raise ProxyHeaderError("connection closed before the PROXY header")
+                data += chunk
+        if scope.cancelled_caught:
+            raise ProxyHeaderError("timed out waiting for the PROXY header")
+        assert header is not None
+        self.peer = header.source or peer
+        self.local = header.destination or local
+        self._rest = header.rest
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._rest:
+            data, self._rest = self._rest, b""
+            return data
+        return await self.transport_stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if isinstance(self.transport_stream, trio.abc.HalfCloseableStream):
+            await self.transport_stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.transport_stream.aclose()
+
+
+class ProxyProtocolListener(trio.abc.Listener[ProxiedStream]):
+    """Wraps a listener whose clients come through a PROXY-protocol load balancer.
+
+    Only peers in ``trusted`` (addresses or networks) may connect; the server reads and
+    checks each header in the connection's own task, never in the accept loop.
+    """
+
+    def __init__(self, listener: trio.abc.Listener[trio.abc.Stream],
+                 trusted: Sequence[str], *, timeout: float = 10.0) -> None:
+        if not trusted:
+            raise ValueError("a PROXY-protocol listener needs trusted addresses")
+        self.transport_listener = listener
+        self.trusted = [ipaddress.ip_network(net, strict=False) for net in trusted]
+        self.timeout = timeout
+
+    def trusts(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.trusted)
+
+    async def accept(self) -> ProxiedStream:
+        return ProxiedStream(await self.transport_listener.accept(), self)
+
+    async def aclose(self) -> None:
+        await self.transport_listener.aclose()
+
+
+def socket_addresses(
+        stream: trio.abc.Stream) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return None, None
+    try:
+        peer, local = sock.getpeername(), sock.getsockname()
+    except OSError:
+        return None, None
+    if isinstance(peer, tuple) and isinstance(local, tuple):
+        return (str(peer[0]), int(peer[1])), (str(local[0]), int(local[1]))
+    return None, None

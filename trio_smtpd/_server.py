@@ -28,6 +28,7 @@ import trio
 
 from ._config import ProtocolConfig
 from ._decisions import Message, SessionInfo, Transaction
+from ._proxy import ProxiedStream, ProxyHeaderError, socket_addresses
 from ._replies import Reply
 from ._sasl import MECHANISMS, Credentials
 from ._session import Session, handshake, tls_info
@@ -233,7 +234,16 @@ class Server:
             self._conn_nursery.start_soon(self._handle_connection, stream, implicit_tls)
 
     async def _handle_connection(self, stream: trio.abc.Stream, implicit_tls: bool) -> None:
-        peer, local = _addresses(stream)
+        if isinstance(stream, ProxiedStream):
+            try:
+                await stream.read_header()
+            except (ProxyHeaderError, trio.BrokenResourceError) as exc:
+                log.warning("PROXY protocol: %s; connection closed", exc)
+                await trio.aclose_forcefully(stream)
+                return
+            peer, local = stream.peer, stream.local
+        else:
+            peer, local = socket_addresses(stream)
         info = SessionInfo(id=f"{self._prefix}.{next(self._ids)}", peer=peer, local=local,
                            lmtp=self.config.lmtp, started=datetime.now(UTC))
         ip = peer[0] if peer else ""
@@ -359,16 +369,3 @@ async def _refuse(stream: trio.abc.Stream, reply: Reply) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(reply.to_bytes())
     await trio.aclose_forcefully(stream)
-
-
-def _addresses(stream: trio.abc.Stream) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
-    sock = getattr(stream, "socket", None)
-    if sock is None:
-        return None, None
-    try:
-        peer, local = sock.getpeername(), sock.getsockname()
-    except OSError:
-        return None, None
-    if isinstance(peer, tuple) and isinstance(local, tuple):
-        return (peer[0], peer[1]), (local[0], local[1])
-    return None, None
