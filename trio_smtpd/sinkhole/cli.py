@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import os
 import signal
 import socket
@@ -19,11 +20,22 @@ from typing import NoReturn
 
 import trio
 
-from .. import Config, Credentials, PlainCredentials, Server, Timeouts, __version__, serve
+from .. import (
+    Config,
+    Credentials,
+    PlainCredentials,
+    ProxyProtocolListener,
+    Server,
+    Timeouts,
+    __version__,
+    serve,
+)
 from ..maildir import Maildir
 from .delivery import SinkholeHandler
 from .logs import configure_logging, log_event
 from .passwords import AuthFileError, hash_password, load_auth_file, verify_password
+from .sockets import BoundSocket, Kind, bind, from_environment
+from .workers import supervise
 
 __all__ = ["main"]
 
@@ -76,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="idle time allowed between commands before 421 (default 300, RFC 5321)")
     add("--max-connections", type=int, default=1000, metavar="N",
         help="concurrent connections; more are answered 421 (default 1000)")
+    add("--proxy-listen", action="append", default=[], metavar="HOST:PORT",
+        help="address for clients coming through a PROXY-protocol (v1/v2) load balancer "
+             "such as HAProxy's send-proxy-v2 (repeatable; needs --proxy-trusted)")
+    add("--proxy-trusted", action="append", default=[], metavar="NETWORK",
+        help="address or network (CIDR) allowed to send PROXY headers (repeatable)")
+    add("--workers", type=int, default=1, metavar="N",
+        help="worker processes sharing the listeners; a supervisor restarts any that dies "
+             "(default 1: no supervisor)")
     add("--discard", action="store_true",
         help="accept and log every message but store nothing (the pure sinkhole)")
     add("--log-format", choices=("text", "json"), default="text",
@@ -160,25 +180,50 @@ async def _authenticate(users: dict[str, str], credentials: Credentials) -> str 
     return credentials.username if ok else None
 
 
-async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None) -> int:
-    plain = [parse_address(a, "--listen") for a in (args.listen or ["127.0.0.1:2525"])]
-    secure = [parse_address(a, "--tls-listen") for a in args.tls_listen]
-    listeners: list[trio.SocketListener] = []
-    tls_listeners: list[trio.SocketListener] = []
+def bind_listeners(args: argparse.Namespace) -> list[BoundSocket]:
+    """Bind every listening socket now, so a port in use is a configuration error."""
+    if args.proxy_listen and not args.proxy_trusted:
+        raise ConfigError("--proxy-listen needs --proxy-trusted")
+    for network in args.proxy_trusted:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"--proxy-trusted: {exc}") from None
+    wanted: list[tuple[Kind, tuple[str, int]]] = [
+        *(("plain", parse_address(a, "--listen")) for a in (args.listen or ["127.0.0.1:2525"])),
+        *(("tls", parse_address(a, "--tls-listen")) for a in args.tls_listen),
+        *(("proxy", parse_address(a, "--proxy-listen")) for a in args.proxy_listen),
+    ]
+    bound: list[BoundSocket] = []
     try:
-        for (host, port), target in [*((a, listeners) for a in plain),
-                                     *((a, tls_listeners) for a in secure)]:
-            target.extend(await trio.open_tcp_listeners(port, host=host))
+        for kind, (host, port) in wanted:
+            bound += bind(kind, host, port)
     except OSError as exc:
-        for listener in listeners + tls_listeners:
-            await listener.aclose()
-        raise ConfigError(f"cannot listen: {exc}") from None
+        for item in bound:
+            item.sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None
+    return bound
+
+
+async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
+              sockets: list[BoundSocket]) -> int:
+    listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+    tls_listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+    for item in sockets:
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(item.sock))
+        if item.kind == "tls":
+            tls_listeners.append(listener)
+        elif item.kind == "proxy":
+            listeners.append(ProxyProtocolListener(listener, args.proxy_trusted))
+        else:
+            listeners.append(listener)
     handler = SinkholeHandler(config.hostname, maildir)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve, config, handler=handler,
                                              listeners=listeners, tls_listeners=tls_listeners))
-        log_event("listening", addresses=[_bound(listener) for listener in server.listeners],
-                  lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path))
+        log_event("listening", addresses=[item.address for item in sockets],
+                  lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path),
+                  pid=os.getpid())
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 if server.shutting_down:
@@ -195,12 +240,6 @@ async def _stop_after_drain(server: Server, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-def _bound(listener: trio.abc.Listener[trio.abc.Stream]) -> str:
-    assert isinstance(listener, trio.SocketListener)
-    host, port = listener.socket.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _fail(message: str) -> NoReturn:
     print(f"trio-smtpd: {message}", file=sys.stderr)
     raise SystemExit(EXIT_CONFIG)
@@ -213,8 +252,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format)
     try:
+        if args.workers < 1:
+            raise ConfigError("--workers must be at least 1")
         config, maildir = build_config(args)
-        return trio.run(run, args, config, maildir)
+        inherited = from_environment()
+        sockets = inherited if inherited is not None else bind_listeners(args)
+        if args.workers > 1 and inherited is None:
+            log_event("listening", addresses=[item.address for item in sockets],
+                      workers=args.workers, pid=os.getpid())
+            return supervise(args.workers, argv, sockets)
+        return trio.run(run, args, config, maildir, sockets)
     except ConfigError as exc:
         _fail(str(exc))
 
