@@ -266,3 +266,14 @@ def test_lmtp_bdat_per_recipient() -> None:
     engine = ready(ProtocolConfig(lmtp=True), hello=b"LHLO c\r\n")
     engine.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<one@x.y>\r\nRCPT TO:<two@x.y>\r\n")
     assert engine.codes(b"BDAT 3 LAST\r\nabc") == [250, 250]
+
+
+def test_bdat_chunk_is_consumed_even_when_service_was_refused() -> None:
+    # Found by the invariant tests: after a 554 greeting, a BDAT chunk's octets were read
+    # as a command line and answered a second time.
+    def refuse(conn: ServerConnection, decision: Decision) -> None:
+        conn.respond(Reply(554, "no service", "5.7.1"))
+
+    engine = Engine(decide=refuse)
+    engine.start()
+    assert engine.codes(b"BDAT 6 LAST\r\nNOOP\r\nQUIT\r\n") == [503, 221]

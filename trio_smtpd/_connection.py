@@ -376,14 +376,18 @@ class ServerConnection:
         if handler is None:
             self._error(Reply(500, "Command unrecognized", "5.5.1"))
             return None
+        refusal = None
         if len(raw) > self.config.max_command_line_length and verb not in ("MAIL", "RCPT"):
-            self._error(Reply(500, "Line too long", "5.5.2"))
-            return None
-        if any(c < " " or c == "\x7f" for c in argument):
-            self._error(Reply(501, "Control character in command arguments", "5.5.2"))
-            return None
-        if self._refused and verb != "QUIT":
-            self._error(_REFUSED_ONLY_QUIT)
+            refusal = Reply(500, "Line too long", "5.5.2")
+        elif any(c < " " or c == "\x7f" for c in argument):
+            refusal = Reply(501, "Control character in command arguments", "5.5.2")
+        elif self._refused and verb != "QUIT":
+            refusal = _REFUSED_ONLY_QUIT
+        if refusal is not None:
+            if verb == "BDAT":
+                self._refuse_bdat(argument, refusal)
+            else:
+                self._error(refusal)
             return None
         try:
             return handler(argument)
@@ -471,6 +475,15 @@ class ServerConnection:
             return DataStart("BDAT")
         self._start_chunk(discard=False)
         return None
+
+    def _refuse_bdat(self, argument: str, reply: Reply) -> None:
+        """Refuse a BDAT command, consuming its chunk when its size can be known."""
+        try:
+            size, _ = parse_bdat(argument)
+        except ReplyError:
+            self._error(reply)
+        else:
+            self._discard_chunk(size, reply)
 
     def _cmd_rset(self, argument: str) -> Event | None:
         if argument:

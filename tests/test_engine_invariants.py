@@ -1,0 +1,258 @@
+"""Property tests of the engine's invariants, for arbitrary bytes and command sequences.
+
+* no exception escapes, whatever the client sends and however the application answers;
+* every complete command line gets exactly one reply (LMTP: one per accepted recipient
+  after the data), predicted by a small model of the protocol;
+* buffers stay bounded by the limits;
+* no state the RFC forbids: no message data without an accepted recipient, nothing at all
+  after the connection closed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_smtpd._config import ProtocolConfig
+from trio_smtpd._connection import NEED_DATA, Mode, ServerConnection
+from trio_smtpd._events import (
+    AuthResponse,
+    AuthStart,
+    ConnectionClosed,
+    DataStart,
+    Decision,
+    EndOfMessage,
+    Event,
+    MessageAborted,
+    MessageData,
+)
+from trio_smtpd._replies import Reply
+
+SMALL = ProtocolConfig(max_command_line_length=512, command_line_allowance=0,
+                       max_data_line_length=1000, max_message_size=2000, max_recipients=5,
+                       max_bad_commands=1000, auth_mechanisms=("PLAIN",),
+                       auth_requires_tls=False, tls_available=True)
+LMTP = ProtocolConfig(lmtp=True, max_message_size=2000, max_bad_commands=1000)
+
+
+@dataclass
+class Driver:
+    """Pumps an engine with random application answers, checking invariants each step."""
+
+    config: ProtocolConfig
+    rng: random.Random
+    conn: ServerConnection = field(init=False)
+    out: bytearray = field(default_factory=bytearray)
+    events: list[Event] = field(default_factory=list)
+    body_size: int = 0
+    receiving: bool = False
+
+    def __post_init__(self) -> None:
+        self.conn = ServerConnection(self.config)
+        self.pump()
+
+    def feed(self, data: bytes) -> None:
+        if self.conn.closed or self.conn.mode is Mode.TLS_HANDSHAKE:
+            return
+        self.conn.receive_data(data)
+        self.pump()
+        limit = max(self.config.max_command_line_length + self.config.command_line_allowance,
+                    self.config.max_auth_line_length, self.config.max_data_line_length)
+        assert self.conn.buffered <= limit + len(data)
+
+    def pump(self) -> None:
+        conn = self.conn
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                break
+            assert isinstance(event, Event)
+            self.check(event)
+            self.events.append(event)
+            if isinstance(event, Decision):
+                self.answer(event)
+            if isinstance(event, ConnectionClosed):
+                break
+        self.out += conn.data_to_send()
+
+    def check(self, event: Event) -> None:
+        conn = self.conn
+        assert not any(isinstance(e, ConnectionClosed) for e in self.events), event
+        if isinstance(event, DataStart):
+            assert conn.recipients, "DATA/BDAT accepted for decision without recipients"
+        if isinstance(event, MessageData):
+            assert self.receiving and conn.recipients
+            self.body_size += len(event.data)
+            limit = self.config.max_message_size
+            assert limit is None or self.body_size <= limit
+        if isinstance(event, EndOfMessage | MessageAborted):
+            self.receiving = False
+            self.body_size = 0
+        if conn.mode in (Mode.DATA, Mode.BDAT) and self.receiving:
+            assert conn.recipients
+
+    def answer(self, decision: Decision) -> None:
+        conn, rng = self.conn, self.rng
+        if isinstance(decision, AuthStart | AuthResponse):
+            choice = rng.randrange(3)
+            if choice == 0:
+                conn.auth_challenge(b"more")
+            elif choice == 1:
+                conn.auth_success("user")
+            else:
+                conn.auth_failure()
+            return
+        refuse = rng.random() < 0.2
+        if isinstance(decision, EndOfMessage) and self.config.lmtp:
+            conn.respond_per_recipient([
+                Reply(550, "no", "5.0.0") if rng.random() < 0.3 else None
+                for _ in conn.recipients])
+        elif refuse and not isinstance(decision, type(None)):
+            code = rng.choice([451, 550]) if not _is_connect(decision) else 554
+            conn.respond(Reply(code, "refused", f"{code // 100}.0.0"))
+        else:
+            conn.respond()
+        if isinstance(decision, DataStart) and conn.mode in (Mode.DATA, Mode.BDAT):
+            self.receiving = not refuse
+
+    def replies(self) -> list[int]:
+        lines = bytes(self.out).split(b"\r\n")
+        assert lines[-1] == b""
+        codes = []
+        for line in lines[:-1]:
+            assert len(line) >= 3 and line[:3].isdigit(), line
+            assert line[3:4] in (b" ", b"-", b""), line
+            if line[3:4] != b"-":
+                codes.append(int(line[:3]))
+        return codes
+
+
+def _is_connect(decision: Decision) -> bool:
+    return type(decision).__name__ == "Connect"
+
+
+def splits(data: bytes, rng: random.Random) -> list[bytes]:
+    pieces, start = [], 0
+    while start < len(data):
+        end = start + rng.randint(1, 64)
+        pieces.append(data[start:end])
+        start = end
+    return pieces
+
+
+# ----------------------------------------------------------------------- arbitrary bytes
+
+NASTY = st.sampled_from([
+    b"\r\n", b"\n", b"\r", b".", b"\r\n.\r\n", b"\n.\n", b"EHLO x\r\n", b"MAIL FROM:<a@b>\r\n",
+    b"RCPT TO:<c@d>\r\n", b"DATA\r\n", b"BDAT 5\r\n", b"BDAT 3 LAST\r\n", b"RSET\r\n",
+    b"AUTH PLAIN\r\n", b"*\r\n", b"STARTTLS\r\n", b"QUIT\r\n", b"\x00", b"\xff", b"A" * 600,
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=80), NASTY), max_size=40),
+       st.integers(0, 2**32), st.sampled_from([SMALL, LMTP]))
+def test_arbitrary_bytes_keep_the_invariants(chunks: list[bytes], seed: int,
+                                             config: ProtocolConfig) -> None:
+    driver = Driver(config, random.Random(seed))
+    for chunk in chunks:
+        driver.feed(chunk)
+    driver.feed(b"")
+    driver.replies()  # well-formed reply lines only
+
+
+# ----------------------------------------------------------------------- modelled sequences
+
+
+@st.composite
+def steps(draw: st.DrawFn) -> list[tuple[str, bytes]]:
+    """A session as (kind, bytes) steps a simple model can count replies for."""
+    body = st.lists(st.sampled_from([b"text", b".dot", b"..", b"", b"x" * 90]),
+                    max_size=6).map(lambda lines: b"".join(line + b"\r\n" for line in lines))
+    commands = st.sampled_from([
+        b"EHLO client", b"HELO client", b"MAIL FROM:<a@example.org>", b"MAIL FROM:<>",
+        b"RCPT TO:<b@example.net>", b"RCPT TO:<postmaster>", b"RSET", b"NOOP",
+        b"VRFY x", b"EXPN x", b"HELP", b"BOGUS", b"", b"MAIL FROM:bad", b"RCPT TO:<>",
+        b"MAIL FROM:<a@example.org> SIZE=99999", b"DATA extra",
+    ])
+    result: list[tuple[str, bytes]] = []
+    for _ in range(draw(st.integers(1, 25))):
+        kind = draw(st.sampled_from(["command"] * 6 + ["data", "bdat"]))
+        if kind == "command":
+            result.append(("command", draw(commands) + b"\r\n"))
+        elif kind == "data":
+            result.append(("data", draw(body)))
+        else:
+            payload = draw(st.binary(max_size=40))
+            result.append(("bdat", payload))
+    return result
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps(), st.integers(0, 2**32), st.booleans())
+def test_one_reply_per_command(session: list[tuple[str, bytes]], seed: int,
+                               pipelined: bool) -> None:
+    rng = random.Random(seed)
+    driver = Driver(SMALL, rng)
+    expected = 1  # the greeting
+    group = b""  # a pipelined group; RFC 2920 ends one at DATA
+    for kind, data in session:
+        if kind == "command":
+            chunk = data
+        elif kind == "data":
+            chunk = b"DATA\r\n"
+        else:
+            chunk = b"BDAT %d LAST\r\n" % len(data) + data
+        expected += 1
+        if pipelined:
+            group += chunk
+        else:
+            for piece in splits(chunk, rng):
+                driver.feed(piece)
+        if kind == "data":
+            driver.feed(group)
+            group = b""
+            if driver.conn.mode is Mode.DATA:
+                # The 354 came; the body and its end get exactly one more reply.
+                for piece in splits(data + b".\r\n", rng):
+                    driver.feed(piece)
+                expected += 1
+        if driver.conn.closed:
+            break
+    driver.feed(group)
+    if not driver.conn.closed:
+        assert len(driver.replies()) == expected
+    driver.feed(b"QUIT\r\n")
+    if not driver.conn.closed:
+        raise AssertionError("QUIT did not close the session")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"text", b".dot", b"..", b"", b"a.b", b". ", b"x" * 200]),
+                max_size=12), st.integers(0, 2**32))
+def test_dot_stuffing_round_trip(lines: list[bytes], seed: int) -> None:
+    message = b"".join(line + b"\r\n" for line in lines)
+    stuffed = b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n"
+                       for line in lines)
+    rng = random.Random(seed)
+    for use_bdat in (False, True):
+        driver = Driver(ProtocolConfig(), random.Random(0))
+        driver.rng = _AlwaysAccept()
+        driver.feed(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n")
+        if use_bdat:
+            wire = b"BDAT %d LAST\r\n" % len(message) + message
+        else:
+            wire = b"DATA\r\n" + stuffed + b".\r\n"
+        for piece in splits(wire, rng):
+            driver.feed(piece)
+        body = b"".join(e.data for e in driver.events if isinstance(e, MessageData))
+        assert body == message
+        assert sum(isinstance(e, EndOfMessage) for e in driver.events) == 1
+
+
+class _AlwaysAccept(random.Random):
+    def random(self) -> float:
+        return 1.0
