@@ -29,11 +29,15 @@ __all__ = ["ClientReply", "MemoryListener", "TestClient", "open_client"]
 class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
     """A listener whose connections are in-memory stream pairs made by ``connect()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, lockstep: bool = False) -> None:
         self._send, self._receive = trio.open_memory_channel[trio.abc.Stream](0)
+        # Lockstep streams have no buffer: a send waits until the other side reads,
+        # which is how a client that never reads looks to the server.
+        self._pair = (trio.testing.lockstep_stream_pair if lockstep
+                      else trio.testing.memory_stream_pair)
 
     async def connect(self) -> trio.abc.Stream:
-        client, server = trio.testing.memory_stream_pair()
+        client, server = self._pair()
         await self._send.send(server)
         return client
 
