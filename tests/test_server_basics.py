@@ -155,3 +155,44 @@ async def test_slow_handler_gets_the_default_after_the_decision_timeout(
         assert (await client.command("DATA")).code == 354
         await client.send(b"x\r\n.\r\n")
         assert (await client.reply()).code == 451
+
+
+async def test_ipv6_and_unix_socket_listeners(tmp_path: object) -> None:
+    import pathlib
+    import socket
+
+    path = str(pathlib.Path(str(tmp_path)) / "smtp.sock")
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(path)
+    unix.listen()
+    unix_listener = trio.SocketListener(trio.socket.from_stdlib_socket(unix))
+    received: list[trio_smtpd.Transaction] = []
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve, Config(hostname="mx.test"), 0,
+                                             host="::1", listeners=[unix_listener]))
+
+        async def consume() -> None:
+            async for tx in server.transactions():
+                received.append(tx)
+                tx.accept()
+
+        nursery.start_soon(consume)
+        port = server.port
+        assert port
+
+        def send_v6() -> None:
+            with smtplib.SMTP("::1", port, timeout=10) as client:
+                client.sendmail("a@example.org", ["b@example.net"], b"over IPv6\r\n")
+
+        await trio.to_thread.run_sync(send_v6)
+        stream = await trio.open_unix_socket(path)
+        client = trio_smtpd.testing.TestClient(stream)
+        assert (await client.reply()).code == 220
+        replies = await client.send_message("a@example.org", ["c@example.net"],
+                                            b"over a Unix socket\r\n")
+        assert replies[-1].code == 250
+        await client.aclose()
+        server.shutdown()
+    assert [tx.data for tx in received] == [b"over IPv6\r\n", b"over a Unix socket\r\n"]
+    assert received[0].session.peer is not None and received[0].session.peer[0] == "::1"
+    assert received[1].session.peer is None  # a Unix socket has no IP peer

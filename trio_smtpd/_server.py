@@ -134,10 +134,9 @@ class Server:
     def port(self) -> int | None:
         """The port of the first TCP listener (handy after binding port 0)."""
         for listener in self.listeners:
-            if isinstance(listener, trio.SocketListener):
-                return int(listener.socket.getsockname()[1])
-            inner = getattr(listener, "transport_listener", None)
-            if isinstance(inner, trio.SocketListener):
+            inner = getattr(listener, "transport_listener", listener)
+            if isinstance(inner, trio.SocketListener) and inner.socket.family in (
+                    socket.AF_INET, socket.AF_INET6):
                 return int(inner.socket.getsockname()[1])
         return None
 
