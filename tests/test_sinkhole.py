@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import smtplib
@@ -10,7 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -298,3 +299,46 @@ def test_storage_failure_gives_451_and_server_keeps_running(
     with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
         client.sendmail("a@example.org", ["b@example.net"], BODY)
     assert len(sinkhole.stored()) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs, so that the disk really fills up (ENOSPC)."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs",
+                             str(mount_point)], capture_output=True, text=True)
+    if result.returncode != 0:
+        message = f"cannot mount a tmpfs here ({result.stderr.strip()}); CI runs as root"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_disk_full_gives_452_and_delivery_resumes(sinkhole_factory: Factory,
+                                                  small_disk: Path) -> None:
+    maildir = small_disk / "maildir"
+    sinkhole = sinkhole_factory("--maildir", str(maildir))  # the last --maildir wins
+    sinkhole.maildir = maildir
+    filler = small_disk / "filler"
+    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 4096)
+    big = b"Subject: big\r\n\r\n" + (b"y" * 76 + b"\r\n") * 2000
+    with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
+        with pytest.raises(smtplib.SMTPDataError) as failure:
+            client.sendmail("a@example.org", ["b@example.net"], big)
+        assert failure.value.smtp_code == 452
+        assert b"4.3.1" in failure.value.smtp_error
+        # The session is still usable; the disk comes back; so does delivery.
+        filler.unlink()
+        client.sendmail("a@example.org", ["b@example.net"], big)
+    assert os.listdir(maildir / "tmp") == []
+    [stored] = sinkhole.stored()
+    assert stored.endswith(big)
+    outcomes = [e["outcome"] for e in sinkhole.events("message")]
+    assert outcomes == ["tempfailed", "accepted"]
