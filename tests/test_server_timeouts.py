@@ -285,3 +285,60 @@ def test_smtplib_sees_421_on_shutdown() -> None:
             return result[0]
 
     assert trio.run(main) == 421
+
+
+async def test_tarpit_delays_only_the_chosen_client(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async def handler(session: Session) -> None:
+        async for event in session:
+            if isinstance(event, trio_smtpd.Connect) and session.info.id.endswith(".1"):
+                session.reply_delay = 10.0
+            event.accept()
+
+    async with memory_server(Config(hostname="mx.test"), handler=handler) as (_s, listener):
+        slow = TestClient(await listener.connect())
+        start = trio.current_time()
+        assert (await slow.reply()).code == 220
+        assert (await slow.command("NOOP")).code == 250
+        assert trio.current_time() - start >= 20
+        fast = TestClient(await listener.connect())
+        start = trio.current_time()
+        assert (await fast.reply()).code == 220
+        assert (await fast.command("NOOP")).code == 250
+        assert trio.current_time() - start < 1
+        await slow.aclose()
+        await fast.aclose()
+
+
+async def test_starttls_can_be_withheld_per_client(server_tls: ssl.SSLContext) -> None:
+    async def handler(session: Session) -> None:
+        async for event in session:
+            if isinstance(event, trio_smtpd.Connect):
+                session.offer_starttls = False
+            event.accept()
+
+    async with open_client(Config(hostname="mx.test", tls=server_tls), handler) as client:
+        ehlo = await client.command("EHLO c")
+        assert "STARTTLS" not in ehlo.lines
+        assert (await client.command("STARTTLS")).code == 502
+    async with open_client(Config(hostname="mx.test", tls=server_tls)) as client:
+        assert "STARTTLS" in (await client.command("EHLO c")).lines
+
+
+async def test_failed_starttls_handshake_is_visible_to_the_handler(
+        server_tls: ssl.SSLContext) -> None:
+    seen: list[bool] = []
+
+    async def handler(session: Session) -> None:
+        async for event in session:
+            event.accept()
+        seen.append(session.tls_failed)
+
+    async with open_client(Config(hostname="mx.test", tls=server_tls), handler) as client:
+        await client.command("EHLO c")
+        assert (await client.command("STARTTLS")).code == 220
+        await client.send(b"definitely not a TLS ClientHello\r\n" * 20)
+        with trio.fail_after(10):
+            while not seen:
+                await trio.sleep(0.01)
+    assert seen == [True]

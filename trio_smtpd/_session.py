@@ -14,6 +14,7 @@ import logging
 import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -79,6 +80,13 @@ class Session:
         self.closing_reply: Reply | None = None
         self.busy = False
         self.closed = False
+        #: Tarpit: seconds to wait before each batch of replies (costs a sleeping task).
+        self.reply_delay = 0.0
+        #: Set to False (at Connect, before EHLO) to stop offering STARTTLS to this client,
+        #: e.g. one whose TLS handshakes keep failing, so it can still deliver in plaintext.
+        self.offer_starttls = True
+        #: True once a STARTTLS handshake with this client failed.
+        self.tls_failed = False
 
     # ------------------------------------------------------------------ public API
 
@@ -191,6 +199,8 @@ class Session:
             return
         self._current = self._current_core = None
         conn = self._conn
+        if conn.config.tls_available and not self.offer_starttls:
+            conn.config = replace(conn.config, tls_available=False)
         if isinstance(decision, Auth):
             if decision.reply is None or decision.reply.is_positive:
                 conn.auth_success(decision.identity)
@@ -361,6 +371,8 @@ class Session:
         data = self._conn.data_to_send()
         if not data:
             return
+        if self.reply_delay > 0 and not self._conn.closed:
+            await trio.sleep(self.reply_delay)
         with trio.move_on_after(self.config.timeouts.write) as scope:
             try:
                 await self._stream.send_all(data)
@@ -379,6 +391,7 @@ class Session:
         assert context is not None
         tls_stream = trio.SSLStream(self._stream, context, server_side=True)
         if not await handshake(tls_stream, self.config.timeouts.tls_handshake, self.info.id):
+            self.tls_failed = True
             self.closed = True
             await trio.aclose_forcefully(self._stream)
             raise SessionClosed
