@@ -225,6 +225,8 @@ def test_auth_failure_limit_at_and_past() -> None:
     assert engine.lines(wrong * 2) == ["535 5.7.8 Authentication credentials invalid"] * 2
     assert engine.lines(wrong) == ["421 4.7.0 Too many authentication failures"]
     assert engine.conn.closed
+    closed = engine.events[-1]
+    assert isinstance(closed, ConnectionClosed) and closed.reason == "AUTH_FAILURES"
 
 
 def test_auth_not_during_transaction_and_not_configured() -> None:
@@ -259,3 +261,5 @@ def test_close_with_sends_a_last_reply() -> None:
     engine.conn.close_with(Reply(421, "timeout", "4.4.2"))
     assert engine.conn.data_to_send() == b"421 4.4.2 timeout\r\n"
     assert engine.conn.closed
+    closed = engine.conn.next_event()
+    assert isinstance(closed, ConnectionClosed) and closed.reason == "CLOSING"

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 import trio_smtpd
+import trio_smtpd.testing
 from trio_smtpd import Config, Credentials, Server, Session, serve
 from trio_smtpd.testing import TestClient
 
@@ -235,3 +236,14 @@ async def _receive_or_empty(stream: trio.abc.Stream) -> bytes:
         return await stream.receive_some(4096)
     except trio.BrokenResourceError:
         return b""
+
+
+async def test_too_many_auth_failures_close_the_connection() -> None:
+    config = Config(hostname="mx.test", authenticator=check_password, auth_requires_tls=False)
+    async with trio_smtpd.testing.open_client(config) as client:
+        await client.command("EHLO c")
+        wrong = "AUTH PLAIN AGFsaWNlAHdyb25n"  # alice / wrong
+        assert [(await client.command(wrong)).code for _ in range(3)] == [535, 535, 535]
+        assert (await client.command(wrong)).code == 421
+        with trio.fail_after(10):  # closed by the server, not left waiting for the client
+            assert await client.closed()

@@ -301,7 +301,7 @@ class ServerConnection:
         self._auth_failures += 1
         if self._auth_failures > self.config.max_auth_failures:
             self._send(Reply(421, "Too many authentication failures", "4.7.0"))
-            self._close("AUTH_FAILURES")
+            self._queued.append(self._close("AUTH_FAILURES"))
             return
         self._send(reply or Reply(535, "Authentication credentials invalid", "5.7.8"))
 
@@ -321,7 +321,7 @@ class ServerConnection:
             self._queued.clear()
         self._pending = None
         self._send(reply)
-        self._close("CLOSING")
+        self._queued.append(self._close("CLOSING"))
 
     # ------------------------------------------------------------------ reading lines
 
