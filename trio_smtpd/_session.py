@@ -346,21 +346,22 @@ class Session:
         self.busy = in_body or conn.in_transaction
         timeout = timeouts.data_block if in_body else timeouts.command
         data: bytes | bytearray | None = None
-        with trio.CancelScope() as idle:
+        # One scope serves both ends of an idle wait: its deadline is the timeout, and a
+        # graceful shutdown cancels it (only while idle: a transaction may finish).
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
             if not self.busy:
-                self.idle_scope = idle
+                self.idle_scope = scope
                 if self.closing_reply is not None:
-                    idle.cancel()
-            with trio.move_on_after(timeout):
-                try:
-                    data = await self._stream.receive_some(_RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError,
-                        ssl.SSLError) as exc:
-                    log.info("session %s: connection lost: %r", self.info.id, exc)
-                    data = b""
+                    scope.cancel()
+            try:
+                data = await self._stream.receive_some(_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
+                log.info("session %s: connection lost: %r", self.info.id, exc)
+                data = b""
         self.idle_scope = None
         if data is None:
-            reason = self.closing_reply if idle.cancelled_caught else _TIMEOUT
+            shutting_down = self.closing_reply is not None and not self.busy
+            reason = self.closing_reply if shutting_down else _TIMEOUT
             if reason is _TIMEOUT:
                 log.info("session %s: timed out in %s", self.info.id, conn.mode.value)
             await self.close(reason)
