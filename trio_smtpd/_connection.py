@@ -18,9 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-from collections import deque
 from collections.abc import Callable, Sequence
-from functools import partial
 
 from ._address import Address, parse_forward_path, parse_reverse_path
 from ._commands import parse_bdat, path_argument, split_command
@@ -94,6 +92,37 @@ _BAD_COMMAND_CODES = frozenset({500, 501, 502, 503, 504, 555})
 class ServerConnection:
     """One SMTP or LMTP server session, without I/O."""
 
+    # Slots: a server holds one of these per connection, thousands of them when idle.
+    __slots__ = (
+        "_auth_failures",
+        "_bad_commands",
+        "_bdat_size",
+        "_body_method",
+        "_buffer",
+        "_chunk",
+        "_chunk_last",
+        "_chunk_refusal",
+        "_chunk_size",
+        "_discarding_line",
+        "_dot_reader",
+        "_enhanced",
+        "_eof",
+        "_has_sender",
+        "_mail_params",
+        "_out",
+        "_pending",
+        "_queued",
+        "_recipients",
+        "_refused",
+        "_sender",
+        "authenticated_as",
+        "config",
+        "hello_name",
+        "hello_verb",
+        "mode",
+        "tls_active",
+    )
+
     def __init__(self, config: ProtocolConfig | None = None, *, tls_active: bool = False) -> None:
         self.config = config or ProtocolConfig()
         self.tls_active = tls_active
@@ -107,29 +136,12 @@ class ServerConnection:
         self._buffer = bytearray()
         self._out = bytearray()
         self._eof = False
-        self._queued: deque[Event] = deque()
+        self._queued: list[Event] = []  # rarely more than two; a deque costs 600 B
         self._pending: Decision | None = None
         self._discarding_line = False
         self._bad_commands = 0
         self._auth_failures = 0
         self._enhanced = self.config.enhanced_status_codes
-        self._handlers: dict[str, Callable[[str], Event | None]] = {
-            "HELO": partial(self._hello, "HELO"),
-            "EHLO": partial(self._hello, "EHLO"),
-            "LHLO": partial(self._hello, "LHLO"),
-            "MAIL": self._cmd_mail,
-            "RCPT": self._cmd_rcpt,
-            "DATA": self._cmd_data,
-            "BDAT": self._cmd_bdat,
-            "RSET": self._cmd_rset,
-            "NOOP": self._cmd_noop,
-            "QUIT": self._cmd_quit,
-            "HELP": self._cmd_help,
-            "VRFY": self._cmd_vrfy,
-            "EXPN": self._cmd_expn,
-            "STARTTLS": self._cmd_starttls,
-            "AUTH": self._cmd_auth,
-        }
         # The mail transaction (RFC 5321 3.3); reset by _clear_transaction().
         self._has_sender = False
         self._sender: Address | None = None
@@ -200,7 +212,7 @@ class ServerConnection:
             raise UsageError(f"answer {type(self._pending).__name__} before the next event")
         while True:
             if self._queued:
-                event = self._queued.popleft()
+                event = self._queued.pop(0)
                 if isinstance(event, Decision):
                     self._pending = event
                 return event
@@ -372,7 +384,7 @@ class ServerConnection:
             self._error(Reply(500, "Empty command line", "5.5.2"))
             return None
         verb, argument = split_command(text)
-        handler = self._handlers.get(verb)
+        handler = _HANDLERS.get(verb)
         if handler is None:
             self._error(Reply(500, "Command unrecognized", "5.5.1"))
             return None
@@ -390,12 +402,21 @@ class ServerConnection:
                 self._error(refusal)
             return None
         try:
-            return handler(argument)
+            return handler(self, argument)
         except ReplyError as exc:
             self._error(exc.reply)
             return None
 
     # ------------------------------------------------------------------ commands
+
+    def _cmd_helo(self, argument: str) -> Event | None:
+        return self._hello("HELO", argument)
+
+    def _cmd_ehlo(self, argument: str) -> Event | None:
+        return self._hello("EHLO", argument)
+
+    def _cmd_lhlo(self, argument: str) -> Event | None:
+        return self._hello("LHLO", argument)
 
     def _hello(self, verb: str, argument: str) -> Event | None:
         if self.config.lmtp != (verb == "LHLO"):
@@ -824,8 +845,29 @@ class ServerConnection:
         return keywords
 
     def _commands_offered(self) -> list[str]:
-        return [verb for verb in self._handlers
+        return [verb for verb in _HANDLERS
                 if (verb == "LHLO") == self.config.lmtp or verb not in ("HELO", "EHLO", "LHLO")]
+
+
+# Verb -> handler, shared by every connection (a dict of bound methods each would cost
+# about 2 KB per idle connection).
+_HANDLERS: dict[str, Callable[[ServerConnection, str], Event | None]] = {
+    "HELO": ServerConnection._cmd_helo,
+    "EHLO": ServerConnection._cmd_ehlo,
+    "LHLO": ServerConnection._cmd_lhlo,
+    "MAIL": ServerConnection._cmd_mail,
+    "RCPT": ServerConnection._cmd_rcpt,
+    "DATA": ServerConnection._cmd_data,
+    "BDAT": ServerConnection._cmd_bdat,
+    "RSET": ServerConnection._cmd_rset,
+    "NOOP": ServerConnection._cmd_noop,
+    "QUIT": ServerConnection._cmd_quit,
+    "HELP": ServerConnection._cmd_help,
+    "VRFY": ServerConnection._cmd_vrfy,
+    "EXPN": ServerConnection._cmd_expn,
+    "STARTTLS": ServerConnection._cmd_starttls,
+    "AUTH": ServerConnection._cmd_auth,
+}
 
 
 def _check(reply: Reply | None, codes: tuple[int, ...], what: str) -> Reply | None:

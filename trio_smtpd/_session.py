@@ -61,6 +61,27 @@ class SessionClosed(Exception):
 class Session:
     """A client session; ``async for event in session`` yields its decisions in order."""
 
+    __slots__ = (
+        "_conn",
+        "_current",
+        "_current_core",
+        "_mechanism",
+        "_stashed",
+        "_stream",
+        "_transaction",
+        "app_scope",
+        "busy",
+        "closed",
+        "closing_reply",
+        "config",
+        "idle_scope",
+        "info",
+        "offer_starttls",
+        "reply_delay",
+        "server",
+        "tls_failed",
+    )
+
     def __init__(self, server: Server, stream: trio.abc.Stream, info: SessionInfo) -> None:
         self.server = server
         self.config = server.config
