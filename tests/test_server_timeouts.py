@@ -342,3 +342,21 @@ async def test_failed_starttls_handshake_is_visible_to_the_handler(
             while not seen:
                 await trio.sleep(0.01)
     assert seen == [True]
+
+
+async def test_command_timeout_runs_from_the_start_of_the_line(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # Slowloris: a byte every minute never completes a line; each byte used to restart
+    # the five-minute timeout, keeping the connection forever.
+    async with open_client(Config(hostname="mx.test")) as client:
+        start = trio.current_time()
+        with trio.move_on_after(3600):
+            for byte in b"EHLO trickling-forever" * 10:
+                try:
+                    await client.send(bytes([byte]))
+                except trio.BrokenResourceError:
+                    break  # the server hung up
+                await trio.sleep(60)
+        reply = await last_reply_then_closed(client)
+        assert reply.code == 421
+        assert trio.current_time() - start < Timeouts().command + 120

@@ -203,6 +203,11 @@ class ServerConnection:
         return out
 
     @property
+    def partial_line(self) -> bool:
+        """True while part of a line (command or AUTH) has arrived but not its end."""
+        return bool(self._buffer) or self._discarding_line
+
+    @property
     def buffered(self) -> int:
         """Octets received but not yet consumed (bounded by the line limits)."""
         return len(self._buffer)

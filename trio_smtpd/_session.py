@@ -65,6 +65,7 @@ class Session:
         "_conn",
         "_current",
         "_current_core",
+        "_line_deadline",
         "_mechanism",
         "_stashed",
         "_stream",
@@ -93,6 +94,7 @@ class Session:
         self._transaction: Transaction | None = None
         self._stashed: core.Event | None = None
         self._mechanism: Mechanism | None = None
+        self._line_deadline: float | None = None
         #: Set by the server: the application's cancel scope, given a deadline while a
         #: decision is out so a slow application cannot hold a client forever.
         self.app_scope: trio.CancelScope | None = None
@@ -365,11 +367,19 @@ class Session:
         timeouts = self.config.timeouts
         in_body = conn.mode in (Mode.DATA, Mode.BDAT)
         self.busy = in_body or conn.in_transaction
-        timeout = timeouts.data_block if in_body else timeouts.command
+        now = trio.current_time()
+        if in_body:
+            deadline = now + timeouts.data_block  # each read of the body (RFC 5321 4.5.3.2)
+        else:
+            # The command timeout runs from the start of a command line, not from the last
+            # byte: a client trickling a byte at a time (slowloris) is still cut off.
+            if not conn.partial_line or self._line_deadline is None:
+                self._line_deadline = now + timeouts.command
+            deadline = self._line_deadline
         data: bytes | bytearray | None = None
         # One scope serves both ends of an idle wait: its deadline is the timeout, and a
         # graceful shutdown cancels it (only while idle: a transaction may finish).
-        with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+        with trio.CancelScope(deadline=deadline) as scope:
             if not self.busy:
                 self.idle_scope = scope
                 if self.closing_reply is not None:
