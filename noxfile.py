@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.reuse_existing_virtualenvs = True
@@ -27,3 +29,26 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("mypy", "--strict", "trio_smtpd")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """trio_smtpd against aiosmtpd and Postfix's smtp-sink, loaded by smtp-source."""
+    if not os.path.exists("/usr/sbin/smtp-source"):
+        # Debian's postfix, without a mail configuration so that it starts no server.
+        session.run("sh", "-c", "echo 'postfix postfix/main_mailer_type select No "
+                    "configuration' | debconf-set-selections && apt-get update -qq && "
+                    "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                    "--no-install-recommends postfix", external=True)
+    session.install("-e", ".", "aiosmtpd==1.4.6")
+    session.run("python", "benchmarks/bench.py", *session.posargs)
+    session.run("python", "benchmarks/idle.py", env={"PYTHONPATH": "benchmarks"})
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Coverage-guided fuzzing (atheris) of the engine and the address/parameter parsers."""
+    session.install("-e", ".", "atheris")
+    seconds = session.posargs[0] if session.posargs else "60"
+    for harness in ("fuzz/fuzz_engine.py", "fuzz/fuzz_address.py"):
+        session.run("python", harness, f"-max_total_time={seconds}", "-rss_limit_mb=1024")

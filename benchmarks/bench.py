@@ -1,0 +1,281 @@
+"""Side-by-side benchmark: trio_smtpd vs aiosmtpd vs Postfix's smtp-sink, under smtp-source.
+
+Each server is started in turn on loopback and loaded by Postfix's ``smtp-source`` (a C
+client). For every (server, workload) it reports messages/s (median of the runs), the
+server's CPU seconds per 1000 messages read from /proc (utime + stime of the server and
+its worker processes, steadier than wall time on a shared machine), peak RSS (VmHWM), and
+ratios against aiosmtpd and smtp-sink. Results are printed as a table and written as JSON.
+
+    python benchmarks/bench.py [--runs 3] [--quick] [--json benchmarks/results/latest.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    args: tuple[str, ...]
+    messages: int
+    lmtp: bool = False
+
+
+def workloads(quick: bool) -> list[Workload]:
+    scale = 4 if quick else 1
+    many = 2000 // scale
+    return [
+        Workload("a", "1 KB, one message per connection, 20 parallel sessions",
+                 ("-s", "20", "-m", str(many), "-l", "1024"), many),
+        Workload("b", "1 KB, many messages per connection (-d), 20 sessions",
+                 ("-d", "-s", "20", "-m", str(many), "-l", "1024"), many),
+        Workload("c", "10 MB messages, 2 sessions",
+                 ("-s", "2", "-m", str(20 // scale), "-l", str(10 * 2**20)), 20 // scale),
+        Workload("d", "LMTP, 5 recipients, 1 KB, 20 sessions",
+                 ("-L", "-r", "5", "-s", "20", "-m", str(many // 2), "-l", "1024"),
+                 many // 2, lmtp=True),
+    ]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    lmtp_capable: bool
+
+    def command(self, port: int, workdir: Path, lmtp: bool) -> list[str]:
+        trio = [sys.executable, "-m", "trio_smtpd", "--listen", f"127.0.0.1:{port}",
+                "--max-connections", "20000", "--max-message-size", str(200 * 2**20),
+                "--log-format", "json", "--hostname", "bench.test"]
+        lmtp_flag = ["--lmtp"] if lmtp else []
+        if self.name == "trio_smtpd library":
+            return [sys.executable, str(Path(__file__).parent / "library_sink.py"), str(port),
+                    *lmtp_flag]
+        if self.name == "trio_smtpd --discard":
+            return [*trio, "--discard", *lmtp_flag]
+        if self.name == "trio_smtpd maildir":
+            return [*trio, "--maildir", str(workdir / "maildir"), *lmtp_flag]
+        if self.name == "trio_smtpd --discard --workers 2":
+            return [*trio, "--discard", "--workers", "2", *lmtp_flag]
+        if self.name == "aiosmtpd":
+            return [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink",
+                    "-l", f"127.0.0.1:{port}"]
+        if self.name == "smtp-sink":
+            root = ["-u", "nobody"] if os.geteuid() == 0 else []  # it refuses root
+            return [SMTP_SINK, *root, *(["-L"] if lmtp else []), f"127.0.0.1:{port}", "256"]
+        raise ValueError(self.name)
+
+
+SERVERS = [
+    ServerSpec("trio_smtpd library", True),
+    ServerSpec("trio_smtpd --discard", True),
+    ServerSpec("trio_smtpd maildir", True),
+    ServerSpec("trio_smtpd --discard --workers 2", True),
+    ServerSpec("aiosmtpd", False),
+    ServerSpec("smtp-sink", True),
+]
+
+
+@dataclass
+class Result:
+    server: str
+    workload: str
+    messages_per_second: float
+    cpu_seconds_per_1000: float
+    peak_rss_mb: float
+    runs: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def process_tree(root: int) -> list[int]:
+    """The root and every descendant (the sinkhole's workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+def peak_rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.recv(100)
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("server did not start") from None
+            time.sleep(0.05)
+
+
+class Running:
+    """A server process started for one measurement."""
+
+    def __init__(self, spec: ServerSpec, lmtp: bool, workdir: Path) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(spec.command(self.port, workdir, lmtp),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port, self.process)
+        time.sleep(0.3 if "workers" in spec.name else 0)  # let every worker come up
+        self.pids = process_tree(self.process.pid)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def measure(spec: ServerSpec, workload: Workload, runs: int) -> Result | None:
+    if workload.lmtp and not spec.lmtp_capable:
+        return None
+    rates, cpus, peaks = [], [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            server = Running(spec, workload.lmtp, Path(tmp))
+            try:
+                before = cpu_seconds(server.pids)
+                start = time.perf_counter()
+                subprocess.run([SMTP_SOURCE, *workload.args, "-f", "bench@example.org",
+                                "-t", "sink@example.net", f"127.0.0.1:{server.port}"],
+                               check=True, stdout=subprocess.DEVNULL, timeout=300)
+                elapsed = time.perf_counter() - start
+                cpu = cpu_seconds(server.pids) - before
+                peaks.append(peak_rss_mb(server.pids))
+            finally:
+                server.stop()
+        rates.append(workload.messages / elapsed)
+        cpus.append(cpu * 1000 / workload.messages)
+    return Result(spec.name, workload.name, statistics.median(rates),
+                  statistics.median(cpus), max(peaks), runs)
+
+
+def ratio(value: float, reference: float | None, higher_is_better: bool) -> str:
+    if not reference or not value:
+        return "-"
+    factor = value / reference if higher_is_better else reference / value
+    return f"{factor:.2f}x"
+
+
+def table(results: list[Result]) -> str:
+    by_key = {(r.server, r.workload): r for r in results}
+    lines = ["| workload | server | msg/s | CPU s / 1000 msg | peak RSS MB | "
+             "msg/s vs aiosmtpd | CPU efficiency vs aiosmtpd | msg/s vs smtp-sink |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for result in results:
+        aio = by_key.get(("aiosmtpd", result.workload))
+        sink = by_key.get(("smtp-sink", result.workload))
+        lines.append(
+            f"| {result.workload} | {result.server} | {result.messages_per_second:.0f} | "
+            f"{result.cpu_seconds_per_1000:.3f} | {result.peak_rss_mb:.1f} | "
+            f"{ratio(result.messages_per_second, aio and aio.messages_per_second, True)} | "
+            f"{ratio(result.cpu_seconds_per_1000, aio and aio.cpu_seconds_per_1000, False)} | "
+            f"{ratio(result.messages_per_second, sink and sink.messages_per_second, True)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a quarter of the messages")
+    parser.add_argument("--json", default="benchmarks/results/latest.json")
+    parser.add_argument("--only", action="append", default=[], help="server names to run")
+    args = parser.parse_args()
+    results = []
+    for workload in workloads(args.quick):
+        for spec in SERVERS:
+            if args.only and spec.name not in args.only:
+                continue
+            result = measure(spec, workload, args.runs)
+            if result is not None:
+                print(f"  {workload.name}: {spec.name}: {result.messages_per_second:.0f} msg/s",
+                      file=sys.stderr, flush=True)
+                results.append(result)
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": machine(),
+        "workloads": {w.name: w.description for w in workloads(args.quick)},
+        "results": [asdict(r) for r in results],
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{report['date']} on {report['machine']}\n")
+    for name, description in report["workloads"].items():
+        print(f"({name}) {description}")
+    print()
+    print(table(results))
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")
+
+
+if __name__ == "__main__":
+    main()
