@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Sinkhole, require_program
 from tests.test_sinkhole import headers_and_body
 
@@ -33,7 +35,11 @@ def stored_ids(sinkhole: Sinkhole) -> list[str]:
     return [m.split(b"id=")[1].split(b"\r\n")[0].decode() for m in sinkhole.stored()]
 
 
-def test_workers_share_the_port_restart_and_stop_gracefully(sinkhole_factory: Factory) -> None:
+@pytest.mark.parametrize("mode", ["reuseport", "shared-socket"])
+def test_workers_share_the_port_restart_and_stop_gracefully(
+        sinkhole_factory: Factory, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    if mode == "shared-socket":
+        monkeypatch.setenv("TRIO_SMTPD_SHARED_SOCKET", "1")
     sinkhole = sinkhole_factory("--workers", "2")
     sinkhole.wait_for("listening", 3)  # the supervisor's line, then one per worker
     first = worker_pids(sinkhole)

@@ -34,7 +34,7 @@ from ..maildir import Maildir
 from .delivery import SinkholeHandler
 from .logs import configure_logging, log_event
 from .passwords import AuthFileError, hash_password, load_auth_file, verify_password
-from .sockets import BoundSocket, Kind, bind, from_environment
+from .sockets import REUSEPORT, BoundSocket, Kind, bind, from_environment
 from .workers import supervise
 
 __all__ = ["main"]
@@ -180,8 +180,11 @@ async def _authenticate(users: dict[str, str], credentials: Credentials) -> str 
     return credentials.username if ok else None
 
 
-def bind_listeners(args: argparse.Namespace) -> list[BoundSocket]:
-    """Bind every listening socket now, so a port in use is a configuration error."""
+def bind_listeners(args: argparse.Namespace, *, reserve_only: bool = False) -> list[BoundSocket]:
+    """Bind every listening socket now, so a port in use is a configuration error.
+
+    ``reserve_only``: bind with SO_REUSEPORT without listening, for workers to share.
+    """
     if args.proxy_listen and not args.proxy_trusted:
         raise ConfigError("--proxy-listen needs --proxy-trusted")
     for network in args.proxy_trusted:
@@ -197,7 +200,7 @@ def bind_listeners(args: argparse.Namespace) -> list[BoundSocket]:
     bound: list[BoundSocket] = []
     try:
         for kind, (host, port) in wanted:
-            bound += bind(kind, host, port)
+            bound += bind(kind, host, port, reuse_port=reserve_only, listen=not reserve_only)
     except OSError as exc:
         for item in bound:
             item.sock.close()
@@ -256,11 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--workers must be at least 1")
         config, maildir = build_config(args)
         inherited = from_environment()
-        sockets = inherited if inherited is not None else bind_listeners(args)
-        if args.workers > 1 and inherited is None:
+        supervisor = args.workers > 1 and inherited is None
+        # TRIO_SMTPD_SHARED_SOCKET=1 forces the fallback used where SO_REUSEPORT is missing.
+        reuse_port = REUSEPORT and not os.environ.get("TRIO_SMTPD_SHARED_SOCKET")
+        sockets = inherited if inherited is not None else bind_listeners(
+            args, reserve_only=supervisor and reuse_port)
+        if supervisor:
             log_event("listening", addresses=[item.address for item in sockets],
                       workers=args.workers, pid=os.getpid())
-            return supervise(args.workers, argv, sockets)
+            return supervise(args.workers, argv, sockets, reuse_port=reuse_port)
         return trio.run(run, args, config, maildir, sockets)
     except ConfigError as exc:
         _fail(str(exc))

@@ -1,11 +1,12 @@
 """``--workers N``: a supervisor process and N worker processes sharing the listeners.
 
-The supervisor binds the listening sockets once, starts each worker as
-``python -m trio_smtpd`` with the same options (less ``--workers``) and the sockets
-inherited, restarts a worker that dies (with a growing delay if it keeps dying), and on
-SIGTERM/SIGINT forwards SIGTERM so every worker shuts down gracefully; a second signal
-kills them at once. Workers run in their own session so that a terminal's Ctrl-C reaches
-only the supervisor, which then forwards exactly one SIGTERM.
+The supervisor reserves the listening addresses (see ``sockets``: SO_REUSEPORT where the
+system has it, one inherited socket elsewhere), starts each worker as
+``python -m trio_smtpd`` with the same options (less ``--workers``), restarts a worker
+that dies (with a growing delay if it keeps dying), and on SIGTERM/SIGINT forwards
+SIGTERM so every worker shuts down gracefully; a second signal kills them at once.
+Workers run in their own session so that a terminal's Ctrl-C reaches only the
+supervisor, which then forwards exactly one SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from .logs import log_event
-from .sockets import BoundSocket, to_environment
+from .sockets import REUSEPORT, BoundSocket, reuseport_environment, to_environment
 
 __all__ = ["supervise", "worker_argv"]
 
@@ -42,9 +43,15 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "trio_smtpd", *out]
 
 
-def supervise(count: int, argv: Sequence[str], sockets: list[BoundSocket]) -> int:
-    env = {**os.environ, **to_environment(sockets)}
-    fds = tuple(item.sock.fileno() for item in sockets)
+def supervise(count: int, argv: Sequence[str], sockets: list[BoundSocket],
+              *, reuse_port: bool = REUSEPORT) -> int:
+    """Run the workers; ``sockets`` are reserved (reuse_port) or listening (shared)."""
+    fds: tuple[int, ...] = ()
+    if reuse_port:
+        env = {**os.environ, **reuseport_environment(sockets)}
+    else:
+        env = {**os.environ, **to_environment(sockets)}
+        fds = tuple(item.sock.fileno() for item in sockets)
     command = worker_argv(argv)
     signals: list[int] = []
 
