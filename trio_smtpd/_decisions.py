@@ -227,7 +227,6 @@ class Transaction:
     #: The final reply (SMTP) or replies (LMTP), once decided.
     replies: list[Reply | None] | None = field(default=None, repr=False)
     _done: trio.Event = field(default_factory=trio.Event, repr=False)
-    _answered: bool = False
 
     @property
     def data(self) -> bytes:
@@ -287,7 +286,7 @@ class Transaction:
         if all(r is not _UNSET for r in self.replies):
             self._done.set()
 
-    def _final_replies(self) -> Sequence[Reply | None]:
+    def final_replies(self) -> Sequence[Reply | None]:
         """What to answer, with unset recipients accepted and an unanswered message 451."""
         if not self._done.is_set() or self.replies is None:
             return [_NOT_HANDLED] * len(self.recipients)

@@ -129,16 +129,14 @@ class Session:
 
     async def next_decision(self) -> Decision | None:
         """The next decision to make, or None once the session is over."""
-        self._settle()
-        if self.app_scope is not None:
-            self.app_scope.deadline = math.inf
+        self._resume()
         while True:
-            try:
-                event = await self._next_core_event()
-                decision = None if event is None else await self._wrap(event)
-            except SessionClosed:
-                return None
+            event = await self._next_core_event()
             if event is None:
+                return None
+            try:
+                decision = await self._wrap(event)
+            except SessionClosed:  # STARTTLS or AUTH ended the session
                 return None
             if decision is not None:
                 assert isinstance(event, core.Decision)
@@ -158,14 +156,9 @@ class Session:
             raise RuntimeError("body() is for right after a DataStart decision")
         transaction = self._current.transaction
         transaction.streamed = True
-        self._settle()
-        if self.app_scope is not None:
-            self.app_scope.deadline = math.inf
+        self._resume()
         while True:
-            try:
-                event = await self._next_core_event()
-            except SessionClosed:
-                event = None
+            event = await self._next_core_event()
             if event is None:
                 transaction.aborted = True
                 return
@@ -215,6 +208,12 @@ class Session:
 
     # ------------------------------------------------------------------ answering
 
+    def _resume(self) -> None:
+        """The application handed control back: apply its answer, stop its clock."""
+        self._settle()
+        if self.app_scope is not None:
+            self.app_scope.deadline = math.inf
+
     def _settle(self) -> None:
         """Apply the application's answer (or the default) to the decision it was given."""
         decision, event = self._current, self._current_core
@@ -232,8 +231,7 @@ class Session:
                 conn.auth_failure(decision.reply)
             return
         if isinstance(decision, Message):
-            replies = decision.transaction._final_replies()
-            decision.transaction._answered = True
+            replies = decision.transaction.final_replies()
             self._transaction = None
             if self.info.lmtp:
                 conn.respond_per_recipient(replies)
@@ -352,8 +350,11 @@ class Session:
                 return None
             next_event = conn.next_event()
             if next_event is NEED_DATA:
-                await self._flush()
-                await self._receive()
+                try:
+                    await self._flush()
+                    await self._receive()
+                except SessionClosed:
+                    return None
                 continue
             assert isinstance(next_event, core.Event)
             event = next_event

@@ -100,7 +100,7 @@ class SinkholeHandler:
             event.accept(f"queued as {name}")
         else:
             event.accept("discarded")
-        replies = tx._final_replies()
+        replies = tx.final_replies()
         first = replies[0] if replies else None
         outcome = "accepted" if first is None or first.is_positive else "tempfailed"
         _log_transaction(tx, outcome, str(first) if first else "250", name)
