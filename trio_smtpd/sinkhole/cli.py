@@ -35,6 +35,7 @@ from .delivery import SinkholeHandler
 from .logs import configure_logging, log_event
 from .passwords import AuthFileError, hash_password, load_auth_file, verify_password
 from .sockets import REUSEPORT, BoundSocket, Kind, bind, from_environment
+from .tlsfallback import TLSFallback, parse_fallback
 from .workers import supervise
 
 __all__ = ["main"]
@@ -96,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--workers", type=int, default=1, metavar="N",
         help="worker processes sharing the listeners; a supervisor restarts any that dies "
              "(default 1: no supervisor)")
+    add("--tarpit", type=float, default=0.0, metavar="SECONDS",
+        help="wait this long before each batch of replies to every client (default 0)")
+    add("--tls-fallback", default=None, metavar="FAILURES:HOURS",
+        help="stop offering STARTTLS to an address after FAILURES failed handshakes "
+             "within HOURS, so broken TLS clients can still deliver (e.g. 3:24)")
     add("--discard", action="store_true",
         help="accept and log every message but store nothing (the pure sinkhole)")
     add("--log-format", choices=("text", "json"), default="text",
@@ -130,6 +136,13 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
                           "must be positive")
     if args.timeout <= 0:
         raise ConfigError("--timeout must be positive")
+    if args.tarpit < 0:
+        raise ConfigError("--tarpit must not be negative")
+    if args.tls_fallback:
+        try:
+            parse_fallback(args.tls_fallback)
+        except ValueError as exc:
+            raise ConfigError(f"--tls-fallback: {exc}") from None
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -220,7 +233,11 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
             listeners.append(ProxyProtocolListener(listener, args.proxy_trusted))
         else:
             listeners.append(listener)
-    handler = SinkholeHandler(config.hostname, maildir)
+    fallback = None
+    if args.tls_fallback:
+        fallback = TLSFallback(*parse_fallback(args.tls_fallback))
+    handler = SinkholeHandler(config.hostname, maildir, tarpit=args.tarpit,
+                              tls_fallback=fallback)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve, config, handler=handler,
                                              listeners=listeners, tls_listeners=tls_listeners))

@@ -25,6 +25,7 @@ from typing import Any
 from .. import DataStart, Message, Session, Transaction
 from ..maildir import Maildir, MaildirWriter
 from .logs import log_event
+from .tlsfallback import TLSFallback
 
 __all__ = ["SinkholeHandler", "trace_headers"]
 
@@ -37,11 +38,21 @@ class SinkholeHandler:
 
     hostname: str
     maildir: Maildir | None  # None: --discard
+    #: --tarpit: seconds before each batch of replies, for every client.
+    tarpit: float = 0.0
+    #: --tls-fallback: addresses whose STARTTLS handshakes keep failing get none offered.
+    tls_fallback: TLSFallback | None = None
 
     async def __call__(self, session: Session) -> None:
         info = session.info
         started = time.monotonic()
-        log_event("connect", session=info.id, peer=_peer(info.peer))
+        ip = info.peer[0] if info.peer else None
+        session.reply_delay = self.tarpit
+        fallback = self.tls_fallback
+        if fallback is not None and ip is not None and not fallback.offer_starttls(ip):
+            session.offer_starttls = False
+        log_event("connect", session=info.id, peer=_peer(info.peer),
+                  starttls=None if session.offer_starttls else "withheld")
         writer: MaildirWriter | None = None
         error: OSError | None = None
         async for event in session:
@@ -55,6 +66,8 @@ class SinkholeHandler:
                 event.accept()
         if writer is not None:  # the client left mid-message
             await writer.abort()
+        if session.tls_failed and fallback is not None and ip is not None:
+            fallback.record_failure(ip)
         log_event("close", session=info.id, peer=_peer(info.peer), helo=info.helo,
                   tls=info.tls.version if info.tls else None, auth=info.authenticated_as,
                   duration=round(time.monotonic() - started, 3))
