@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import smtplib
 import socket
 import subprocess
 import sys
@@ -120,3 +121,19 @@ def test_policy_option_errors_exit_2(args: tuple[str, str], tmp_path: Path) -> N
                             timeout=60)
     assert result.returncode == 2
     assert result.stderr.startswith("trio-smtpd: ") and len(result.stderr.splitlines()) == 1
+
+
+def test_save_then_reject_stores_and_refuses(sinkhole_factory: Factory) -> None:
+    sinkhole = sinkhole_factory("--save-then-reject")
+    body = b"Subject: sample\r\n\r\nkeep me\r\n"
+    with (smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client,
+          pytest.raises(smtplib.SMTPDataError) as refused):
+        client.sendmail("spammer@example.org", ["trap@example.net"], body)
+    assert refused.value.smtp_code == 554
+    text = refused.value.smtp_error.decode()
+    [stored] = sinkhole.stored()
+    assert stored.endswith(body)
+    [name] = [n for n in (sinkhole.maildir / "new").iterdir()]
+    assert text == f"5.7.1 Message rejected; saved as {name.name}"
+    [entry] = sinkhole.events("message")
+    assert entry["outcome"] == "saved-then-rejected" and entry["file"] == name.name

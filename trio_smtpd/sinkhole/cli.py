@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tls-fallback", default=None, metavar="FAILURES:HOURS",
         help="stop offering STARTTLS to an address after FAILURES failed handshakes "
              "within HOURS, so broken TLS clients can still deliver (e.g. 3:24)")
+    add("--save-then-reject", action="store_true",
+        help="store and log each message, then refuse it with 554 naming its file, so the "
+             "sender believes delivery failed (sinksmtp's -M)")
     add("--discard", action="store_true",
         help="accept and log every message but store nothing (the pure sinkhole)")
     add("--log-format", choices=("text", "json"), default="text",
@@ -237,7 +240,7 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
     if args.tls_fallback:
         fallback = TLSFallback(*parse_fallback(args.tls_fallback))
     handler = SinkholeHandler(config.hostname, maildir, tarpit=args.tarpit,
-                              tls_fallback=fallback)
+                              tls_fallback=fallback, save_then_reject=args.save_then_reject)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve, config, handler=handler,
                                              listeners=listeners, tls_listeners=tls_listeners))

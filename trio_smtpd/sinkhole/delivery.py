@@ -42,6 +42,9 @@ class SinkholeHandler:
     tarpit: float = 0.0
     #: --tls-fallback: addresses whose STARTTLS handshakes keep failing get none offered.
     tls_fallback: TLSFallback | None = None
+    #: --save-then-reject (sinksmtp's -M): store and log each message, then refuse it
+    #: with a 554 naming its id, so the sender believes delivery failed.
+    save_then_reject: bool = False
 
     async def __call__(self, session: Session) -> None:
         info = session.info
@@ -109,13 +112,19 @@ class SinkholeHandler:
             else:
                 event.tempfail("Local error in processing", "4.3.0")
             log.error("session %s: storing the message failed: %s", tx.session.id, error)
+        elif self.save_then_reject:
+            saved = f"saved as {name}" if name is not None else "not saved"
+            event.reject(554, f"Message rejected; {saved}", "5.7.1")
         elif name is not None:
             event.accept(f"queued as {name}")
         else:
             event.accept("discarded")
         replies = tx.final_replies()
         first = replies[0] if replies else None
-        outcome = "accepted" if first is None or first.is_positive else "tempfailed"
+        if first is None or first.is_positive:
+            outcome = "accepted"
+        else:
+            outcome = "tempfailed" if first.is_transient else "saved-then-rejected"
         _log_transaction(tx, outcome, str(first) if first else "250", name)
 
 
