@@ -34,6 +34,7 @@ from ..maildir import Maildir
 from .delivery import SinkholeHandler
 from .logs import configure_logging, log_event
 from .passwords import AuthFileError, hash_password, load_auth_file, verify_password
+from .rules import RulesError, RuleSet, load_rules
 from .sockets import REUSEPORT, BoundSocket, Kind, bind, from_environment
 from .tlsfallback import TLSFallback, parse_fallback
 from .workers import supervise
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tls-fallback", default=None, metavar="FAILURES:HOURS",
         help="stop offering STARTTLS to an address after FAILURES failed handshakes "
              "within HOURS, so broken TLS clients can still deliver (e.g. 3:24)")
+    add("--rules", metavar="FILE",
+        help="policy rules (TOML; see docs/sinkhole.md): the first matching rule of each "
+             "phase decides; SIGHUP reloads them, keeping the old ones if the file is bad")
     add("--save-then-reject", action="store_true",
         help="store and log each message, then refuse it with 554 naming its file, so the "
              "sender believes delivery failed (sinksmtp's -M)")
@@ -240,15 +244,20 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
     if args.tls_fallback:
         fallback = TLSFallback(*parse_fallback(args.tls_fallback))
     handler = SinkholeHandler(config.hostname, maildir, tarpit=args.tarpit,
-                              tls_fallback=fallback, save_then_reject=args.save_then_reject)
+                              tls_fallback=fallback, save_then_reject=args.save_then_reject,
+                              rules=_load_rules(args.rules))
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve, config, handler=handler,
                                              listeners=listeners, tls_listeners=tls_listeners))
         log_event("listening", addresses=[item.address for item in sockets],
                   lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path),
                   pid=os.getpid())
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
+                                       signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    _reload_rules(args.rules, handler)
+                    continue
                 if server.shutting_down:
                     log_event("exit", signal=signal.Signals(signum).name)
                     os._exit(1)
@@ -256,6 +265,28 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
                 server.shutdown()
                 nursery.start_soon(_stop_after_drain, server, nursery.cancel_scope)
     return 0
+
+
+def _load_rules(path: str | None) -> RuleSet | None:
+    if path is None:
+        return None
+    try:
+        return load_rules(path)
+    except RulesError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _reload_rules(path: str | None, handler: SinkholeHandler) -> None:
+    if path is None:
+        log_event("rules-reload", outcome="no --rules file")
+        return
+    try:
+        rules = load_rules(path)
+    except RulesError as exc:
+        log_event("rules-reload", outcome="failed, previous rules kept", error=str(exc))
+        return
+    handler.rules = rules
+    log_event("rules-reload", outcome="loaded", rules=len(rules))
 
 
 async def _stop_after_drain(server: Server, scope: trio.CancelScope) -> None:
@@ -278,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers < 1:
             raise ConfigError("--workers must be at least 1")
         config, maildir = build_config(args)
+        _load_rules(args.rules)  # a bad rules file is a configuration error, before binding
         inherited = from_environment()
         supervisor = args.workers > 1 and inherited is None
         # TRIO_SMTPD_SHARED_SOCKET=1 forces the fallback used where SO_REUSEPORT is missing.

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from email.utils import format_datetime
 from typing import Any
 
-from .. import DataStart, Message, Session, Transaction
+from .. import Connect, DataStart, Decision, Hello, Mail, Message, Rcpt, Session, Transaction
 from ..maildir import Maildir, MaildirWriter
 from .logs import log_event
+from .rules import Facts, Phase, RuleSet, Verdict
 from .tlsfallback import TLSFallback
 
 __all__ = ["SinkholeHandler", "trace_headers"]
@@ -45,6 +46,8 @@ class SinkholeHandler:
     #: --save-then-reject (sinksmtp's -M): store and log each message, then refuse it
     #: with a 554 naming its id, so the sender believes delivery failed.
     save_then_reject: bool = False
+    #: --rules: the policy; replaced as a whole on SIGHUP, so sessions see one or the other.
+    rules: RuleSet | None = None
 
     async def __call__(self, session: Session) -> None:
         info = session.info
@@ -59,14 +62,22 @@ class SinkholeHandler:
         writer: MaildirWriter | None = None
         error: OSError | None = None
         async for event in session:
-            if isinstance(event, DataStart):
-                event.accept()
-                writer, error = await self._receive(session, event.transaction)
-            elif isinstance(event, Message):
-                await self._finish(event, writer, error)
+            if isinstance(event, Message):
+                verdict = self._verdict(session, "message", event)
+                await self._finish(event, writer, error, verdict)
                 writer, error = None, None
-            else:
-                event.accept()
+                continue
+            phase = _PHASES.get(type(event))
+            verdict = None if phase is None else self._verdict(session, phase, event)
+            if verdict is not None and verdict.action != "accept":
+                _refuse(event, verdict)
+                log_event("policy", session=info.id, phase=phase, rule=verdict.rule,
+                          action=verdict.action, reply=str(verdict.reply))
+                continue
+            accept_reply = verdict.reply if verdict is not None else None
+            event.accept(accept_reply.text if accept_reply else None)
+            if isinstance(event, DataStart):
+                writer, error = await self._receive(session, event.transaction)
         if writer is not None:  # the client left mid-message
             await writer.abort()
         if session.tls_failed and fallback is not None and ip is not None:
@@ -94,10 +105,28 @@ class SinkholeHandler:
                              str(reply) if reply else None, None)
         return writer, error
 
+    def _verdict(self, session: Session, phase: Phase, event: Decision) -> Verdict | None:
+        """Ask the rules (if any) about this step; a rule's delay tarpits from now on."""
+        if self.rules is None:
+            return None
+        verdict = self.rules.decide(phase, _facts(session, event))
+        if verdict is not None and verdict.delay:
+            session.reply_delay = max(session.reply_delay, verdict.delay)
+        return verdict
+
     async def _finish(self, event: Message, writer: MaildirWriter | None,
-                      error: OSError | None) -> None:
+                      error: OSError | None, verdict: Verdict | None = None) -> None:
         tx = event.transaction
         name = None
+        if verdict is not None and verdict.action in ("reject", "tempfail"):
+            if writer is not None:  # refused outright: nothing is kept
+                await writer.abort()
+            _refuse(event, verdict)
+            first = tx.final_replies()[0]
+            _log_transaction(tx, "rejected", str(first), None, verdict.rule)
+            return
+        save_then_reject = self.save_then_reject or (
+            verdict is not None and verdict.action == "save-then-reject")
         if error is None and writer is not None:
             try:
                 name = await writer.commit()
@@ -112,9 +141,12 @@ class SinkholeHandler:
             else:
                 event.tempfail("Local error in processing", "4.3.0")
             log.error("session %s: storing the message failed: %s", tx.session.id, error)
-        elif self.save_then_reject:
+        elif save_then_reject:
             saved = f"saved as {name}" if name is not None else "not saved"
-            event.reject(554, f"Message rejected; {saved}", "5.7.1")
+            base = verdict.reply if verdict is not None and verdict.reply else None
+            text = base.text if base else "Message rejected"
+            event.reject(base.code if base else 554, f"{text}; {saved}",
+                         base.enhanced if base else "5.7.1")
         elif name is not None:
             event.accept(f"queued as {name}")
         else:
@@ -125,11 +157,12 @@ class SinkholeHandler:
             outcome = "accepted"
         else:
             outcome = "tempfailed" if first.is_transient else "saved-then-rejected"
-        _log_transaction(tx, outcome, str(first) if first else "250", name)
+        _log_transaction(tx, outcome, str(first) if first else "250", name,
+                         verdict.rule if verdict else None)
 
 
 def _log_transaction(tx: Transaction, outcome: str, reply: str | None,
-                     name: str | None) -> None:
+                     name: str | None, rule: str | None = None) -> None:
     log_event(
         "message",
         session=tx.session.id,
@@ -143,7 +176,47 @@ def _log_transaction(tx: Transaction, outcome: str, reply: str | None,
         outcome=outcome,
         reply=reply,
         file=name,
+        rule=rule,
     )
+
+
+_PHASES: dict[type[Decision], Phase] = {Connect: "connect", Hello: "helo", Mail: "mail",
+                                        Rcpt: "rcpt", DataStart: "data"}
+
+
+def _facts(session: Session, event: Decision) -> Facts:
+    """What the rules may look at, including what the pending event is about to add."""
+    info, tx = session.info, session.transaction
+    sender: str | None = None
+    if isinstance(event, Mail):
+        sender = str(event.sender) if event.sender else ""
+    elif tx is not None:
+        sender = str(tx.sender) if tx.sender else ""
+    return Facts(
+        ip=info.peer[0] if info.peer else None,
+        tls=info.tls is not None,
+        authenticated=info.authenticated_as is not None,
+        helo=event.name if isinstance(event, Hello) else info.helo,
+        sender=sender,
+        recipient=str(event.recipient) if isinstance(event, Rcpt) else None,
+        recipients=tuple(str(r.address) for r in tx.recipients) if tx else (),
+    )
+
+
+def _refuse(event: Decision, verdict: Verdict) -> None:
+    reply = verdict.reply
+    text = reply.text if reply else "Rejected by policy"
+    enhanced = reply.enhanced if reply else None
+    if isinstance(event, Connect):
+        # RFC 5321 3.1: refuse with 554 (the client may still QUIT), or 421 and close.
+        if verdict.action == "tempfail":
+            event.tempfail(text, enhanced and "4" + enhanced[1:])
+        else:
+            event.reject(554, text, enhanced and "5" + enhanced[1:])
+    elif verdict.action == "tempfail":
+        event.tempfail(text, enhanced, code=reply.code if reply else 451)
+    else:
+        event.reject(reply.code if reply else 550, text, enhanced)
 
 
 async def _write(writer: MaildirWriter, data: bytes) -> OSError | None:

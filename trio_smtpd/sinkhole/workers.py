@@ -54,12 +54,17 @@ def supervise(count: int, argv: Sequence[str], sockets: list[BoundSocket],
         fds = tuple(item.sock.fileno() for item in sockets)
     command = worker_argv(argv)
     signals: list[int] = []
+    reloads: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         signals.append(signum)
 
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        reloads.append(signum)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)  # reload the rules: every worker's job
 
     def start(slot: int) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(command, env=env, pass_fds=fds, start_new_session=True)
@@ -71,6 +76,10 @@ def supervise(count: int, argv: Sequence[str], sockets: list[BoundSocket],
     started = [time.monotonic()] * count
     stopping = False
     while True:
+        if reloads:
+            reloads.clear()
+            for process in workers:
+                _send(process, signal.SIGHUP)
         if signals and not stopping:
             stopping = True
             log_event("shutdown", signal=signal.Signals(signals[0]).name, workers=count)

@@ -1,0 +1,293 @@
+"""Sinkhole policy rules: every matcher, combinator, action and load error; then the real
+program with rules, including a reload (SIGHUP) with a broken file."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Sinkhole
+from trio_smtpd.sinkhole.rules import Facts, RulesError, load_rules
+
+Factory = Callable[..., Sinkhole]
+
+
+def rules(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    return path
+
+
+def one(tmp_path: Path, phase: str, match: str, action: str = "reject") -> Callable[
+        [Facts], str | None]:
+    ruleset = load_rules(rules(tmp_path, f"""
+[[rule]]
+name = "r"
+phase = "{phase}"
+action = "{action}"
+[rule.match]
+{match}
+"""))
+
+    def decide(facts: Facts) -> str | None:
+        verdict = ruleset.decide(phase, facts)  # type: ignore[arg-type]
+        return None if verdict is None else verdict.action
+
+    return decide
+
+
+@pytest.mark.parametrize(("pattern", "address", "hit"), [
+    ("<>", "", True), ("<>", "a@b.c", False),
+    ("user@example.org", "user@example.org", True), ("user@example.org", "user@EXAMPLE.org", True),
+    ("user@example.org", "User@example.org", False), ("user@example.org", "user@x.org", False),
+    ("user@", "user@anything.test", True), ("user@", "other@anything.test", False),
+    ("@example.org", "x@example.org", True), ("@example.org", "x@sub.example.org", False),
+    ("@.example.org", "x@sub.example.org", True), ("@.example.org", "x@a.b.example.org", True),
+    ("@.example.org", "x@example.org", False), ("@.example.org", "x@badexample.org", False),
+])
+def test_sender_patterns(tmp_path: Path, pattern: str, address: str, hit: bool) -> None:
+    decide = one(tmp_path, "mail", f"sender = [{pattern!r}]".replace("'", '"'))
+    assert (decide(Facts(sender=address)) == "reject") is hit
+
+
+def test_recipient_at_rcpt_and_any_recipient_later(tmp_path: Path) -> None:
+    at_rcpt = one(tmp_path, "rcpt", 'recipient = ["trap@"]')
+    assert at_rcpt(Facts(sender="", recipient="trap@x.test")) == "reject"
+    assert at_rcpt(Facts(sender="", recipient="ok@x.test", recipients=("trap@x.test",))) is None
+    at_data = one(tmp_path, "data", 'recipient = ["trap@"]')
+    assert at_data(Facts(recipients=("ok@x.test", "trap@y.test"))) == "reject"
+    assert at_data(Facts(recipients=("ok@x.test",))) is None
+
+
+def test_ip_helo_tls_auth_matchers(tmp_path: Path) -> None:
+    ip = one(tmp_path, "connect", 'ip = ["192.0.2.0/24", "2001:db8::/32"]')
+    assert ip(Facts(ip="192.0.2.9")) == "reject"
+    assert ip(Facts(ip="::ffff:192.0.2.9")) == "reject"
+    assert ip(Facts(ip="2001:db8::1")) == "reject"
+    assert ip(Facts(ip="198.51.100.1")) is None
+    assert ip(Facts(ip=None)) is None
+    helo = one(tmp_path, "helo", 'helo = ["*.dynamic.example", "localhost"]')
+    assert helo(Facts(helo="host-1.DYNAMIC.example")) == "reject"
+    assert helo(Facts(helo="localhost")) == "reject"
+    assert helo(Facts(helo="mx.example")) is None
+    tls = one(tmp_path, "mail", "tls = false\nauthenticated = false")
+    assert tls(Facts(tls=False, authenticated=False)) == "reject"
+    assert tls(Facts(tls=True, authenticated=False)) is None
+    assert tls(Facts(tls=False, authenticated=True)) is None
+
+
+def test_combinators_and_pattern_files(tmp_path: Path) -> None:
+    (tmp_path / "senders.txt").write_text("# spammers\n@spam.example\n\nbad@\n")
+    decide = one(tmp_path, "mail", '''sender_file = "senders.txt"
+not = { ip = ["127.0.0.0/8"] }
+any = [ { helo = ["a*"] }, { all = [ { tls = true }, { helo = ["b*"] } ] } ]''')
+    base = Facts(ip="192.0.2.1", sender="x@spam.example", helo="alpha")
+    assert decide(base) == "reject"
+    assert decide(Facts(ip="127.0.0.1", sender="x@spam.example", helo="alpha")) is None
+    assert decide(Facts(ip="192.0.2.1", sender="bad@anywhere.test", helo="beta",
+                        tls=True)) == "reject"
+    assert decide(Facts(ip="192.0.2.1", sender="bad@anywhere.test", helo="beta")) is None
+    assert decide(Facts(ip="192.0.2.1", sender="good@ok.test", helo="alpha")) is None
+
+
+def test_first_match_wins_actions_replies_and_delay(tmp_path: Path) -> None:
+    ruleset = load_rules(rules(tmp_path, """
+[[rule]]
+phase = "rcpt"
+action = "accept"
+[rule.match]
+recipient = ["postmaster@"]
+
+[[rule]]
+name = "slow"
+phase = "rcpt"
+action = "tempfail"
+delay = 2.5
+reply = "450 4.2.0 Mailbox busy"
+
+[[rule]]
+phase = "rcpt"
+action = "reject"
+"""))
+    first = ruleset.decide("rcpt", Facts(recipient="postmaster@x.test"))
+    assert first is not None and first.action == "accept" and first.rule == "rule 1"
+    second = ruleset.decide("rcpt", Facts(recipient="user@x.test"))
+    assert second is not None and (second.action, second.delay, second.rule) == (
+        "tempfail", 2.5, "slow")
+    assert second.reply is not None and str(second.reply) == "450 4.2.0 Mailbox busy"
+    assert ruleset.decide("mail", Facts(sender="a@b.c")) is None  # no rule: accept
+    defaults = load_rules(rules(tmp_path, """
+[[rule]]
+phase = "message"
+action = "save-then-reject"
+[[rule]]
+phase = "mail"
+action = "tempfail"
+"""))
+    saved = defaults.decide("message", Facts())
+    assert saved is not None and saved.reply is not None and saved.reply.code == 554
+    later = defaults.decide("mail", Facts())
+    assert later is not None and later.reply is not None and later.reply.code == 451
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[[rule]\n", "rules.toml"),
+    ("[[rule]]\nphase = \"nope\"\naction = \"reject\"", "phase must be one of"),
+    ("[[rule]]\nphase = \"mail\"\naction = \"bounce\"", "action must be one of"),
+    ("[[rule]]\nphase = \"mail\"\naction = \"reject\"\ncolour = 1", "unknown keys"),
+    ("[[rule]]\nphase = \"mail\"\naction = \"save-then-reject\"", "save-then-reject needs"),
+    ("[[rule]]\nphase = \"mail\"\naction = \"reject\"\nreply = \"hello\"", "reply must look"),
+    ("[[rule]]\nphase = \"mail\"\naction = \"tempfail\"\nreply = \"550 no\"", "does not suit"),
+    ("[[rule]]\nphase = \"mail\"\naction = \"reject\"\ndelay = -1", "delay must be"),
+    ("[[rule]]\nphase = \"connect\"\naction = \"reject\"\n[rule.match]\nhelo = [\"x\"]",
+     "not known yet in the connect phase"),
+    ("[[rule]]\nphase = \"mail\"\naction = \"reject\"\n[rule.match]\nrecipient = [\"a@\"]",
+     "not known yet in the mail phase"),
+    ("[[rule]]\nphase = \"mail\"\naction = \"reject\"\n[rule.match]\nip = [\"300.1.1.1\"]",
+     "bad IP address"),
+    ("[[rule]]\nphase = \"mail\"\naction = \"reject\"\n[rule.match]\nsender = [\"nobody\"]",
+     "needs an '@'"),
+    ("[[rule]]\nphase = \"mail\"\naction = \"reject\"\n[rule.match]\nsender_file = \"no\"",
+     "cannot read sender_file"),
+    ("[[rule]]\nname = \"x\"\nphase = \"mail\"\naction = \"reject\"\n[rule.match]\nfoo = 1",
+     "rule 1 (x): unknown matcher 'foo'"),
+    ("[[rule]]\nphase = \"mail\"\naction = \"reject\"\n[rule.match]\nany = []",
+     "non-empty list"),
+    ("other = 1", "unknown top-level keys"),
+])
+def test_load_errors_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(RulesError) as error:
+        load_rules(rules(tmp_path, text))
+    assert message in str(error.value) and str(tmp_path) in str(error.value)
+
+
+# --------------------------------------------------------------------------- the program
+
+POLICY = """
+[[rule]]
+name = "no-localhost"
+phase = "connect"
+action = "reject"
+reply = "554 5.7.1 Not from there"
+[rule.match]
+ip = ["127.0.0.3/32"]
+
+[[rule]]
+name = "bad-helo"
+phase = "helo"
+action = "reject"
+[rule.match]
+helo = ["*.bad.example"]
+
+[[rule]]
+name = "greylist"
+phase = "mail"
+action = "tempfail"
+[rule.match]
+sender = ["@later.example"]
+
+[[rule]]
+name = "traps"
+phase = "rcpt"
+action = "reject"
+reply = "550 5.1.1 No such user"
+[rule.match]
+recipient = ["trap@"]
+
+[[rule]]
+name = "samples"
+phase = "message"
+action = "save-then-reject"
+[rule.match]
+sender = ["@spam.example"]
+"""
+
+
+def greeting(source: str, port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                  source_address=(source, 0)) as sock:
+        line = sock.makefile("rb").readline()
+        sock.sendall(b"QUIT\r\n")
+        return line
+
+
+def test_rules_through_the_program(sinkhole_factory: Factory, tmp_path: Path) -> None:
+    path = rules(tmp_path, POLICY)
+    sinkhole = sinkhole_factory("--rules", str(path))
+    assert greeting("127.0.0.3", sinkhole.port).startswith(b"554 5.7.1 Not from there")
+    assert greeting("127.0.0.1", sinkhole.port).startswith(b"220 ")
+    with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
+        assert client.ehlo("host.bad.example")[0] == 550
+        assert client.ehlo("mx.good.example")[0] == 250
+        assert client.mail("x@later.example")[0] == 451
+        assert client.mail("x@ok.example")[0] == 250
+        assert client.rcpt("trap@example.net") == (550, b"5.1.1 No such user")
+        assert client.rcpt("user@example.net")[0] == 250
+        assert client.data(b"Subject: fine\r\n\r\nkept\r\n")[0] == 250
+        client.mail("x@spam.example")
+        client.rcpt("user@example.net")
+        code, text = client.data(b"Subject: sample\r\n\r\nspam\r\n")
+        assert code == 554 and b"saved as" in text
+    assert len(sinkhole.stored()) == 2  # the accepted one and the saved sample
+    messages = sinkhole.events("message")
+    assert [m["outcome"] for m in messages] == ["accepted", "saved-then-rejected"]
+    assert messages[1]["rule"] == "samples"
+    policies = {e["rule"] for e in sinkhole.events("policy")}
+    assert policies == {"no-localhost", "bad-helo", "greylist", "traps"}
+
+
+def test_broken_rules_file_at_start_exits_2(tmp_path: Path) -> None:
+    path = rules(tmp_path, "[[rule]]\nphase = \"later\"\naction = \"reject\"\n")
+    result = subprocess.run([sys.executable, "-m", "trio_smtpd", "--maildir",
+                             str(tmp_path / "m"), "--rules", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "phase must be one of" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_sighup_reload_keeps_old_rules_when_the_new_file_is_broken(
+        sinkhole_factory: Factory, tmp_path: Path) -> None:
+    path = rules(tmp_path, POLICY)
+    sinkhole = sinkhole_factory("--rules", str(path))
+
+    def mail_reply(sender: str) -> int:
+        with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
+            client.ehlo("c")
+            return int(client.mail(sender)[0])
+
+    def reloaded(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(sinkhole.events("rules-reload")) < count:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    assert mail_reply("x@later.example") == 451
+    path.write_text("[[rule]\nbroken")
+    sinkhole.process.send_signal(signal.SIGHUP)
+    reloaded(1)
+    assert "previous rules kept" in str(sinkhole.events("rules-reload")[0]["outcome"])
+    assert mail_reply("x@later.example") == 451  # the old rules still apply
+    path.write_text("")  # no rules at all: everything accepted
+    sinkhole.process.send_signal(signal.SIGHUP)
+    reloaded(2)
+    assert sinkhole.events("rules-reload")[1]["outcome"] == "loaded"
+    assert mail_reply("x@later.example") == 250
+
+
+def test_sighup_reaches_every_worker(sinkhole_factory: Factory, tmp_path: Path) -> None:
+    path = rules(tmp_path, POLICY)
+    sinkhole = sinkhole_factory("--rules", str(path), "--workers", "2")
+    sinkhole.wait_for("listening", 3)
+    path.write_text("")
+    sinkhole.process.send_signal(signal.SIGHUP)
+    sinkhole.wait_for("rules-reload", 2)  # one line from each worker
+    assert sinkhole.process.poll() is None  # the supervisor is still there
+    assert {e["outcome"] for e in sinkhole.events("rules-reload")} == {"loaded"}

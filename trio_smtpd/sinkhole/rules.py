@@ -1,0 +1,284 @@
+"""Sinkhole policy rules, read from TOML (``--rules FILE``) with the standard library.
+
+An ordered list of rules; for each protocol phase, the first rule of that phase whose
+matchers all hold decides; no matching rule means accept. ::
+
+    [[rule]]
+    name = "traps"                   # optional; shown in logs
+    phase = "rcpt"                   # connect | helo | mail | rcpt | data | message
+    action = "reject"                # accept | reject | tempfail | save-then-reject
+    reply = "550 5.1.1 No such user" # optional; code, optional enhanced code, text
+    delay = 5.0                      # optional tarpit seconds for this client from now on
+    [rule.match]                     # every matcher listed must hold
+    sender = ["<>", "user@example.org", "user@", "@example.org", "@.example.org"]
+    recipient = ["trap@"]
+    sender_file = "senders.txt"      # patterns one per line (relative to the rules file)
+    recipient_file = "traps.txt"
+    helo = ["*.dynamic.example", "localhost"]   # case-insensitive globs
+    ip = ["192.0.2.0/24", "2001:db8::/32"]
+    tls = true
+    authenticated = false
+    not = { ip = ["127.0.0.0/8"] }   # combinators nest: not = {...}, any = [{...}, ...],
+    any = [ { helo = ["a"] }, { helo = ["b"] } ]        # all = [{...}, ...]
+
+Address patterns: ``<>`` the null sender; ``user@domain`` exactly (domain compared
+case-insensitively, local part as written, as RFC 5321 says local parts are); ``user@``
+that local part at any domain; ``@domain`` exactly that domain; ``@.domain`` any
+subdomain of it, not the domain itself. A matcher must be known in its rule's phase:
+``helo`` from helo on, ``sender`` from mail, ``recipient`` from rcpt (at data and message
+it holds if any recipient matches). ``save-then-reject`` is for the message phase only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .._replies import Reply, ReplyTextError
+
+__all__ = ["Facts", "RuleSet", "RulesError", "Verdict", "load_rules"]
+
+Phase = Literal["connect", "helo", "mail", "rcpt", "data", "message"]
+Action = Literal["accept", "reject", "tempfail", "save-then-reject"]
+PHASES: tuple[Phase, ...] = ("connect", "helo", "mail", "rcpt", "data", "message")
+ACTIONS: tuple[Action, ...] = ("accept", "reject", "tempfail", "save-then-reject")
+# The first phase in which each fact is known.
+_KNOWN_FROM = {"ip": "connect", "tls": "connect", "authenticated": "connect",
+               "helo": "helo", "sender": "mail", "recipient": "rcpt"}
+_DEFAULT_REPLIES = {"reject": Reply(550, "Rejected by policy", "5.7.1"),
+                    "tempfail": Reply(451, "Try again later", "4.7.1"),
+                    "save-then-reject": Reply(554, "Message rejected", "5.7.1")}
+_REPLY = re.compile(r"([2-5][0-9][0-9])(?: ([245]\.[0-9]{1,3}\.[0-9]{1,3}))?(?: (.*))?")
+_RULE_KEYS = {"name", "phase", "action", "reply", "delay", "match"}
+
+
+class RulesError(ValueError):
+    """The rules file cannot be used; the message names the file, the rule and why."""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What is known about the client and the transaction when a rule is asked."""
+
+    ip: str | None = None
+    tls: bool = False
+    authenticated: bool = False
+    helo: str | None = None
+    sender: str | None = None  # "" for the null sender <>
+    recipient: str | None = None  # the one being decided at rcpt
+    recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Action
+    reply: Reply | None  # None: the action's default
+    delay: float
+    rule: str  # the rule's name, or "rule N"
+
+
+Matcher = Callable[[Facts, Phase], bool]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    label: str
+    phase: Phase
+    action: Action
+    reply: Reply | None
+    delay: float
+    matches: Matcher
+
+
+class RuleSet:
+    def __init__(self, rules: Sequence[_Rule] = ()) -> None:
+        self._rules = list(rules)
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def decide(self, phase: Phase, facts: Facts) -> Verdict | None:
+        for rule in self._rules:
+            if rule.phase == phase and rule.matches(facts, phase):
+                return Verdict(rule.action, rule.reply or _DEFAULT_REPLIES.get(rule.action),
+                               rule.delay, rule.label)
+        return None
+
+
+def load_rules(path: str | Path) -> RuleSet:
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RulesError(f"{path}: {exc}") from None
+    unknown = set(document) - {"rule"}
+    if unknown:
+        raise RulesError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    entries = document.get("rule", [])
+    if not isinstance(entries, list):
+        raise RulesError(f"{path}: 'rule' must be an array of tables ([[rule]])")
+    rules = []
+    for index, entry in enumerate(entries, 1):
+        label = f"rule {index}"
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            label = f"rule {index} ({entry['name']})"
+        try:
+            rules.append(_parse_rule(entry, index, path.parent))
+        except (RulesError, ValueError, TypeError) as exc:
+            raise RulesError(f"{path}: {label}: {exc}") from None
+    return RuleSet(rules)
+
+
+def _parse_rule(entry: object, index: int, base: Path) -> _Rule:
+    if not isinstance(entry, dict):
+        raise RulesError("must be a table")
+    unknown = set(entry) - _RULE_KEYS
+    if unknown:
+        raise RulesError(f"unknown keys {sorted(unknown)}")
+    phase, action = entry.get("phase"), entry.get("action")
+    if phase not in PHASES:
+        raise RulesError(f"phase must be one of {', '.join(PHASES)}")
+    if action not in ACTIONS:
+        raise RulesError(f"action must be one of {', '.join(ACTIONS)}")
+    if action == "save-then-reject" and phase != "message":
+        raise RulesError("save-then-reject needs the message: use phase = \"message\"")
+    delay = entry.get("delay", 0.0)
+    if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0 <= delay <= 600:
+        raise RulesError("delay must be a number of seconds from 0 to 600")
+    reply = _parse_reply(entry["reply"], action) if "reply" in entry else None
+    match = entry.get("match", {})
+    matcher = _compile(match, phase, base)
+    name = entry.get("name")
+    return _Rule(name if isinstance(name, str) else f"rule {index}", phase, action, reply,
+                 float(delay), matcher)
+
+
+def _parse_reply(text: object, action: str) -> Reply:
+    if not isinstance(text, str) or (found := _REPLY.fullmatch(text)) is None:
+        raise RulesError("reply must look like \"550 5.7.1 text\"")
+    code = int(found.group(1))
+    wanted = {"accept": (200, 399), "tempfail": (400, 499)}.get(action, (400, 599))
+    if not wanted[0] <= code <= wanted[1]:
+        raise RulesError(f"reply code {code} does not suit action {action}")
+    try:
+        return Reply(code, found.group(3) or "", found.group(2))
+    except ReplyTextError as exc:
+        raise RulesError(str(exc)) from None
+
+
+def _compile(spec: object, phase: Phase, base: Path) -> Matcher:
+    if not isinstance(spec, dict):
+        raise RulesError("a match must be a table of matchers")
+    matchers: list[Matcher] = []
+    for key, value in spec.items():
+        fact = key.removesuffix("_file")
+        if fact in _KNOWN_FROM and PHASES.index(phase) < PHASES.index(
+                _KNOWN_FROM[fact]):
+            raise RulesError(f"'{key}' is not known yet in the {phase} phase "
+                             f"(it is from {_KNOWN_FROM[fact]} on)")
+        matchers.append(_matcher(key, value, phase, base))
+    return lambda facts, phase_: all(m(facts, phase_) for m in matchers)
+
+
+_MATCHERS = {"not", "any", "all", "tls", "authenticated", "ip", "helo", "sender",
+             "recipient", "sender_file", "recipient_file"}
+
+
+def _matcher(key: str, value: Any, phase: Phase, base: Path) -> Matcher:
+    if key not in _MATCHERS:
+        raise RulesError(f"unknown matcher '{key}'")
+    if key == "not":
+        inner = _compile(value, phase, base)
+        return lambda facts, p: not inner(facts, p)
+    if key in ("any", "all"):
+        if not isinstance(value, list) or not value:
+            raise RulesError(f"'{key}' takes a non-empty list of match tables")
+        parts = [_compile(item, phase, base) for item in value]
+        combine = any if key == "any" else all
+        return lambda facts, p: combine(part(facts, p) for part in parts)
+    if key in ("tls", "authenticated"):
+        if not isinstance(value, bool):
+            raise RulesError(f"'{key}' must be true or false")
+        return lambda facts, p: getattr(facts, key) is value
+    if key.endswith("_file"):
+        if not isinstance(value, str):
+            raise RulesError(f"'{key}' takes a file name")
+        try:
+            lines = (base / value).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RulesError(f"cannot read {key} {value!r}: {exc}") from None
+        patterns = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+        return _matcher(key.removesuffix("_file"), patterns, phase, base)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RulesError(f"'{key}' takes a list of strings")
+    if key == "ip":
+        networks = [_network(v) for v in value]
+        return lambda facts, p: facts.ip is not None and _in_networks(facts.ip, networks)
+    if key == "helo":
+        globs = [v.lower() for v in value]
+        return lambda facts, p: facts.helo is not None and any(
+            fnmatch.fnmatchcase(facts.helo.lower(), g) for g in globs)
+    if key == "sender":
+        address_patterns = [_address_pattern(v) for v in value]
+        return lambda facts, p: facts.sender is not None and any(
+            pattern(facts.sender) for pattern in address_patterns)
+    if key == "recipient":
+        rcpt_patterns = [_address_pattern(v) for v in value]
+
+        def recipient(facts: Facts, p: Phase) -> bool:
+            candidates = (facts.recipient,) if p == "rcpt" else facts.recipients
+            return any(c is not None and pat(c) for c in candidates for pat in rcpt_patterns)
+
+        return recipient
+    raise AssertionError(key)  # every name in _MATCHERS is handled above
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise RulesError(f"bad IP address or network {text!r}") from None
+
+
+def _in_networks(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+                 ) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+def _address_pattern(pattern: str) -> Callable[[str], bool]:
+    """Compile one sinksmtp-style address pattern (see the module docstring)."""
+    if pattern == "<>":
+        return lambda address: address == ""
+    local, at, domain = pattern.rpartition("@")
+    if not at:
+        raise RulesError(f"address pattern {pattern!r} needs an '@' (or is '<>')")
+    domain = domain.lower()
+    if not local and not domain:
+        raise RulesError(f"address pattern {pattern!r} is empty")
+
+    def matches(address: str) -> bool:
+        a_local, a_at, a_domain = address.rpartition("@")
+        if not a_at:
+            return False
+        a_domain = a_domain.lower()
+        if local and a_local != local:
+            return False
+        if not domain:
+            return True
+        if domain.startswith("."):
+            return a_domain.endswith(domain)
+        return a_domain == domain
+
+    return matches
