@@ -247,3 +247,21 @@ async def test_too_many_auth_failures_close_the_connection() -> None:
         assert (await client.command(wrong)).code == 421
         with trio.fail_after(10):  # closed by the server, not left waiting for the client
             assert await client.closed()
+
+
+async def test_sni_name_reaches_the_session(server_tls: ssl.SSLContext,
+                                            client_tls: ssl.SSLContext) -> None:
+    async with running(tls_config(server_tls), port=0) as (server, received):
+        port = server.port
+        assert port
+
+        def send(name: str) -> None:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                client._host = name  # the name smtplib puts in SNI and checks
+                client.starttls(context=client_tls)
+                client.sendmail("a@example.org", ["b@example.net"], MESSAGE)
+
+        await trio.to_thread.run_sync(send, "mx.test")
+        await trio.to_thread.run_sync(send, "localhost")
+    assert [tx.session.tls.server_name for tx in received if tx.session.tls] == [
+        "mx.test", "localhost"]

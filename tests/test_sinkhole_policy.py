@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -11,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.conftest import Sinkhole
 from trio_smtpd.sinkhole.tlsfallback import TLSFallback, parse_fallback
@@ -137,3 +141,53 @@ def test_save_then_reject_stores_and_refuses(sinkhole_factory: Factory) -> None:
     assert text == f"5.7.1 Message rejected; saved as {name.name}"
     [entry] = sinkhole.events("message")
     assert entry["outcome"] == "saved-then-rejected" and entry["file"] == name.name
+
+
+def test_certificates_by_sni_and_the_metadata_sidecar(
+        sinkhole_factory: Factory, cert_files: tuple[Path, Path, Path], ca: trustme.CA,
+        client_tls: ssl.SSLContext, tmp_path: Path) -> None:
+    cert, key, _ = cert_files
+    extra = []
+    for name in ("other.test", "*.wild.test"):
+        leaf = ca.issue_cert(name)
+        stem = tmp_path / name.replace("*", "star")
+        leaf.cert_chain_pems[0].write_to_path(str(stem) + ".crt")
+        leaf.private_key_pem.write_to_path(str(stem) + ".key")
+        extra += ["--tls-sni", f"{name}={stem}.crt:{stem}.key"]
+    sinkhole = sinkhole_factory("--tls-cert", str(cert), "--tls-key", str(key), *extra)
+    body = b"Subject: sni\r\n\r\nhello\r\n"
+
+    def send(server_name: str) -> None:
+        with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
+            client._host = server_name  # what smtplib sends as SNI and verifies against
+            client.starttls(context=client_tls)  # fails unless that name's cert is served
+            client.sendmail("a@example.org", ["b@example.net"], body)
+
+    for name in ("other.test", "a.wild.test", "mx.test"):
+        send(name)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        send("b.a.wild.test")  # a wildcard covers one label only: the default cert
+    assert [e["sni"] for e in sinkhole.events("message")] == [
+        "other.test", "a.wild.test", "mx.test"]
+    files = sorted((sinkhole.maildir / "new").iterdir())
+    assert len(files) == 3
+    for stored in files:
+        meta = json.loads((sinkhole.maildir / "meta" / f"{stored.name}.json").read_text())
+        assert meta["file"] == stored.name
+        assert meta["sha256"] == hashlib.sha256(body).hexdigest()
+        assert meta["sender"] == "a@example.org" and meta["recipients"] == ["b@example.net"]
+        assert meta["tls"]["server_name"] in ("other.test", "a.wild.test", "mx.test")
+        assert meta["peer"].startswith("127.0.0.1:") and meta["rule"] is None
+
+
+def test_tls_sni_option_errors(tmp_path: Path, cert_files: tuple[Path, Path, Path]) -> None:
+    cert, key, _ = cert_files
+    for args in (["--tls-sni", "x.test=" + str(cert) + ":" + str(key)],
+                 ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-sni", "nonsense"],
+                 ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-sni",
+                  f"x.test={tmp_path}/missing.crt:{key}"]):
+        result = subprocess.run([sys.executable, "-m", "trio_smtpd", "--maildir",
+                                 str(tmp_path / "m"), *args], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 2, args
+        assert len(result.stderr.splitlines()) == 1 and "--tls-sni" in result.stderr

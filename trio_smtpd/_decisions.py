@@ -53,6 +53,8 @@ class TLSInfo:
     #: The client certificate as ``ssl.SSLSocket.getpeercert()`` gives it, if one was sent
     #: and the context asked for it.
     peer_certificate: dict[str, object] | None = None
+    #: The server name the client asked for (SNI), if it sent one.
+    server_name: str | None = None
 
 
 @dataclass(slots=True)

@@ -31,7 +31,7 @@ from ._decisions import Message, SessionInfo, Transaction
 from ._proxy import ProxiedStream, ProxyHeaderError, socket_addresses
 from ._replies import Reply
 from ._sasl import MECHANISMS, Credentials
-from ._session import Session, handshake, tls_info
+from ._session import Session, handshake, record_server_names, tls_info
 
 __all__ = ["Config", "Handler", "Server", "Timeouts", "forward_transactions", "serve"]
 
@@ -119,6 +119,8 @@ class Server:
     def __init__(self, config: Config, handler: Handler | None) -> None:
         self.config = config
         self.protocol_config = config.protocol_config()
+        if config.tls is not None:
+            record_server_names(config.tls)
         self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         self._handler = handler or forward_transactions
         self._tx_send, self._tx_receive = trio.open_memory_channel[Transaction](0)

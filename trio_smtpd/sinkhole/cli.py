@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP")
     add("--tls-cert", metavar="FILE", help="PEM certificate chain; enables STARTTLS")
     add("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
+    add("--tls-sni", action="append", default=[], metavar="NAME=CERT:KEY",
+        help="another certificate, for clients that ask for NAME by SNI (a host name or "
+             "*.domain; repeatable); others get --tls-cert")
     add("--tls-listen", action="append", default=[], metavar="HOST:PORT",
         help="address for implicit TLS (RFC 8314, port 465 style; repeatable)")
     add("--auth-file", metavar="FILE",
@@ -161,6 +164,10 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
             raise ConfigError(f"cannot load TLS certificate/key: {exc}") from None
     if args.tls_listen and tls is None:
         raise ConfigError("--tls-listen needs --tls-cert and --tls-key")
+    if args.tls_sni:
+        if tls is None:
+            raise ConfigError("--tls-sni needs --tls-cert and --tls-key (the default)")
+        install_sni(tls, [parse_sni(text) for text in args.tls_sni])
     authenticator = None
     if args.auth_file:
         try:
@@ -187,6 +194,38 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
         timeouts=Timeouts(command=args.timeout),
     )
     return config, maildir
+
+
+def parse_sni(text: str) -> tuple[str, ssl.SSLContext]:
+    """``NAME=CERT:KEY`` -> (lower-case name, a context holding that certificate)."""
+    name, sep, files = text.partition("=")
+    cert, colon, key = files.rpartition(":")
+    if not sep or not colon or not name or not cert or not key:
+        raise ConfigError(f"--tls-sni {text!r}: expected NAME=CERT:KEY")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--tls-sni {name}: cannot load certificate/key: {exc}") from None
+    return name.lower(), context
+
+
+def install_sni(default: ssl.SSLContext, certificates: list[tuple[str, ssl.SSLContext]]
+                ) -> None:
+    """Serve each name's certificate to clients asking for it; others get the default."""
+    exact = {name: ctx for name, ctx in certificates if not name.startswith("*.")}
+    wildcard = {name[1:]: ctx for name, ctx in certificates if name.startswith("*.")}
+
+    def choose(ssl_object: ssl.SSLObject, server_name: str,
+               context: ssl.SSLContext) -> None:
+        if not server_name:
+            return
+        name = server_name.lower()
+        chosen = exact.get(name) or wildcard.get(name[name.find("."):] if "." in name else "")
+        if chosen is not None:
+            ssl_object.context = chosen
+
+    default.sni_callback = choose
 
 
 async def _authenticate(users: dict[str, str], credentials: Credentials) -> str | None:

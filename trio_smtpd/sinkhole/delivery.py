@@ -16,11 +16,15 @@ size), behind trace headers:
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
 from email.utils import format_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import trio
 
 from .. import Connect, DataStart, Decision, Hello, Mail, Message, Rcpt, Session, Transaction
 from ..maildir import Maildir, MaildirWriter
@@ -29,6 +33,9 @@ from .rules import Facts, Phase, RuleSet, Verdict
 from .tlsfallback import TLSFallback
 
 __all__ = ["SinkholeHandler", "trace_headers"]
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hash  # the stubs' name for a hash object
 
 log = logging.getLogger("trio_smtpd.sinkhole")
 
@@ -61,10 +68,11 @@ class SinkholeHandler:
                   starttls=None if session.offer_starttls else "withheld")
         writer: MaildirWriter | None = None
         error: OSError | None = None
+        digest = hashlib.sha256()
         async for event in session:
             if isinstance(event, Message):
                 verdict = self._verdict(session, "message", event)
-                await self._finish(event, writer, error, verdict)
+                await self._finish(event, writer, error, verdict, digest)
                 writer, error = None, None
                 continue
             phase = _PHASES.get(type(event))
@@ -77,7 +85,7 @@ class SinkholeHandler:
             accept_reply = verdict.reply if verdict is not None else None
             event.accept(accept_reply.text if accept_reply else None)
             if isinstance(event, DataStart):
-                writer, error = await self._receive(session, event.transaction)
+                writer, error, digest = await self._receive(session, event.transaction)
         if writer is not None:  # the client left mid-message
             await writer.abort()
         if session.tls_failed and fallback is not None and ip is not None:
@@ -86,14 +94,16 @@ class SinkholeHandler:
                   tls=info.tls.version if info.tls else None, auth=info.authenticated_as,
                   duration=round(time.monotonic() - started, 3))
 
-    async def _receive(self, session: Session,
-                       tx: Transaction) -> tuple[MaildirWriter | None, OSError | None]:
+    async def _receive(self, session: Session, tx: Transaction
+                       ) -> tuple[MaildirWriter | None, OSError | None, Hash]:
         """Stream the body into a Maildir file; keep reading even after a write error."""
         writer = None if self.maildir is None else self.maildir.open()
         error: OSError | None = None
+        digest = hashlib.sha256()  # of the message as received, for the metadata
         if writer is not None:
             error = await _write(writer, trace_headers(tx, self.hostname))
         async for chunk in session.body():
+            digest.update(chunk)
             if writer is not None and error is None:
                 error = await _write(writer, chunk)
         if tx.aborted:
@@ -103,7 +113,7 @@ class SinkholeHandler:
             reply = tx.abort_reply
             _log_transaction(tx, "refused" if reply else "abandoned",
                              str(reply) if reply else None, None)
-        return writer, error
+        return writer, error, digest
 
     def _verdict(self, session: Session, phase: Phase, event: Decision) -> Verdict | None:
         """Ask the rules (if any) about this step; a rule's delay tarpits from now on."""
@@ -115,7 +125,7 @@ class SinkholeHandler:
         return verdict
 
     async def _finish(self, event: Message, writer: MaildirWriter | None,
-                      error: OSError | None, verdict: Verdict | None = None) -> None:
+                      error: OSError | None, verdict: Verdict | None, digest: Hash) -> None:
         tx = event.transaction
         name = None
         if verdict is not None and verdict.action in ("reject", "tempfail"):
@@ -132,6 +142,9 @@ class SinkholeHandler:
                 name = await writer.commit()
             except OSError as exc:
                 error = exc
+        if name is not None and self.maildir is not None:
+            rule = verdict.rule if verdict is not None else None
+            await _write_metadata(self.maildir, name, tx, digest.hexdigest(), rule)
         if error is not None:
             if writer is not None:
                 await writer.abort()
@@ -161,6 +174,39 @@ class SinkholeHandler:
                          verdict.rule if verdict else None)
 
 
+async def _write_metadata(maildir: Maildir, name: str, tx: Transaction, sha256: str,
+                          rule: str | None) -> None:
+    """A sidecar ``meta/<file>.json`` beside the Maildir: what sinksmtp records.
+
+    Written after the message is durable and without an fsync of its own: losing a
+    sidecar in a crash loses no mail. A failure is logged, not answered.
+    """
+    session = tx.session
+    record = {
+        "file": name, "session": session.id, "peer": _peer(session.peer),
+        "helo": session.helo, "auth": session.authenticated_as,
+        "tls": None if session.tls is None else {
+            "version": session.tls.version, "cipher": session.tls.cipher,
+            "server_name": session.tls.server_name},
+        "sender": str(tx.sender) if tx.sender else "",
+        "recipients": [str(r.address) for r in tx.recipients],
+        "size": tx.size, "sha256": sha256, "rule": rule,
+        "received": tx.received.isoformat(),
+    }
+    path = maildir.path / "meta" / f"{name}.json"
+
+    def write() -> None:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(record, ensure_ascii=False) + "\n")
+        temporary.rename(path)
+
+    try:
+        await trio.to_thread.run_sync(write)
+    except OSError as exc:
+        log.error("session %s: writing metadata for %s failed: %s", session.id, name, exc)
+
+
 def _log_transaction(tx: Transaction, outcome: str, reply: str | None,
                      name: str | None, rule: str | None = None) -> None:
     log_event(
@@ -169,6 +215,7 @@ def _log_transaction(tx: Transaction, outcome: str, reply: str | None,
         peer=_peer(tx.session.peer),
         helo=tx.session.helo,
         tls=tx.session.tls.version if tx.session.tls else None,
+        sni=tx.session.tls.server_name if tx.session.tls else None,
         auth=tx.session.authenticated_as,
         sender=str(tx.sender) if tx.sender else "",
         recipients=[str(r.address) for r in tx.recipients],
