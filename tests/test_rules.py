@@ -7,6 +7,7 @@ import json
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -294,3 +295,90 @@ def test_sighup_reaches_every_worker(sinkhole_factory: Factory, tmp_path: Path) 
     sinkhole.wait_for("rules-reload", 2)  # one line from each worker
     assert sinkhole.process.poll() is None  # the supervisor is still there
     assert {e["outcome"] for e in sinkhole.events("rules-reload")} == {"loaded"}
+
+
+MORE_POLICY = """
+[[rule]]
+name = "need-tls-for-vip"
+phase = "rcpt"
+action = "reject"
+reply = "530 5.7.0 Use STARTTLS for the VIP"
+[rule.match]
+tls = false
+recipient = ["vip@"]
+
+[[rule]]
+name = "known-spammers"
+phase = "mail"
+action = "reject"
+[rule.match]
+sender_file = "spammers.txt"
+not = { authenticated = true }
+
+[[rule]]
+name = "postmaster-always"
+phase = "data"
+action = "accept"
+reply = "354 Go ahead, postmaster"
+[rule.match]
+recipient = ["postmaster@"]
+
+[[rule]]
+name = "odd-helo-data"
+phase = "data"
+action = "tempfail"
+[rule.match]
+any = [ { helo = ["weird*"] }, { all = [ { tls = false }, { sender = ["<>"] } ] } ]
+
+[[rule]]
+name = "slow-down"
+phase = "helo"
+action = "accept"
+delay = 0.3
+[rule.match]
+helo = ["slow.*"]
+"""
+
+
+def test_more_matchers_and_actions_through_the_program(
+        sinkhole_factory: Factory, tmp_path: Path, cert_files: tuple[Path, Path, Path],
+        client_tls: ssl.SSLContext) -> None:
+    (tmp_path / "spammers.txt").write_text("@spam.example\n")
+    path = rules(tmp_path, MORE_POLICY)
+    cert, key, _ = cert_files
+    sinkhole = sinkhole_factory("--rules", str(path), "--tls-cert", str(cert),
+                                "--tls-key", str(key))
+    with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
+        client.ehlo("plain.example")
+        assert client.mail("x@spam.example")[0] == 550  # sender_file, not authenticated
+        assert client.mail("x@ok.example")[0] == 250
+        assert client.rcpt("vip@example.net") == (530, b"5.7.0 Use STARTTLS for the VIP")
+        assert client.rcpt("postmaster@example.net")[0] == 250
+        assert client.docmd("DATA") == (354, b"Go ahead, postmaster")  # accept + reply
+        client.send(b"Subject: x\r\n\r\nx\r\n.\r\n")
+        assert client.getreply()[0] == 250
+        client.mail("")  # the null sender without TLS: the any/all combinator matches
+        client.rcpt("user@example.net")
+        assert client.docmd("DATA")[0] == 451
+        client.rset()
+        client.starttls(context=client_tls)
+        client.ehlo("plain.example")
+        client.mail("x@ok.example")
+        assert client.rcpt("vip@example.net")[0] == 250  # tls = false no longer holds
+    with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
+        assert client.ehlo("weird.example")[0] == 250
+        client.mail("x@ok.example")
+        client.rcpt("user@example.net")
+        assert client.docmd("DATA")[0] == 451  # helo glob inside any
+    with socket.create_connection(("127.0.0.1", sinkhole.port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(b"HELO slow.example\r\n")
+        reader.readline()
+        start = time.monotonic()
+        sock.sendall(b"NOOP\r\n")
+        assert reader.readline().startswith(b"250")
+        # The rule's tarpit applies to the replies after it matched (a behaviour).
+        assert time.monotonic() - start >= 0.3
+    rules_seen = {e["rule"] for e in sinkhole.events("policy")}
+    assert rules_seen == {"known-spammers", "need-tls-for-vip", "odd-helo-data"}
