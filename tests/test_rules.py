@@ -382,3 +382,14 @@ def test_more_matchers_and_actions_through_the_program(
         assert time.monotonic() - start >= 0.3
     rules_seen = {e["rule"] for e in sinkhole.events("policy")}
     assert rules_seen == {"known-spammers", "need-tls-for-vip", "odd-helo-data"}
+
+
+def test_connect_refusal_then_only_quit(sinkhole_factory: Factory, tmp_path: Path) -> None:
+    sinkhole = sinkhole_factory("--rules", str(rules(tmp_path, POLICY)))
+    with socket.create_connection(("127.0.0.1", sinkhole.port), timeout=10,
+                                  source_address=("127.0.0.3", 0)) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline() == b"554 5.7.1 Not from there\r\n"
+        sock.sendall(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nQUIT\r\n")
+        # RFC 5321 3.1: after a 554 greeting every command but QUIT gets 503.
+        assert [reader.readline()[:3] for _ in range(3)] == [b"503", b"503", b"221"]
