@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import trio
 
+from ._networks import address_in
+
 __all__ = [
     "ProxiedStream",
     "ProxyHeader",
@@ -192,13 +194,7 @@ class ProxyProtocolListener(trio.abc.Listener[ProxiedStream]):
         self.timeout = timeout
 
     def trusts(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.trusted)
+        return address_in(host, self.trusted)
 
     async def accept(self) -> ProxiedStream:
         return ProxiedStream(await self.transport_listener.accept(), self)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .._networks import Network, address_in
 from .._replies import Reply, ReplyTextError
 
 __all__ = ["Facts", "RuleSet", "RulesError", "Verdict", "load_rules"]
@@ -219,7 +220,7 @@ def _matcher(key: str, value: Any, phase: Phase, base: Path) -> Matcher:
         raise RulesError(f"'{key}' takes a list of strings")
     if key == "ip":
         networks = [_network(v) for v in value]
-        return lambda facts, p: facts.ip is not None and _in_networks(facts.ip, networks)
+        return lambda facts, p: facts.ip is not None and address_in(facts.ip, networks)
     if key == "helo":
         globs = [v.lower() for v in value]
         return lambda facts, p: facts.helo is not None and any(
@@ -239,22 +240,11 @@ def _matcher(key: str, value: Any, phase: Phase, base: Path) -> Matcher:
     raise AssertionError(key)  # every name in _MATCHERS is handled above
 
 
-def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def _network(text: str) -> Network:
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise RulesError(f"bad IP address or network {text!r}") from None
-
-
-def _in_networks(ip: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
-                 ) -> bool:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
 
 
 def _address_pattern(pattern: str) -> Callable[[str], bool]:
