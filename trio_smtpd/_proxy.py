@@ -158,6 +158,12 @@ class ProxiedStream(trio.abc.HalfCloseableStream):
         self.local = header.destination or local
         self._rest = header.rest
 
+    def unwrap(self) -> tuple[trio.abc.Stream, bytes]:
+        """After ``read_header()``: the connection itself, and the client's bytes that
+        were read past the header. This wrapper must not be used afterwards."""
+        rest, self._rest = self._rest, b""
+        return self.transport_stream, rest
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._rest:
             data, self._rest = self._rest, b""

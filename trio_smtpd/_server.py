@@ -15,7 +15,6 @@ import contextlib
 import errno
 import itertools
 import logging
-import math
 import os
 import socket
 import ssl
@@ -32,6 +31,8 @@ from ._proxy import ProxiedStream, ProxyHeaderError, socket_addresses
 from ._replies import Reply
 from ._sasl import MECHANISMS, Credentials
 from ._session import Session, handshake, record_server_names, tls_info
+from ._transport import transport_for
+from ._watchdog import Watchdog
 
 __all__ = ["Config", "Handler", "Server", "Timeouts", "forward_transactions", "serve"]
 
@@ -44,12 +45,12 @@ _SHUTTING_DOWN = Reply(421, "Service shutting down, try again later", "4.3.2")
 _TOO_MANY = Reply(421, "Too many connections, try again later", "4.7.0")
 _TOO_MANY_FROM_YOU = Reply(421, "Too many connections from your address", "4.7.0")
 _CRASHED = Reply(421, "Local error, closing connection", "4.3.0")
-_SESSION_TOO_LONG = Reply(421, "Session too long, closing connection", "4.4.2")
 
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Every timeout, in seconds; each is a trio cancel scope around one kind of wait."""
+    """Every timeout, in seconds, each for one kind of wait; the server's watchdog ends a
+    wait on the client with 421 and cancels an application sitting on a decision."""
 
     #: Waiting for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes).
     command: float = 300.0
@@ -125,6 +126,8 @@ class Server:
         self._handler = handler or forward_transactions
         self._tx_send, self._tx_receive = trio.open_memory_channel[Transaction](0)
         self._sessions: set[Session] = set()
+        #: Enforces every session's deadlines (see ``_watchdog.py``).
+        self.watchdog = Watchdog(self._sessions)
         self._per_ip: Counter[str] = Counter()
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}"
@@ -197,6 +200,7 @@ class Server:
             # Shielded: connections end by our graceful shutdown, not by outside cancels.
             nursery.cancel_scope.shield = True
             self._conn_nursery = nursery
+            nursery.start_soon(self.watchdog.run)
             task_status.started()
             await self._drained.wait()
             nursery.cancel_scope.cancel()
@@ -206,9 +210,7 @@ class Server:
             with trio.move_on_after(1):
                 await listener.aclose()
         for session in list(self._sessions):
-            session.closing_reply = _SHUTTING_DOWN
-            if session.idle_scope is not None:
-                session.idle_scope.cancel()
+            session.shut_down(_SHUTTING_DOWN)
         with trio.move_on_after(self.config.timeouts.shutdown_grace):
             while self._sessions:
                 await trio.sleep(0.05)
@@ -235,14 +237,51 @@ class Server:
             self._conn_nursery.start_soon(self._handle_connection, stream, implicit_tls)
 
     async def _handle_connection(self, stream: trio.abc.Stream, implicit_tls: bool) -> None:
+        # One flat frame around the handler: an idle connection is a chain of suspended
+        # calls, and each costs memory.
+        session = await self._open_session(stream, implicit_tls)
+        if session is None:
+            return
+        try:
+            raised = False
+            with trio.CancelScope() as app_scope:
+                session.app_scope = app_scope
+                try:
+                    await self._handler(session)
+                except Exception:
+                    log.exception("session %s: application handler raised", session.info.id)
+                    raised = True
+            session.app_scope = None
+            if app_scope.cancelled_caught:
+                log.warning("session %s: application took too long to decide",
+                            session.info.id)
+            await session.finish(handler_raised=raised)
+        except Exception:
+            log.exception("session %s: internal error", session.info.id)
+            with trio.CancelScope(shield=True):
+                await session.close(_CRASHED)
+        finally:
+            if not session.closed:  # cancelled: cut off, without waiting on the client
+                with trio.CancelScope(deadline=trio.current_time() + 1, shield=True):
+                    await session.close()
+            self._sessions.discard(session)
+            self._release(session.info)
+            log.debug("session %s: closed", session.info.id)
+
+    async def _open_session(self, stream: trio.abc.Stream,
+                            implicit_tls: bool) -> Session | None:
+        """Check the connection against the limits and set its session up (None: refused)."""
+        early = b""
         if isinstance(stream, ProxiedStream):
             try:
                 await stream.read_header()
             except (ProxyHeaderError, trio.BrokenResourceError) as exc:
                 log.warning("PROXY protocol: %s; connection closed", exc)
                 await trio.aclose_forcefully(stream)
-                return
+                return None
             peer, local = stream.peer, stream.local
+            if not implicit_tls:
+                stream, early = stream.unwrap()
         else:
             peer, local = socket_addresses(stream)
         info = SessionInfo(id=f"{self._prefix}.{next(self._ids)}", peer=peer, local=local,
@@ -256,26 +295,30 @@ class Server:
         if refusal is not None:
             log.info("session %s: refused %s: %s", info.id, peer, refusal.text)
             await _refuse(stream, refusal)
-            return
+            return None
         self._per_ip[ip] += 1
-        session: Session | None = None
         try:
             if implicit_tls:
                 tls_stream = await self._implicit_tls(stream, info)
                 if tls_stream is None:
-                    return
+                    self._release(info)
+                    return None
                 stream = tls_stream
-            session = Session(self, stream, info)
-            self._sessions.add(session)
-            log.debug("session %s: connect from %s", info.id, peer)
-            await self._run_session(session)
-        finally:
-            self._per_ip[ip] -= 1
-            if not self._per_ip[ip]:
-                del self._per_ip[ip]
-            if session is not None:
-                self._sessions.discard(session)
-                log.debug("session %s: closed", info.id)
+            session = Session(self, transport_for(stream), info)
+        except BaseException:
+            self._release(info)
+            raise
+        if early:
+            session.receive_early(early)
+        self._sessions.add(session)
+        log.debug("session %s: connect from %s", info.id, peer)
+        return session
+
+    def _release(self, info: SessionInfo) -> None:
+        ip = info.peer[0] if info.peer else ""
+        self._per_ip[ip] -= 1
+        if not self._per_ip[ip]:
+            del self._per_ip[ip]
 
     async def _implicit_tls(self, stream: trio.abc.Stream,
                             info: SessionInfo) -> trio.abc.Stream | None:
@@ -288,39 +331,6 @@ class Server:
             return None
         info.tls = tls_info(tls_stream)
         return tls_stream
-
-    async def _run_session(self, session: Session) -> None:
-        cap = self.config.timeouts.session
-        with trio.move_on_after(math.inf if cap is None else cap) as session_scope:
-            try:
-                raised = await self._run_handler(session)
-                await session.finish(handler_raised=raised)
-            except Exception:
-                log.exception("session %s: internal error", session.info.id)
-                with trio.CancelScope(shield=True):
-                    await session.close(_CRASHED)
-                return
-        with trio.CancelScope(shield=True):
-            await session.close(_SESSION_TOO_LONG if session_scope.cancelled_caught else None)
-
-    async def _run_handler(self, session: Session) -> bool:
-        """Run the application's handler; True if it raised.
-
-        A handler that takes too long over a decision is cancelled (its scope has the
-        decision's deadline) and the decision gets its default.
-        """
-        with trio.CancelScope() as app_scope:
-            session.app_scope = app_scope
-            try:
-                await self._handler(session)
-                return False
-            except Exception:
-                log.exception("session %s: application handler raised", session.info.id)
-                return True
-            finally:
-                session.app_scope = None
-        log.warning("session %s: application took too long to decide", session.info.id)
-        return False
 
 
 async def forward_transactions(session: Session) -> None:

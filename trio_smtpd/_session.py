@@ -1,15 +1,18 @@
-"""One client connection: pumps bytes between a trio stream and the protocol engine, and
+"""One client connection: pumps bytes between a transport and the protocol engine, and
 hands the engine's decisions to the application as an async iterator.
 
 The session runs in the connection's own task and iterating it drives the protocol: each
 ``__anext__`` first applies the application's answer to the previous decision, then reads
 and writes until the engine has a new decision to ask about. No extra task, no channel:
-an idle connection costs one task and its buffers.
+an idle connection costs one task, its buffers and a short chain of suspended calls.
+
+Every wait has a deadline (``Session.deadline``) that the server's watchdog enforces: a
+wait on the client is woken and answered 421, a decision the application sits on gets
+its application scope cancelled and then its default.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import ssl
@@ -38,6 +41,7 @@ from ._decisions import (
 )
 from ._replies import Reply
 from ._sasl import Challenge, Credentials, Failed, Mechanism, Verify, new_mechanism
+from ._transport import StreamTransport, Transport, TransportError
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -47,35 +51,38 @@ __all__ = ["Session"]
 log = logging.getLogger("trio_smtpd")
 
 _RECEIVE_SIZE = 65536
+# Message bodies arrive in bulk: fewer, larger reads (memory stays bounded by this).
+_BODY_RECEIVE_SIZE = 262144
 _TIMEOUT = Reply(421, "Timeout, closing connection", "4.4.2")
+_SESSION_TOO_LONG = Reply(421, "Session too long, closing connection", "4.4.2")
 _LOCAL_ERROR = Reply(451, "Local error in processing", "4.3.0")
 _AUTH_TEMP = Reply(454, "Temporary authentication failure", "4.7.0")
 
 Authenticator = Callable[[Credentials], Awaitable[str | None]]
 
 
-class SessionClosed(Exception):
-    """The client went away, timed out, or broke TLS: nothing more can be said to it."""
-
-
 class Session:
     """A client session; ``async for event in session`` yields its decisions in order."""
 
     __slots__ = (
+        "_app_expired",
+        "_broken",
         "_conn",
         "_current",
         "_current_core",
         "_line_deadline",
         "_mechanism",
+        "_on_client",
+        "_session_end",
         "_stashed",
-        "_stream",
         "_transaction",
+        "_transport",
         "app_scope",
         "busy",
         "closed",
         "closing_reply",
         "config",
-        "idle_scope",
+        "deadline",
         "info",
         "offer_starttls",
         "reply_delay",
@@ -83,11 +90,11 @@ class Session:
         "tls_failed",
     )
 
-    def __init__(self, server: Server, stream: trio.abc.Stream, info: SessionInfo) -> None:
+    def __init__(self, server: Server, transport: Transport, info: SessionInfo) -> None:
         self.server = server
         self.config = server.config
         self.info = info
-        self._stream = stream
+        self._transport = transport
         self._conn = ServerConnection(server.protocol_config, tls_active=info.tls is not None)
         self._current: Decision | None = None
         self._current_core: core.Decision | None = None
@@ -95,11 +102,19 @@ class Session:
         self._stashed: core.Event | None = None
         self._mechanism: Mechanism | None = None
         self._line_deadline: float | None = None
-        #: Set by the server: the application's cancel scope, given a deadline while a
-        #: decision is out so a slow application cannot hold a client forever.
+        cap = self.config.timeouts.session
+        self._session_end = math.inf if cap is None else trio.current_time() + cap
+        #: When the current wait (on the client or on the application) must end; the
+        #: server's watchdog calls ``expire()`` then.
+        self.deadline = math.inf
+        self._set_deadline(self._session_end)
+        self._on_client = False  # waiting on the client (else the application has control)
+        self._app_expired = False
+        self._broken = False  # sending failed: nothing more can be said to the client
+        #: Set by the server: the application's cancel scope, cancelled when the
+        #: application sits on a decision past its deadline.
         self.app_scope: trio.CancelScope | None = None
-        #: Set by the server to ask an idle session to end (graceful shutdown).
-        self.idle_scope: trio.CancelScope | None = None
+        #: Set by the server to end the session at its next idle moment (shutdown).
         self.closing_reply: Reply | None = None
         self.busy = False
         self.closed = False
@@ -122,29 +137,33 @@ class Session:
         return self
 
     async def __anext__(self) -> Decision:
-        event = await self.next_decision()
-        if event is None:
-            raise StopAsyncIteration
-        return event
-
-    async def next_decision(self) -> Decision | None:
-        """The next decision to make, or None once the session is over."""
         self._resume()
         while True:
             event = await self._next_core_event()
             if event is None:
-                return None
-            try:
-                decision = await self._wrap(event)
-            except SessionClosed:  # STARTTLS or AUTH ended the session
-                return None
+                raise StopAsyncIteration
+            if isinstance(event, core.AuthStart | core.AuthResponse | core.StartTLS):
+                try:
+                    decision = await self._wrap_slow(event)
+                except TransportError:  # STARTTLS ended the session
+                    raise StopAsyncIteration from None
+            else:
+                decision = self._wrap(event)
             if decision is not None:
                 assert isinstance(event, core.Decision)
                 self._current, self._current_core = decision, event
-                if self.app_scope is not None:
-                    self.app_scope.deadline = trio.current_time() + self._decision_timeout(
-                        decision)
+                timeouts = self.config.timeouts
+                self._set_deadline(trio.current_time() + (
+                    timeouts.message_decision if isinstance(decision, Message)
+                    else timeouts.decision))
                 return decision
+
+    async def next_decision(self) -> Decision | None:
+        """The next decision to make, or None once the session is over."""
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            return None
 
     async def body(self) -> AsyncIterator[bytes]:
         """Stream the message body after accepting ``DataStart`` (bounded memory).
@@ -179,8 +198,12 @@ class Session:
 
         If the handler raised, the decision it held gets 451 (421 for a greeting);
         otherwise that decision gets its default. Later envelope steps are accepted and
-        later messages tempfailed: with no handler, nobody could take them.
+        later messages tempfailed: with no handler, nobody could take them. A session
+        past its time cap is closed with 421 instead.
         """
+        if trio.current_time() >= self._session_end:
+            await self.close(_SESSION_TOO_LONG)
+            return
         current = self._current
         if handler_raised and current is not None and not current.decided:
             if isinstance(current, Connect):
@@ -192,27 +215,50 @@ class Session:
                 decision.tempfail("Message not handled; try again later", "4.3.0")
 
     async def close(self, reply: Reply | None = None) -> None:
-        """Say a last word (421) if the client can still hear it, then close the stream."""
+        """Say a last word (421) if the client can still hear it, then close the connection."""
         if self.closed:
             return
+        self.closed = True
+        self._current = self._current_core = None
         if reply is not None:
             self._conn.close_with(reply)
-        with contextlib.suppress(SessionClosed):
-            await self._flush()
-        self.closed = True
-        with trio.move_on_after(1) as scope:
-            with contextlib.suppress(trio.BrokenResourceError, ssl.SSLError):
-                await self._stream.aclose()
-        if scope.cancelled_caught:
-            await trio.aclose_forcefully(self._stream)
+        try:
+            await self._send_pending()
+        finally:
+            self.deadline = math.inf
+            await self._transport.aclose()
+
+    def receive_early(self, data: bytes) -> None:
+        """Bytes the client sent before the session began (read past a PROXY header)."""
+        self._conn.receive_data(data)
+
+    @property
+    def app_expired(self) -> bool:
+        """True once the application was cancelled for sitting on a decision too long."""
+        return self._app_expired
+
+    def expire(self, now: float) -> None:
+        """Called by the server's watchdog once ``deadline`` has passed."""
+        # What is left to watch is the session's time cap.
+        self.deadline = self._session_end if now < self._session_end else math.inf
+        if self._on_client:
+            self._transport.wake()
+        elif self.app_scope is not None:
+            self._app_expired = True
+            self.app_scope.cancel()
+
+    def shut_down(self, reply: Reply) -> None:
+        """Graceful shutdown: end the session now if it is idle, else once it is."""
+        self.closing_reply = reply
+        if self._on_client and not self.busy:
+            self._transport.wake()
 
     # ------------------------------------------------------------------ answering
 
     def _resume(self) -> None:
         """The application handed control back: apply its answer, stop its clock."""
         self._settle()
-        if self.app_scope is not None:
-            self.app_scope.deadline = math.inf
+        self.deadline = self._session_end
 
     def _settle(self) -> None:
         """Apply the application's answer (or the default) to the decision it was given."""
@@ -251,16 +297,13 @@ class Session:
                 self._transaction.recipients.append(
                     Recipient(decision.recipient, decision.params))
 
-    def _decision_timeout(self, decision: Decision) -> float:
-        timeouts = self.config.timeouts
-        return timeouts.message_decision if isinstance(decision, Message) else timeouts.decision
-
-    async def _wrap(self, event: core.Event) -> Decision | None:
+    def _wrap(self, event: core.Event) -> Decision | None:
         """Turn an engine event into an application decision, or handle it here."""
-        if isinstance(event, core.Connect):
-            return Connect(self.info)
-        if isinstance(event, core.Hello):
-            return Hello(event.verb, event.name)
+        if isinstance(event, core.MessageData):
+            transaction = self._transaction
+            assert transaction is not None
+            transaction.chunks.append(event.data)
+            return None
         if isinstance(event, core.Mail):
             return Mail(event.sender, event.params)
         if isinstance(event, core.Rcpt):
@@ -277,24 +320,24 @@ class Session:
                 transaction.size = event.size
             transaction.session = self.info.snapshot()
             return Message(transaction)
-        if isinstance(event, core.AuthStart | core.AuthResponse):
-            return await self._auth_step(event)
-        if isinstance(event, core.MessageData):
-            transaction = self._transaction
-            assert transaction is not None
-            transaction.chunks.append(event.data)
-            return None
+        if isinstance(event, core.Hello):
+            return Hello(event.verb, event.name)
+        if isinstance(event, core.Connect):
+            return Connect(self.info)
         if isinstance(event, core.MessageAborted | core.Reset):
             if self._transaction is not None:
                 self._transaction.aborted = True
                 if isinstance(event, core.MessageAborted):
                     self._transaction.abort_reply = event.reply
             self._transaction = None
-            return None
+        return None
+
+    async def _wrap_slow(self, event: core.AuthStart | core.AuthResponse | core.StartTLS
+                         ) -> Decision | None:
         if isinstance(event, core.StartTLS):
             await self._start_tls()
             return None
-        return None
+        return await self._auth_step(event)
 
     async def _auth_step(self, event: core.AuthStart | core.AuthResponse) -> Decision | None:
         conn = self._conn
@@ -339,6 +382,13 @@ class Session:
 
     # ------------------------------------------------------------------ I/O
 
+    def _set_deadline(self, deadline: float) -> None:
+        deadline = min(deadline, self._session_end)
+        self.deadline = deadline
+        watchdog = self.server.watchdog
+        if deadline < watchdog.next_check:
+            watchdog.expect(deadline)
+
     async def _next_core_event(self) -> core.Event | None:
         """The engine's next event, reading and writing as needed; None when closed."""
         if self._stashed is not None:
@@ -349,86 +399,89 @@ class Session:
             if self.closed:
                 return None
             next_event = conn.next_event()
-            if next_event is NEED_DATA:
-                try:
-                    await self._flush()
-                    await self._receive()
-                except SessionClosed:
+            if next_event is not NEED_DATA:
+                assert isinstance(next_event, core.Event)
+                if isinstance(next_event, core.ConnectionClosed):
+                    await self.close()
                     return None
-                continue
-            assert isinstance(next_event, core.Event)
-            event = next_event
-            if isinstance(event, core.ConnectionClosed):
+                return next_event
+            if not await self._send_pending():
                 await self.close()
                 return None
-            return event
-
-    async def _receive(self) -> None:
-        conn = self._conn
-        timeouts = self.config.timeouts
-        in_body = conn.mode in (Mode.DATA, Mode.BDAT)
-        self.busy = in_body or conn.in_transaction
-        now = trio.current_time()
-        if in_body:
-            deadline = now + timeouts.data_block  # each read of the body (RFC 5321 4.5.3.2)
-        else:
-            # The command timeout runs from the start of a command line, not from the last
-            # byte: a client trickling a byte at a time (slowloris) is still cut off.
-            if not conn.partial_line or self._line_deadline is None:
-                self._line_deadline = now + timeouts.command
-            deadline = self._line_deadline
-        data: bytes | bytearray | None = None
-        # One scope serves both ends of an idle wait: its deadline is the timeout, and a
-        # graceful shutdown cancels it (only while idle: a transaction may finish).
-        with trio.CancelScope(deadline=deadline) as scope:
-            if not self.busy:
-                self.idle_scope = scope
-                if self.closing_reply is not None:
-                    scope.cancel()
+            # Waiting on the client. The command timeout runs from the start of a command
+            # line, not from its last byte: a client trickling a byte at a time (slowloris)
+            # is still cut off. Message data gets its own timeout per read (RFC 5321
+            # 4.5.3.2), and a busy session (in a transaction) may finish at shutdown.
+            now = trio.current_time()
+            in_body = conn.mode is Mode.DATA or conn.mode is Mode.BDAT
+            busy = self.busy = in_body or conn.in_transaction
+            timeouts = self.config.timeouts
+            if in_body:
+                self._set_deadline(now + timeouts.data_block)
+            else:
+                if not conn.partial_line or self._line_deadline is None:
+                    self._line_deadline = now + timeouts.command
+                self._set_deadline(self._line_deadline)
+            if self.closing_reply is not None and not busy:
+                self._transport.wake()
+            self._on_client = True
             try:
-                data = await self._stream.receive_some(_RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
-                log.info("session %s: connection lost: %r", self.info.id, exc)
+                data = await self._transport.receive(
+                    _BODY_RECEIVE_SIZE if in_body else _RECEIVE_SIZE)
+            except TransportError as exc:
+                log.info("session %s: connection lost: %r", self.info.id, exc.__cause__)
                 data = b""
-        self.idle_scope = None
-        if data is None:
-            shutting_down = self.closing_reply is not None and not self.busy
-            reason = self.closing_reply if shutting_down else _TIMEOUT
-            if reason is _TIMEOUT:
-                log.info("session %s: timed out in %s", self.info.id, conn.mode.value)
-            await self.close(reason)
-            raise SessionClosed
-        conn.receive_data(data)
+            finally:
+                self._on_client = False
+                self.deadline = self._session_end
+            if data is None:  # woken: a timeout or a shutdown
+                await self.close(self._wake_reason())
+                return None
+            conn.receive_data(data)
 
-    async def _flush(self) -> None:
+    def _wake_reason(self) -> Reply:
+        if self.closing_reply is not None and not self.busy:
+            return self.closing_reply
+        if trio.current_time() >= self._session_end:
+            return _SESSION_TOO_LONG
+        log.info("session %s: timed out in %s", self.info.id, self._conn.mode.value)
+        return _TIMEOUT
+
+    async def _send_pending(self) -> bool:
+        """Send every reply the engine has produced; False if the client cannot take them."""
         data = self._conn.data_to_send()
-        if not data:
-            return
+        if not data or self._broken:
+            return not self._broken
         if self.reply_delay > 0 and not self._conn.closed:
             await trio.sleep(self.reply_delay)
-        with trio.move_on_after(self.config.timeouts.write) as scope:
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
-                log.info("session %s: send failed: %r", self.info.id, exc)
-                self.closed = True
-                raise SessionClosed from None
-        if scope.cancelled_caught:
-            log.info("session %s: client stopped reading", self.info.id)
-            self.closed = True
-            raise SessionClosed
+        self._set_deadline(trio.current_time() + self.config.timeouts.write)
+        self._on_client = True
+        try:
+            sent = await self._transport.send(data)
+        except TransportError as exc:
+            log.info("session %s: send failed: %r", self.info.id, exc.__cause__)
+            sent = False
+        else:
+            if not sent and not self.closed:
+                log.info("session %s: client stopped reading", self.info.id)
+        finally:
+            self._on_client = False
+            self.deadline = self._session_end
+        self._broken = not sent
+        return sent
 
     async def _start_tls(self) -> None:
-        await self._flush()
+        if not await self._send_pending():
+            raise TransportError("the client went away before TLS")
         context = self.config.tls
         assert context is not None
-        tls_stream = trio.SSLStream(self._stream, context, server_side=True)
+        tls_stream = trio.SSLStream(self._transport.stream(), context, server_side=True)
         if not await handshake(tls_stream, self.config.timeouts.tls_handshake, self.info.id):
             self.tls_failed = True
             self.closed = True
-            await trio.aclose_forcefully(self._stream)
-            raise SessionClosed
-        self._stream = tls_stream
+            await trio.aclose_forcefully(tls_stream)
+            raise TransportError("TLS handshake failed")
+        self._transport = StreamTransport(tls_stream)
         self.info.tls = tls_info(tls_stream)
         self.info.helo = None
         self._conn.tls_established()
