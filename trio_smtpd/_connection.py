@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import re
 from collections.abc import Callable, Sequence
 
 from ._address import Address, parse_forward_path, parse_reverse_path
@@ -83,6 +84,12 @@ _NEED_MAIL = Reply(503, "Need MAIL command first", "5.5.1")
 _NEED_RCPT = Reply(554, "No valid recipients", "5.5.1")
 _REFUSED_ONLY_QUIT = Reply(503, "No service here; only QUIT is accepted", "5.5.1")
 _TOO_MANY_ERRORS = Reply(421, "Too many errors, closing connection", "4.7.0")
+_SENDER_OK = Reply(250, "Sender OK", "2.1.0")
+_RECIPIENT_OK = Reply(250, "Recipient OK", "2.1.5")
+_START_DATA = Reply(354, "End data with <CR><LF>.<CR><LF>")
+_MESSAGE_ACCEPTED = Reply(250, "Message accepted", "2.0.0")
+# RFC 5321 4.1.1: command arguments are text; control characters have no place there.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CRLF = b"\r\n"
 
 # Codes that count against max_bad_commands (RFC 5321 4.2.2 syntax and sequence errors).
@@ -107,6 +114,7 @@ class ServerConnection:
         "_dot_reader",
         "_enhanced",
         "_eof",
+        "_extensions_cache",
         "_has_sender",
         "_mail_params",
         "_out",
@@ -142,6 +150,7 @@ class ServerConnection:
         self._bad_commands = 0
         self._auth_failures = 0
         self._enhanced = self.config.enhanced_status_codes
+        self._extensions_cache: tuple[ProtocolConfig, bool, EnabledExtensions] | None = None
         # The mail transaction (RFC 5321 3.3); reset by _clear_transaction().
         self._has_sender = False
         self._sender: Address | None = None
@@ -201,6 +210,10 @@ class ServerConnection:
         out = bytes(self._out)
         self._out.clear()
         return out
+
+    @property
+    def has_data_to_send(self) -> bool:
+        return bool(self._out)
 
     @property
     def partial_line(self) -> bool:
@@ -278,7 +291,7 @@ class ServerConnection:
         elif isinstance(decision, DataStart):
             self._answer_data_start(decision, reply)
         elif isinstance(decision, EndOfMessage):
-            self._send(_check(reply, (250,), "message") or Reply(250, "Message accepted", "2.0.0"))
+            self._send(_check(reply, (250,), "message") or _MESSAGE_ACCEPTED)
             self._clear_transaction()
 
     def respond_per_recipient(self, replies: Sequence[Reply | None]) -> None:
@@ -396,7 +409,7 @@ class ServerConnection:
         refusal = None
         if len(raw) > self.config.max_command_line_length and verb not in ("MAIL", "RCPT"):
             refusal = Reply(500, "Line too long", "5.5.2")
-        elif any(c < " " or c == "\x7f" for c in argument):
+        elif _CONTROL.search(argument):
             refusal = Reply(501, "Control character in command arguments", "5.5.2")
         elif self._refused and verb != "QUIT":
             refusal = _REFUSED_ONLY_QUIT
@@ -699,7 +712,7 @@ class ServerConnection:
         if reply is not None and reply.code >= 400:
             self._send(reply)
             return
-        self._send(_check(reply, (250,), "MAIL") or Reply(250, "Sender OK", "2.1.0"))
+        self._send(_check(reply, (250,), "MAIL") or _SENDER_OK)
         self._has_sender = True
         self._sender, self._mail_params = decision.sender, decision.params
 
@@ -707,8 +720,7 @@ class ServerConnection:
         if reply is not None and reply.code >= 400:
             self._send(reply)
             return
-        self._send(_check(reply, (250, 251, 252), "RCPT") or Reply(250, "Recipient OK",
-                                                                      "2.1.5"))
+        self._send(_check(reply, (250, 251, 252), "RCPT") or _RECIPIENT_OK)
         self._recipients.append(decision)
 
     def _answer_data_start(self, decision: DataStart, reply: Reply | None) -> None:
@@ -723,7 +735,7 @@ class ServerConnection:
         if reply is not None and reply.code >= 400:
             self._send(reply)
             return
-        self._send(_check(reply, (354,), "DATA") or Reply(354, "End data with <CR><LF>.<CR><LF>"))
+        self._send(_check(reply, (354,), "DATA") or _START_DATA)
         self._body_method = "DATA"
         self._dot_reader = DotReader(
             max_size=self.config.max_message_size,
@@ -808,6 +820,15 @@ class ServerConnection:
             raise ReplyError(Reply(555, "Parameters need EHLO, not HELO", "5.5.4"))
 
     def _extensions(self) -> EnabledExtensions:
+        # Asked at every MAIL and RCPT; it only changes with the config or TLS.
+        cached = self._extensions_cache
+        if cached is not None and cached[0] is self.config and cached[1] == self.tls_active:
+            return cached[2]
+        extensions = self._make_extensions()
+        self._extensions_cache = (self.config, self.tls_active, extensions)
+        return extensions
+
+    def _make_extensions(self) -> EnabledExtensions:
         config = self.config
         return EnabledExtensions(
             max_message_size=config.max_message_size,

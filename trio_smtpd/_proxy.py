@@ -13,6 +13,7 @@ stream wrappers below are the trio side.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -210,12 +211,18 @@ class ProxyProtocolListener(trio.abc.Listener[ProxiedStream]):
 
 
 def socket_addresses(
-        stream: trio.abc.Stream) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
-    sock = getattr(stream, "socket", None)
+        connection: trio.abc.Stream | socket.socket, peer: object = None,
+) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+    """The peer's and our (host, port), None for other kinds of address; ``peer`` is the
+    address ``accept()`` gave, when there was one."""
+    sock = connection if isinstance(connection, socket.socket) else getattr(
+        connection, "socket", None)
     if sock is None:
         return None, None
     try:
-        peer, local = sock.getpeername(), sock.getsockname()
+        if peer is None:
+            peer = sock.getpeername()
+        local = sock.getsockname()
     except OSError:
         return None, None
     if isinstance(peer, tuple) and isinstance(local, tuple):

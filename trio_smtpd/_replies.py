@@ -8,7 +8,7 @@ caller (least of all application code) can smuggle extra protocol lines to the c
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Reply", "ReplyError", "ReplyTextError"]
 
@@ -30,6 +30,10 @@ class Reply:
     code: int
     enhanced: str | None
     lines: tuple[str, ...]
+    # The serialised reply, with and without the enhanced code, made at first use: most
+    # replies are module constants sent again and again.
+    _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _wire_plain: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __init__(self, code: int, text: str | tuple[str, ...] | list[str] = "",
                  enhanced: str | None = None) -> None:
@@ -49,6 +53,8 @@ class Reply:
         object.__setattr__(self, "code", code)
         object.__setattr__(self, "enhanced", enhanced)
         object.__setattr__(self, "lines", lines)
+        object.__setattr__(self, "_wire", None)
+        object.__setattr__(self, "_wire_plain", None)
 
     @property
     def is_positive(self) -> bool:
@@ -69,6 +75,13 @@ class Reply:
 
     def to_bytes(self, *, enhanced_codes: bool = True) -> bytes:
         """Serialise as RFC 5321 4.2 reply lines; ``-`` marks all but the last line."""
+        wire = self._wire if enhanced_codes else self._wire_plain
+        if wire is None:
+            wire = self._serialise(enhanced_codes)
+            object.__setattr__(self, "_wire" if enhanced_codes else "_wire_plain", wire)
+        return wire
+
+    def _serialise(self, enhanced_codes: bool) -> bytes:
         out = []
         last = len(self.lines) - 1
         for index, line in enumerate(self.lines):

@@ -25,13 +25,14 @@ from datetime import UTC, datetime
 
 import trio
 
+from ._accept import accept_sockets
 from ._config import ProtocolConfig
 from ._decisions import Message, SessionInfo, Transaction
 from ._proxy import ProxiedStream, ProxyHeaderError, socket_addresses
 from ._replies import Reply
 from ._sasl import MECHANISMS, Credentials
 from ._session import Session, handshake, record_server_names, tls_info
-from ._transport import transport_for
+from ._transport import SocketTransport, Transport, transport_for
 from ._watchdog import Watchdog
 
 __all__ = ["Config", "Handler", "Server", "Timeouts", "forward_transactions", "serve"]
@@ -222,6 +223,9 @@ class Server:
 
     async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream],
                            implicit_tls: bool) -> None:
+        if type(listener) is trio.SocketListener and not implicit_tls:
+            await accept_sockets(listener, self._spawn_socket)
+            return
         while True:
             try:
                 stream = await listener.accept()
@@ -236,10 +240,15 @@ class Server:
             assert self._conn_nursery is not None
             self._conn_nursery.start_soon(self._handle_connection, stream, implicit_tls)
 
-    async def _handle_connection(self, stream: trio.abc.Stream, implicit_tls: bool) -> None:
+    def _spawn_socket(self, sock: socket.socket, peer: object) -> None:
+        assert self._conn_nursery is not None
+        self._conn_nursery.start_soon(self._handle_connection, sock, False, peer)
+
+    async def _handle_connection(self, connection: trio.abc.Stream | socket.socket,
+                                 implicit_tls: bool, peer: object = None) -> None:
         # One flat frame around the handler: an idle connection is a chain of suspended
         # calls, and each costs memory.
-        session = await self._open_session(stream, implicit_tls)
+        session = await self._open_session(connection, implicit_tls, peer)
         if session is None:
             return
         try:
@@ -268,21 +277,26 @@ class Server:
             self._release(session.info)
             log.debug("session %s: closed", session.info.id)
 
-    async def _open_session(self, stream: trio.abc.Stream,
-                            implicit_tls: bool) -> Session | None:
+    async def _open_session(self, connection: trio.abc.Stream | socket.socket,
+                            implicit_tls: bool, peer_address: object) -> Session | None:
         """Check the connection against the limits and set its session up (None: refused)."""
         early = b""
-        if isinstance(stream, ProxiedStream):
+        if isinstance(connection, socket.socket):
+            peer, local = socket_addresses(connection, peer_address)
+            stream: trio.abc.Stream | None = None
+        elif isinstance(connection, ProxiedStream):
+            stream = connection
             try:
                 await stream.read_header()
             except (ProxyHeaderError, trio.BrokenResourceError) as exc:
                 log.warning("PROXY protocol: %s; connection closed", exc)
-                await trio.aclose_forcefully(stream)
+                await trio.aclose_forcefully(connection)
                 return None
-            peer, local = stream.peer, stream.local
+            peer, local = connection.peer, connection.local
             if not implicit_tls:
-                stream, early = stream.unwrap()
+                stream, early = connection.unwrap()
         else:
+            stream = connection
             peer, local = socket_addresses(stream)
         info = SessionInfo(id=f"{self._prefix}.{next(self._ids)}", peer=peer, local=local,
                            lmtp=self.config.lmtp, started=datetime.now(UTC))
@@ -294,17 +308,23 @@ class Server:
             refusal = _TOO_MANY_FROM_YOU
         if refusal is not None:
             log.info("session %s: refused %s: %s", info.id, peer, refusal.text)
-            await _refuse(stream, refusal)
+            await _refuse(connection if stream is None else stream, refusal)
             return None
         self._per_ip[ip] += 1
         try:
-            if implicit_tls:
+            transport: Transport
+            if stream is None:
+                assert isinstance(connection, socket.socket)
+                transport = SocketTransport(connection)
+            elif implicit_tls:
                 tls_stream = await self._implicit_tls(stream, info)
                 if tls_stream is None:
                     self._release(info)
                     return None
-                stream = tls_stream
-            session = Session(self, transport_for(stream), info)
+                transport = transport_for(tls_stream)
+            else:
+                transport = transport_for(stream)
+            session = Session(self, transport, info)
         except BaseException:
             self._release(info)
             raise
@@ -375,8 +395,15 @@ async def serve(
     await server._run(plain, implicit, task_status)
 
 
-async def _refuse(stream: trio.abc.Stream, reply: Reply) -> None:
+async def _refuse(connection: trio.abc.Stream | socket.socket, reply: Reply) -> None:
+    if isinstance(connection, socket.socket):
+        # One try, no wait: a client flooding us with connections gets no more.
+        connection.setblocking(False)
+        with contextlib.suppress(OSError):
+            connection.send(reply.to_bytes())
+        connection.close()
+        return
     with trio.move_on_after(5):
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(reply.to_bytes())
-    await trio.aclose_forcefully(stream)
+            await connection.send_all(reply.to_bytes())
+    await trio.aclose_forcefully(connection)

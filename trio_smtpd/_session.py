@@ -405,7 +405,8 @@ class Session:
                     await self.close()
                     return None
                 return next_event
-            if not await self._send_pending():
+            replied = self._conn.has_data_to_send
+            if replied and not await self._send_pending():
                 await self.close()
                 return None
             # Waiting on the client. The command timeout runs from the start of a command
@@ -426,8 +427,11 @@ class Session:
                 self._transport.wake()
             self._on_client = True
             try:
+                # After a reply the client has to read it before it says more, unless
+                # it pipelines; trying to read at once would mostly be a wasted call.
                 data = await self._transport.receive(
-                    _BODY_RECEIVE_SIZE if in_body else _RECEIVE_SIZE)
+                    _BODY_RECEIVE_SIZE if in_body else _RECEIVE_SIZE,
+                    wait_first=replied and not conn.partial_line)
             except TransportError as exc:
                 log.info("session %s: connection lost: %r", self.info.id, exc.__cause__)
                 data = b""
@@ -454,10 +458,13 @@ class Session:
             return not self._broken
         if self.reply_delay > 0 and not self._conn.closed:
             await trio.sleep(self.reply_delay)
-        self._set_deadline(trio.current_time() + self.config.timeouts.write)
-        self._on_client = True
         try:
-            sent = await self._transport.send(data)
+            rest = self._transport.send_nowait(data)  # replies are small: usually all
+            if not rest:
+                return True
+            self._set_deadline(trio.current_time() + self.config.timeouts.write)
+            self._on_client = True
+            sent = await self._transport.send(rest)
         except TransportError as exc:
             log.info("session %s: send failed: %r", self.info.id, exc.__cause__)
             sent = False

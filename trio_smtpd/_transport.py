@@ -36,10 +36,18 @@ class Transport(Protocol):
     #: True once ``wake()`` was called: the session is ending (timeout or shutdown).
     woken: bool
 
-    async def receive(self, max_bytes: int) -> bytes | bytearray | None:
-        """Bytes from the client, ``b""`` at end of file, or None if woken."""
+    async def receive(self, max_bytes: int, *, wait_first: bool = False
+                      ) -> bytes | bytearray | None:
+        """Bytes from the client, ``b""`` at end of file, or None if woken.
 
-    async def send(self, data: bytes) -> bool:
+        ``wait_first``: the client is expected to be silent until it has read our reply,
+        so skip trying to read before waiting (a wasted system call per command).
+        """
+
+    def send_nowait(self, data: bytes) -> bytes | memoryview:
+        """Send what can be sent without waiting; return the rest (empty when all went)."""
+
+    async def send(self, data: bytes | memoryview) -> bool:
         """Send all of ``data``; False if woken first (then it may be partly sent)."""
 
     def wake(self) -> None:
@@ -64,9 +72,14 @@ class SocketTransport:
         self._waiting = False
         self.woken = False
 
-    async def receive(self, max_bytes: int) -> bytes | None:
+    async def receive(self, max_bytes: int, *, wait_first: bool = False
+                      ) -> bytes | None:
         sock = self._sock
         waited = False
+        if wait_first and not self.woken:
+            if not await self._wait(trio.lowlevel.wait_readable):
+                return None
+            waited = True
         while not self.woken:
             try:
                 data = sock.recv(max_bytes)
@@ -84,7 +97,16 @@ class SocketTransport:
             waited = True
         return None
 
-    async def send(self, data: bytes) -> bool:
+    def send_nowait(self, data: bytes) -> bytes | memoryview:
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            return data
+        except OSError as exc:
+            raise TransportError(exc) from exc
+        return memoryview(data)[sent:] if sent < len(data) else b""
+
+    async def send(self, data: bytes | memoryview) -> bool:
         sock = self._sock
         view = memoryview(data)
         while view:
@@ -142,7 +164,8 @@ class StreamTransport:
         self._scope: trio.CancelScope | None = None
         self.woken = False
 
-    async def receive(self, max_bytes: int) -> bytes | bytearray | None:
+    async def receive(self, max_bytes: int, *, wait_first: bool = False
+                      ) -> bytes | bytearray | None:
         if self.woken:
             return None
         with trio.CancelScope() as self._scope:
@@ -154,7 +177,10 @@ class StreamTransport:
                 self._scope = None
         return None
 
-    async def send(self, data: bytes) -> bool:
+    def send_nowait(self, data: bytes) -> bytes | memoryview:
+        return data  # a stream has no way to try without waiting
+
+    async def send(self, data: bytes | memoryview) -> bool:
         if self.woken:
             # The client stopped reading or the session timed out: one bounded try.
             with trio.move_on_after(0.1):
@@ -169,7 +195,7 @@ class StreamTransport:
                 self._scope = None
         return False
 
-    async def _send(self, data: bytes) -> None:
+    async def _send(self, data: bytes | memoryview) -> None:
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
