@@ -170,6 +170,8 @@ def _check(kind: _Kind, local: str, domain: str, route: str | None) -> None:
 
 
 def _check_domain(kind: _Kind, domain: str, where: str) -> None:
+    if domain.isascii() and len(domain) <= _MAX_LABEL:
+        return  # the grammar matched it, and no label can be too long (the usual case)
     if _octets(domain) > _MAX_DOMAIN:
         raise _syntax(kind, f"{where} longer than {_MAX_DOMAIN} octets")
     for label in domain.split("."):

@@ -189,6 +189,10 @@ class ServerConnection:
         return tuple(self._recipients)
 
     @property
+    def recipient_count(self) -> int:
+        return len(self._recipients)
+
+    @property
     def in_transaction(self) -> bool:
         return self._has_sender
 
@@ -538,7 +542,8 @@ class ServerConnection:
     def _cmd_quit(self, argument: str) -> Event | None:
         if argument:
             raise ReplyError(Reply(501, "Syntax: QUIT takes no arguments", "5.5.4"))
-        self._send(Reply(221, f"{self.config.hostname} closing connection", "2.0.0"))
+        self._send_raw(_wire_for(self.config).closing if self._enhanced else
+                       _wire_for(self.config).closing_plain)
         return self._close("QUIT")
 
     def _cmd_help(self, argument: str) -> Event | None:
@@ -684,8 +689,10 @@ class ServerConnection:
 
     def _answer_connect(self, reply: Reply | None) -> None:
         if reply is None or reply.code == 220:
-            kind = "LMTP" if self.config.lmtp else "ESMTP"
-            self._send(reply or Reply(220, f"{self.config.hostname} {kind} trio_smtpd ready"))
+            if reply is None:
+                self._send_raw(_wire_for(self.config).greeting)
+            else:
+                self._send(reply)
             self.mode = Mode.COMMAND
         elif reply.code == 554:
             # RFC 5321 3.1: refuse service but stay for QUIT, answering other commands 503.
@@ -702,11 +709,18 @@ class ServerConnection:
             return
         _check(reply, (250,), "HELO")
         self.hello_name, self.hello_verb = decision.name, decision.verb
+        # The client's name passed the control-character check of every command line.
         greeting = f"{self.config.hostname} greets {decision.name}"
         if decision.verb == "HELO":
             self._send(Reply(250, greeting))
-        else:
-            self._send(Reply(250, [greeting, *self._ehlo_keywords()]))
+            return
+        # The lines after the first are the same for every client: made once per config.
+        wire = _wire_for(self.config)
+        keywords = wire.ehlo_keywords.get(self.tls_active)
+        if keywords is None:
+            keywords = Reply(250, self._ehlo_keywords()).to_bytes()
+            wire.ehlo_keywords[self.tls_active] = keywords
+        self._send_raw(b"250-" + greeting.encode("utf-8") + _CRLF + keywords)
 
     def _answer_mail(self, decision: Mail, reply: Reply | None) -> None:
         if reply is not None and reply.code >= 400:
@@ -894,6 +908,34 @@ _HANDLERS: dict[str, Callable[[ServerConnection, str], Event | None]] = {
     "STARTTLS": ServerConnection._cmd_starttls,
     "AUTH": ServerConnection._cmd_auth,
 }
+
+
+class _ConfigWire:
+    """Replies that depend only on the config, serialised once for all its connections."""
+
+    __slots__ = ("closing", "closing_plain", "config", "ehlo_keywords", "greeting")
+
+    def __init__(self, config: ProtocolConfig) -> None:
+        self.config = config  # kept alive, so that its id() is not reused while cached
+        kind = "LMTP" if config.lmtp else "ESMTP"
+        self.greeting = Reply(220, f"{config.hostname} {kind} trio_smtpd ready").to_bytes()
+        closing = Reply(221, f"{config.hostname} closing connection", "2.0.0")
+        self.closing = closing.to_bytes()
+        self.closing_plain = closing.to_bytes(enhanced_codes=False)
+        #: EHLO lines after the greeting line, by whether TLS is active.
+        self.ehlo_keywords: dict[bool, bytes] = {}
+
+
+_WIRE_CACHE: dict[int, _ConfigWire] = {}
+
+
+def _wire_for(config: ProtocolConfig) -> _ConfigWire:
+    wire = _WIRE_CACHE.get(id(config))
+    if wire is None or wire.config is not config:
+        if len(_WIRE_CACHE) >= 64:  # configs made per session (STARTTLS withheld) churn
+            _WIRE_CACHE.clear()
+        wire = _WIRE_CACHE[id(config)] = _ConfigWire(config)
+    return wire
 
 
 def _check(reply: Reply | None, codes: tuple[int, ...], what: str) -> Reply | None:

@@ -13,11 +13,9 @@ message once its real end has arrived.
 
 from __future__ import annotations
 
-import re
-
 from ._replies import Reply
 
-__all__ = ["ChunkReader", "DotReader"]
+__all__ = ["ChunkReader", "DotReader", "has_long_line"]
 
 _END = b"\r\n.\r\n"
 _LONE_END = b".\r\n"
@@ -38,7 +36,6 @@ class DotReader:
     __slots__ = (
         "_at_line_start",
         "_keep_bare",
-        "_long_line",
         "_max_line",
         "_max_size",
         "done",
@@ -50,8 +47,6 @@ class DotReader:
         self._max_size = max_size
         self._max_line = max_line
         self._keep_bare = keep_bare
-        # ``^`` in MULTILINE mode only matches at line starts, so the scan stays linear.
-        self._long_line = re.compile(rb"^[^\n]{%d}" % max_line, re.MULTILINE)
         # The CRLF that ended the DATA command counts as the line end before the body.
         self._at_line_start = True
         self.size = 0
@@ -97,7 +92,7 @@ class DotReader:
             if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
                 self._fail(REPLY_BARE_EOL)
                 return b""
-        if self._long_line.search(content) is not None:
+        if has_long_line(content, self._max_line):
             self._fail(_line_too_long_reply(self._max_line))
             return b""
         # Dot-unstuffing: a line that starts with "." lost that first "." (RFC 5321 4.5.2).
@@ -113,6 +108,23 @@ class DotReader:
     def _fail(self, reply: Reply) -> None:
         if self.error is None:
             self.error = reply
+
+
+def has_long_line(content: bytes, limit: int) -> bool:
+    """True if a line of ``content`` has ``limit`` octets or more before its LF (CR counts).
+
+    ``content`` starts at a line start and ends with LF. Each step jumps to the last LF
+    within ``limit`` octets of a line start, so a long message costs one short search per
+    ``limit`` octets rather than one per line: no line that starts before that LF can be
+    ``limit`` long, and if there is no LF at all, the line at the start is.
+    """
+    start, end = 0, len(content)
+    while start < end:
+        lf = content.rfind(b"\n", start, start + limit)
+        if lf < 0:
+            return start + limit <= end
+        start = lf + 1
+    return False
 
 
 class ChunkReader:

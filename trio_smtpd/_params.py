@@ -325,8 +325,15 @@ def _envid(value: str) -> str:
     return envid
 
 
+# What most commands carry: no parameters at all (the values are immutable, so shared).
+_NO_MAIL_PARAMS = MailParams()
+_NO_RCPT_PARAMS = RcptParams()
+
+
 def parse_mail_params(text: str, ext: EnabledExtensions) -> MailParams:
     """Parse the parameters after MAIL FROM:<path>, as allowed by ``ext``."""
+    if not text.strip(" "):
+        return _NO_MAIL_PARAMS
     size: int | None = None
     body: BodyType | None = None
     auth: str | None = None
@@ -385,6 +392,8 @@ def _orcpt(value: str, ext: EnabledExtensions) -> OriginalRecipient:
 
 def parse_rcpt_params(text: str, ext: EnabledExtensions) -> RcptParams:
     """Parse the parameters after RCPT TO:<path>, as allowed by ``ext``."""
+    if not text.strip(" "):
+        return _NO_RCPT_PARAMS
     notify: frozenset[NotifyType] | None = None
     orcpt: OriginalRecipient | None = None
     for keyword, value in _checked(text, ext, _RCPT_KEYWORDS):

@@ -19,7 +19,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -142,19 +142,22 @@ class Session:
             event = await self._next_core_event()
             if event is None:
                 raise StopAsyncIteration
-            if isinstance(event, core.AuthStart | core.AuthResponse | core.StartTLS):
+            wrap = _WRAP.get(type(event))
+            if wrap is not None:
+                decision = wrap(self, event)
+            elif isinstance(event, core.AuthStart | core.AuthResponse | core.StartTLS):
                 try:
                     decision = await self._wrap_slow(event)
                 except TransportError:  # STARTTLS ended the session
                     raise StopAsyncIteration from None
             else:
-                decision = self._wrap(event)
+                self._wrap_other(event)
+                continue
             if decision is not None:
-                assert isinstance(event, core.Decision)
-                self._current, self._current_core = decision, event
+                self._current, self._current_core = decision, event  # type: ignore[assignment]
                 timeouts = self.config.timeouts
                 self._set_deadline(trio.current_time() + (
-                    timeouts.message_decision if isinstance(decision, Message)
+                    timeouts.message_decision if type(decision) is Message
                     else timeouts.decision))
                 return decision
 
@@ -269,14 +272,17 @@ class Session:
         conn = self._conn
         if conn.config.tls_available and not self.offer_starttls:
             conn.config = replace(conn.config, tls_available=False)
-        if isinstance(decision, Auth):
+        kind = type(decision)
+        if kind is Auth:
+            assert isinstance(decision, Auth)
             if decision.reply is None or decision.reply.is_positive:
                 conn.auth_success(decision.identity)
                 self.info.authenticated_as = decision.identity
             else:
                 conn.auth_failure(decision.reply)
             return
-        if isinstance(decision, Message):
+        if kind is Message:
+            assert isinstance(decision, Message)
             replies = decision.transaction.final_replies()
             self._transaction = None
             if self.info.lmtp:
@@ -285,52 +291,61 @@ class Session:
                 conn.respond(replies[0])
             return
         conn.respond(decision.reply)
-        if isinstance(decision, Hello) and conn.hello_name is not None:
-            self.info.helo = conn.hello_name
-        elif isinstance(decision, Mail) and conn.in_transaction:
-            self._transaction = Transaction(
-                session=self.info, sender=decision.sender, mail_params=decision.params,
-                recipients=[], received=_now())
-        elif isinstance(decision, Rcpt) and self._transaction is not None:
-            accepted = len(conn.recipients)
-            if accepted > len(self._transaction.recipients):
+        if kind is Mail:
+            assert isinstance(decision, Mail)
+            if conn.in_transaction:
+                self._transaction = Transaction(
+                    session=self.info, sender=decision.sender, mail_params=decision.params,
+                    recipients=[], received=_now())
+        elif kind is Rcpt:
+            assert isinstance(decision, Rcpt)
+            if (self._transaction is not None
+                    and conn.recipient_count > len(self._transaction.recipients)):
                 self._transaction.recipients.append(
                     Recipient(decision.recipient, decision.params))
+        elif kind is Hello and conn.hello_name is not None:
+            self.info.helo = conn.hello_name
 
-    def _wrap(self, event: core.Event) -> Decision | None:
-        """Turn an engine event into an application decision, or handle it here."""
-        if isinstance(event, core.MessageData):
-            transaction = self._transaction
-            assert transaction is not None
-            transaction.chunks.append(event.data)
-            return None
-        if isinstance(event, core.Mail):
-            return Mail(event.sender, event.params)
-        if isinstance(event, core.Rcpt):
-            return Rcpt(event.recipient, event.params)
-        if isinstance(event, core.DataStart):
-            transaction = self._transaction
-            assert transaction is not None
-            return DataStart(event.method, transaction)
-        if isinstance(event, core.EndOfMessage):
-            transaction = self._transaction
-            assert transaction is not None
-            transaction.received = _now()
-            if not transaction.streamed:
-                transaction.size = event.size
-            transaction.session = self.info.snapshot()
-            return Message(transaction)
-        if isinstance(event, core.Hello):
-            return Hello(event.verb, event.name)
-        if isinstance(event, core.Connect):
-            return Connect(self.info)
+    # Engine events to decisions, dispatched on the event's type (see _WRAP below).
+
+    def _message_data(self, event: core.MessageData) -> None:
+        transaction = self._transaction
+        assert transaction is not None
+        transaction.chunks.append(event.data)
+
+    def _mail(self, event: core.Mail) -> Decision:
+        return Mail(event.sender, event.params)
+
+    def _rcpt(self, event: core.Rcpt) -> Decision:
+        return Rcpt(event.recipient, event.params)
+
+    def _data_start(self, event: core.DataStart) -> Decision:
+        transaction = self._transaction
+        assert transaction is not None
+        return DataStart(event.method, transaction)
+
+    def _end_of_message(self, event: core.EndOfMessage) -> Decision:
+        transaction = self._transaction
+        assert transaction is not None
+        transaction.received = _now()
+        if not transaction.streamed:
+            transaction.size = event.size
+        transaction.session = self.info.snapshot()
+        return Message(transaction)
+
+    def _hello(self, event: core.Hello) -> Decision:
+        return Hello(event.verb, event.name)
+
+    def _connect(self, event: core.Connect) -> Decision:
+        return Connect(self.info)
+
+    def _wrap_other(self, event: core.Event) -> None:
         if isinstance(event, core.MessageAborted | core.Reset):
             if self._transaction is not None:
                 self._transaction.aborted = True
                 if isinstance(event, core.MessageAborted):
                     self._transaction.abort_reply = event.reply
             self._transaction = None
-        return None
 
     async def _wrap_slow(self, event: core.AuthStart | core.AuthResponse | core.StartTLS
                          ) -> Decision | None:
@@ -400,12 +415,11 @@ class Session:
                 return None
             next_event = conn.next_event()
             if next_event is not NEED_DATA:
-                assert isinstance(next_event, core.Event)
-                if isinstance(next_event, core.ConnectionClosed):
+                if type(next_event) is core.ConnectionClosed:
                     await self.close()
                     return None
-                return next_event
-            replied = self._conn.has_data_to_send
+                return next_event  # type: ignore[return-value]
+            replied = conn.has_data_to_send
             if replied and not await self._send_pending():
                 await self.close()
                 return None
@@ -541,3 +555,14 @@ def record_server_names(context: ssl.SSLContext) -> None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+_WRAP: dict[type[core.Event], Callable[[Session, Any], Decision | None]] = {
+    core.MessageData: Session._message_data,
+    core.Mail: Session._mail,
+    core.Rcpt: Session._rcpt,
+    core.DataStart: Session._data_start,
+    core.EndOfMessage: Session._end_of_message,
+    core.Hello: Session._hello,
+    core.Connect: Session._connect,
+}
