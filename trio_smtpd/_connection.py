@@ -144,7 +144,9 @@ class ServerConnection:
         self._buffer = bytearray()
         self._out = bytearray()
         self._eof = False
-        self._queued: list[Event] = []  # rarely more than two; a deque costs 600 B
+        # Events made but not yet returned: rarely more than two, and usually none, so
+        # the list exists only while it holds something (a deque would cost 600 B).
+        self._queued: list[Event] | None = None
         self._pending: Decision | None = None
         self._discarding_line = False
         self._bad_commands = 0
@@ -155,7 +157,8 @@ class ServerConnection:
         self._has_sender = False
         self._sender: Address | None = None
         self._mail_params: MailParams | None = None
-        self._recipients: list[Rcpt] = []
+        # The accepted RCPTs; an empty tuple (shared) until the first one.
+        self._recipients: list[Rcpt] | tuple[()] = ()
         self._body_method: str | None = None
         self._bdat_size = 0
         self._chunk_size = 0
@@ -233,8 +236,11 @@ class ServerConnection:
         if self._pending is not None:
             raise UsageError(f"answer {type(self._pending).__name__} before the next event")
         while True:
-            if self._queued:
-                event = self._queued.pop(0)
+            queued = self._queued
+            if queued:
+                event = queued.pop(0)
+                if not queued:
+                    self._queued = None
                 if isinstance(event, Decision):
                     self._pending = event
                 return event
@@ -256,7 +262,7 @@ class ServerConnection:
                 return NEED_DATA
             if produced is not None:
                 assert isinstance(produced, Event)
-                self._queued.append(produced)
+                self._queue(produced)  # after anything the step itself queued
 
     # ------------------------------------------------------------------ decisions
 
@@ -274,7 +280,7 @@ class ServerConnection:
         if reply is not None and reply.code == 421:
             self._pending = None
             self._send(reply)
-            self._queued.append(self._close("CLOSING"))
+            self._queue(self._close("CLOSING"))
             return
         self._pending = None
         try:
@@ -335,7 +341,7 @@ class ServerConnection:
         self._auth_failures += 1
         if self._auth_failures > self.config.max_auth_failures:
             self._send(Reply(421, "Too many authentication failures", "4.7.0"))
-            self._queued.append(self._close("AUTH_FAILURES"))
+            self._queue(self._close("AUTH_FAILURES"))
             return
         self._send(reply or Reply(535, "Authentication credentials invalid", "5.7.8"))
 
@@ -352,10 +358,10 @@ class ServerConnection:
         if self.mode is Mode.CLOSED:
             return
         if self.mode in (Mode.DATA, Mode.BDAT) or self._pending is not None:
-            self._queued.clear()
+            self._queued = None
         self._pending = None
         self._send(reply)
-        self._queued.append(self._close("CLOSING"))
+        self._queue(self._close("CLOSING"))
 
     # ------------------------------------------------------------------ reading lines
 
@@ -450,7 +456,7 @@ class ServerConnection:
             return None
         events = self._reset("HELLO")
         if events is not None:
-            self._queued.append(events)
+            self._queue(events)
         return Hello(verb, argument)  # type: ignore[arg-type]
 
     def _cmd_mail(self, argument: str) -> Event | None:
@@ -576,7 +582,7 @@ class ServerConnection:
         self._buffer.clear()
         event = self._reset("STARTTLS")
         if event is not None:
-            self._queued.append(event)
+            self._queue(event)
         self.hello_name = self.hello_verb = None
         self.mode = Mode.TLS_HANDSHAKE
         return StartTLS()
@@ -631,7 +637,7 @@ class ServerConnection:
             self._dot_reader = None
             self.mode = Mode.COMMAND
             if data:
-                self._queued.append(MessageData(data))
+                self._queue(MessageData(data))
             return self._end_of_body(reader.error, reader.size)
         if data:
             return MessageData(data)
@@ -649,7 +655,7 @@ class ServerConnection:
         self._chunk = None
         self.mode = Mode.COMMAND
         if data:
-            self._queued.append(MessageData(data))
+            self._queue(MessageData(data))
         refusal = self._chunk_refusal
         if refusal is not None:
             self._chunk_refusal = None
@@ -735,7 +741,10 @@ class ServerConnection:
             self._send(reply)
             return
         self._send(_check(reply, (250, 251, 252), "RCPT") or _RECIPIENT_OK)
-        self._recipients.append(decision)
+        if self._recipients:
+            self._recipients.append(decision)
+        else:
+            self._recipients = [decision]
 
     def _answer_data_start(self, decision: DataStart, reply: Reply | None) -> None:
         if decision.method == "BDAT":
@@ -765,6 +774,12 @@ class ServerConnection:
 
     # ------------------------------------------------------------------ helpers
 
+    def _queue(self, event: Event) -> None:
+        if self._queued is None:
+            self._queued = [event]
+        else:
+            self._queued.append(event)
+
     def _send(self, reply: Reply) -> None:
         self._out += reply.to_bytes(enhanced_codes=self._enhanced)
 
@@ -777,7 +792,7 @@ class ServerConnection:
             self._bad_commands += 1
             if self._bad_commands > self.config.max_bad_commands:
                 self._send(_TOO_MANY_ERRORS)
-                self._queued.append(self._close("ERRORS"))
+                self._queue(self._close("ERRORS"))
                 return None
         self._send(reply)
         return None
@@ -793,7 +808,7 @@ class ServerConnection:
         started = self._body_method is not None
         closed = self._close("EOF")
         if started:
-            self._queued.append(closed)
+            self._queue(closed)
             return MessageAborted(None)
         return closed
 
@@ -820,7 +835,7 @@ class ServerConnection:
         self._has_sender = False
         self._sender = None
         self._mail_params = None
-        self._recipients = []
+        self._recipients = ()
         self._body_method = None
         self._bdat_size = 0
         self._chunk_size = 0

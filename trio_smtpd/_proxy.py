@@ -226,5 +226,28 @@ def socket_addresses(
     except OSError:
         return None, None
     if isinstance(peer, tuple) and isinstance(local, tuple):
-        return (str(peer[0]), int(peer[1])), (str(local[0]), int(local[1]))
+        return (_shared_host(str(peer[0])), int(peer[1])), _shared_local(
+            str(local[0]), int(local[1]))
     return None, None
+
+
+# Many connections come from one client (an MTA opens several) and every connection to a
+# listener has the same local address: share those objects rather than hold a copy each.
+_HOSTS: dict[str, str] = {}
+_LOCAL_ADDRESSES: dict[tuple[str, int], tuple[str, int]] = {}
+_SHARED_MAX = 4096
+
+
+def _shared_host(host: str) -> str:
+    shared = _HOSTS.setdefault(host, host)
+    if len(_HOSTS) > _SHARED_MAX:
+        _HOSTS.clear()
+    return shared
+
+
+def _shared_local(host: str, port: int) -> tuple[str, int]:
+    address = (host, port)
+    shared = _LOCAL_ADDRESSES.setdefault(address, address)
+    if len(_LOCAL_ADDRESSES) > _SHARED_MAX:
+        _LOCAL_ADDRESSES.clear()
+    return shared

@@ -28,6 +28,7 @@ import trio
 from ._accept import accept_sockets
 from ._config import ProtocolConfig
 from ._decisions import Message, SessionInfo, Transaction
+from ._idlepool import IdlePool
 from ._proxy import ProxiedStream, ProxyHeaderError, socket_addresses
 from ._replies import Reply
 from ._sasl import MECHANISMS, Credentials
@@ -46,6 +47,8 @@ _SHUTTING_DOWN = Reply(421, "Service shutting down, try again later", "4.3.2")
 _TOO_MANY = Reply(421, "Too many connections, try again later", "4.7.0")
 _TOO_MANY_FROM_YOU = Reply(421, "Too many connections from your address", "4.7.0")
 _CRASHED = Reply(421, "Local error, closing connection", "4.3.0")
+# One name for every connection task (trio would format a new string for each).
+_TASK_NAME = "trio_smtpd connection"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,8 @@ class Server:
         self._sessions: set[Session] = set()
         #: Enforces every session's deadlines (see ``_watchdog.py``).
         self.watchdog = Watchdog(self._sessions)
+        #: Where connections idle for a while wait, in less memory (see ``_idlepool.py``).
+        self.idle_pool = IdlePool()
         self._per_ip: Counter[str] = Counter()
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}"
@@ -202,6 +207,7 @@ class Server:
             nursery.cancel_scope.shield = True
             self._conn_nursery = nursery
             nursery.start_soon(self.watchdog.run)
+            nursery.start_soon(self.idle_pool.run, lambda: self._sessions)
             task_status.started()
             await self._drained.wait()
             nursery.cancel_scope.cancel()
@@ -238,11 +244,13 @@ class Server:
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return
             assert self._conn_nursery is not None
-            self._conn_nursery.start_soon(self._handle_connection, stream, implicit_tls)
+            self._conn_nursery.start_soon(self._handle_connection, stream, implicit_tls,
+                                          name=_TASK_NAME)
 
     def _spawn_socket(self, sock: socket.socket, peer: object) -> None:
         assert self._conn_nursery is not None
-        self._conn_nursery.start_soon(self._handle_connection, sock, False, peer)
+        self._conn_nursery.start_soon(self._handle_connection, sock, False, peer,
+                                      name=_TASK_NAME)
 
     async def _handle_connection(self, connection: trio.abc.Stream | socket.socket,
                                  implicit_tls: bool, peer: object = None) -> None:
@@ -315,7 +323,7 @@ class Server:
             transport: Transport
             if stream is None:
                 assert isinstance(connection, socket.socket)
-                transport = SocketTransport(connection)
+                transport = SocketTransport(connection, self.idle_pool)
             elif implicit_tls:
                 tls_stream = await self._implicit_tls(stream, info)
                 if tls_stream is None:
@@ -323,7 +331,7 @@ class Server:
                     return None
                 transport = transport_for(tls_stream)
             else:
-                transport = transport_for(stream)
+                transport = transport_for(stream, self.idle_pool)
             session = Session(self, transport, info)
         except BaseException:
             self._release(info)

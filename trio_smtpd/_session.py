@@ -41,7 +41,7 @@ from ._decisions import (
 )
 from ._replies import Reply
 from ._sasl import Challenge, Credentials, Failed, Mechanism, Verify, new_mechanism
-from ._transport import StreamTransport, Transport, TransportError
+from ._transport import PARK, StreamTransport, Transport, TransportError
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -136,30 +136,10 @@ class Session:
     def __aiter__(self) -> AsyncIterator[Decision]:
         return self
 
-    async def __anext__(self) -> Decision:
-        self._resume()
-        while True:
-            event = await self._next_core_event()
-            if event is None:
-                raise StopAsyncIteration
-            wrap = _WRAP.get(type(event))
-            if wrap is not None:
-                decision = wrap(self, event)
-            elif isinstance(event, core.AuthStart | core.AuthResponse | core.StartTLS):
-                try:
-                    decision = await self._wrap_slow(event)
-                except TransportError:  # STARTTLS ended the session
-                    raise StopAsyncIteration from None
-            else:
-                self._wrap_other(event)
-                continue
-            if decision is not None:
-                self._current, self._current_core = decision, event  # type: ignore[assignment]
-                timeouts = self.config.timeouts
-                self._set_deadline(trio.current_time() + (
-                    timeouts.message_decision if type(decision) is Message
-                    else timeouts.decision))
-                return decision
+    def __anext__(self) -> Awaitable[Decision]:
+        # The coroutine itself, not one awaiting it: each suspended call in the chain of
+        # an idle connection costs memory.
+        return self._next_event(deciding=True)
 
     async def next_decision(self) -> Decision | None:
         """The next decision to make, or None once the session is over."""
@@ -180,7 +160,7 @@ class Session:
         transaction.streamed = True
         self._resume()
         while True:
-            event = await self._next_core_event()
+            event = await self._next_event(deciding=False)
             if event is None:
                 transaction.aborted = True
                 return
@@ -249,6 +229,10 @@ class Session:
         elif self.app_scope is not None:
             self._app_expired = True
             self.app_scope.cancel()
+
+    def idle_check(self) -> None:
+        """From the server's idle pool: move a long wait on the client there."""
+        self._transport.idle_check()
 
     def shut_down(self, reply: Reply) -> None:
         """Graceful shutdown: end the session now if it is idle, else once it is."""
@@ -404,58 +388,100 @@ class Session:
         if deadline < watchdog.next_check:
             watchdog.expect(deadline)
 
-    async def _next_core_event(self) -> core.Event | None:
-        """The engine's next event, reading and writing as needed; None when closed."""
-        if self._stashed is not None:
-            event, self._stashed = self._stashed, None
-            return event
+    async def _next_event(self, *, deciding: bool) -> Any:
+        """Read and write until there is something for the application.
+
+        ``deciding``: the next decision (``StopAsyncIteration`` once the session is over),
+        handling every other event here; else the engine's next event (None once over),
+        for ``body()``.
+        """
+        if deciding:
+            self._resume()
         conn = self._conn
         while True:
-            if self.closed:
-                return None
-            next_event = conn.next_event()
-            if next_event is not NEED_DATA:
-                if type(next_event) is core.ConnectionClosed:
-                    await self.close()
-                    return None
-                return next_event  # type: ignore[return-value]
-            replied = conn.has_data_to_send
-            if replied and not await self._send_pending():
-                await self.close()
-                return None
-            # Waiting on the client. The command timeout runs from the start of a command
-            # line, not from its last byte: a client trickling a byte at a time (slowloris)
-            # is still cut off. Message data gets its own timeout per read (RFC 5321
-            # 4.5.3.2), and a busy session (in a transaction) may finish at shutdown.
-            now = trio.current_time()
-            in_body = conn.mode is Mode.DATA or conn.mode is Mode.BDAT
-            busy = self.busy = in_body or conn.in_transaction
-            timeouts = self.config.timeouts
-            if in_body:
-                self._set_deadline(now + timeouts.data_block)
+            if self._stashed is not None:
+                event: core.Event | None = self._stashed
+                self._stashed = None
+            elif self.closed:
+                event = None
             else:
-                if not conn.partial_line or self._line_deadline is None:
-                    self._line_deadline = now + timeouts.command
-                self._set_deadline(self._line_deadline)
-            if self.closing_reply is not None and not busy:
-                self._transport.wake()
-            self._on_client = True
-            try:
-                # After a reply the client has to read it before it says more, unless
-                # it pipelines; trying to read at once would mostly be a wasted call.
-                data = await self._transport.receive(
-                    _BODY_RECEIVE_SIZE if in_body else _RECEIVE_SIZE,
-                    wait_first=replied and not conn.partial_line)
-            except TransportError as exc:
-                log.info("session %s: connection lost: %r", self.info.id, exc.__cause__)
-                data = b""
-            finally:
-                self._on_client = False
-                self.deadline = self._session_end
-            if data is None:  # woken: a timeout or a shutdown
-                await self.close(self._wake_reason())
-                return None
-            conn.receive_data(data)
+                next_event = conn.next_event()
+                if next_event is NEED_DATA:
+                    # Send the replies, then read. (Written out here, not in a helper
+                    # coroutine, to keep an idle connection's chain of calls short.)
+                    replied = conn.has_data_to_send
+                    if replied and not await self._send_pending():
+                        await self.close()
+                        continue
+                    # After a reply the client has to read it before it says more, unless
+                    # it pipelines: trying to read at once would mostly be a wasted call.
+                    wait_first = replied and not conn.partial_line
+                    size = self._await_client()
+                    try:
+                        data = await self._transport.receive(size, wait_first=wait_first)
+                        while data is PARK:  # idle a while: wait in the server's idle pool
+                            await self._transport.park()
+                            data = await self._transport.receive(size)
+                    except TransportError as exc:
+                        log.info("session %s: connection lost: %r", self.info.id,
+                                 exc.__cause__)
+                        data = b""
+                    finally:
+                        self._on_client = False
+                        self.deadline = self._session_end
+                    if data is None:  # woken: a timeout or a shutdown
+                        await self.close(self._wake_reason())
+                    else:
+                        conn.receive_data(data)
+                    continue
+                event = next_event  # type: ignore[assignment]
+                if type(event) is core.ConnectionClosed:
+                    await self.close()
+                    event = None
+            if not deciding:
+                return event
+            if event is None:
+                raise StopAsyncIteration
+            wrap = _WRAP.get(type(event))
+            if wrap is not None:
+                decision = wrap(self, event)
+            elif isinstance(event, core.AuthStart | core.AuthResponse | core.StartTLS):
+                try:
+                    decision = await self._wrap_slow(event)
+                except TransportError:  # STARTTLS ended the session
+                    raise StopAsyncIteration from None
+            else:
+                self._wrap_other(event)
+                continue
+            if decision is not None:
+                self._current, self._current_core = decision, event  # type: ignore[assignment]
+                timeouts = self.config.timeouts
+                self._set_deadline(trio.current_time() + (
+                    timeouts.message_decision if type(decision) is Message
+                    else timeouts.decision))
+                return decision
+
+    def _await_client(self) -> int:
+        """About to wait on the client: set the deadline; return how much to read."""
+        # The command timeout runs from the start of a command line, not from its last
+        # byte: a client trickling a byte at a time (slowloris) is still cut off. Message
+        # data gets its own timeout per read (RFC 5321 4.5.3.2). A busy session (one in a
+        # transaction) may finish at shutdown; an idle one is ended at once.
+        conn = self._conn
+        now = trio.current_time()
+        in_body = conn.mode is Mode.DATA or conn.mode is Mode.BDAT
+        busy = self.busy = in_body or conn.in_transaction
+        timeouts = self.config.timeouts
+        if in_body:
+            self._set_deadline(now + timeouts.data_block)
+        else:
+            if not conn.partial_line or self._line_deadline is None:
+                self._line_deadline = now + timeouts.command
+            self._set_deadline(self._line_deadline)
+        if self.closing_reply is not None and not busy:
+            self._transport.wake()
+        self._on_client = True
+        return _BODY_RECEIVE_SIZE if in_body else _RECEIVE_SIZE
 
     def _wake_reason(self) -> Reply:
         if self.closing_reply is not None and not self.busy:

@@ -19,13 +19,31 @@ itself (reset, broken pipe, TLS alerts) are raised as ``TransportError``.
 from __future__ import annotations
 
 import contextlib
+import enum
 import socket
 import ssl
+from collections.abc import Awaitable
 from typing import Protocol
 
 import trio
 
-__all__ = ["SocketTransport", "StreamTransport", "Transport", "TransportError", "transport_for"]
+from ._idlepool import IdlePool
+
+__all__ = [
+    "PARK",
+    "SocketTransport",
+    "StreamTransport",
+    "Transport",
+    "TransportError",
+    "transport_for",
+]
+
+
+class _Park(enum.Enum):
+    PARK = "park"
+
+
+PARK = _Park.PARK
 
 
 class TransportError(Exception):
@@ -37,12 +55,16 @@ class Transport(Protocol):
     woken: bool
 
     async def receive(self, max_bytes: int, *, wait_first: bool = False
-                      ) -> bytes | bytearray | None:
-        """Bytes from the client, ``b""`` at end of file, or None if woken.
+                      ) -> bytes | bytearray | _Park | None:
+        """Bytes from the client, ``b""`` at end of file, None if woken, or PARK.
 
         ``wait_first``: the client is expected to be silent until it has read our reply,
         so skip trying to read before waiting (a wasted system call per command).
+        PARK: the connection has been idle a while; await ``park()``, then receive again.
         """
+
+    def park(self) -> Awaitable[None]:
+        """The wait in the idle pool after ``receive()`` said PARK."""
 
     def send_nowait(self, data: bytes) -> bytes | memoryview:
         """Send what can be sent without waiting; return the rest (empty when all went)."""
@@ -53,6 +75,9 @@ class Transport(Protocol):
     def wake(self) -> None:
         """End the current wait, and every later one at once (any task may call this)."""
 
+    def idle_check(self) -> None:
+        """Called once per idle pool sweep (see ``_idlepool.py``)."""
+
     def stream(self) -> trio.abc.Stream:
         """The connection as a trio stream, to wrap in TLS; this transport is then done."""
 
@@ -60,42 +85,70 @@ class Transport(Protocol):
         """Close the connection (without waiting on a client that does not read)."""
 
 
+_READING, _WRITING = 1, 2
+
+
 class SocketTransport:
     """A non-blocking plain socket, its calls tried before any wait."""
 
-    __slots__ = ("_fd", "_sock", "_waiting", "woken")
+    __slots__ = ("_fd", "_idle", "_park", "_parked", "_pool", "_sock", "_waiting", "woken")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, pool: IdlePool | None = None) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._fd = sock.fileno()
-        self._waiting = False
+        self._pool = pool if pool is not None and pool.available else None
+        self._waiting = 0  # _READING or _WRITING while blocked
+        self._idle = False  # seen waiting to read by the idle pool's last sweep
+        # The idle pool asked for this connection. A new one starts there: many never say
+        # anything (scanners, idle pools of client connections), and moving one there
+        # later frees memory in small pieces, which the allocator does not give back.
+        self._park = self._pool is not None
+        self._parked = False  # waiting in the idle pool
         self.woken = False
 
     async def receive(self, max_bytes: int, *, wait_first: bool = False
-                      ) -> bytes | None:
+                      ) -> bytes | _Park | None:
+        # (The waits are written out here rather than in a helper: an idle connection is
+        # a chain of suspended calls, and each one costs memory.)
+        if self._parked:  # back from the idle pool
+            self._parked = self._park = False
+            self._waiting = 0
         sock = self._sock
         waited = False
-        if wait_first and not self.woken:
-            if not await self._wait(trio.lowlevel.wait_readable):
-                return None
-            waited = True
         while not self.woken:
+            if waited or not wait_first:
+                data = _recv_nowait(sock, max_bytes)
+                if data is not None:
+                    if not waited:
+                        # The bytes were there already: let other connections run too.
+                        await trio.lowlevel.checkpoint()
+                    return data
+            if self._park:  # (a new connection: see __init__)
+                return PARK
+            self._waiting = _READING
+            self._idle = False
             try:
-                data = sock.recv(max_bytes)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise TransportError(exc) from exc
-            else:
-                if not waited:
-                    # The bytes were there already: let the other connections run too.
-                    await trio.lowlevel.checkpoint()
-                return data
-            if not await self._wait(trio.lowlevel.wait_readable):
-                break
+                if not await _wait_readable(self._fd):
+                    if self._park and not self.woken:
+                        return PARK
+                    if not self.woken:  # notify_closing() is for wake() and parking only
+                        raise trio.ClosedResourceError("socket closed under a receive")
+            finally:
+                self._waiting = 0
             waited = True
         return None
+
+    def park(self) -> Awaitable[None]:
+        """After ``receive()`` said PARK: wait in the idle pool until the client speaks
+        (or ``wake()``), then call ``receive()`` again. Returns the wait itself, so that
+        no call of ours stays suspended in between."""
+        if self.woken or self._pool is None:
+            return trio.lowlevel.checkpoint()
+        self._pool.register(self._fd)
+        self._parked = True
+        self._waiting = _READING
+        return trio.lowlevel.wait_task_rescheduled(self._abort_park)
 
     def send_nowait(self, data: bytes) -> bytes | memoryview:
         try:
@@ -117,41 +170,53 @@ class SocketTransport:
             except OSError as exc:
                 raise TransportError(exc) from exc
             view = view[sent:]
-            # Once woken, a last word (421) is only sent if it fits without waiting.
-            if view and (self.woken or not await self._wait(trio.lowlevel.wait_writable)):
+            if not view:
+                break
+            if self.woken:  # a last word (421) is only sent if it fits without waiting
                 return False
+            self._waiting = _WRITING
+            try:
+                await trio.lowlevel.wait_writable(self._fd)
+            except trio.ClosedResourceError:
+                if not self.woken:
+                    raise
+            finally:
+                self._waiting = 0
         return True
 
-    async def _wait(self, wait: _Wait) -> bool:
-        self._waiting = True
-        try:
-            await wait(self._fd)
-        except trio.ClosedResourceError:
-            # notify_closing() from wake(); anything else closing our socket is a bug.
-            if not self.woken:
-                raise
-        finally:
-            self._waiting = False
-        return not self.woken
+    def idle_check(self) -> None:
+        """From the idle pool's sweep: a read wait seen twice is moved into the pool."""
+        if self._waiting != _READING or self._pool is None or self._park or self._parked:
+            return
+        if not self._idle:
+            self._idle = True
+        else:
+            self._park = True
+            trio.lowlevel.notify_closing(self._fd)  # ends trio's wait: then park
+
+    def _abort_park(self, raise_cancel: object) -> trio.lowlevel.Abort:
+        assert self._pool is not None
+        self._pool.forget(self._fd)
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def wake(self) -> None:
         if self.woken:
             return
         self.woken = True
-        if self._waiting:
+        if self._parked:
+            assert self._pool is not None
+            self._pool.release(self._fd)
+        elif self._waiting and not self._park:
             trio.lowlevel.notify_closing(self._fd)
+        # (asked to park but not parked yet: trio's wait has ended, and it sees woken)
 
     def stream(self) -> trio.abc.Stream:
         return trio.SocketStream(trio.socket.from_stdlib_socket(self._sock))
 
     async def aclose(self) -> None:
-        if self._waiting:  # only if another task closes us while we wait: wake it first
-            trio.lowlevel.notify_closing(self._fd)
+        if self._waiting and not self._parked:  # closed by another task during a wait
+            self.wake()
         self._sock.close()
-
-
-class _Wait(Protocol):
-    async def __call__(self, fd: int, /) -> None: ...
 
 
 class StreamTransport:
@@ -180,6 +245,9 @@ class StreamTransport:
     def send_nowait(self, data: bytes) -> bytes | memoryview:
         return data  # a stream has no way to try without waiting
 
+    def park(self) -> Awaitable[None]:
+        raise AssertionError("a stream transport is never parked")
+
     async def send(self, data: bytes | memoryview) -> bool:
         if self.woken:
             # The client stopped reading or the session timed out: one bounded try.
@@ -206,6 +274,9 @@ class StreamTransport:
         if self._scope is not None:
             self._scope.cancel()
 
+    def idle_check(self) -> None:
+        pass  # only plain sockets can be parked
+
     def stream(self) -> trio.abc.Stream:
         return self._stream
 
@@ -217,12 +288,36 @@ class StreamTransport:
             await trio.aclose_forcefully(self._stream)
 
 
-def transport_for(stream: trio.abc.Stream) -> Transport:
+# The two helpers below catch exceptions in frames that end at once. An exception passing
+# through a long-lived frame (the receive loop of a waiting connection) gives that frame a
+# frame object for the traceback: about 230 bytes, which then live as long as it does.
+
+
+def _recv_nowait(sock: socket.socket, max_bytes: int) -> bytes | None:
+    """``recv()``, or None if it would block."""
+    try:
+        return sock.recv(max_bytes)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        raise TransportError(exc) from exc
+
+
+async def _wait_readable(fd: int) -> bool:
+    """trio's wait; False if ended by ``notify_closing``."""
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    except trio.ClosedResourceError:
+        return False
+    return True
+
+
+def transport_for(stream: trio.abc.Stream, pool: IdlePool | None = None) -> Transport:
     """The fastest transport for an accepted stream: a trio.SocketStream gives up its
     socket to a ``SocketTransport``; any other stream is carried as it is."""
     if type(stream) is trio.SocketStream:
         sock = stream.socket
         family, kind, proto = sock.family, sock.type, sock.proto
         # detach() hands the descriptor over; trio's wrapper is never used again.
-        return SocketTransport(socket.socket(family, kind, proto, fileno=sock.detach()))
+        return SocketTransport(socket.socket(family, kind, proto, fileno=sock.detach()), pool)
     return StreamTransport(stream)
