@@ -21,14 +21,17 @@ async def test_a_burst_of_connections_is_accepted_and_closing_the_listener_stops
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
     accepted: list[tuple[socket.socket, object]] = []
+    locals_: set[object] = set()
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(accept_sockets, listener,
-                           lambda sock, peer: accepted.append((sock, peer)))
+                           lambda sock, peer, local: (accepted.append((sock, peer)),
+                                                      locals_.add(local)))
         while len(accepted) < 100:
             await trio.sleep(0.01)
         await listener.aclose()  # wakes the accept loop, which returns
     assert {peer for _, peer in accepted} == {c.getsockname() for c in clients}
+    assert locals_ == {("127.0.0.1", port)}  # known from the listener, not asked each time
     for sock, _ in accepted:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         sock.close()
@@ -39,7 +42,7 @@ async def test_a_burst_of_connections_is_accepted_and_closing_the_listener_stops
 async def test_the_listeners_socket_stays_the_listeners() -> None:
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     with trio.move_on_after(0.1):
-        await accept_sockets(listener, lambda sock, peer: sock.close())
+        await accept_sockets(listener, lambda sock, peer, local: sock.close())
     # Our borrowed socket object was detached, not closed: the listener still works.
     port = listener.socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
@@ -86,3 +89,18 @@ async def test_out_of_descriptors_pauses_accepting_then_recovers(
             assert greeting.startswith(b"220 ")
             client.close()
         server.shutdown()
+
+
+async def test_a_wildcard_listener_reports_each_connections_own_local_address() -> None:
+    listener = (await trio.open_tcp_listeners(0, host="0.0.0.0"))[0]
+    port = listener.socket.getsockname()[1]
+    seen: list[object] = []
+    client = socket.create_connection(("127.0.0.1", port))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept_sockets, listener,
+                           lambda sock, peer, local: (seen.append(local), sock.close()))
+        while not seen:
+            await trio.sleep(0.01)
+        await listener.aclose()
+    assert seen == [None]  # so the session asks the socket: 127.0.0.1, not 0.0.0.0
+    client.close()

@@ -15,6 +15,7 @@ so a closed listener's number, reused by another socket, is never touched.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable
@@ -31,12 +32,18 @@ _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 async def accept_sockets(listener: trio.SocketListener,
-                         spawn: Callable[[socket.socket, object], None]) -> None:
-    """Accept until the listener is closed, calling ``spawn(sock, peer_address)``."""
+                         spawn: Callable[[socket.socket, object, object], None]) -> None:
+    """Accept until the listener is closed, calling ``spawn(sock, peer, local)`` with the
+    addresses (``local`` is None when the listener is on a wildcard address)."""
     listening = listener.socket
     fd = listening.fileno()
     borrowed = socket.socket(listening.family, listening.type, listening.proto, fileno=fd)
     tcp = listening.family in (socket.AF_INET, socket.AF_INET6)
+    # Every connection to a listener on one address has that local address: no need to
+    # ask the system each time (a wildcard listener's connections each have their own).
+    local = listening.getsockname() if tcp else None
+    if local is not None and ipaddress.ip_address(local[0]).is_unspecified:
+        local = None
     try:
         while True:
             for _ in range(_BATCH):
@@ -57,7 +64,7 @@ async def accept_sockets(listener: trio.SocketListener,
                 if tcp:
                     # As trio.SocketStream does: replies go out at once, not after an ACK.
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                spawn(sock, peer)
+                spawn(sock, peer, local)
             else:
                 await trio.lowlevel.checkpoint()
                 continue

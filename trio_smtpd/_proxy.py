@@ -211,10 +211,10 @@ class ProxyProtocolListener(trio.abc.Listener[ProxiedStream]):
 
 
 def socket_addresses(
-        connection: trio.abc.Stream | socket.socket, peer: object = None,
+        connection: trio.abc.Stream | socket.socket, peer: object = None, local: object = None,
 ) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
-    """The peer's and our (host, port), None for other kinds of address; ``peer`` is the
-    address ``accept()`` gave, when there was one."""
+    """The peer's and our (host, port), None for other kinds of address. ``peer`` and
+    ``local``, when known already (from ``accept()``, from the listener), save asking."""
     sock = connection if isinstance(connection, socket.socket) else getattr(
         connection, "socket", None)
     if sock is None:
@@ -222,7 +222,8 @@ def socket_addresses(
     try:
         if peer is None:
             peer = sock.getpeername()
-        local = sock.getsockname()
+        if local is None:
+            local = sock.getsockname()
     except OSError:
         return None, None
     if isinstance(peer, tuple) and isinstance(local, tuple):

@@ -247,16 +247,17 @@ class Server:
             self._conn_nursery.start_soon(self._handle_connection, stream, implicit_tls,
                                           name=_TASK_NAME)
 
-    def _spawn_socket(self, sock: socket.socket, peer: object) -> None:
+    def _spawn_socket(self, sock: socket.socket, peer: object, local: object) -> None:
         assert self._conn_nursery is not None
-        self._conn_nursery.start_soon(self._handle_connection, sock, False, peer,
+        self._conn_nursery.start_soon(self._handle_connection, sock, False, (peer, local),
                                       name=_TASK_NAME)
 
     async def _handle_connection(self, connection: trio.abc.Stream | socket.socket,
-                                 implicit_tls: bool, peer: object = None) -> None:
+                                 implicit_tls: bool,
+                                 addresses: tuple[object, object] = (None, None)) -> None:
         # One flat frame around the handler: an idle connection is a chain of suspended
         # calls, and each costs memory.
-        session = await self._open_session(connection, implicit_tls, peer)
+        session = await self._open_session(connection, implicit_tls, addresses)
         if session is None:
             return
         try:
@@ -286,11 +287,12 @@ class Server:
             log.debug("session %s: closed", session.info.id)
 
     async def _open_session(self, connection: trio.abc.Stream | socket.socket,
-                            implicit_tls: bool, peer_address: object) -> Session | None:
+                            implicit_tls: bool,
+                            addresses: tuple[object, object]) -> Session | None:
         """Check the connection against the limits and set its session up (None: refused)."""
         early = b""
         if isinstance(connection, socket.socket):
-            peer, local = socket_addresses(connection, peer_address)
+            peer, local = socket_addresses(connection, *addresses)
             stream: trio.abc.Stream | None = None
         elif isinstance(connection, ProxiedStream):
             stream = connection

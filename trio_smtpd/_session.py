@@ -410,9 +410,13 @@ class Session:
                     # Send the replies, then read. (Written out here, not in a helper
                     # coroutine, to keep an idle connection's chain of calls short.)
                     replied = conn.has_data_to_send
-                    if replied and not await self._send_pending():
-                        await self.close()
-                        continue
+                    if replied:
+                        rest = self._try_send()  # replies are small: they usually all go
+                        if rest:
+                            await self._send_rest(rest)
+                        if self._broken:
+                            await self.close()
+                            continue
                     # After a reply the client has to read it before it says more, unless
                     # it pipelines: trying to read at once would mostly be a wasted call.
                     wait_first = replied and not conn.partial_line
@@ -493,18 +497,32 @@ class Session:
 
     async def _send_pending(self) -> bool:
         """Send every reply the engine has produced; False if the client cannot take them."""
+        rest = self._try_send()
+        if rest:
+            await self._send_rest(rest)
+        return not self._broken
+
+    def _try_send(self) -> bytes | memoryview:
+        """Send the engine's replies as far as that needs no wait; return the rest."""
         data = self._conn.data_to_send()
-        if not data or self._broken:
-            return not self._broken
+        if self._broken:
+            return b""
+        if self.reply_delay > 0 and not self._conn.closed:
+            return data  # the tarpit: _send_rest() waits first
+        try:
+            return self._transport.send_nowait(data)
+        except TransportError as exc:
+            log.info("session %s: send failed: %r", self.info.id, exc.__cause__)
+            self._broken = True
+            return b""
+
+    async def _send_rest(self, data: bytes | memoryview) -> None:
         if self.reply_delay > 0 and not self._conn.closed:
             await trio.sleep(self.reply_delay)
+        self._set_deadline(trio.current_time() + self.config.timeouts.write)
+        self._on_client = True
         try:
-            rest = self._transport.send_nowait(data)  # replies are small: usually all
-            if not rest:
-                return True
-            self._set_deadline(trio.current_time() + self.config.timeouts.write)
-            self._on_client = True
-            sent = await self._transport.send(rest)
+            sent = await self._transport.send(data)
         except TransportError as exc:
             log.info("session %s: send failed: %r", self.info.id, exc.__cause__)
             sent = False
@@ -515,7 +533,6 @@ class Session:
             self._on_client = False
             self.deadline = self._session_end
         self._broken = not sent
-        return sent
 
     async def _start_tls(self) -> None:
         if not await self._send_pending():

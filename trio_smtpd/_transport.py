@@ -129,11 +129,14 @@ class SocketTransport:
             self._waiting = _READING
             self._idle = False
             try:
-                if not await _wait_readable(self._fd):
-                    if self._park and not self.woken:
-                        return PARK
-                    if not self.woken:  # notify_closing() is for wake() and parking only
-                        raise trio.ClosedResourceError("socket closed under a receive")
+                await trio.lowlevel.wait_readable(self._fd)
+            except trio.ClosedResourceError:
+                # From notify_closing(), which only wake() and idle_check() call. (This
+                # gives our frame a frame object, 230 bytes for good, but only here.)
+                if self._park and not self.woken:
+                    return PARK
+                if not self.woken:
+                    raise
             finally:
                 self._waiting = 0
             waited = True
@@ -288,28 +291,19 @@ class StreamTransport:
             await trio.aclose_forcefully(self._stream)
 
 
-# The two helpers below catch exceptions in frames that end at once. An exception passing
-# through a long-lived frame (the receive loop of a waiting connection) gives that frame a
-# frame object for the traceback: about 230 bytes, which then live as long as it does.
-
-
 def _recv_nowait(sock: socket.socket, max_bytes: int) -> bytes | None:
-    """``recv()``, or None if it would block."""
+    """``recv()``, or None if it would block.
+
+    (A helper, so that the BlockingIOError is caught in a frame that ends at once: an
+    exception passing through a long-lived frame, such as the receive loop of a waiting
+    connection, gives it a frame object for the traceback, 230 bytes for good.)
+    """
     try:
         return sock.recv(max_bytes)
     except BlockingIOError:
         return None
     except OSError as exc:
         raise TransportError(exc) from exc
-
-
-async def _wait_readable(fd: int) -> bool:
-    """trio's wait; False if ended by ``notify_closing``."""
-    try:
-        await trio.lowlevel.wait_readable(fd)
-    except trio.ClosedResourceError:
-        return False
-    return True
 
 
 def transport_for(stream: trio.abc.Stream, pool: IdlePool | None = None) -> Transport:
