@@ -19,6 +19,11 @@ _ENHANCED = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 _FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+# Enhanced codes already found well-formed (replies are made per message, and few codes
+# are ever used).
+_CHECKED_ENHANCED: set[str] = set()
+
+
 class ReplyTextError(ValueError):
     """Raised when a reply would carry text that could break the protocol stream."""
 
@@ -37,13 +42,15 @@ class Reply:
 
     def __init__(self, code: int, text: str | tuple[str, ...] | list[str] = "",
                  enhanced: str | None = None) -> None:
-        if not _CODE.fullmatch(str(code)):
+        if type(code) is not int or not _CODE.fullmatch(str(code)):
             raise ReplyTextError(f"not an SMTP reply code: {code!r}")
-        if enhanced is not None:
+        if enhanced is not None and enhanced not in _CHECKED_ENHANCED:
             if not _ENHANCED.fullmatch(enhanced):
                 raise ReplyTextError(f"not an enhanced status code: {enhanced!r}")
-            if enhanced[0] != str(code)[0]:
-                raise ReplyTextError(f"enhanced code {enhanced} does not match class of {code}")
+            if len(_CHECKED_ENHANCED) < 4096:
+                _CHECKED_ENHANCED.add(enhanced)
+        if enhanced is not None and int(enhanced[0]) != code // 100:
+            raise ReplyTextError(f"enhanced code {enhanced} does not match class of {code}")
         lines = (text,) if isinstance(text, str) else tuple(text)
         if not lines:
             lines = ("",)

@@ -68,7 +68,7 @@ class SinkholeHandler:
                   starttls=None if session.offer_starttls else "withheld")
         writer: MaildirWriter | None = None
         error: OSError | None = None
-        digest = hashlib.sha256()
+        digest: Hash | None = None
         async for event in session:
             if isinstance(event, Message):
                 verdict = self._verdict(session, "message", event)
@@ -95,24 +95,26 @@ class SinkholeHandler:
                   duration=round(time.monotonic() - started, 3))
 
     async def _receive(self, session: Session, tx: Transaction
-                       ) -> tuple[MaildirWriter | None, OSError | None, Hash]:
-        """Stream the body into a Maildir file; keep reading even after a write error."""
-        writer = None if self.maildir is None else self.maildir.open()
-        error: OSError | None = None
+                       ) -> tuple[MaildirWriter | None, OSError | None, Hash | None]:
+        """Stream the body into a Maildir file; keep reading even after a write error.
+        With --discard, only count it."""
+        if self.maildir is None:
+            async for _chunk in session.body():
+                pass  # (the transaction counts the size)
+            if tx.aborted:
+                _log_aborted(tx)
+            return None, None, None
+        writer = self.maildir.open()
         digest = hashlib.sha256()  # of the message as received, for the metadata
-        if writer is not None:
-            error = await _write(writer, trace_headers(tx, self.hostname))
+        error = await _write(writer, trace_headers(tx, self.hostname))
         async for chunk in session.body():
             digest.update(chunk)
-            if writer is not None and error is None:
+            if error is None:
                 error = await _write(writer, chunk)
         if tx.aborted:
-            if writer is not None:
-                await writer.abort()
-                writer = None
-            reply = tx.abort_reply
-            _log_transaction(tx, "refused" if reply else "abandoned",
-                             str(reply) if reply else None, None)
+            await writer.abort()
+            _log_aborted(tx)
+            return None, error, digest
         return writer, error, digest
 
     def _verdict(self, session: Session, phase: Phase, event: Decision) -> Verdict | None:
@@ -125,7 +127,8 @@ class SinkholeHandler:
         return verdict
 
     async def _finish(self, event: Message, writer: MaildirWriter | None,
-                      error: OSError | None, verdict: Verdict | None, digest: Hash) -> None:
+                      error: OSError | None, verdict: Verdict | None,
+                      digest: Hash | None) -> None:
         tx = event.transaction
         name = None
         if verdict is not None and verdict.action in ("reject", "tempfail"):
@@ -142,7 +145,7 @@ class SinkholeHandler:
                 name = await writer.commit()
             except OSError as exc:
                 error = exc
-        if name is not None and self.maildir is not None:
+        if name is not None and self.maildir is not None and digest is not None:
             rule = verdict.rule if verdict is not None else None
             await _write_metadata(self.maildir, name, tx, digest.hexdigest(), rule)
         if error is not None:
@@ -205,6 +208,12 @@ async def _write_metadata(maildir: Maildir, name: str, tx: Transaction, sha256: 
         await trio.to_thread.run_sync(write)
     except OSError as exc:
         log.error("session %s: writing metadata for %s failed: %s", session.id, name, exc)
+
+
+def _log_aborted(tx: Transaction) -> None:
+    reply = tx.abort_reply
+    _log_transaction(tx, "refused" if reply else "abandoned", str(reply) if reply else None,
+                     None)
 
 
 def _log_transaction(tx: Transaction, outcome: str, reply: str | None,

@@ -10,16 +10,50 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 __all__ = ["configure_logging", "log_event"]
 
 _events = logging.getLogger("trio_smtpd.events")
+_JSON = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 def log_event(event: str, **fields: Any) -> None:
-    _events.info(event, extra={"fields": fields})
+    writer = _writer
+    if writer is None:
+        _events.info(event, extra={"fields": fields})
+    else:
+        writer.write(_format(writer.json, time.time(), event, fields))
+
+
+class _EventWriter:
+    """Event lines go straight to the stream: one a transaction under load, and the
+    logging module's records, locks and lookups cost more than the line's own work."""
+
+    def __init__(self, stream: Any, json_lines: bool) -> None:
+        self.stream = stream
+        self.json = json_lines
+
+    def write(self, line: str) -> None:
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # as logging does: a log that cannot be written never stops the server
+
+
+_writer: _EventWriter | None = None
+
+
+def _format(json_lines: bool, created: float, event: str, fields: dict[str, Any]) -> str:
+    now = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    if json_lines:
+        return _JSON.encode({"time": now, "event": event, **fields})
+    parts = [now, event]
+    parts += [f"{key}={_text(value)}" for key, value in fields.items() if value is not None]
+    return " ".join(parts)
 
 
 class _Formatter(logging.Formatter):
@@ -28,7 +62,6 @@ class _Formatter(logging.Formatter):
         self._json = style == "json"
 
     def format(self, record: logging.LogRecord) -> str:
-        now = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
         fields: dict[str, Any] = getattr(record, "fields", None) or {}
         if fields:
             event = record.getMessage()
@@ -37,12 +70,7 @@ class _Formatter(logging.Formatter):
                                     "message": record.getMessage()}
             if record.exc_info:
                 fields["exception"] = self.formatException(record.exc_info)
-        if self._json:
-            return json.dumps({"time": now, "event": event, **fields}, default=str,
-                              ensure_ascii=False)
-        parts = [now, event]
-        parts += [f"{key}={_text(value)}" for key, value in fields.items() if value is not None]
-        return " ".join(parts)
+        return _format(self._json, record.created, event, fields)
 
 
 def _text(value: Any) -> str:
@@ -53,9 +81,16 @@ def _text(value: Any) -> str:
 
 
 def configure_logging(style: Literal["text", "json"], stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
+    global _writer
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(_Formatter(style))
     root = logging.getLogger("trio_smtpd")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
+    _writer = _EventWriter(stream, style == "json")
+    # This process is the program's own: skip what the records would carry but the
+    # lines never show (the logging docs' "Optimization" section).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
