@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import itertools
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +70,57 @@ def test_create_fails_on_unwritable_directory(tmp_path: Path) -> None:
         tmp_path.chmod(0o500)
         with pytest.raises(OSError):
             Maildir(tmp_path / "mail").create()
+
+
+def test_concurrent_commits_share_directory_fsyncs(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every sync() must return after an fsync that began after it was called; while one
+    # fsync runs, the callers that arrive share the next one.
+    import trio_smtpd.maildir as maildir_module
+
+    clock = itertools.count()
+    fsyncs: list[tuple[int, int]] = []  # (start, end) ticks of each fsync
+    gate = threading.Event()
+
+    def slow_fsync(path: Path) -> None:
+        start = next(clock)
+        gate.wait(5)
+        fsyncs.append((start, next(clock)))
+
+    monkeypatch.setattr(maildir_module, "_fsync_directory", slow_fsync)
+    group = maildir_module._GroupSync(tmp_path)
+    calls: list[tuple[int, int]] = []  # (called, returned) ticks of each sync()
+
+    def caller() -> None:
+        called = next(clock)
+        group.sync()
+        calls.append((called, next(clock)))
+
+    threads = [threading.Thread(target=caller) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)  # one fsync is under way, the others wait for the next
+    gate.set()
+    for thread in threads:
+        thread.join(5)
+    assert len(calls) == 20
+    assert len(fsyncs) < 10
+    for called, returned in calls:
+        assert any(called < start and end < returned for start, end in fsyncs)
+
+
+def test_a_failed_directory_fsync_fails_the_commits_it_covers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trio_smtpd.maildir as maildir_module
+
+    def failing(path: Path) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(maildir_module, "_fsync_directory", failing)
+    maildir = Maildir(tmp_path / "mail")
+    maildir.create()
+    writer = maildir.open()
+    writer._pending.append(b"x")
+    with pytest.raises(OSError) as info:
+        writer._commit()
+    assert info.value.errno == errno.EIO

@@ -20,11 +20,10 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
-
-import trio
 
 from .. import Connect, DataStart, Decision, Hello, Mail, Message, Rcpt, Session, Transaction
 from ..maildir import Maildir, MaildirWriter
@@ -140,14 +139,16 @@ class SinkholeHandler:
             return
         save_then_reject = self.save_then_reject or (
             verdict is not None and verdict.action == "save-then-reject")
-        if error is None and writer is not None:
+        if error is None and writer is not None and self.maildir is not None:
+            assert digest is not None
+            # The metadata sidecar is written in the commit's worker thread, after the
+            # message is durable: one trip to a thread per message.
+            metadata = _metadata_writer(self.maildir, writer.name, tx, digest.hexdigest(),
+                                        verdict.rule if verdict is not None else None)
             try:
-                name = await writer.commit()
+                name = await writer.commit(then=metadata)
             except OSError as exc:
                 error = exc
-        if name is not None and self.maildir is not None and digest is not None:
-            rule = verdict.rule if verdict is not None else None
-            await _write_metadata(self.maildir, name, tx, digest.hexdigest(), rule)
         if error is not None:
             if writer is not None:
                 await writer.abort()
@@ -177,8 +178,8 @@ class SinkholeHandler:
                          verdict.rule if verdict else None)
 
 
-async def _write_metadata(maildir: Maildir, name: str, tx: Transaction, sha256: str,
-                          rule: str | None) -> None:
+def _metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
+                     rule: str | None) -> Callable[[], None]:
     """A sidecar ``meta/<file>.json`` beside the Maildir: what sinksmtp records.
 
     Written after the message is durable and without an fsync of its own: losing a
@@ -198,16 +199,17 @@ async def _write_metadata(maildir: Maildir, name: str, tx: Transaction, sha256: 
     }
     path = maildir.path / "meta" / f"{name}.json"
 
-    def write() -> None:
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(record, ensure_ascii=False) + "\n")
-        temporary.rename(path)
+    def write() -> None:  # in a worker thread
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(record, ensure_ascii=False) + "\n")
+            temporary.rename(path)
+        except OSError as exc:
+            log.error("session %s: writing metadata for %s failed: %s", session.id, name,
+                      exc)
 
-    try:
-        await trio.to_thread.run_sync(write)
-    except OSError as exc:
-        log.error("session %s: writing metadata for %s failed: %s", session.id, name, exc)
+    return write
 
 
 def _log_aborted(tx: Transaction) -> None:
