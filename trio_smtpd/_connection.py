@@ -20,6 +20,7 @@ import binascii
 import enum
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ._address import Address, parse_forward_path, parse_reverse_path
 from ._commands import parse_bdat, path_argument, split_command
@@ -271,9 +272,10 @@ class ServerConnection:
         decision = self._pending
         if decision is None:
             raise UsageError("no decision is pending")
-        if isinstance(decision, AuthStart | AuthResponse):
+        answer = _ANSWERS.get(type(decision))
+        if answer is None:
             raise UsageError("answer AUTH with auth_challenge/auth_success/auth_failure")
-        if isinstance(decision, EndOfMessage) and self.config.lmtp:
+        if answer is ServerConnection._answer_message and self.config.lmtp:
             count = len(self._recipients)
             self.respond_per_recipient([reply] * count if reply else [None] * count)
             return
@@ -284,25 +286,14 @@ class ServerConnection:
             return
         self._pending = None
         try:
-            self._answer(decision, reply)
+            answer(self, decision, reply)
         except UsageError:
             self._pending = decision  # a wrong answer leaves the decision open
             raise
 
-    def _answer(self, decision: Decision, reply: Reply | None) -> None:
-        if isinstance(decision, Connect):
-            self._answer_connect(reply)
-        elif isinstance(decision, Hello):
-            self._answer_hello(decision, reply)
-        elif isinstance(decision, Mail):
-            self._answer_mail(decision, reply)
-        elif isinstance(decision, Rcpt):
-            self._answer_rcpt(decision, reply)
-        elif isinstance(decision, DataStart):
-            self._answer_data_start(decision, reply)
-        elif isinstance(decision, EndOfMessage):
-            self._send(_check(reply, (250,), "message") or _MESSAGE_ACCEPTED)
-            self._clear_transaction()
+    def _answer_message(self, decision: EndOfMessage, reply: Reply | None) -> None:
+        self._send(_check(reply, (250,), "message") or _MESSAGE_ACCEPTED)
+        self._clear_transaction()
 
     def respond_per_recipient(self, replies: Sequence[Reply | None]) -> None:
         """LMTP (RFC 2033 4.2): answer EndOfMessage with one reply per accepted recipient."""
@@ -693,7 +684,7 @@ class ServerConnection:
 
     # ------------------------------------------------------------------ answering decisions
 
-    def _answer_connect(self, reply: Reply | None) -> None:
+    def _answer_connect(self, decision: Connect, reply: Reply | None) -> None:
         if reply is None or reply.code == 220:
             if reply is None:
                 self._send_raw(_wire_for(self.config).greeting)
@@ -903,6 +894,16 @@ class ServerConnection:
         return [verb for verb in _HANDLERS
                 if (verb == "LHLO") == self.config.lmtp or verb not in ("HELO", "EHLO", "LHLO")]
 
+
+# Decision type -> how to apply its answer (AUTH decisions have calls of their own).
+_ANSWERS: dict[type[Decision], Callable[[ServerConnection, Any, Reply | None], None]] = {
+    Connect: ServerConnection._answer_connect,
+    Hello: ServerConnection._answer_hello,
+    Mail: ServerConnection._answer_mail,
+    Rcpt: ServerConnection._answer_rcpt,
+    DataStart: ServerConnection._answer_data_start,
+    EndOfMessage: ServerConnection._answer_message,
+}
 
 # Verb -> handler, shared by every connection (a dict of bound methods each would cost
 # about 2 KB per idle connection).
