@@ -1,12 +1,13 @@
 """Side-by-side benchmark: trio_smtpd vs aiosmtpd vs Postfix's smtp-sink, under smtp-source.
 
 Each server is started in turn on loopback and loaded by Postfix's ``smtp-source`` (a C
-client). For every (server, workload) it reports messages/s (median of the runs), the
-server's CPU seconds per 1000 messages read from /proc (utime + stime of the server and
-its worker processes, steadier than wall time on a shared machine), peak RSS (VmHWM), and
+client); the servers take turns run after run. For every (server, workload) it reports
+messages/s (median of the runs), the server's CPU seconds per 1000 messages read from
+/proc (utime + stime of the server, its threads and its worker processes, steadier than
+wall time on a shared machine) and the kernel's share of them, peak RSS (VmHWM), and
 ratios against aiosmtpd and smtp-sink. Results are printed as a table and written as JSON.
 
-    python benchmarks/bench.py [--runs 3] [--quick] [--json benchmarks/results/latest.json]
+    python benchmarks/bench.py [--runs 5] [--quick] [--json benchmarks/results/latest.json]
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Workload:
     args: tuple[str, ...]
     messages: int
     lmtp: bool = False
+    #: Only these servers (all when empty).
+    servers: tuple[str, ...] = ()
 
 
 def workloads(quick: bool) -> list[Workload]:
@@ -53,6 +56,11 @@ def workloads(quick: bool) -> list[Workload]:
         Workload("d", "LMTP, 5 recipients, 1 KB, 20 sessions",
                  ("-L", "-r", "5", "-s", "20", "-m", str(many // 2), "-l", "1024"),
                  many // 2, lmtp=True),
+        # (a) one session at a time, for the Maildir: if fsyncs serialised concurrent
+        # transactions, 20 sessions would deliver no faster than this.
+        Workload("e", "as (a) but one session at a time (Maildir scaling)",
+                 ("-s", "1", "-m", str(many // 4), "-l", "1024"), many // 4,
+                 servers=("trio_smtpd maildir",)),
     ]
 
 
@@ -69,6 +77,9 @@ class ServerSpec:
         if self.name == "trio_smtpd library":
             return [sys.executable, str(Path(__file__).parent / "library_sink.py"), str(port),
                     *lmtp_flag]
+        if self.name == "trio_smtpd transactions()":
+            return [sys.executable, str(Path(__file__).parent / "library_sink.py"), str(port),
+                    *lmtp_flag, "--transactions"]
         if self.name == "trio_smtpd --discard":
             return [*trio, "--discard", *lmtp_flag]
         if self.name == "trio_smtpd maildir":
@@ -86,6 +97,7 @@ class ServerSpec:
 
 SERVERS = [
     ServerSpec("trio_smtpd library", True),
+    ServerSpec("trio_smtpd transactions()", True),
     ServerSpec("trio_smtpd --discard", True),
     ServerSpec("trio_smtpd maildir", True),
     ServerSpec("trio_smtpd --discard --workers 2", True),
@@ -102,6 +114,8 @@ class Result:
     cpu_seconds_per_1000: float
     peak_rss_mb: float
     runs: int
+    #: The share of the CPU time spent in the kernel (system calls, the file system).
+    kernel_share: float = 0.0
 
 
 def free_port() -> int:
@@ -129,14 +143,19 @@ def process_tree(root: int) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+    return sum(cpu_split(pids))
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of these processes, their threads included."""
+    user = system = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
+        user, system = user + int(fields[11]), system + int(fields[12])  # utime, stime
+    return user / TICKS, system / TICKS
 
 
 def peak_rss_mb(pids: list[int]) -> float:
@@ -184,28 +203,52 @@ class Running:
             self.process.wait()
 
 
-def measure(spec: ServerSpec, workload: Workload, runs: int) -> Result | None:
+@dataclass
+class Run:
+    messages_per_second: float
+    cpu_seconds_per_1000: float
+    peak_rss_mb: float
+    kernel_share: float
+
+
+def applies(spec: ServerSpec, workload: Workload) -> bool:
     if workload.lmtp and not spec.lmtp_capable:
-        return None
-    rates, cpus, peaks = [], [], []
+        return False
+    return not workload.servers or spec.name in workload.servers
+
+
+def measure_once(spec: ServerSpec, workload: Workload) -> Run:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Running(spec, workload.lmtp, Path(tmp))
+        try:
+            user_before, system_before = cpu_split(server.pids)
+            start = time.perf_counter()
+            subprocess.run([SMTP_SOURCE, *workload.args, "-f", "bench@example.org",
+                            "-t", "sink@example.net", f"127.0.0.1:{server.port}"],
+                           check=True, stdout=subprocess.DEVNULL, timeout=300)
+            elapsed = time.perf_counter() - start
+            user_after, system_after = cpu_split(server.pids)
+            peak = peak_rss_mb(server.pids)
+        finally:
+            server.stop()
+    user, system = user_after - user_before, system_after - system_before
+    return Run(workload.messages / elapsed, (user + system) * 1000 / workload.messages,
+               peak, system / (user + system) if user + system else 0.0)
+
+
+def measure(specs: list[ServerSpec], workload: Workload, runs: int) -> list[Result]:
+    """Each server ``runs`` times, in turns (A B C A B C ...), so that a slow spell of a
+    shared machine is spread over every server rather than spoiling one; medians."""
+    done: dict[str, list[Run]] = {spec.name: [] for spec in specs}
     for _ in range(runs):
-        with tempfile.TemporaryDirectory() as tmp:
-            server = Running(spec, workload.lmtp, Path(tmp))
-            try:
-                before = cpu_seconds(server.pids)
-                start = time.perf_counter()
-                subprocess.run([SMTP_SOURCE, *workload.args, "-f", "bench@example.org",
-                                "-t", "sink@example.net", f"127.0.0.1:{server.port}"],
-                               check=True, stdout=subprocess.DEVNULL, timeout=300)
-                elapsed = time.perf_counter() - start
-                cpu = cpu_seconds(server.pids) - before
-                peaks.append(peak_rss_mb(server.pids))
-            finally:
-                server.stop()
-        rates.append(workload.messages / elapsed)
-        cpus.append(cpu * 1000 / workload.messages)
-    return Result(spec.name, workload.name, statistics.median(rates),
-                  statistics.median(cpus), max(peaks), runs)
+        for spec in specs:
+            done[spec.name].append(measure_once(spec, workload))
+    return [Result(name, workload.name,
+                   statistics.median(r.messages_per_second for r in done[name]),
+                   statistics.median(r.cpu_seconds_per_1000 for r in done[name]),
+                   max(r.peak_rss_mb for r in done[name]), runs,
+                   statistics.median(r.kernel_share for r in done[name]))
+            for name in done]
 
 
 def ratio(value: float, reference: float | None, higher_is_better: bool) -> str:
@@ -217,15 +260,16 @@ def ratio(value: float, reference: float | None, higher_is_better: bool) -> str:
 
 def table(results: list[Result]) -> str:
     by_key = {(r.server, r.workload): r for r in results}
-    lines = ["| workload | server | msg/s | CPU s / 1000 msg | peak RSS MB | "
+    lines = ["| workload | server | msg/s | CPU s / 1000 msg | kernel share | peak RSS MB | "
              "msg/s vs aiosmtpd | CPU efficiency vs aiosmtpd | msg/s vs smtp-sink |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for result in results:
         aio = by_key.get(("aiosmtpd", result.workload))
         sink = by_key.get(("smtp-sink", result.workload))
         lines.append(
             f"| {result.workload} | {result.server} | {result.messages_per_second:.0f} | "
-            f"{result.cpu_seconds_per_1000:.3f} | {result.peak_rss_mb:.1f} | "
+            f"{result.cpu_seconds_per_1000:.3f} | {result.kernel_share:.0%} | "
+            f"{result.peak_rss_mb:.1f} | "
             f"{ratio(result.messages_per_second, aio and aio.messages_per_second, True)} | "
             f"{ratio(result.cpu_seconds_per_1000, aio and aio.cpu_seconds_per_1000, False)} | "
             f"{ratio(result.messages_per_second, sink and sink.messages_per_second, True)} |")
@@ -234,21 +278,19 @@ def table(results: list[Result]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="a quarter of the messages")
     parser.add_argument("--json", default="benchmarks/results/latest.json")
     parser.add_argument("--only", action="append", default=[], help="server names to run")
     args = parser.parse_args()
     results = []
     for workload in workloads(args.quick):
-        for spec in SERVERS:
-            if args.only and spec.name not in args.only:
-                continue
-            result = measure(spec, workload, args.runs)
-            if result is not None:
-                print(f"  {workload.name}: {spec.name}: {result.messages_per_second:.0f} msg/s",
-                      file=sys.stderr, flush=True)
-                results.append(result)
+        specs = [spec for spec in SERVERS if applies(spec, workload)
+                 and (not args.only or spec.name in args.only)]
+        for result in measure(specs, workload, args.runs):
+            print(f"  {workload.name}: {result.server}: {result.messages_per_second:.0f} msg/s",
+                  file=sys.stderr, flush=True)
+            results.append(result)
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": machine(),

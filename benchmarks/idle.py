@@ -28,10 +28,15 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+SERVERS = ("trio_smtpd library", "trio_smtpd transactions()", "aiosmtpd")
+
+
 def servers(port: int) -> dict[str, list[str]]:
     here = Path(__file__).parent
     return {
         "trio_smtpd library": [sys.executable, str(here / "library_sink.py"), str(port)],
+        "trio_smtpd transactions()": [sys.executable, str(here / "library_sink.py"),
+                                      str(port), "--transactions"],
         "aiosmtpd": [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink",
                      "-l", f"127.0.0.1:{port}"],
     }
@@ -95,7 +100,7 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
     results = []
     for count in args.counts:
-        for name in ("trio_smtpd library", "aiosmtpd"):
+        for name in SERVERS:
             result = {"server": name, **idle_connections(name, count)}
             results.append(result)
             print(f"  {name}: {count} idle: {result['kb_per_connection']:.1f} KB each",

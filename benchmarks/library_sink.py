@@ -1,5 +1,9 @@
 """The library alone, like aiosmtpd's Sink handler: accept everything, keep nothing, log
-nothing. ``python benchmarks/library_sink.py PORT [--lmtp]``"""
+nothing. ``python benchmarks/library_sink.py PORT [--lmtp] [--transactions]``
+
+By default a handler answers each decision (``serve(handler=...)``); with
+``--transactions``, messages go through ``Server.transactions()`` instead, the README's
+first example."""
 
 from __future__ import annotations
 
@@ -19,13 +23,16 @@ async def sink(session: Session) -> None:
             event.transaction.finish()  # LMTP: every recipient accepted
 
 
-async def main(port: int, lmtp: bool) -> None:
+async def main(port: int, lmtp: bool, transactions: bool) -> None:
     config = trio_smtpd.Config(hostname="bench.test", lmtp=lmtp, max_connections=20000,
                                max_connections_per_ip=20000, max_message_size=200 * 2**20)
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(trio_smtpd.serve, config, port, host="127.0.0.1",
-                                    handler=sink))
+        server = await nursery.start(partial(trio_smtpd.serve, config, port, host="127.0.0.1",
+                                             handler=None if transactions else sink))
+        if transactions:
+            async for tx in server.transactions():
+                tx.accept()
 
 
 if __name__ == "__main__":
-    trio.run(main, int(sys.argv[1]), "--lmtp" in sys.argv[2:])
+    trio.run(main, int(sys.argv[1]), "--lmtp" in sys.argv[2:], "--transactions" in sys.argv[2:])

@@ -229,6 +229,8 @@ class Session:
         elif self.app_scope is not None:
             self._app_expired = True
             self.app_scope.cancel()
+        # Else the server's own handler holds control, for a bounded time: the session's
+        # time cap is then enforced at its next wait on the client.
 
     def idle_check(self) -> None:
         """From the server's idle pool: move a long wait on the client there."""
