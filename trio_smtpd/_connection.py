@@ -224,6 +224,12 @@ class ServerConnection:
         return bool(self._out)
 
     @property
+    def reading_body(self) -> bool:
+        """True while the bytes expected are message data (DATA or a BDAT chunk)."""
+        mode = self.mode
+        return mode is Mode.DATA or mode is Mode.BDAT
+
+    @property
     def partial_line(self) -> bool:
         """True while part of a line (command or AUTH) has arrived but not its end."""
         return bool(self._buffer) or self._discarding_line
@@ -262,8 +268,12 @@ class ServerConnection:
                     return self._end_of_file()
                 return NEED_DATA
             if produced is not None:
-                assert isinstance(produced, Event)
-                self._queue(produced)  # after anything the step itself queued
+                if self._queued is not None:  # after what the step itself queued
+                    self._queue(produced)  # type: ignore[arg-type]
+                    continue
+                if isinstance(produced, Decision):
+                    self._pending = produced
+                return produced
 
     # ------------------------------------------------------------------ decisions
 

@@ -280,7 +280,8 @@ class Server:
                 if app_scope.cancelled_caught:
                     log.warning("session %s: application took too long to decide",
                                 session.info.id)
-            await session.finish(handler_raised=raised)
+            if not session.closed:
+                await session.finish(handler_raised=raised)
         except Exception:
             log.exception("session %s: internal error", session.info.id)
             with trio.CancelScope(shield=True):

@@ -19,12 +19,12 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
 from . import _events as core
-from ._connection import NEED_DATA, Mode, ServerConnection
+from ._connection import NEED_DATA, ServerConnection
 from ._decisions import (
     Auth,
     Connect,
@@ -260,7 +260,7 @@ class Session:
             conn.config = replace(conn.config, tls_available=False)
         kind = type(decision)
         if kind is Auth:
-            assert isinstance(decision, Auth)
+            decision = cast(Auth, decision)
             if decision.reply is None or decision.reply.is_positive:
                 conn.auth_success(decision.identity)
                 self.info.authenticated_as = decision.identity
@@ -268,7 +268,7 @@ class Session:
                 conn.auth_failure(decision.reply)
             return
         if kind is Message:
-            assert isinstance(decision, Message)
+            decision = cast(Message, decision)
             replies = decision.transaction.final_replies()
             self._transaction = None
             if self.info.lmtp:
@@ -278,13 +278,13 @@ class Session:
             return
         conn.respond(decision.reply)
         if kind is Mail:
-            assert isinstance(decision, Mail)
+            decision = cast(Mail, decision)
             if conn.in_transaction:
                 self._transaction = Transaction(
                     session=self.info, sender=decision.sender, mail_params=decision.params,
                     recipients=[], received=_now())
         elif kind is Rcpt:
-            assert isinstance(decision, Rcpt)
+            decision = cast(Rcpt, decision)
             if (self._transaction is not None
                     and conn.recipient_count > len(self._transaction.recipients)):
                 self._transaction.recipients.append(
@@ -384,7 +384,8 @@ class Session:
     # ------------------------------------------------------------------ I/O
 
     def _set_deadline(self, deadline: float) -> None:
-        deadline = min(deadline, self._session_end)
+        if deadline > self._session_end:
+            deadline = self._session_end
         self.deadline = deadline
         watchdog = self.server.watchdog
         if deadline < watchdog.next_check:
@@ -475,7 +476,7 @@ class Session:
         # transaction) may finish at shutdown; an idle one is ended at once.
         conn = self._conn
         now = trio.current_time()
-        in_body = conn.mode is Mode.DATA or conn.mode is Mode.BDAT
+        in_body = conn.reading_body
         busy = self.busy = in_body or conn.in_transaction
         timeouts = self.config.timeouts
         if in_body:
