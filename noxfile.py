@@ -41,6 +41,7 @@ def bench(session: nox.Session) -> None:
                     "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
                     "--no-install-recommends postfix", external=True)
     session.install("-e", ".", "aiosmtpd==1.4.6")
+    session.run("python", "benchmarks/engine.py")
     session.run("python", "benchmarks/bench.py", *session.posargs)
     session.run("python", "benchmarks/idle.py", env={"PYTHONPATH": "benchmarks"})
 
