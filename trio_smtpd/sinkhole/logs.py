@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from datetime import UTC, datetime
@@ -47,8 +48,25 @@ class _EventWriter:
 _writer: _EventWriter | None = None
 
 
+_second: tuple[int, str] = (-1, "")
+
+
+def _timestamp(created: float) -> str:
+    """ISO 8601 in UTC with milliseconds; the part up to the second made once a second."""
+    global _second
+    whole = math.floor(created)
+    micros = round((created - whole) * 1_000_000)  # as datetime.fromtimestamp rounds
+    if micros == 1_000_000:
+        whole, micros = whole + 1, 0
+    second, prefix = _second
+    if whole != second:
+        prefix = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = (whole, prefix)
+    return f"{prefix}.{micros // 1000:03d}+00:00"
+
+
 def _format(json_lines: bool, created: float, event: str, fields: dict[str, Any]) -> str:
-    now = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    now = _timestamp(created)
     if json_lines:
         return _JSON.encode({"time": now, "event": event, **fields})
     parts = [now, event]
