@@ -65,7 +65,6 @@ class Session:
     """A client session; ``async for event in session`` yields its decisions in order."""
 
     __slots__ = (
-        "_app_expired",
         "_broken",
         "_conn",
         "_current",
@@ -109,7 +108,6 @@ class Session:
         self.deadline = math.inf
         self._set_deadline(self._session_end)
         self._on_client = False  # waiting on the client (else the application has control)
-        self._app_expired = False
         self._broken = False  # sending failed: nothing more can be said to the client
         #: Set by the server: the application's cancel scope, cancelled when the
         #: application sits on a decision past its deadline.
@@ -215,11 +213,6 @@ class Session:
         """Bytes the client sent before the session began (read past a PROXY header)."""
         self._conn.receive_data(data)
 
-    @property
-    def app_expired(self) -> bool:
-        """True once the application was cancelled for sitting on a decision too long."""
-        return self._app_expired
-
     def expire(self, now: float) -> None:
         """Called by the server's watchdog once ``deadline`` has passed."""
         # What is left to watch is the session's time cap.
@@ -227,7 +220,6 @@ class Session:
         if self._on_client:
             self._transport.wake()
         elif self.app_scope is not None:
-            self._app_expired = True
             self.app_scope.cancel()
         # Else the server's own handler holds control, for a bounded time: the session's
         # time cap is then enforced at its next wait on the client.
