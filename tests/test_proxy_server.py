@@ -37,6 +37,19 @@ async def proxied(trusted: list[str], timeout: float = 10.0) -> AsyncIterator[
         server.shutdown()
 
 
+async def test_bytes_in_the_headers_packet_are_the_clients_first_words() -> None:
+    # A balancer may pass the header and the client's first bytes in one segment; the
+    # session, which drives the socket itself once the header is read, must not lose them.
+    async with proxied(["127.0.0.0/8"]) as (_, port, _received):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 25\r\nNOOP\r\n")
+        client = TestClient(stream)
+        assert (await client.reply()).code == 220
+        assert (await client.reply()).code == 250  # the NOOP, answered after the greeting
+        assert (await client.command("EHLO c")).code == 250
+        await client.aclose()
+
+
 async def closed_without_greeting(stream: trio.abc.Stream) -> bool:
     with trio.fail_after(10):
         try:
