@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
-
 import pytest
 import trio
 import trio.testing
 
-from trio_smtpd import Config, Server, Timeouts, serve
+from tests.tcp import connect, tcp_server
+from trio_smtpd import Config, Server, Timeouts
 from trio_smtpd._idlepool import IdlePool
-from trio_smtpd.testing import TestClient
 
 pytestmark = pytest.mark.skipif(not IdlePool.available, reason="the idle pool needs epoll")
-
-
-@asynccontextmanager
-async def tcp_server(config: Config | None = None) -> AsyncIterator[Server]:
-    async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(partial(
-            serve, config or Config(hostname="mx.test"), 0, host="127.0.0.1"))
-        yield server
-        server.shutdown()
-
-
-async def connect(server: Server) -> TestClient:
-    assert server.port is not None
-    client = TestClient(await trio.open_tcp_stream("127.0.0.1", server.port))
-    assert (await client.reply()).code == 220
-    return client
 
 
 def parked(server: Server) -> int:

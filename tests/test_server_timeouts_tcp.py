@@ -8,31 +8,14 @@ mock clock, which jumps ahead whenever every task (and so every socket) is waiti
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from functools import partial
 
 import trio
 import trio.testing
 
+from tests.tcp import connect, tcp_server
 from trio_smtpd import Config, Message, Server, Session, Timeouts, serve
 from trio_smtpd.testing import ClientReply, TestClient
-
-
-@asynccontextmanager
-async def tcp_server(config: Config, handler: object = None) -> AsyncIterator[Server]:
-    async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(partial(serve, config, 0, host="127.0.0.1",
-                                                     handler=handler))  # type: ignore[arg-type]
-        yield server
-        server.shutdown()
-
-
-async def connect(server: Server) -> TestClient:
-    assert server.port is not None
-    client = TestClient(await trio.open_tcp_stream("127.0.0.1", server.port))
-    assert (await client.reply()).code == 220
-    return client
 
 
 async def last_reply(client: TestClient) -> ClientReply:

@@ -35,9 +35,9 @@ async def test_receive_returns_what_arrived_and_empty_at_end_of_file() -> None:
     await transport.aclose()
 
 
-async def test_wake_ends_a_blocked_receive_and_every_later_one() -> None:
-    transport, peer = socket_pair()
-    results: list[bytes | bytearray | None] = []
+async def received_when_woken(transport: SocketTransport | StreamTransport) -> object:
+    """What a receive that is waiting returns when another task calls wake()."""
+    results: list[object] = []
 
     async def receive() -> None:
         results.append(await transport.receive(100))
@@ -46,7 +46,13 @@ async def test_wake_ends_a_blocked_receive_and_every_later_one() -> None:
         nursery.start_soon(receive)
         await trio.testing.wait_all_tasks_blocked()
         transport.wake()
-    assert results == [None]
+    [result] = results
+    return result
+
+
+async def test_wake_ends_a_blocked_receive_and_every_later_one() -> None:
+    transport, peer = socket_pair()
+    assert await received_when_woken(transport) is None
     peer.sendall(b"too late\r\n")
     assert await transport.receive(100) is None
     # A last word still goes out if it fits without waiting.
@@ -130,16 +136,7 @@ async def test_a_trio_socket_stream_gives_up_its_socket() -> None:
 async def test_stream_transport_wake_cancels_its_wait() -> None:
     ours, theirs = trio.testing.memory_stream_pair()
     transport = StreamTransport(ours)
-    results: list[bytes | bytearray | None] = []
-
-    async def receive() -> None:
-        results.append(await transport.receive(100))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(receive)
-        await trio.testing.wait_all_tasks_blocked()
-        transport.wake()
-    assert results == [None]
+    assert await received_when_woken(transport) is None
     assert await transport.receive(100) is None
     assert await transport.send(b"421 bye\r\n")  # the last word, bounded
     assert await theirs.receive_some(100) == b"421 bye\r\n"
