@@ -196,3 +196,17 @@ async def test_ipv6_and_unix_socket_listeners(tmp_path: object) -> None:
     assert [tx.data for tx in received] == [b"over IPv6\r\n", b"over a Unix socket\r\n"]
     assert received[0].session.peer is not None and received[0].session.peer[0] == "::1"
     assert received[1].session.peer is None  # a Unix socket has no IP peer
+
+
+async def test_a_closed_transactions_iterator_gets_451_at_once() -> None:
+    # Nobody will ever answer: the client is told to retry, not kept waiting for the
+    # message decision timeout, and nothing is logged as an internal error.
+    async with open_client(Config(hostname="mx.test")) as client:
+        assert client.server is not None
+        iterator = client.server.transactions()
+        assert isinstance(iterator, trio.abc.ReceiveChannel)
+        await iterator.aclose()
+        with trio.fail_after(5):
+            replies = await client.send_message("a@b.c", ["d@e.f"], b"x\r\n")
+        assert replies[-1].code == 451
+        assert (await client.command("NOOP")).code == 250  # the session goes on

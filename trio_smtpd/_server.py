@@ -175,9 +175,16 @@ class Server:
         await self._drained.wait()
 
     async def deliver(self, transaction: Transaction) -> None:
-        """Hand a transaction to ``transactions()`` and wait for its answer (bounded)."""
+        """Hand a transaction to ``transactions()`` and wait for its answer (bounded).
+
+        Unanswered (nobody iterating, the iterator closed, the server shut down, or the
+        message decision timeout), the message gets its default, 451.
+        """
         with trio.move_on_after(self.config.timeouts.message_decision):
-            await self._tx_send.send(transaction)
+            try:
+                await self._tx_send.send(transaction)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
             await transaction._done.wait()
 
     # ------------------------------------------------------------------ running
