@@ -37,8 +37,13 @@ class IdlePool:
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
-        self._epoll = select.epoll() if self.available else None
+        self._epoll: select.epoll | None = None  # while run() runs
         self._parked: dict[int, trio.lowlevel.Task] = {}
+
+    @property
+    def running(self) -> bool:
+        """True while ``run()`` runs: connections may be parked."""
+        return self._epoll is not None
 
     def register(self, fd: int) -> None:
         """The current task parks on ``fd`` (it then awaits ``wait_task_rescheduled``)."""
@@ -63,12 +68,13 @@ class IdlePool:
 
     async def run(self, sessions: Callable[[], Iterable[Parkable]], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        if self._epoll is None:
+        if not self.available:
+            task_status.started()
             return
+        epoll = self._epoll = select.epoll()
+        task_status.started()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sweep, sessions)
-            epoll = self._epoll
             try:
                 while True:
                     await trio.lowlevel.wait_readable(epoll.fileno())
@@ -77,6 +83,7 @@ class IdlePool:
             finally:
                 for fd in list(self._parked):
                     self.release(fd)
+                self._epoll = None
                 epoll.close()
 
     async def _sweep(self, sessions: Callable[[], Iterable[Parkable]]) -> None:

@@ -213,8 +213,8 @@ class Server:
             # Shielded: connections end by our graceful shutdown, not by outside cancels.
             nursery.cancel_scope.shield = True
             self._conn_nursery = nursery
-            nursery.start_soon(self.watchdog.run)
-            nursery.start_soon(self.idle_pool.run, lambda: self._sessions)
+            await nursery.start(self.watchdog.run)
+            await nursery.start(self.idle_pool.run, lambda: self._sessions)
             task_status.started()
             await self._drained.wait()
             nursery.cancel_scope.cancel()

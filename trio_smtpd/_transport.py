@@ -97,7 +97,7 @@ class SocketTransport:
         sock.setblocking(False)
         self._sock = sock
         self._fd = sock.fileno()
-        self._pool = pool if pool is not None and pool.available else None
+        self._pool = pool if pool is not None and pool.running else None
         self._waiting = 0  # _READING or _WRITING while blocked
         self._idle = False  # seen waiting to read by the idle pool's last sweep
         # The idle pool asked for this connection. A new one starts there: many never say
