@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import trio
 import trio.testing
@@ -9,6 +11,7 @@ import trio.testing
 from tests.tcp import connect, tcp_server
 from trio_smtpd import Config, Server, Timeouts
 from trio_smtpd._idlepool import IdlePool
+from trio_smtpd._transport import PARK, SocketTransport
 
 pytestmark = pytest.mark.skipif(not IdlePool.available, reason="the idle pool needs epoll")
 
@@ -91,3 +94,19 @@ async def test_without_epoll_connections_stay_with_trio(
         assert parked(server) == 0
         assert (await client.command("EHLO c")).code == 250
         await client.aclose()
+
+
+async def test_a_connection_whose_pool_has_stopped_waits_with_trio() -> None:
+    pool = IdlePool()
+    ours, peer = socket.socketpair()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run, list)
+        transport = SocketTransport(ours, pool)
+        nursery.cancel_scope.cancel()  # the pool stops (the server is going away)
+    assert await transport.receive(100, wait_first=True) is PARK  # it was told to go there
+    await transport.park()  # ...but the pool is gone: back to trio
+    peer.sendall(b"QUIT\r\n")
+    with trio.fail_after(5):
+        assert await transport.receive(100) == b"QUIT\r\n"
+    await transport.aclose()
+    peer.close()

@@ -31,7 +31,8 @@ class Parkable(Protocol):
 
 
 class IdlePool:
-    """One per server; ``run()`` is its task, ``sweep()`` is called once a sweep interval."""
+    """One per server; ``run()`` is its task, which also sweeps the sessions every
+    ``interval`` seconds to find the idle ones."""
 
     available = hasattr(select, "epoll")
 

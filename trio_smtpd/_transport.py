@@ -146,7 +146,8 @@ class SocketTransport:
         """After ``receive()`` said PARK: wait in the idle pool until the client speaks
         (or ``wake()``), then call ``receive()`` again. Returns the wait itself, so that
         no call of ours stays suspended in between."""
-        if self.woken or self._pool is None:
+        if self.woken or self._pool is None or not self._pool.running:
+            self._park = False  # (the server is going away: stay with trio)
             return trio.lowlevel.checkpoint()
         self._pool.register(self._fd)
         self._parked = True
