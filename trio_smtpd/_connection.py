@@ -285,7 +285,7 @@ class ServerConnection:
         answer = _ANSWERS.get(type(decision))
         if answer is None:
             raise UsageError("answer AUTH with auth_challenge/auth_success/auth_failure")
-        if answer is ServerConnection._answer_message and self.config.lmtp:
+        if type(decision) is EndOfMessage and self.config.lmtp:
             count = len(self._recipients)
             self.respond_per_recipient([reply] * count if reply else [None] * count)
             return
@@ -549,8 +549,8 @@ class ServerConnection:
     def _cmd_quit(self, argument: str) -> Event | None:
         if argument:
             raise ReplyError(Reply(501, "Syntax: QUIT takes no arguments", "5.5.4"))
-        self._send_raw(_wire_for(self.config).closing if self._enhanced else
-                       _wire_for(self.config).closing_plain)
+        wire = _wire_for(self.config)
+        self._send_raw(wire.closing if self._enhanced else wire.closing_plain)
         return self._close("QUIT")
 
     def _cmd_help(self, argument: str) -> Event | None:

@@ -42,7 +42,8 @@ class Reply:
 
     def __init__(self, code: int, text: str | tuple[str, ...] | list[str] = "",
                  enhanced: str | None = None) -> None:
-        if type(code) is not int or not _CODE.fullmatch(str(code)):
+        if not isinstance(code, int) or isinstance(code, bool) or not _CODE.fullmatch(
+                str(int(code))):
             raise ReplyTextError(f"not an SMTP reply code: {code!r}")
         if enhanced is not None and enhanced not in _CHECKED_ENHANCED:
             if not _ENHANCED.fullmatch(enhanced):
