@@ -22,13 +22,14 @@ from collections.abc import Callable
 
 import trio
 
-__all__ = ["accept_sockets"]
+__all__ = ["RESOURCE_ERRORS", "accept_sockets"]
 
 log = logging.getLogger("trio_smtpd")
 
 # Accepts in a row before letting other tasks run, when connections keep arriving.
 _BATCH = 64
-_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# accept() failures that pass once the system has descriptors or memory again.
+RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 async def accept_sockets(listener: trio.SocketListener,
@@ -54,7 +55,7 @@ async def accept_sockets(listener: trio.SocketListener,
                 except BlockingIOError:
                     break
                 except OSError as exc:
-                    if exc.errno in _RESOURCE_ERRORS:
+                    if exc.errno in RESOURCE_ERRORS:
                         log.error("accept failed (%s); pausing", exc)
                         await trio.sleep(0.1)
                         break

@@ -17,6 +17,7 @@ import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
 
@@ -29,6 +30,8 @@ __all__ = [
     "ProxyProtocolListener",
     "parse_proxy_header",
 ]
+
+_T = TypeVar("_T")
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _V1_PREFIX = b"PROXY "
@@ -227,8 +230,8 @@ def socket_addresses(
     except OSError:
         return None, None
     if isinstance(peer, tuple) and isinstance(local, tuple):
-        return (_shared_host(str(peer[0])), int(peer[1])), _shared_local(
-            str(local[0]), int(local[1]))
+        return ((_shared(_HOSTS, str(peer[0])), int(peer[1])),
+                _shared(_LOCAL_ADDRESSES, (str(local[0]), int(local[1]))))
     return None, None
 
 
@@ -239,16 +242,8 @@ _LOCAL_ADDRESSES: dict[tuple[str, int], tuple[str, int]] = {}
 _SHARED_MAX = 4096
 
 
-def _shared_host(host: str) -> str:
-    shared = _HOSTS.setdefault(host, host)
-    if len(_HOSTS) > _SHARED_MAX:
-        _HOSTS.clear()
-    return shared
-
-
-def _shared_local(host: str, port: int) -> tuple[str, int]:
-    address = (host, port)
-    shared = _LOCAL_ADDRESSES.setdefault(address, address)
-    if len(_LOCAL_ADDRESSES) > _SHARED_MAX:
-        _LOCAL_ADDRESSES.clear()
+def _shared(table: dict[_T, _T], value: _T) -> _T:
+    shared = table.setdefault(value, value)
+    if len(table) > _SHARED_MAX:  # bounded, whatever addresses come and go
+        table.clear()
     return shared

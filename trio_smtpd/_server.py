@@ -12,7 +12,6 @@ accepted the message, so no acknowledged message is lost by shutting down.
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import logging
 import os
@@ -25,7 +24,7 @@ from datetime import UTC, datetime
 
 import trio
 
-from ._accept import accept_sockets
+from ._accept import RESOURCE_ERRORS, accept_sockets
 from ._config import ProtocolConfig
 from ._decisions import Message, SessionInfo, Transaction
 from ._idlepool import IdlePool
@@ -243,7 +242,7 @@ class Server:
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                if exc.errno in RESOURCE_ERRORS:
                     log.error("accept failed (%s); pausing", exc)
                     await trio.sleep(0.1)
                     continue
