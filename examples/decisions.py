@@ -23,8 +23,8 @@ async def handle(session: Session) -> None:
             case Hello(name="localhost"):
                 event.reject(550, "Say who you really are", "5.7.1")
             case Mail(sender=sender) if sender is not None and sender.domain == "later.test":
-                event.tempfail("Greylisted, try again later", "4.7.1")
-            case Rcpt(recipient=address) if address.local_part not in USERS:
+                event.tempfail(451, "Greylisted, try again later", "4.7.1")
+            case Rcpt(address=address) if address.local_part not in USERS:
                 event.reject(550, "No such user here", "5.1.1")
             case Message(transaction=tx):
                 print(f"{session.info.peer}: {tx.size} octets for "
@@ -39,6 +39,8 @@ async def main(port: int = 2525) -> None:
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(trio_smtpd.serve, config, port, handler=handle))
         print(f"listening on port {server.port}", flush=True)
+        # Ctrl+C (or SIGTERM) shuts down gracefully; a second one, at once.
+        nursery.start_soon(trio_smtpd.shutdown_on_signals, server)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ with atheris.instrument_imports():
         AuthResponse,
         AuthStart,
         ConnectionClosed,
-        Decision,
         EndOfMessage,
         Event,
         MessageData,
+        Request,
     )
     from trio_smtpd._replies import Reply
 
@@ -37,7 +37,7 @@ CONFIGS = [
 LIMIT = 12288 + 1024 + 512
 
 
-def answer(conn: ServerConnection, event: Decision, choice: int) -> None:
+def answer(conn: ServerConnection, event: Request, choice: int) -> None:
     if isinstance(event, AuthStart | AuthResponse):
         [conn.auth_challenge, lambda _: conn.auth_success("u"), lambda _: conn.auth_failure()][
             choice % 3](b"x")
@@ -45,7 +45,7 @@ def answer(conn: ServerConnection, event: Decision, choice: int) -> None:
         conn.respond_per_recipient([None if (choice >> i) & 1 else Reply(550, "no", "5.0.0")
                                     for i in range(len(conn.recipients))])
     elif choice % 4 == 0:
-        conn.respond(Reply(554 if type(event).__name__ == "Connect" else 450, "no", None))
+        conn.respond(Reply(554 if type(event).__name__ == "ConnectionOpened" else 450, "no", None))
     else:
         conn.respond()
 
@@ -69,7 +69,7 @@ def test_one_input(data: bytes) -> None:
             assert not closed, f"{event} after ConnectionClosed"
             if isinstance(event, MessageData):
                 assert conn.recipients, "message data without an accepted recipient"
-            if isinstance(event, Decision):
+            if isinstance(event, Request):
                 answer(conn, event, fdp.ConsumeIntInRange(0, 255))
             if isinstance(event, ConnectionClosed):
                 closed = True

@@ -18,6 +18,17 @@ import pytest
 import trustme
 
 
+@pytest.fixture(params=["direct", "stream"])
+def both_transports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test on both transports: plain sockets driven directly (the fast path) and
+    ``trio.SocketStream`` (the portable reference path), so each checks the other."""
+    from trio_smtpd._server import Server
+
+    if request.param == "stream":
+        monkeypatch.setattr(Server, "_direct", property(lambda self: False))
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
 def ca() -> trustme.CA:
     return trustme.CA()

@@ -11,15 +11,15 @@ from trio_smtpd._events import (
     AuthResponse,
     AuthStart,
     ConnectionClosed,
-    Decision,
     Event,
     MessageData,
+    Request,
 )
 
-Decide = Callable[[ServerConnection, Decision], None]
+Decide = Callable[[ServerConnection, Request], None]
 
 
-def accept_all(conn: ServerConnection, decision: Decision) -> None:
+def accept_all(conn: ServerConnection, decision: Request) -> None:
     if isinstance(decision, AuthStart | AuthResponse):
         conn.auth_failure()
     else:
@@ -55,7 +55,7 @@ class Engine:
                 break
             assert isinstance(event, Event)
             self.events.append(event)
-            if isinstance(event, Decision):
+            if isinstance(event, Request):
                 self.decide(self.conn, event)
             if isinstance(event, ConnectionClosed):
                 break

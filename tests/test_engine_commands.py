@@ -9,10 +9,10 @@ from trio_smtpd._config import ProtocolConfig
 from trio_smtpd._connection import NEED_DATA, ServerConnection, UsageError
 from trio_smtpd._events import (
     ConnectionClosed,
-    Decision,
-    Hello,
-    Mail,
-    Rcpt,
+    HelloCommand,
+    MailCommand,
+    RcptCommand,
+    Request,
     Reset,
 )
 from trio_smtpd._replies import Reply
@@ -47,14 +47,14 @@ def test_greeting_default_and_custom() -> None:
     engine = Engine(ProtocolConfig(hostname="mx.example.org"))
     assert engine.start() == b"220 mx.example.org ESMTP trio_smtpd ready\r\n"
 
-    def greet(conn: ServerConnection, decision: Decision) -> None:
+    def greet(conn: ServerConnection, decision: Request) -> None:
         conn.respond(Reply(220, "hello there"))
 
     assert Engine(decide=greet).start() == b"220 hello there\r\n"
 
 
 def test_greeting_554_then_only_quit() -> None:
-    def refuse(conn: ServerConnection, decision: Decision) -> None:
+    def refuse(conn: ServerConnection, decision: Request) -> None:
         conn.respond(Reply(554, "No SMTP service here", "5.7.1"))
 
     engine = Engine(decide=refuse)
@@ -65,7 +65,7 @@ def test_greeting_554_then_only_quit() -> None:
 
 
 def test_greeting_421_closes() -> None:
-    def busy(conn: ServerConnection, decision: Decision) -> None:
+    def busy(conn: ServerConnection, decision: Request) -> None:
         conn.respond(Reply(421, "busy", "4.3.2"))
 
     engine = Engine(decide=busy)
@@ -188,8 +188,8 @@ def test_new_ehlo_clears_transaction() -> None:
     engine.send(ENVELOPE)
     assert engine.codes(b"EHLO again\r\n") == [250]
     kinds = [type(e) for e in engine.events[-2:]]
-    assert kinds == [Reset, Hello]
-    assert engine.conn.recipients == ()
+    assert kinds == [Reset, HelloCommand]
+    assert engine.conn.recipients == []
     assert engine.codes(b"DATA\r\n") == [503]
 
 
@@ -204,9 +204,9 @@ def test_mail_needs_brackets_and_from() -> None:
 def test_null_sender_and_postmaster() -> None:
     engine = ready()
     assert engine.codes(b"MAIL FROM:<>\r\nRCPT TO:<postmaster>\r\n") == [250, 250]
-    mail, rcpt = engine.of_type(Mail)[0], engine.of_type(Rcpt)[0]
-    assert isinstance(mail, Mail) and mail.sender is None
-    assert isinstance(rcpt, Rcpt) and rcpt.recipient.local_part.lower() == "postmaster"
+    mail, rcpt = engine.of_type(MailCommand)[0], engine.of_type(RcptCommand)[0]
+    assert isinstance(mail, MailCommand) and mail.sender is None
+    assert isinstance(rcpt, RcptCommand) and rcpt.recipient.local_part.lower() == "postmaster"
 
 
 def test_mail_and_rcpt_parameters_are_handed_up() -> None:
@@ -214,8 +214,8 @@ def test_mail_and_rcpt_parameters_are_handed_up() -> None:
     assert engine.codes(b"MAIL FROM:<a@b.c> SIZE=1000 BODY=8BITMIME RET=HDRS ENVID=x+2By\r\n"
                         b"RCPT TO:<d@e.f> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;d@e.f\r\n") == [
                             250, 250]
-    mail, rcpt = engine.of_type(Mail)[0], engine.of_type(Rcpt)[0]
-    assert isinstance(mail, Mail) and isinstance(rcpt, Rcpt)
+    mail, rcpt = engine.of_type(MailCommand)[0], engine.of_type(RcptCommand)[0]
+    assert isinstance(mail, MailCommand) and isinstance(rcpt, RcptCommand)
     assert (mail.params.size, mail.params.body, mail.params.ret) == (1000, "8BITMIME", "HDRS")
     assert mail.params.envid == "x+y"
     assert rcpt.params.notify == frozenset({"SUCCESS", "FAILURE"})
@@ -236,8 +236,8 @@ def test_mail_auth_parameter_empty_is_accepted() -> None:
     config = ProtocolConfig(auth_mechanisms=("PLAIN",))
     engine = ready(config, tls_active=True)
     assert engine.codes(b"MAIL FROM:<a@b.c> AUTH=<>\r\n") == [250]
-    mail = engine.of_type(Mail)[0]
-    assert isinstance(mail, Mail) and mail.params.auth == "<>"
+    mail = engine.of_type(MailCommand)[0]
+    assert isinstance(mail, MailCommand) and mail.params.auth == "<>"
 
 
 def test_requiretls_only_under_tls() -> None:
@@ -296,10 +296,10 @@ def test_eof_closes_quietly() -> None:
 
 
 def test_application_rejections_keep_state() -> None:
-    def decide(conn: ServerConnection, decision: Decision) -> None:
-        if isinstance(decision, Rcpt) and decision.recipient.local_part == "nobody":
+    def decide(conn: ServerConnection, decision: Request) -> None:
+        if isinstance(decision, RcptCommand) and decision.recipient.local_part == "nobody":
             conn.respond(Reply(550, "No such user", "5.1.1"))
-        elif isinstance(decision, Mail) and decision.sender is None:
+        elif isinstance(decision, MailCommand) and decision.sender is None:
             conn.respond(Reply(451, "Try later", "4.7.1"))
         else:
             conn.respond()
@@ -309,12 +309,12 @@ def test_application_rejections_keep_state() -> None:
     assert engine.codes(b"RCPT TO:<x@y.z>\r\n") == [503]
     assert engine.codes(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<nobody@y.z>\r\nRCPT TO:<x@y.z>\r\n"
                         ) == [250, 550, 250]
-    assert [r.recipient.local_part for r in engine.conn.recipients] == ["x"]
+    assert [r.address.local_part for r in engine.conn.recipients] == ["x"]
 
 
 def test_application_421_closes() -> None:
-    def decide(conn: ServerConnection, decision: Decision) -> None:
-        conn.respond(Reply(421, "shutting down", "4.3.2") if isinstance(decision, Mail)
+    def decide(conn: ServerConnection, decision: Request) -> None:
+        conn.respond(Reply(421, "shutting down", "4.3.2") if isinstance(decision, MailCommand)
                      else None)
 
     engine = ready(decide=decide)
@@ -326,7 +326,7 @@ def test_application_421_closes() -> None:
 def test_positive_reply_with_wrong_code_is_a_usage_error() -> None:
     engine = ready()
     engine.conn.receive_data(b"MAIL FROM:<a@b.c>\r\n")
-    assert isinstance(engine.conn.next_event(), Mail)
+    assert isinstance(engine.conn.next_event(), MailCommand)
     with pytest.raises(UsageError):
         engine.conn.next_event()  # decision still pending
     with pytest.raises(UsageError):
@@ -336,8 +336,8 @@ def test_positive_reply_with_wrong_code_is_a_usage_error() -> None:
 
 
 def test_pipelined_group_with_rejection_stays_in_sync() -> None:
-    def decide(conn: ServerConnection, decision: Decision) -> None:
-        bad = isinstance(decision, Rcpt) and decision.recipient.domain == "bad.example"
+    def decide(conn: ServerConnection, decision: Request) -> None:
+        bad = isinstance(decision, RcptCommand) and decision.recipient.domain == "bad.example"
         conn.respond(Reply(550, "no", "5.1.1") if bad else None)
 
     engine = ready(decide=decide)

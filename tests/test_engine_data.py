@@ -8,11 +8,11 @@ from tests.engine import Engine, ready
 from trio_smtpd._config import ProtocolConfig
 from trio_smtpd._connection import ServerConnection
 from trio_smtpd._events import (
+    BodyStart,
     ConnectionClosed,
-    DataStart,
-    Decision,
     EndOfMessage,
     MessageAborted,
+    Request,
 )
 from trio_smtpd._replies import Reply
 
@@ -75,7 +75,7 @@ def test_smuggling_sequences_never_end_data(fake_end: bytes) -> None:
     assert ends(engine) == []
     aborted = engine.of_type(MessageAborted)
     assert len(aborted) == 1
-    assert engine.conn.recipients == ()
+    assert engine.conn.recipients == []
 
 
 @pytest.mark.parametrize("fake_end", [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n"])
@@ -131,7 +131,7 @@ def test_message_size_at_and_past_limit() -> None:
 
 
 def test_rejected_message_and_lmtp_replies() -> None:
-    def decide(conn: ServerConnection, decision: Decision) -> None:
+    def decide(conn: ServerConnection, decision: Request) -> None:
         if isinstance(decision, EndOfMessage):
             conn.respond_per_recipient([None, Reply(452, "mailbox full", "4.2.2"), None])
         else:
@@ -154,7 +154,7 @@ def test_lmtp_single_reply_applies_to_every_recipient() -> None:
 
 
 def test_smtp_message_rejection() -> None:
-    def decide(conn: ServerConnection, decision: Decision) -> None:
+    def decide(conn: ServerConnection, decision: Request) -> None:
         conn.respond(Reply(554, "spam", "5.7.1") if isinstance(decision, EndOfMessage)
                      else None)
 
@@ -165,8 +165,8 @@ def test_smtp_message_rejection() -> None:
 
 
 def test_data_start_rejected_keeps_transaction() -> None:
-    def decide(conn: ServerConnection, decision: Decision) -> None:
-        conn.respond(Reply(451, "later", "4.3.0") if isinstance(decision, DataStart) else None)
+    def decide(conn: ServerConnection, decision: Request) -> None:
+        conn.respond(Reply(451, "later", "4.3.0") if isinstance(decision, BodyStart) else None)
 
     engine = ready(decide=decide)
     assert engine.codes(ENVELOPE + b"DATA\r\n") == [250, 250, 451]
@@ -193,7 +193,7 @@ def test_bdat_chunks() -> None:
         "250 2.0.0 5 octets received", "250 2.0.0 Message accepted"]
     assert engine.body() == b"hel\r\nlo\r\n"
     assert ends(engine)[0].size == 9
-    assert [e.method for e in engine.of_type(DataStart)] == ["BDAT"]  # type: ignore[attr-defined]
+    assert [e.method for e in engine.of_type(BodyStart)] == ["BDAT"]  # type: ignore[attr-defined]
 
 
 def test_bdat_binary_content_is_not_unstuffed_or_scanned() -> None:
@@ -245,8 +245,8 @@ def test_bdat_over_size_limit() -> None:
 
 
 def test_bdat_rejected_by_application_consumes_chunk() -> None:
-    def decide(conn: ServerConnection, decision: Decision) -> None:
-        conn.respond(Reply(550, "no", "5.7.1") if isinstance(decision, DataStart) else None)
+    def decide(conn: ServerConnection, decision: Request) -> None:
+        conn.respond(Reply(550, "no", "5.7.1") if isinstance(decision, BodyStart) else None)
 
     engine = ready(decide=decide)
     engine.send(ENVELOPE)
@@ -271,7 +271,7 @@ def test_lmtp_bdat_per_recipient() -> None:
 def test_bdat_chunk_is_consumed_even_when_service_was_refused() -> None:
     # Found by the invariant tests: after a 554 greeting, a BDAT chunk's octets were read
     # as a command line and answered a second time.
-    def refuse(conn: ServerConnection, decision: Decision) -> None:
+    def refuse(conn: ServerConnection, decision: Request) -> None:
         conn.respond(Reply(554, "no service", "5.7.1"))
 
     engine = Engine(decide=refuse)

@@ -25,13 +25,13 @@ from trio_smtpd._connection import NEED_DATA, Mode, ServerConnection
 from trio_smtpd._events import (
     AuthResponse,
     AuthStart,
+    BodyStart,
     ConnectionClosed,
-    DataStart,
-    Decision,
     EndOfMessage,
     Event,
     MessageAborted,
     MessageData,
+    Request,
 )
 from trio_smtpd._replies import Reply
 
@@ -75,7 +75,7 @@ class Driver:
             assert isinstance(event, Event)
             self.check(event)
             self.events.append(event)
-            if isinstance(event, Decision):
+            if isinstance(event, Request):
                 self.answer(event)
             if isinstance(event, ConnectionClosed):
                 break
@@ -84,7 +84,7 @@ class Driver:
     def check(self, event: Event) -> None:
         conn = self.conn
         assert not any(isinstance(e, ConnectionClosed) for e in self.events), event
-        if isinstance(event, DataStart):
+        if isinstance(event, BodyStart):
             assert conn.recipients, "DATA/BDAT accepted for decision without recipients"
         if isinstance(event, MessageData):
             assert self.receiving and conn.recipients
@@ -97,7 +97,7 @@ class Driver:
         if conn.mode in (Mode.DATA, Mode.BDAT) and self.receiving:
             assert conn.recipients
 
-    def answer(self, decision: Decision) -> None:
+    def answer(self, decision: Request) -> None:
         conn, rng = self.conn, self.rng
         if isinstance(decision, AuthStart | AuthResponse):
             choice = rng.randrange(3)
@@ -118,7 +118,7 @@ class Driver:
             conn.respond(Reply(code, "refused", f"{code // 100}.0.0"))
         else:
             conn.respond()
-        if isinstance(decision, DataStart) and conn.mode in (Mode.DATA, Mode.BDAT):
+        if isinstance(decision, BodyStart) and conn.mode in (Mode.DATA, Mode.BDAT):
             self.receiving = not refuse
 
     def replies(self) -> list[int]:
@@ -133,8 +133,8 @@ class Driver:
         return codes
 
 
-def _is_connect(decision: Decision) -> bool:
-    return type(decision).__name__ == "Connect"
+def _is_connect(decision: Request) -> bool:
+    return type(decision).__name__ == "ConnectionOpened"
 
 
 def splits(data: bytes, rng: random.Random) -> list[bytes]:

@@ -13,7 +13,7 @@ from trio_smtpd._events import (
     AuthResponse,
     AuthStart,
     ConnectionClosed,
-    Decision,
+    Request,
     StartTLS,
 )
 from trio_smtpd._replies import Reply
@@ -146,7 +146,7 @@ def test_require_tls_and_require_auth() -> None:
 SECRET = b"\x00user\x00pass"
 
 
-def plain_auth(conn: ServerConnection, decision: Decision) -> None:
+def plain_auth(conn: ServerConnection, decision: Request) -> None:
     if isinstance(decision, AuthStart):
         if decision.initial_response is None:
             conn.auth_challenge(b"")
@@ -206,7 +206,7 @@ def test_auth_cancel_bad_base64_and_unknown_mechanism() -> None:
 def test_auth_empty_initial_response() -> None:
     seen: list[bytes | None] = []
 
-    def decide(conn: ServerConnection, decision: Decision) -> None:
+    def decide(conn: ServerConnection, decision: Request) -> None:
         if isinstance(decision, AuthStart):
             seen.append(decision.initial_response)
             conn.auth_failure()

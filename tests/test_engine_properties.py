@@ -43,9 +43,8 @@ from trio_smtpd.core import (
     NEED_DATA,
     AuthResponse,
     AuthStart,
+    BodyStart,
     ConnectionClosed,
-    DataStart,
-    Decision,
     EndOfMessage,
     Event,
     MessageAborted,
@@ -53,6 +52,7 @@ from trio_smtpd.core import (
     Mode,
     ProtocolConfig,
     Reply,
+    Request,
     Reset,
     ServerConnection,
     StartTLS,
@@ -93,7 +93,7 @@ class Policy:
         return choice
 
     def verdict(self, decision: str) -> int | None:
-        return (_GREETINGS if decision == "Connect" else _VERDICTS)[self._next()]
+        return (_GREETINGS if decision == "ConnectionOpened" else _VERDICTS)[self._next()]
 
     def lmtp_verdict(self) -> int | None:
         return _LMTP_VERDICTS[self._next()]
@@ -207,7 +207,7 @@ class Driver:
             assert limit is None or len(self.message) <= limit, "message data over the limit"
             return
         self.kinds.append(type(event).__name__)
-        if isinstance(event, DataStart):
+        if isinstance(event, BodyStart):
             assert self.message is None, "DataStart inside a message"
             assert conn.recipients and conn.in_transaction, "DataStart without recipients"
         elif isinstance(event, EndOfMessage):
@@ -229,12 +229,12 @@ class Driver:
             assert conn.mode is Mode.TLS_HANDSHAKE and conn.buffered == 0
             assert conn.hello_name is None and not conn.in_transaction
             conn.tls_established()
-        if isinstance(event, Decision):
+        if isinstance(event, Request):
             self.answer(event)
             self.drain()
         self.check_state()
 
-    def answer(self, decision: Decision) -> None:
+    def answer(self, decision: Request) -> None:
         conn, policy = self.conn, self.policy
         if isinstance(decision, AuthStart | AuthResponse):
             action = policy.auth_action()
@@ -251,7 +251,7 @@ class Driver:
         else:
             verdict = policy.verdict(type(decision).__name__)
             conn.respond(_reply(verdict))
-            if isinstance(decision, DataStart) and verdict is None:
+            if isinstance(decision, BodyStart) and verdict is None:
                 assert conn.mode is (Mode.DATA if decision.method == "DATA" else Mode.BDAT)
                 self.message = bytearray()
 
@@ -354,7 +354,7 @@ class Model:
     def run(self, reads: Sequence[bytes], *, eof: bool = False,
             close_at: int | None = None) -> Prediction:
         """Predict the session for these reads, then EOF or ``close_with`` (421)."""
-        if not self.decide("Connect", accept=220) and not self.closed:
+        if not self.decide("ConnectionOpened", accept=220) and not self.closed:
             self.refused = True  # 554: RFC 5321 3.1, only QUIT is served
         if close_at is not None:
             reads = reads[:close_at]
@@ -505,7 +505,7 @@ class Model:
             self.error(501)
         else:
             self.reset()
-            self.hello = verb if self.decide("Hello", accept=250) else None
+            self.hello = verb if self.decide("HelloCommand", accept=250) else None
 
     def cmd_mail(self, verb: str, argument: str) -> None:
         config = self.config
@@ -541,7 +541,7 @@ class Model:
             if code is not None:
                 self.error(code)
                 return
-        if self.decide("Mail", accept=250):
+        if self.decide("MailCommand", accept=250):
             self.has_sender, self.binarymime = True, binarymime
 
     def cmd_rcpt(self, verb: str, argument: str) -> None:
@@ -566,7 +566,7 @@ class Model:
                 raise ModelGap(f"RCPT parameter {token!r}")
         if self.recipients >= config.max_recipients:
             self.reply(452)  # RFC 5321 4.5.3.1.10; not a client error
-        elif self.decide("Rcpt", accept=250):
+        elif self.decide("RcptCommand", accept=250):
             self.recipients += 1
 
     def cmd_data(self, verb: str, argument: str) -> None:
@@ -577,7 +577,7 @@ class Model:
             code = 503  # BODY=BINARYMIME needs BDAT
         if code is not None:
             self.error(code)
-        elif self.decide("DataStart", accept=354):
+        elif self.decide("BodyStart", accept=354):
             self.mode, self.body_method, self.message_open = "data", "DATA", True
 
     def cmd_bdat(self, verb: str, argument: str) -> None:
@@ -604,8 +604,8 @@ class Model:
             return
         self.chunk_size, self.chunk_last = size, last
         if self.body_method is None:
-            self.kinds.append("DataStart")
-            verdict = self.policy.verdict("DataStart")
+            self.kinds.append("BodyStart")
+            verdict = self.policy.verdict("BodyStart")
             if verdict == 421:
                 self.reply(421)
                 self.close()

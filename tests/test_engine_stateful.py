@@ -10,13 +10,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from trio_smtpd._config import ProtocolConfig
 from trio_smtpd._connection import NEED_DATA, Mode, ServerConnection
 from trio_smtpd._events import (
+    BodyStart,
     ConnectionClosed,
-    DataStart,
-    Decision,
     EndOfMessage,
     Event,
     MessageAborted,
     MessageData,
+    Request,
 )
 from trio_smtpd._replies import Reply
 
@@ -51,14 +51,14 @@ class EngineMachine(RuleBasedStateMachine):
                 assert self.message_octets <= (CONFIG.max_message_size or 0)
             if isinstance(event, EndOfMessage | MessageAborted):
                 self.in_message, self.message_octets = False, 0
-            if isinstance(event, Decision):
+            if isinstance(event, Request):
                 refuse, self.refuse_next = self.refuse_next, not self.refuse_next
-                if refuse and not isinstance(event, DataStart | EndOfMessage):
+                if refuse and not isinstance(event, BodyStart | EndOfMessage):
                     self.conn.respond(Reply(554 if self.conn.mode is Mode.GREETING else 450,
                                             "no", None))
                 else:
                     self.conn.respond()
-                    if isinstance(event, DataStart):
+                    if isinstance(event, BodyStart):
                         self.in_message = True
             if isinstance(event, ConnectionClosed):
                 self.closed = True

@@ -15,6 +15,9 @@ from tests.test_proxy import V2_TCP4
 from trio_smtpd import Config, ProxyProtocolListener, Server, serve
 from trio_smtpd.testing import TestClient
 
+# The whole file runs on both transports (see conftest.py).
+pytestmark = pytest.mark.usefixtures("both_transports")
+
 
 @asynccontextmanager
 async def proxied(trusted: list[str], timeout: float = 10.0) -> AsyncIterator[
@@ -70,8 +73,8 @@ async def test_client_address_comes_from_the_header(header: bytes) -> None:
         assert [r.code for r in replies] == [250, 250, 250, 354, 250], replies
         await client.aclose()
     [tx] = received
-    assert tx.session.peer == ("192.0.2.7", 40000)
-    assert tx.session.local == ("198.51.100.1", 25)
+    assert tx.info.peer == ("192.0.2.7", 40000)
+    assert tx.info.local == ("198.51.100.1", 25)
 
 
 async def test_untrusted_peer_is_refused(caplog: pytest.LogCaptureFixture) -> None:

@@ -10,8 +10,12 @@ import trio
 import trio.testing
 
 import trio_smtpd
+from tests.tcp import connect, tcp_server
 from trio_smtpd import Config, Message, Rcpt, Session, serve
 from trio_smtpd.testing import open_client
+
+# The whole file runs on both transports (see conftest.py).
+pytestmark = pytest.mark.usefixtures("both_transports")
 
 MESSAGE = b"Subject: test\r\n\r\nHello\r\n..dot\r\n"
 
@@ -27,7 +31,7 @@ async def test_transactions_iterator_over_tcp_with_smtplib() -> None:
         async def consume() -> None:
             async for tx in server.transactions():
                 received.append(tx)
-                tx.accept("stored")
+                tx.accept(text="stored")
 
         nursery.start_soon(consume)
 
@@ -42,20 +46,20 @@ async def test_transactions_iterator_over_tcp_with_smtplib() -> None:
     assert str(tx.sender) == "a@example.org"
     assert [str(r.address) for r in tx.recipients] == ["b@example.net", "c@example.net"]
     assert tx.data == MESSAGE  # smtplib stuffed the dots; the server unstuffed them
-    assert tx.session.peer is not None and tx.session.peer[0] == "127.0.0.1"
-    assert tx.session.helo is not None
-    assert not tx.session.lmtp
+    assert tx.info.peer is not None and tx.info.peer[0] == "127.0.0.1"
+    assert tx.info.helo is not None
+    assert not tx.info.lmtp
 
 
 async def test_handler_decides_each_step() -> None:
     async def handler(session: Session) -> None:
         async for event in session:
             match event:
-                case Rcpt(recipient=address) if address.local_part == "nobody":
+                case Rcpt(address=address) if address.local_part == "nobody":
                     event.reject(550, "No such user", "5.1.1")
                 case Message(transaction=tx):
                     assert tx.data == b"hi\r\n"
-                    event.accept("queued as 42")
+                    event.accept(text="queued as 42")
                 case _:
                     event.accept()
 
@@ -93,12 +97,13 @@ async def test_handler_that_raises_gets_451_and_server_survives() -> None:
     async with open_client(handler=handler) as client:
         assert (await client.command("EHLO c")).code == 250
         assert (await client.command("MAIL FROM:<a@b.c>")).code == 250
-        assert (await client.command("RCPT TO:<d@e.f>")).code == 451
-        # The session goes on without the handler: envelope accepted, messages tempfailed.
-        assert (await client.command("RCPT TO:<g@e.f>")).code == 250
-        assert (await client.command("DATA")).code == 354
-        await client.send(b"x\r\n.\r\n")
-        assert (await client.reply()).code == 451
+        reply = await client.command("RCPT TO:<d@e.f>")
+        assert (reply.code, reply.lines[0][:5]) == (451, "4.3.0")
+        # The session goes on without the handler, and nothing is accepted any more.
+        assert (await client.command("RCPT TO:<g@e.f>")).code == 451
+        assert (await client.command("DATA")).code == 554  # no valid recipients
+        assert (await client.command("RSET")).code == 250
+        assert (await client.command("MAIL FROM:<a@b.c>")).code == 451
         server = client.server
         assert server is not None
         other = await _second_client(server)
@@ -148,13 +153,14 @@ async def test_slow_handler_gets_the_default_after_the_decision_timeout(
         assert (await client.command("EHLO c")).code == 250
         assert (await client.command("MAIL FROM:<a@b.c>")).code == 250
         start = trio.current_time()
-        # The envelope default (accept) applies once Timeouts.decision has passed...
-        assert (await client.command("RCPT TO:<d@e.f>")).code == 250
+        # A recipient nobody could check is never accepted: 451 once Timeouts.decision
+        # has passed...
+        reply = await client.command("RCPT TO:<d@e.f>")
+        assert (reply.code, reply.lines[0][:5]) == (451, "4.4.3")
         assert trio.current_time() - start >= Config().timeouts.decision
-        # ...and with the handler gone, a message is never acknowledged.
-        assert (await client.command("DATA")).code == 354
-        await client.send(b"x\r\n.\r\n")
-        assert (await client.reply()).code == 451
+        # ...and with the handler gone, neither is any later step.
+        assert (await client.command("RCPT TO:<g@e.f>")).code == 451
+        assert (await client.command("DATA")).code == 554
 
 
 async def test_ipv6_and_unix_socket_listeners(tmp_path: object) -> None:
@@ -194,8 +200,8 @@ async def test_ipv6_and_unix_socket_listeners(tmp_path: object) -> None:
         await client.aclose()
         server.shutdown()
     assert [tx.data for tx in received] == [b"over IPv6\r\n", b"over a Unix socket\r\n"]
-    assert received[0].session.peer is not None and received[0].session.peer[0] == "::1"
-    assert received[1].session.peer is None  # a Unix socket has no IP peer
+    assert received[0].info.peer is not None and received[0].info.peer[0] == "::1"
+    assert received[1].info.peer is None  # a Unix socket has no IP peer
 
 
 async def test_a_closed_transactions_iterator_gets_451_at_once() -> None:
@@ -204,9 +210,20 @@ async def test_a_closed_transactions_iterator_gets_451_at_once() -> None:
     async with open_client(Config(hostname="mx.test")) as client:
         assert client.server is not None
         iterator = client.server.transactions()
-        assert isinstance(iterator, trio.abc.ReceiveChannel)
         await iterator.aclose()
         with trio.fail_after(5):
             replies = await client.send_message("a@b.c", ["d@e.f"], b"x\r\n")
         assert replies[-1].code == 451
         assert (await client.command("NOOP")).code == 250  # the session goes on
+
+
+async def test_the_transport_is_the_one_under_test(both_transports: str) -> None:
+    from trio_smtpd._socket_transport import SocketTransport
+    from trio_smtpd._transport import StreamTransport
+
+    async with tcp_server() as server:
+        client = await connect(server)
+        [session] = server._sessions
+        expected = SocketTransport if both_transports == "direct" else StreamTransport
+        assert type(session._exchange.transport) is expected
+        await client.aclose()

@@ -17,6 +17,9 @@ import trio_smtpd.testing
 from trio_smtpd import Config, Credentials, Server, Session, serve
 from trio_smtpd.testing import TestClient
 
+# The whole file runs on both transports (see conftest.py).
+pytestmark = pytest.mark.usefixtures("both_transports")
+
 MESSAGE = b"From: a@example.org\r\nSubject: tls\r\n\r\nsecret body\r\n"
 
 
@@ -66,8 +69,8 @@ async def test_smtplib_starttls_and_login(server_tls: ssl.SSLContext,
         before, after = await trio.to_thread.run_sync(send)
         assert (before, after) == (False, True)
     [tx] = received
-    assert tx.session.tls is not None and tx.session.tls.version and tx.session.tls.cipher
-    assert tx.session.authenticated_as == "alice"
+    assert tx.info.tls is not None and tx.info.tls.version and tx.info.tls.cipher
+    assert tx.info.authenticated_as == "alice"
     assert tx.data == MESSAGE
 
 
@@ -130,7 +133,7 @@ async def test_aiosmtplib_starttls_and_login(server_tls: ssl.SSLContext,
         await trio.to_thread.run_sync(send)
     [tx] = received
     assert [str(r.address) for r in tx.recipients] == ["bob@example.net", "carol@example.net"]
-    assert tx.session.authenticated_as == "alice" and tx.session.tls is not None
+    assert tx.info.authenticated_as == "alice" and tx.info.tls is not None
 
 
 async def test_implicit_tls_listener(server_tls: ssl.SSLContext,
@@ -146,7 +149,7 @@ async def test_implicit_tls_listener(server_tls: ssl.SSLContext,
 
         await trio.to_thread.run_sync(send)
     [tx] = received
-    assert tx.session.tls is not None and tx.session.authenticated_as == "alice"
+    assert tx.info.tls is not None and tx.info.authenticated_as == "alice"
 
 
 async def test_starttls_pipelined_plaintext_is_discarded(server_tls: ssl.SSLContext,
@@ -263,5 +266,5 @@ async def test_sni_name_reaches_the_session(server_tls: ssl.SSLContext,
 
         await trio.to_thread.run_sync(send, "mx.test")
         await trio.to_thread.run_sync(send, "localhost")
-    assert [tx.session.tls.server_name for tx in received if tx.session.tls] == [
+    assert [tx.info.tls.server_name for tx in received if tx.info.tls] == [
         "mx.test", "localhost"]

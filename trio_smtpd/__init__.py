@@ -7,28 +7,22 @@ as it comes. The sans-I/O protocol engine underneath is ``trio_smtpd.core``.
 """
 
 from ._address import Address
-from ._decisions import (
-    Auth,
-    Connect,
-    DataStart,
-    Decision,
-    Hello,
-    Mail,
-    Message,
-    Rcpt,
-    Recipient,
-    SessionInfo,
-    TLSInfo,
-    Transaction,
-)
+from ._connection import UsageError
+from ._decisions import Auth, Connect, DataStart, Decision, Hello, Mail, Message, Rcpt
+from ._events import Recipient
+from ._info import SessionInfo, TLSInfo
 from ._params import MailParams, OriginalRecipient, RcptParams
-from ._proxy import ProxiedStream, ProxyProtocolListener
+from ._proxy import ProxyProtocolListener
 from ._replies import Reply
 from ._sasl import CramMD5Credentials, Credentials, PlainCredentials
-from ._server import Config, Handler, Server, Timeouts, forward_transactions, serve
-from ._session import Session
+from ._server import Handler, Server, serve
+from ._session import Session, forward_transactions
+from ._settings import Config, Timeouts
+from ._signals import shutdown_on_signals
+from ._transaction import Transaction
+from ._transactions import Transactions
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Address",
@@ -46,7 +40,6 @@ __all__ = [
     "Message",
     "OriginalRecipient",
     "PlainCredentials",
-    "ProxiedStream",
     "ProxyProtocolListener",
     "Rcpt",
     "RcptParams",
@@ -58,7 +51,10 @@ __all__ = [
     "TLSInfo",
     "Timeouts",
     "Transaction",
+    "Transactions",
+    "UsageError",
     "__version__",
     "forward_transactions",
     "serve",
+    "shutdown_on_signals",
 ]

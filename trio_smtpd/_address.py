@@ -98,11 +98,11 @@ _MAILBOX: _Kind = ("5.1.3", "mailbox")
 
 
 def _syntax(kind: _Kind, problem: str) -> ReplyError:
-    return ReplyError.of(501, kind[0], f"Syntax error in {kind[1]}: {problem}")
+    return ReplyError.of(501, f"Syntax error in {kind[1]}: {problem}", kind[0])
 
 
 def _needs_utf8(kind: _Kind) -> ReplyError:
-    return ReplyError.of(553, "5.6.7", f"Non-ASCII {kind[1]} requires SMTPUTF8")
+    return ReplyError.of(553, f"Non-ASCII {kind[1]} requires SMTPUTF8", "5.6.7")
 
 
 def parse_reverse_path(text: str, *, utf8: bool) -> tuple[Address | None, str]:

@@ -70,6 +70,11 @@ class ProtocolConfig:
 
     extra_ehlo_keywords: tuple[str, ...] = field(default=())
 
+    # Replies that depend only on these settings, serialised at first use by the engine
+    # (the greeting, the EHLO keywords...): each config serves many connections.
+    _cache: dict[object, object] = field(default_factory=dict, init=False, repr=False,
+                                         compare=False)
+
     def __post_init__(self) -> None:
         if self.max_command_line_length < 512:
             raise ValueError("max_command_line_length below RFC 5321's 512 octets")

@@ -28,17 +28,18 @@ from ._config import ProtocolConfig
 from ._events import (
     AuthResponse,
     AuthStart,
-    Connect,
+    BodyStart,
     ConnectionClosed,
-    DataStart,
-    Decision,
+    ConnectionOpened,
     EndOfMessage,
     Event,
-    Hello,
-    Mail,
+    HelloCommand,
+    MailCommand,
     MessageAborted,
     MessageData,
-    Rcpt,
+    RcptCommand,
+    Recipient,
+    Request,
     Reset,
     StartTLS,
 )
@@ -111,11 +112,11 @@ class ServerConnection:
         "_chunk_last",
         "_chunk_refusal",
         "_chunk_size",
+        "_closing_reply",
         "_discarding_line",
         "_dot_reader",
         "_enhanced",
         "_eof",
-        "_extensions_cache",
         "_has_sender",
         "_mail_params",
         "_out",
@@ -148,18 +149,20 @@ class ServerConnection:
         # Events made but not yet returned: rarely more than two, and usually none, so
         # the list exists only while it holds something (a deque would cost 600 B).
         self._queued: list[Event] | None = None
-        self._pending: Decision | None = None
+        self._pending: Request | None = None
         self._discarding_line = False
         self._bad_commands = 0
         self._auth_failures = 0
         self._enhanced = self.config.enhanced_status_codes
-        self._extensions_cache: tuple[ProtocolConfig, bool, EnabledExtensions] | None = None
+        # Set by close_on_next_command(): graceful shutdown.
+        self._closing_reply: Reply | None = None
         # The mail transaction (RFC 5321 3.3); reset by _clear_transaction().
         self._has_sender = False
         self._sender: Address | None = None
         self._mail_params: MailParams | None = None
-        # The accepted RCPTs; an empty tuple (shared) until the first one.
-        self._recipients: list[Rcpt] | tuple[()] = ()
+        # The accepted recipients: a new list for each transaction, so that whoever kept
+        # the list of a finished transaction (the server's Transaction) keeps it whole.
+        self._recipients: list[Recipient] = []
         self._body_method: str | None = None
         self._bdat_size = 0
         self._chunk_size = 0
@@ -175,7 +178,7 @@ class ServerConnection:
         return self.mode is Mode.CLOSED
 
     @property
-    def pending(self) -> Decision | None:
+    def pending(self) -> Request | None:
         """The decision waiting for an answer, if any."""
         return self._pending
 
@@ -188,9 +191,12 @@ class ServerConnection:
         return self._mail_params
 
     @property
-    def recipients(self) -> tuple[Rcpt, ...]:
-        """The accepted RCPT events of the current transaction, in order."""
-        return tuple(self._recipients)
+    def recipients(self) -> list[Recipient]:
+        """The accepted recipients of the current transaction, in order.
+
+        The list is the engine's own (do not change it); each transaction gets a new one.
+        """
+        return self._recipients
 
     @property
     def recipient_count(self) -> int:
@@ -248,12 +254,12 @@ class ServerConnection:
                 event = queued.pop(0)
                 if not queued:
                     self._queued = None
-                if isinstance(event, Decision):
+                if isinstance(event, Request):
                     self._pending = event
                 return event
             mode = self.mode
             if mode is Mode.GREETING:
-                self._pending = Connect()
+                self._pending = ConnectionOpened()
                 return self._pending
             if mode is Mode.CLOSED or mode is Mode.TLS_HANDSHAKE:
                 return NEED_DATA
@@ -271,7 +277,7 @@ class ServerConnection:
                 if self._queued is not None:  # after what the step itself queued
                     self._queue(produced)  # type: ignore[arg-type]
                     continue
-                if isinstance(produced, Decision):
+                if isinstance(produced, Request):
                     self._pending = produced
                 return produced
 
@@ -318,7 +324,7 @@ class ServerConnection:
             )
         self._pending = None
         for rcpt, reply in zip(self._recipients, replies, strict=True):
-            default = Reply(250, f"<{rcpt.recipient}> delivered", "2.1.5")
+            default = Reply(250, f"<{rcpt.address}> delivered", "2.1.5")
             self._send(_check(reply, (250,), "message") or default)
         self._clear_transaction()
 
@@ -353,6 +359,11 @@ class ServerConnection:
         self.tls_active = True
         self.hello_name = self.hello_verb = None
         self.mode = Mode.COMMAND
+
+    def close_on_next_command(self, reply: Reply) -> None:
+        """Graceful shutdown: answer the client's next command with ``reply`` (421) and
+        close, so that no reply arrives unprompted; QUIT still gets its 221."""
+        self._closing_reply = reply
 
     def close_with(self, reply: Reply) -> None:
         """Send a last reply (421 on timeout or shutdown) and close, whatever the state."""
@@ -413,6 +424,10 @@ class ServerConnection:
             self._error(Reply(500, "Empty command line", "5.5.2"))
             return None
         verb, argument = split_command(text)
+        if self._closing_reply is not None and verb != "QUIT":
+            self._send(self._closing_reply)
+            self._queue(self._close("CLOSING"))
+            return None
         handler = _HANDLERS.get(verb)
         if handler is None:
             self._error(Reply(500, "Command unrecognized", "5.5.1"))
@@ -458,7 +473,7 @@ class ServerConnection:
         events = self._reset("HELLO")
         if events is not None:
             self._queue(events)
-        return Hello(verb, argument)  # type: ignore[arg-type]
+        return HelloCommand(verb, argument)  # type: ignore[arg-type]
 
     def _cmd_mail(self, argument: str) -> Event | None:
         self._require_hello()
@@ -474,7 +489,7 @@ class ServerConnection:
         params = parse_mail_params(rest, self._extensions())
         if sender is not None and not sender.is_ascii and not params.smtputf8:
             raise ReplyError(Reply(553, "Non-ASCII sender address requires SMTPUTF8", "5.6.7"))
-        return Mail(sender, params)
+        return MailCommand(sender, params)
 
     def _cmd_rcpt(self, argument: str) -> Event | None:
         self._require_hello()
@@ -492,7 +507,7 @@ class ServerConnection:
             # RFC 5321 4.5.3.1.10: a transient reply, so the client retries the rest.
             self._send(Reply(452, "Too many recipients", "4.5.3"))
             return None
-        return Rcpt(recipient, params)
+        return RcptCommand(recipient, params)
 
     def _cmd_data(self, argument: str) -> Event | None:
         self._check_body_start("DATA")
@@ -500,7 +515,7 @@ class ServerConnection:
             raise ReplyError(Reply(501, "Syntax: DATA takes no arguments", "5.5.4"))
         if self._mail_params is not None and self._mail_params.body == "BINARYMIME":
             raise ReplyError(Reply(503, "BODY=BINARYMIME needs BDAT, not DATA", "5.5.1"))
-        return DataStart("DATA")
+        return BodyStart("DATA")
 
     def _cmd_bdat(self, argument: str) -> Event | None:
         size, last = parse_bdat(argument)
@@ -522,7 +537,7 @@ class ServerConnection:
             return MessageAborted(REPLY_TOO_BIG) if started else None
         self._chunk_size, self._chunk_last = size, last
         if self._body_method is None:
-            return DataStart("BDAT")
+            return BodyStart("BDAT")
         self._start_chunk(discard=False)
         return None
 
@@ -549,8 +564,7 @@ class ServerConnection:
     def _cmd_quit(self, argument: str) -> Event | None:
         if argument:
             raise ReplyError(Reply(501, "Syntax: QUIT takes no arguments", "5.5.4"))
-        wire = _wire_for(self.config)
-        self._send_raw(wire.closing if self._enhanced else wire.closing_plain)
+        self._send_raw(_cached(self.config, ("closing", self._enhanced), self._closing_bytes))
         return self._close("QUIT")
 
     def _cmd_help(self, argument: str) -> Event | None:
@@ -694,10 +708,10 @@ class ServerConnection:
 
     # ------------------------------------------------------------------ answering decisions
 
-    def _answer_connect(self, decision: Connect, reply: Reply | None) -> None:
+    def _answer_connect(self, decision: ConnectionOpened, reply: Reply | None) -> None:
         if reply is None or reply.code == 220:
             if reply is None:
-                self._send_raw(_wire_for(self.config).greeting)
+                self._send_raw(_cached(self.config, "greeting", self._greeting_bytes))
             else:
                 self._send(reply)
             self.mode = Mode.COMMAND
@@ -709,7 +723,7 @@ class ServerConnection:
         else:
             raise UsageError("a greeting is 220, 554, or 421")
 
-    def _answer_hello(self, decision: Hello, reply: Reply | None) -> None:
+    def _answer_hello(self, decision: HelloCommand, reply: Reply | None) -> None:
         if reply is not None and reply.code >= 400:
             self._send(reply)
             self.hello_name = self.hello_verb = None
@@ -722,14 +736,10 @@ class ServerConnection:
             self._send(Reply(250, greeting))
             return
         # The lines after the first are the same for every client: made once per config.
-        wire = _wire_for(self.config)
-        keywords = wire.ehlo_keywords.get(self.tls_active)
-        if keywords is None:
-            keywords = Reply(250, self._ehlo_keywords()).to_bytes()
-            wire.ehlo_keywords[self.tls_active] = keywords
+        keywords = _cached(self.config, ("ehlo", self.tls_active), self._ehlo_bytes)
         self._send_raw(b"250-" + greeting.encode("utf-8") + _CRLF + keywords)
 
-    def _answer_mail(self, decision: Mail, reply: Reply | None) -> None:
+    def _answer_mail(self, decision: MailCommand, reply: Reply | None) -> None:
         if reply is not None and reply.code >= 400:
             self._send(reply)
             return
@@ -737,17 +747,14 @@ class ServerConnection:
         self._has_sender = True
         self._sender, self._mail_params = decision.sender, decision.params
 
-    def _answer_rcpt(self, decision: Rcpt, reply: Reply | None) -> None:
+    def _answer_rcpt(self, decision: RcptCommand, reply: Reply | None) -> None:
         if reply is not None and reply.code >= 400:
             self._send(reply)
             return
         self._send(_check(reply, (250, 251, 252), "RCPT") or _RECIPIENT_OK)
-        if self._recipients:
-            self._recipients.append(decision)
-        else:
-            self._recipients = [decision]
+        self._recipients.append(Recipient(decision.recipient, decision.params))
 
-    def _answer_data_start(self, decision: DataStart, reply: Reply | None) -> None:
+    def _answer_data_start(self, decision: BodyStart, reply: Reply | None) -> None:
         if decision.method == "BDAT":
             if reply is not None and reply.code >= 400:
                 # The refused chunk's octets are still on their way: drop them, then answer.
@@ -836,7 +843,8 @@ class ServerConnection:
         self._has_sender = False
         self._sender = None
         self._mail_params = None
-        self._recipients = ()
+        if self._recipients:
+            self._recipients = []
         self._body_method = None
         self._bdat_size = 0
         self._chunk_size = 0
@@ -851,11 +859,11 @@ class ServerConnection:
 
     def _extensions(self) -> EnabledExtensions:
         # Asked at every MAIL and RCPT; it only changes with the config or TLS.
-        cached = self._extensions_cache
-        if cached is not None and cached[0] is self.config and cached[1] == self.tls_active:
-            return cached[2]
-        extensions = self._make_extensions()
-        self._extensions_cache = (self.config, self.tls_active, extensions)
+        key = ("extensions", self.tls_active)
+        extensions = self.config._cache.get(key)
+        if extensions is None:
+            extensions = self.config._cache[key] = self._make_extensions()
+        assert isinstance(extensions, EnabledExtensions)
         return extensions
 
     def _make_extensions(self) -> EnabledExtensions:
@@ -869,6 +877,17 @@ class ServerConnection:
             auth=bool(config.auth_mechanisms),
             requiretls=config.requiretls and self.tls_active,
         )
+
+    def _greeting_bytes(self) -> bytes:
+        kind = "LMTP" if self.config.lmtp else "ESMTP"
+        return Reply(220, f"{self.config.hostname} {kind} trio_smtpd ready").to_bytes()
+
+    def _closing_bytes(self) -> bytes:
+        closing = Reply(221, f"{self.config.hostname} closing connection", "2.0.0")
+        return closing.to_bytes(enhanced_codes=self._enhanced)
+
+    def _ehlo_bytes(self) -> bytes:
+        return Reply(250, self._ehlo_keywords()).to_bytes()
 
     def _ehlo_keywords(self) -> list[str]:
         config = self.config
@@ -906,12 +925,12 @@ class ServerConnection:
 
 
 # Decision type -> how to apply its answer (AUTH decisions have calls of their own).
-_ANSWERS: dict[type[Decision], Callable[[ServerConnection, Any, Reply | None], None]] = {
-    Connect: ServerConnection._answer_connect,
-    Hello: ServerConnection._answer_hello,
-    Mail: ServerConnection._answer_mail,
-    Rcpt: ServerConnection._answer_rcpt,
-    DataStart: ServerConnection._answer_data_start,
+_ANSWERS: dict[type[Request], Callable[[ServerConnection, Any, Reply | None], None]] = {
+    ConnectionOpened: ServerConnection._answer_connect,
+    HelloCommand: ServerConnection._answer_hello,
+    MailCommand: ServerConnection._answer_mail,
+    RcptCommand: ServerConnection._answer_rcpt,
+    BodyStart: ServerConnection._answer_data_start,
     EndOfMessage: ServerConnection._answer_message,
 }
 
@@ -936,31 +955,13 @@ _HANDLERS: dict[str, Callable[[ServerConnection, str], Event | None]] = {
 }
 
 
-class _ConfigWire:
-    """Replies that depend only on the config, serialised once for all its connections."""
-
-    __slots__ = ("closing", "closing_plain", "config", "ehlo_keywords", "greeting")
-
-    def __init__(self, config: ProtocolConfig) -> None:
-        self.config = config  # kept alive, so that its id() is not reused while cached
-        kind = "LMTP" if config.lmtp else "ESMTP"
-        self.greeting = Reply(220, f"{config.hostname} {kind} trio_smtpd ready").to_bytes()
-        closing = Reply(221, f"{config.hostname} closing connection", "2.0.0")
-        self.closing = closing.to_bytes()
-        self.closing_plain = closing.to_bytes(enhanced_codes=False)
-        #: EHLO lines after the greeting line, by whether TLS is active.
-        self.ehlo_keywords: dict[bool, bytes] = {}
-
-
-_WIRE_CACHE: dict[int, _ConfigWire] = {}
-
-
-def _wire_for(config: ProtocolConfig) -> _ConfigWire:
-    wire = _WIRE_CACHE.get(id(config))
-    if wire is None or wire.config is not config:
-        if len(_WIRE_CACHE) >= 64:  # configs made per session (STARTTLS withheld) churn
-            _WIRE_CACHE.clear()
-        wire = _WIRE_CACHE[id(config)] = _ConfigWire(config)
+def _cached(config: ProtocolConfig, key: object, make: Callable[[], bytes]) -> bytes:
+    """A reply that depends only on the config (and ``key``), serialised once per config."""
+    cache = config._cache
+    wire = cache.get(key)
+    if wire is None:
+        wire = cache[key] = make()
+    assert isinstance(wire, bytes)
     return wire
 
 

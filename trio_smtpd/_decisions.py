@@ -1,25 +1,30 @@
 """The decisions an application makes, as values it can inspect and answer.
 
-Each decision event carries what the client asked for and three ways to answer it:
-``accept()``, ``reject()`` (5xx by default) and ``tempfail()`` (4xx). An event left
-unanswered gets its documented default when the application moves on: envelope steps
-are accepted, a message is tempfailed (451), so a message is never acknowledged unless
-the application said so.
+Every decision has the same three answers with the same signature, ``accept()``,
+``reject()`` and ``tempfail()``, each taking ``(code, text, enhanced)``, all optional and
+keyword-friendly; ``text`` may be a list of lines for a multi-line reply. A decision is
+answered once: a second answer, or an answer after the session moved on without it (its
+deadline passed, the handler went away), raises ``UsageError``, so no later call can
+turn a refusal into an acceptance.
+
+What happens to a decision nobody answers is the session's business (``_session.py``):
+envelope steps the application moved past are accepted, a message is never acknowledged
+unless the application said so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Literal
 
-import trio
-
 from ._address import Address
+from ._connection import UsageError
+from ._events import Recipient
+from ._info import SessionInfo
 from ._params import MailParams, RcptParams
 from ._replies import Reply
 from ._sasl import Credentials
+from ._transaction import Transaction
 
 __all__ = [
     "Auth",
@@ -30,108 +35,112 @@ __all__ = [
     "Mail",
     "Message",
     "Rcpt",
-    "Recipient",
-    "SessionInfo",
-    "TLSInfo",
-    "Transaction",
 ]
 
-_NOT_HANDLED = Reply(451, "Message not handled; try again later", "4.3.0")
-
-
-def _reply(code: int, text: str, enhanced: str | None) -> Reply:
-    return Reply(code, text, enhanced or f"{code // 100}.0.0")
-
-
-@dataclass(frozen=True, slots=True)
-class TLSInfo:
-    """What was negotiated on a TLS connection."""
-
-    version: str | None
-    cipher: str | None
-    #: The client certificate as ``ssl.SSLSocket.getpeercert()`` gives it, if one was sent
-    #: and the context asked for it.
-    peer_certificate: dict[str, object] | None = None
-    #: The server name the client asked for (SNI), if it sent one.
-    server_name: str | None = None
-
-
-@dataclass(slots=True)
-class SessionInfo:
-    """Facts about one client connection, updated as the session goes on."""
-
-    id: str
-    peer: tuple[str, int] | None
-    local: tuple[str, int] | None
-    lmtp: bool
-    started: datetime
-    helo: str | None = None
-    tls: TLSInfo | None = None
-    authenticated_as: str | None = None
-
-    def snapshot(self) -> SessionInfo:
-        # (by hand: dataclasses.replace costs more than the rest of a message's bookkeeping)
-        return SessionInfo(self.id, self.peer, self.local, self.lmtp, self.started,
-                           self.helo, self.tls, self.authenticated_as)
+Text = str | Sequence[str]
 
 
 class Decision:
-    """Base class of the events an application answers."""
+    """Base class of the events an application answers.
 
-    _accept_code = 250
-    _accept_enhanced: str | None = "2.0.0"
-    _accept_text = "OK"
-    _reject_code = 550
+    ``accept()``, ``reject()`` (5xx by default) and ``tempfail()`` (4xx) each take
+    ``code``, ``text`` and ``enhanced`` (RFC 3463); whatever is left out gets this kind of
+    decision's default. Answer once: a second answer raises ``UsageError``.
+    """
+
+    #: Default (code, enhanced code) of accept(), reject() and tempfail().
+    _ACCEPT: tuple[int, str | None] = (250, "2.0.0")
+    _REJECT: tuple[int, str | None] = (550, "5.7.1")
+    _TEMPFAIL: tuple[int, str | None] = (451, "4.3.0")
+    _REJECT_TEXT = "Rejected"
+    _TEMPFAIL_TEXT = "Temporary failure, try again later"
 
     def __init__(self) -> None:
-        self.reply: Reply | None = None
-        self.decided = False
+        self._answered = False
+        self._reply: Reply | None = None
+        self._why_answered = ""
 
-    def accept(self, text: str | None = None) -> None:
-        """Say yes; ``text`` replaces the default reply text."""
-        self._decide(None if text is None else
-                     Reply(self._accept_code, text, self._accept_enhanced))
+    @property
+    def decided(self) -> bool:
+        """True once answered, by the application or, past its chance, by the server."""
+        return self._answered
 
-    def reject(self, code: int | None = None, text: str = "Rejected",
+    @property
+    def reply(self) -> Reply | None:
+        """The answer given; None for the default positive reply (or not answered yet)."""
+        return self._reply
+
+    def accept(self, code: int | None = None, text: Text | None = None,
                enhanced: str | None = None) -> None:
-        """Say no for good (5xx; ``code`` may also be a 4xx)."""
-        code = self._reject_code if code is None else code
-        if code < 400:
-            raise ValueError("reject() takes a 4xx or 5xx code; use accept()")
-        self._decide(_reply(code, text, enhanced))
+        """Say yes. Without arguments the protocol's usual positive reply is sent."""
+        if code is None and text is None and enhanced is None:
+            self._answer(None)
+            return
+        code = self._ACCEPT[0] if code is None else code
+        if not 200 <= code < 400:
+            raise ValueError(f"accept() takes a 2xx or 3xx code, not {code}")
+        self._answer(_reply(code, text, enhanced, self._ACCEPT, "OK"))
 
-    def tempfail(self, text: str = "Temporary failure, try again later",
-                 enhanced: str | None = None, code: int = 451) -> None:
-        """Say not now (4xx): the client will retry later."""
+    def reject(self, code: int | None = None, text: Text | None = None,
+               enhanced: str | None = None) -> None:
+        """Say no for good (5xx by default; a 4xx code is allowed)."""
+        code = self._REJECT[0] if code is None else code
+        if not 400 <= code < 600:
+            raise ValueError(f"reject() takes a 4xx or 5xx code, not {code}")
+        self._answer(_reply(code, text, enhanced, self._REJECT, self._REJECT_TEXT))
+
+    def tempfail(self, code: int | None = None, text: Text | None = None,
+                 enhanced: str | None = None) -> None:
+        """Say not now (4xx): the client will try again later."""
+        code = self._TEMPFAIL[0] if code is None else code
         if not 400 <= code < 500:
-            raise ValueError("tempfail() takes a 4xx code")
-        self._decide(_reply(code, text, enhanced))
+            raise ValueError(f"tempfail() takes a 4xx code, not {code}")
+        self._answer(_reply(code, text, enhanced, self._TEMPFAIL, self._TEMPFAIL_TEXT))
 
-    def _decide(self, reply: Reply | None) -> None:
-        self.reply = reply
-        self.decided = True
+    def _answer(self, reply: Reply | None) -> None:
+        if self._answered:
+            raise UsageError(f"{self!r} was already answered{self._why_answered}: "
+                             f"{self._reply or 'accepted'}")
+        self._answered = True
+        self._reply = reply
+
+    def _settle(self, reply: Reply | None, why: str) -> None:
+        """The server answers for the application (its chance has passed)."""
+        if not self._answered:
+            self._answer(reply)
+            self._why_answered = f" ({why})"
+
+
+def _reply(code: int, text: Text | None, enhanced: str | None,
+           defaults: tuple[int, str | None], default_text: str) -> Reply:
+    if enhanced is None and defaults[1] is not None:
+        # The default enhanced code only where it fits the code's class (RFC 3463).
+        enhanced = defaults[1] if code == defaults[0] else f"{code // 100}.0.0"
+    return Reply(code, default_text if text is None else text, enhanced)
 
 
 class Connect(Decision):
-    """A client connected. Reject to refuse it with 554 (it may still say QUIT)."""
+    """A client connected. ``accept()`` greets it (220); ``reject()`` answers 554, after
+    which only QUIT is accepted (RFC 5321 3.1); ``tempfail()`` answers 421 and closes."""
 
-    _accept_code = 220
-    _accept_enhanced = None
-    _reject_code = 554
+    _ACCEPT = (220, None)
+    _REJECT = (554, "5.7.1")
+    _TEMPFAIL = (421, "4.3.2")
+    _REJECT_TEXT = "No service for you"
+    _TEMPFAIL_TEXT = "Service not available, try again later"
 
-    def __init__(self, session: SessionInfo) -> None:
+    def __init__(self, info: SessionInfo) -> None:
         super().__init__()
-        self.session = session
-
-    def tempfail(self, text: str = "Service not available, try again later",
-                 enhanced: str | None = None, code: int = 421) -> None:
-        super().tempfail(text, enhanced, code)
+        #: The connection (also ``session.info``).
+        self.info = info
 
     def __repr__(self) -> str:
-        return f"Connect(peer={self.session.peer!r})"
+        return f"Connect(peer={self.info.peer!r})"
 
 
 class Hello(Decision):
+    """HELO, EHLO or LHLO: ``name`` is what the client calls itself (unverified)."""
+
     def __init__(self, verb: Literal["HELO", "EHLO", "LHLO"], name: str) -> None:
         super().__init__()
         self.verb = verb
@@ -142,11 +151,13 @@ class Hello(Decision):
 
 
 class Auth(Decision):
-    """AUTH succeeded against the authenticator; accept (235) or refuse (535) the identity."""
+    """AUTH whose credentials the authenticator accepted, as ``identity``; ``accept()``
+    (235) lets it stand, ``reject()`` refuses it anyway (535)."""
 
-    _accept_code = 235
-    _accept_enhanced = "2.7.0"
-    _reject_code = 535
+    _ACCEPT = (235, "2.7.0")
+    _REJECT = (535, "5.7.8")
+    _TEMPFAIL = (454, "4.7.0")
+    _REJECT_TEXT = "Authentication credentials invalid"
 
     def __init__(self, mechanism: str, identity: str, credentials: Credentials) -> None:
         super().__init__()
@@ -159,7 +170,9 @@ class Auth(Decision):
 
 
 class Mail(Decision):
-    _accept_enhanced = "2.1.0"
+    """MAIL FROM: ``sender`` is None for the null reverse-path ``<>`` (bounces)."""
+
+    _ACCEPT = (250, "2.1.0")
 
     def __init__(self, sender: Address | None, params: MailParams) -> None:
         super().__init__()
@@ -171,24 +184,33 @@ class Mail(Decision):
 
 
 class Rcpt(Decision):
-    _accept_enhanced = "2.1.5"
+    """RCPT TO: one ``recipient`` (its ``address`` and ``params``); ``accept()`` may also
+    give 251 or 252."""
 
-    def __init__(self, recipient: Address, params: RcptParams) -> None:
+    _ACCEPT = (250, "2.1.5")
+
+    def __init__(self, recipient: Recipient) -> None:
         super().__init__()
         self.recipient = recipient
-        self.params = params
+
+    @property
+    def address(self) -> Address:
+        return self.recipient.address
+
+    @property
+    def params(self) -> RcptParams:
+        return self.recipient.params
 
     def __repr__(self) -> str:
-        return f"Rcpt(<{self.recipient}>)"
+        return f"Rcpt(<{self.recipient.address}>)"
 
 
 class DataStart(Decision):
-    """DATA or the first BDAT chunk. Accept, then optionally stream the body with
-    ``session.body()``; otherwise it is collected into ``Message.transaction.data``."""
+    """DATA or the first BDAT chunk. After ``accept()`` the body is collected into
+    ``transaction.data``, or read as it arrives with ``session.body()``."""
 
-    _accept_code = 354
-    _accept_enhanced = None
-    _reject_code = 554
+    _ACCEPT = (354, None)
+    _REJECT = (554, "5.7.1")
 
     def __init__(self, method: Literal["DATA", "BDAT"], transaction: Transaction) -> None:
         super().__init__()
@@ -199,126 +221,34 @@ class DataStart(Decision):
         return f"DataStart({self.method})"
 
 
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    address: Address
-    params: RcptParams
+class Message(Decision):
+    """The message has arrived. Accept it only once it is safe (stored, relayed...).
 
-
-@dataclass(eq=False)
-class Transaction:
-    """One mail transaction: the envelope, the message, and the session it came in on.
-
-    For LMTP, answer each recipient with ``accept_recipient``/``reject_recipient``;
-    ``accept()``, ``reject()`` and ``tempfail()`` answer all of them at once.
+    Its answers are its ``transaction``'s: for LMTP, answer each recipient with
+    ``transaction.accept_recipient(i)`` and the like, or all of them at once here.
     """
 
-    session: SessionInfo
-    sender: Address | None
-    mail_params: MailParams
-    recipients: list[Recipient]
-    received: datetime
-    chunks: list[bytes] = field(default_factory=list, repr=False)
-    size: int = 0
-    #: True when the application read the body itself with ``session.body()``.
-    streamed: bool = False
-    #: True once the client went away or the message was refused before its end.
-    aborted: bool = False
-    #: What the client was told when the protocol engine refused the message (too large,
-    #: bare line ending, line too long); None if it was not refused or the client left.
-    abort_reply: Reply | None = None
-    #: The final reply (SMTP) or replies (LMTP), once decided.
-    replies: list[Reply | None] | None = field(default=None, repr=False)
-    _done: trio.Event = field(default_factory=trio.Event, repr=False)
-
-    @property
-    def data(self) -> bytes:
-        """The message as received (dot-unstuffed), unless it was streamed."""
-        if len(self.chunks) != 1:
-            self.chunks[:] = [b"".join(self.chunks)]
-        return self.chunks[0]
-
-    @property
-    def lmtp(self) -> bool:
-        return self.session.lmtp
-
-    @property
-    def decided(self) -> bool:
-        return self._done.is_set()
-
-    def accept(self, text: str | None = None) -> None:
-        reply = None if text is None else Reply(250, text, "2.0.0")
-        self._decide_all(reply)
-
-    def reject(self, code: int = 550, text: str = "Message rejected",
-               enhanced: str | None = None) -> None:
-        if code < 400:
-            raise ValueError("reject() takes a 4xx or 5xx code; use accept()")
-        self._decide_all(_reply(code, text, enhanced))
-
-    def tempfail(self, text: str = "Temporary failure, try again later",
-                 enhanced: str | None = None) -> None:
-        self._decide_all(_reply(451, text, enhanced))
-
-    def accept_recipient(self, index: int, text: str | None = None) -> None:
-        self._decide_one(index, None if text is None else Reply(250, text, "2.1.5"))
-
-    def reject_recipient(self, index: int, code: int = 550, text: str = "Rejected",
-                         enhanced: str | None = None) -> None:
-        if code < 400:
-            raise ValueError("reject_recipient() takes a 4xx or 5xx code")
-        self._decide_one(index, _reply(code, text, enhanced))
-
-    def finish(self) -> None:
-        """LMTP: the per-recipient answers are complete (unanswered ones are accepted)."""
-        if self.replies is None:
-            self.replies = [None] * len(self.recipients)
-        self._done.set()
-
-    def _decide_all(self, reply: Reply | None) -> None:
-        # A decision for a transaction the client already abandoned is harmless.
-        self.replies = [reply] * len(self.recipients)
-        self._done.set()
-
-    def _decide_one(self, index: int, reply: Reply | None) -> None:
-        if not self.lmtp:
-            raise ValueError("per-recipient replies are for LMTP")
-        if self.replies is None:
-            self.replies = [_UNSET] * len(self.recipients)
-        self.replies[index] = reply
-        if all(r is not _UNSET for r in self.replies):
-            self._done.set()
-
-    def final_replies(self) -> Sequence[Reply | None]:
-        """What to answer, with unset recipients accepted and an unanswered message 451."""
-        if not self._done.is_set() or self.replies is None:
-            return [_NOT_HANDLED] * len(self.recipients)
-        return [None if r is _UNSET else r for r in self.replies]
-
-
-_UNSET = Reply(554, "(no answer yet)")  # compared by identity; no client ever sees it
-
-
-class Message(Decision):
-    """The message has arrived: accept it only once it is safe (stored, relayed...)."""
+    _REJECT_TEXT = "Message rejected"
 
     def __init__(self, transaction: Transaction) -> None:
         super().__init__()
         self.transaction = transaction
 
-    def accept(self, text: str | None = None) -> None:
-        self.transaction.accept(text)
-        self.decided = True
+    @property
+    def decided(self) -> bool:
+        return self.transaction.decided
 
-    def reject(self, code: int | None = None, text: str = "Message rejected",
+    def accept(self, code: int | None = None, text: Text | None = None,
                enhanced: str | None = None) -> None:
-        self.transaction.reject(550 if code is None else code, text, enhanced)
-        self.decided = True
+        self.transaction.accept(code, text, enhanced)
 
-    def tempfail(self, text: str = "Temporary failure, try again later",
-                 enhanced: str | None = None, code: int = 451) -> None:
-        self.transaction._decide_all(_reply(code, text, enhanced))
-        self.decided = True
+    def reject(self, code: int | None = None, text: Text | None = None,
+               enhanced: str | None = None) -> None:
+        self.transaction.reject(code, text, enhanced)
+
+    def tempfail(self, code: int | None = None, text: Text | None = None,
+                 enhanced: str | None = None) -> None:
+        self.transaction.tempfail(code, text, enhanced)
 
     def __repr__(self) -> str:
         return f"Message({self.transaction.size} octets)"

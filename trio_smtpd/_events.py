@@ -2,7 +2,7 @@
 
 Two kinds:
 
-* ``Decision`` events stop the engine until the caller answers them with
+* ``Request`` events stop the engine until the caller answers them with
   ``ServerConnection.respond()`` (or the AUTH calls). They are the points where an
   application decides: accept the client, its HELO, a sender, a recipient, the start of
   message data, the message itself.
@@ -24,17 +24,18 @@ from ._replies import Reply
 __all__ = [
     "AuthResponse",
     "AuthStart",
-    "Connect",
+    "BodyStart",
     "ConnectionClosed",
-    "DataStart",
-    "Decision",
+    "ConnectionOpened",
     "EndOfMessage",
     "Event",
-    "Hello",
-    "Mail",
+    "HelloCommand",
+    "MailCommand",
     "MessageAborted",
     "MessageData",
-    "Rcpt",
+    "RcptCommand",
+    "Recipient",
+    "Request",
     "Reset",
     "StartTLS",
 ]
@@ -46,19 +47,19 @@ class Event:
     __slots__ = ()
 
 
-class Decision(Event):
+class Request(Event):
     """An event the engine waits on: answer it before asking for the next event."""
 
     __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
-class Connect(Decision):
+class ConnectionOpened(Request):
     """A client connected; the answer is the greeting (220, or 554/421 to refuse it)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Hello(Decision):
+class HelloCommand(Request):
     """HELO, EHLO or LHLO; ``name`` is the client's claimed identity as sent."""
 
     verb: Literal["HELO", "EHLO", "LHLO"]
@@ -66,7 +67,7 @@ class Hello(Decision):
 
 
 @dataclass(frozen=True, slots=True)
-class Mail(Decision):
+class MailCommand(Request):
     """MAIL FROM; ``sender`` is None for the null reverse-path ``<>``."""
 
     sender: Address | None
@@ -74,7 +75,7 @@ class Mail(Decision):
 
 
 @dataclass(frozen=True, slots=True)
-class Rcpt(Decision):
+class RcptCommand(Request):
     """RCPT TO for one recipient."""
 
     recipient: Address
@@ -82,21 +83,29 @@ class Rcpt(Decision):
 
 
 @dataclass(frozen=True, slots=True)
-class DataStart(Decision):
+class Recipient:
+    """A recipient the server accepted: its address and its RCPT TO parameters."""
+
+    address: Address
+    params: RcptParams
+
+
+@dataclass(frozen=True, slots=True)
+class BodyStart(Request):
     """DATA, or the first BDAT chunk: accepting it lets the message body flow."""
 
     method: Literal["DATA", "BDAT"]
 
 
 @dataclass(frozen=True, slots=True)
-class EndOfMessage(Decision):
+class EndOfMessage(Request):
     """The whole message has arrived; the answer is the final reply (LMTP: one per recipient)."""
 
     size: int
 
 
 @dataclass(frozen=True, slots=True)
-class AuthStart(Decision):
+class AuthStart(Request):
     """AUTH <mechanism> [initial-response]; ``initial_response`` is decoded from base64."""
 
     mechanism: str
@@ -104,7 +113,7 @@ class AuthStart(Decision):
 
 
 @dataclass(frozen=True, slots=True)
-class AuthResponse(Decision):
+class AuthResponse(Request):
     """The client's (base64-decoded) answer to the last AUTH challenge."""
 
     data: bytes

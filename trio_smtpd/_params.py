@@ -130,7 +130,7 @@ _ENVID_MAX = 100  # RFC 3461 4.4
 
 
 def _syntax(text: str) -> ReplyError:
-    return ReplyError.of(501, "5.5.4", text)
+    return ReplyError.of(501, text, "5.5.4")
 
 
 def _malformed(keyword: str) -> ReplyError:
@@ -138,7 +138,7 @@ def _malformed(keyword: str) -> ReplyError:
 
 
 def _unsupported(text: str) -> ReplyError:
-    return ReplyError.of(555, "5.5.4", text)
+    return ReplyError.of(555, text, "5.5.4")
 
 
 def _upper_ascii(value: str) -> str:
@@ -284,7 +284,7 @@ def _size(value: str, ext: EnabledExtensions) -> int:
     size = int(value)
     limit = ext.max_message_size
     if limit is not None and size > limit:
-        raise ReplyError.of(552, "5.3.4", "Message size exceeds fixed maximum message size")
+        raise ReplyError.of(552, "Message size exceeds fixed maximum message size", "5.3.4")
     return size
 
 

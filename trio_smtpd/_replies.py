@@ -8,6 +8,7 @@ caller (least of all application code) can smuggle extra protocol lines to the c
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["Reply", "ReplyError", "ReplyTextError"]
@@ -40,7 +41,7 @@ class Reply:
     _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _wire_plain: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __init__(self, code: int, text: str | tuple[str, ...] | list[str] = "",
+    def __init__(self, code: int, text: str | Sequence[str] = "",
                  enhanced: str | None = None) -> None:
         if not isinstance(code, int) or isinstance(code, bool) or not _CODE.fullmatch(
                 str(int(code))):
@@ -111,5 +112,7 @@ class ReplyError(Exception):
         self.reply = reply
 
     @classmethod
-    def of(cls, code: int, enhanced: str | None, text: str) -> ReplyError:
+    def of(cls, code: int, text: str | Sequence[str] = "",
+           enhanced: str | None = None) -> ReplyError:
+        """The error for ``Reply(code, text, enhanced)`` (the same argument order)."""
         return cls(Reply(code, text, enhanced))

@@ -4,9 +4,9 @@
 and it reports a ``Server`` once it is listening. Connection tasks live in a nursery the
 server owns and shields from outside cancellation, so that cancelling ``serve()`` (or
 calling ``Server.shutdown()``) is graceful: accepting stops at once, idle sessions are
-told 421, sessions in the middle of a transaction get the grace period to finish, and
-only then is anything cut off. A reply of 250 is only ever sent after the application
-accepted the message, so no acknowledged message is lost by shutting down.
+told 421, sessions in a transaction get the grace period to finish it (their next command
+is then answered 421), and only then is anything cut off. A 250 is only ever sent after the
+application accepted the message, so no acknowledged message is lost by shutting down.
 """
 
 from __future__ import annotations
@@ -14,131 +14,68 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import os
 import socket
-import ssl
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import trio
 
-from ._accept import RESOURCE_ERRORS, accept_sockets
-from ._config import ProtocolConfig
-from ._decisions import Message, SessionInfo, Transaction
+from ._accept import Accepted, Acceptor, ListenerAcceptor, SocketAcceptor, accept_loop
+from ._authflow import AuthFlow
+from ._connection import ServerConnection
+from ._exchange import Exchange, ExchangeTimeouts
 from ._idlepool import IdlePool
+from ._info import SessionInfo
+from ._limits import ConnectionLimits
 from ._proxy import ProxiedStream, ProxyHeaderError, socket_addresses
 from ._replies import Reply
-from ._sasl import MECHANISMS, Credentials
-from ._session import Session, handshake, record_server_names, tls_info
-from ._transport import SocketTransport, Transport, transport_for
+from ._session import Session, forward_transactions
+from ._settings import Config
+from ._socket_transport import SocketTransport
+from ._tls import handshake, record_server_names, tls_info
+from ._transactions import TransactionQueue, Transactions
+from ._transport import StreamTransport, Transport
 from ._watchdog import Watchdog
 
-__all__ = ["Config", "Handler", "Server", "Timeouts", "forward_transactions", "serve"]
+__all__ = ["Handler", "Server", "serve"]
 
 log = logging.getLogger("trio_smtpd")
 
 Handler = Callable[[Session], Awaitable[None]]
-Authenticator = Callable[[Credentials], Awaitable[str | None]]
 
 _SHUTTING_DOWN = Reply(421, "Service shutting down, try again later", "4.3.2")
-_TOO_MANY = Reply(421, "Too many connections, try again later", "4.7.0")
-_TOO_MANY_FROM_YOU = Reply(421, "Too many connections from your address", "4.7.0")
 _CRASHED = Reply(421, "Local error, closing connection", "4.3.0")
+# How long sessions cut off at the end of the grace period get to say 421 and close.
+_CUT_OFF_WAIT = 5.0
 # One name for every connection task (trio would format a new string for each).
 _TASK_NAME = "trio_smtpd connection"
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Every timeout, in seconds, each for one kind of wait; the server's watchdog ends a
-    wait on the client with 421 and cancels an application sitting on a decision."""
-
-    #: Waiting for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes).
-    command: float = 300.0
-    #: Waiting for each read of message data (RFC 5321 4.5.3.2.5: 3 minutes).
-    data_block: float = 180.0
-    #: The application deciding about a message (RFC 5321 4.5.3.2.6, the client's
-    #: DATA termination wait: 10 minutes); then 451.
-    message_decision: float = 600.0
-    #: The application deciding an envelope step (connect, HELO, AUTH, MAIL, RCPT, DATA).
-    decision: float = 300.0
-    tls_handshake: float = 60.0
-    #: Writing replies to a client that does not read them.
-    write: float = 300.0
-    #: The whole session, whatever it does; None for no cap.
-    session: float | None = 3600.0
-    #: Graceful shutdown: how long transactions in progress get to finish.
-    shutdown_grace: float = 30.0
-
-
-@dataclass(frozen=True)
-class Config:
-    """Everything a server needs; the protocol options are those of ``ProtocolConfig``."""
-
-    hostname: str = field(default_factory=socket.gethostname)
-    lmtp: bool = False
-    #: Enables STARTTLS (and implicit-TLS listeners).
-    tls: ssl.SSLContext | None = None
-    #: Checks SASL credentials: returns the authenticated identity, or None to refuse.
-    authenticator: Authenticator | None = None
-    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
-    auth_requires_tls: bool = True
-    require_tls: bool = False
-    require_auth: bool = False
-    max_message_size: int | None = 32 * 2**20
-    max_recipients: int = 100
-    max_connections: int = 1000
-    max_connections_per_ip: int = 50
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    #: Every other protocol option (limits, extensions, bare_line_endings...); the fields
-    #: above override the same-named fields of this one.
-    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
-
-    def __post_init__(self) -> None:
-        unknown = [m for m in self.auth_mechanisms if m not in MECHANISMS]
-        if unknown:
-            raise ValueError(f"unsupported SASL mechanisms: {unknown}")
-        self.protocol_config()  # fail now, not at the first connection
-
-    def protocol_config(self) -> ProtocolConfig:
-        return replace(
-            self.protocol,
-            hostname=self.hostname,
-            lmtp=self.lmtp,
-            tls_available=self.tls is not None,
-            auth_mechanisms=self.auth_mechanisms if self.authenticator else (),
-            auth_requires_tls=self.auth_requires_tls,
-            require_tls=self.require_tls,
-            require_auth=self.require_auth,
-            max_message_size=self.max_message_size,
-            max_recipients=self.max_recipients,
-        )
 
 
 class Server:
     """A running server: its listeners, its transactions, and its shutdown."""
 
     def __init__(self, config: Config, handler: Handler | None) -> None:
+        #: The configuration it was started with.
         self.config = config
-        self.protocol_config = config.protocol_config()
+        self._protocol = config.protocol_config()
         if config.tls is not None:
             record_server_names(config.tls)
+        #: Everything it listens on.
         self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         self._handler = handler or forward_transactions
-        self._tx_send, self._tx_receive = trio.open_memory_channel[Transaction](0)
+        self._queue = TransactionQueue()
+        self._limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip)
         self._sessions: set[Session] = set()
-        #: Enforces every session's deadlines (see ``_watchdog.py``).
-        self.watchdog = Watchdog(self._sessions)
-        #: Where connections idle for a while wait, in less memory (see ``_idlepool.py``).
-        self.idle_pool = IdlePool()
-        self._per_ip: Counter[str] = Counter()
+        self._watchdog = Watchdog()
+        self._idle_pool = IdlePool()
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}"
         self._stop = trio.Event()
         self._drained = trio.Event()
-        self._conn_nursery: trio.Nursery | None = None
+        self._grace = trio.CancelScope(deadline=math.inf)
+        self._nursery: trio.Nursery | None = None
 
     @property
     def port(self) -> int | None:
@@ -151,40 +88,41 @@ class Server:
         return None
 
     @property
-    def connections(self) -> int:
-        return len(self._sessions)
+    def _direct(self) -> bool:
+        """Drive plain sockets directly (a seam for the tests of both transports)."""
+        return self.config.direct_sockets
 
-    def transactions(self) -> AsyncIterator[Transaction]:
+    @property
+    def connections(self) -> int:
+        """Connections held now, whatever their stage (PROXY header, TLS, session)."""
+        return self._limits.count
+
+    def transactions(self) -> Transactions:
         """Every complete transaction from every connection, in arrival order.
 
-        Clients wait for their final reply until the transaction is answered (or the
-        message decision timeout passes: then 451).
+        Use it as ``async with server.transactions() as transactions: async for tx in
+        transactions: ...``. Each client waits for its final reply until you answer its
+        transaction, for ``Timeouts.message_decision`` at most (then 451). Once no
+        iterator is left open, messages are answered 451 at once; leaving the ``async
+        with`` block by an exception also answers 451 for each transaction you took and
+        left unanswered. The iteration ends when the server has shut down.
         """
-        return self._tx_receive.__aiter__()
+        return self._queue.consumer()
 
     @property
     def shutting_down(self) -> bool:
         return self._stop.is_set()
 
-    def shutdown(self) -> None:
-        """Begin a graceful shutdown (the grace period is ``Timeouts.shutdown_grace``)."""
+    def shutdown(self, grace: float | None = None) -> None:
+        """Shut down gracefully, within ``grace`` seconds (``Timeouts.shutdown_grace``
+        by default); called again with a shorter grace (0: now), it hurries up."""
+        grace = self.config.timeouts.shutdown_grace if grace is None else grace
+        self._grace.deadline = min(self._grace.deadline, trio.current_time() + grace)
         self._stop.set()
 
     async def wait_closed(self) -> None:
+        """Wait until the server has shut down and every connection is closed."""
         await self._drained.wait()
-
-    async def deliver(self, transaction: Transaction) -> None:
-        """Hand a transaction to ``transactions()`` and wait for its answer (bounded).
-
-        Unanswered (nobody iterating, the iterator closed, the server shut down, or the
-        message decision timeout), the message gets its default, 451.
-        """
-        with trio.move_on_after(self.config.timeouts.message_decision):
-            try:
-                await self._tx_send.send(transaction)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                return
-            await transaction._done.wait()
 
     # ------------------------------------------------------------------ running
 
@@ -197,9 +135,9 @@ class Server:
             try:
                 async with trio.open_nursery() as accepting:
                     for listener in listeners:
-                        accepting.start_soon(self._accept_loop, listener, False)
+                        accepting.start_soon(self._accept, listener, False)
                     for listener in tls_listeners:
-                        accepting.start_soon(self._accept_loop, listener, True)
+                        accepting.start_soon(self._accept, listener, True)
                     task_status.started(self)
                     await self._stop.wait()
                     accepting.cancel_scope.cancel()
@@ -211,164 +149,125 @@ class Server:
         async with trio.open_nursery() as nursery:
             # Shielded: connections end by our graceful shutdown, not by outside cancels.
             nursery.cancel_scope.shield = True
-            self._conn_nursery = nursery
-            await nursery.start(self.watchdog.run)
-            await nursery.start(self.idle_pool.run, lambda: self._sessions)
+            self._nursery = nursery
+            await nursery.start(self._watchdog.run)
+            await nursery.start(self._idle_pool.run)
             task_status.started()
             await self._drained.wait()
             nursery.cancel_scope.cancel()
 
     async def _drain(self) -> None:
+        if not self._stop.is_set():
+            self.shutdown()  # (cancelled from outside)
         for listener in self.listeners:
             with trio.move_on_after(1):
                 await listener.aclose()
         for session in list(self._sessions):
-            session.shut_down(_SHUTTING_DOWN)
-        with trio.move_on_after(self.config.timeouts.shutdown_grace):
-            while self._sessions:
-                await trio.sleep(0.05)
+            session._exchange.close_when_idle(_SHUTTING_DOWN)
+        with self._grace:
+            await self._all_closed()
         if self._sessions:
             log.warning("shutdown: cutting off %d session(s) after the grace period",
                         len(self._sessions))
-        await self._tx_send.aclose()
+            for session in list(self._sessions):
+                session._cut_off(_SHUTTING_DOWN)
+            with trio.move_on_after(_CUT_OFF_WAIT):
+                await self._all_closed()
+        self._queue.end()
         self._drained.set()
 
-    async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream],
-                           implicit_tls: bool) -> None:
-        if type(listener) is trio.SocketListener and not implicit_tls:
-            await accept_sockets(listener, self._spawn_socket)
-            return
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno in RESOURCE_ERRORS:
-                    log.error("accept failed (%s); pausing", exc)
-                    await trio.sleep(0.1)
-                    continue
-                raise
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                return
-            assert self._conn_nursery is not None
-            self._conn_nursery.start_soon(self._handle_connection, stream, implicit_tls,
-                                          name=_TASK_NAME)
+    async def _all_closed(self) -> None:
+        while self._limits.count:
+            await trio.sleep(0.05)
 
-    def _spawn_socket(self, sock: socket.socket, peer: object, local: object) -> None:
-        assert self._conn_nursery is not None
-        self._conn_nursery.start_soon(self._handle_connection, sock, False, (peer, local),
-                                      name=_TASK_NAME)
-
-    async def _handle_connection(self, connection: trio.abc.Stream | socket.socket,
-                                 implicit_tls: bool,
-                                 addresses: tuple[object, object] = (None, None)) -> None:
-        # One flat frame around the handler: an idle connection is a chain of suspended
-        # calls, and each costs memory.
-        session = await self._open_session(connection, implicit_tls, addresses)
-        if session is None:
-            return
-        try:
-            raised = False
-            if self._handler is forward_transactions:
-                # Our own handler answers every decision at once but messages, whose wait
-                # for transactions() is bounded by a timeout of its own: no cancel scope
-                # needed to stop it (it would cost 650 bytes per idle connection).
-                await forward_transactions(session)
-            else:
-                with trio.CancelScope() as app_scope:
-                    session.app_scope = app_scope
-                    try:
-                        await self._handler(session)
-                    except Exception:
-                        log.exception("session %s: application handler raised",
-                                      session.info.id)
-                        raised = True
-                session.app_scope = None
-                if app_scope.cancelled_caught:
-                    log.warning("session %s: application took too long to decide",
-                                session.info.id)
-            if not session.closed:
-                await session.finish(handler_raised=raised)
-        except Exception:
-            log.exception("session %s: internal error", session.info.id)
-            with trio.CancelScope(shield=True):
-                await session.close(_CRASHED)
-        finally:
-            if not session.closed:  # cancelled: cut off, without waiting on the client
-                with trio.CancelScope(deadline=trio.current_time() + 1, shield=True):
-                    await session.close()
-            self._sessions.discard(session)
-            self._release(session.info)
-            log.debug("session %s: closed", session.info.id)
-
-    async def _open_session(self, connection: trio.abc.Stream | socket.socket,
-                            implicit_tls: bool,
-                            addresses: tuple[object, object]) -> Session | None:
-        """Check the connection against the limits and set its session up (None: refused)."""
-        early = b""
-        if isinstance(connection, socket.socket):
-            peer, local = socket_addresses(connection, *addresses)
-            stream: trio.abc.Stream | None = None
-        elif isinstance(connection, ProxiedStream):
-            stream = connection
-            try:
-                await stream.read_header()
-            except (ProxyHeaderError, trio.BrokenResourceError) as exc:
-                log.warning("PROXY protocol: %s; connection closed", exc)
-                await trio.aclose_forcefully(connection)
-                return None
-            peer, local = connection.peer, connection.local
-            if not implicit_tls:
-                stream, early = connection.unwrap()
+    async def _accept(self, listener: trio.abc.Listener[trio.abc.Stream],
+                      implicit_tls: bool) -> None:
+        acceptor: Acceptor
+        if type(listener) is trio.SocketListener and not implicit_tls and self._direct:
+            acceptor = SocketAcceptor(listener)
         else:
-            stream = connection
-            peer, local = socket_addresses(stream)
-        info = SessionInfo(id=f"{self._prefix}.{next(self._ids)}", peer=peer, local=local,
-                           lmtp=self.config.lmtp, started=datetime.now(UTC))
-        ip = peer[0] if peer else ""
-        refusal = None
-        if len(self._sessions) >= self.config.max_connections:
-            refusal = _TOO_MANY
-        elif ip and self._per_ip[ip] >= self.config.max_connections_per_ip:
-            refusal = _TOO_MANY_FROM_YOU
-        if refusal is not None:
-            log.info("session %s: refused %s: %s", info.id, peer, refusal.text)
-            await _refuse(connection if stream is None else stream, refusal)
-            return None
-        self._per_ip[ip] += 1
+            acceptor = ListenerAcceptor(listener)
         try:
-            transport: Transport
-            if stream is None:
-                assert isinstance(connection, socket.socket)
-                transport = SocketTransport(connection, self.idle_pool)
-            elif implicit_tls:
-                tls_stream = await self._implicit_tls(stream, info)
-                if tls_stream is None:
-                    self._release(info)
-                    return None
-                transport = transport_for(tls_stream)
-            else:
-                transport = transport_for(stream, self.idle_pool)
-            session = Session(self, transport, info)
-        except BaseException:
-            self._release(info)
-            raise
-        if early:
-            session.receive_early(early)
-        self._sessions.add(session)
-        log.debug("session %s: connect from %s", info.id, peer)
-        return session
+            await accept_loop(acceptor, lambda accepted: self._spawn(accepted, implicit_tls))
+        finally:
+            if isinstance(acceptor, SocketAcceptor):
+                acceptor.close()
 
-    def _release(self, info: SessionInfo) -> None:
-        ip = info.peer[0] if info.peer else ""
-        self._per_ip[ip] -= 1
-        if not self._per_ip[ip]:
-            del self._per_ip[ip]
+    def _spawn(self, accepted: Accepted, implicit_tls: bool) -> None:
+        """Count a new connection against the limits and start its task (or refuse it)."""
+        if isinstance(accepted, tuple):
+            peer, local = socket_addresses(*accepted)
+        elif isinstance(accepted, ProxiedStream):
+            peer = local = None  # (the header will say who the client is)
+        else:
+            peer, local = socket_addresses(accepted)
+        ip = peer[0] if peer else None
+        refusal = self._limits.admit(ip)
+        assert self._nursery is not None
+        if refusal is not None:
+            log.info("refused a connection from %s: %s", peer, refusal.text)
+            _refuse(accepted, refusal, self._nursery)
+            return
+        self._nursery.start_soon(self._connection, accepted, implicit_tls, peer, local,
+                                 name=_TASK_NAME)
+
+    async def _connection(self, accepted: Accepted, implicit_tls: bool,
+                          peer: tuple[str, int] | None, local: tuple[str, int] | None) -> None:
+        counted_ip = peer[0] if peer else None
+        try:
+            if isinstance(accepted, ProxiedStream):
+                addresses = await self._read_proxy_header(accepted)
+                if addresses is None:
+                    return
+                peer, local = addresses
+                counted_ip = peer[0] if peer else None
+            info = SessionInfo(id=f"{self._prefix}.{next(self._ids)}", peer=peer,
+                               local=local, lmtp=self.config.lmtp, started=datetime.now(UTC))
+            opened = await self._transport(accepted, implicit_tls, info)
+            if opened is not None:
+                await self._session(*opened, info)
+        finally:
+            self._limits.release(counted_ip)
+
+    async def _read_proxy_header(self, stream: ProxiedStream
+                                 ) -> tuple[tuple[str, int] | None, tuple[str, int] | None] | None:
+        try:
+            await stream.read_header()
+        except (ProxyHeaderError, trio.BrokenResourceError) as exc:
+            log.warning("PROXY protocol: %s; connection closed", exc)
+            await trio.aclose_forcefully(stream)
+            return None
+        if stream.peer is not None:
+            refusal = self._limits.admit_address(stream.peer[0])
+            if refusal is not None:
+                log.info("refused a connection from %s: %s", stream.peer, refusal.text)
+                await _refuse_stream(stream, refusal)
+                return None
+        return stream.peer, stream.local
+
+    async def _transport(self, accepted: Accepted, implicit_tls: bool, info: SessionInfo
+                         ) -> tuple[Transport, bytes] | None:
+        """The connection's transport (after the implicit TLS handshake, if there is
+        one) and the client's bytes already read past a PROXY header."""
+        if isinstance(accepted, tuple):
+            return SocketTransport(accepted[0], self._watchdog, self._idle_pool), b""
+        stream: trio.abc.Stream = accepted
+        early = b""
+        if isinstance(accepted, ProxiedStream) and not implicit_tls:
+            stream, early = accepted.unwrap()
+        if implicit_tls:
+            tls_stream = await self._implicit_tls(stream, info)
+            return None if tls_stream is None else (StreamTransport(tls_stream), b"")
+        if type(stream) is trio.SocketStream and self._direct:
+            sock = stream.socket
+            plain = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+            return SocketTransport(plain, self._watchdog, self._idle_pool), early
+        return StreamTransport(stream), early
 
     async def _implicit_tls(self, stream: trio.abc.Stream,
-                            info: SessionInfo) -> trio.abc.Stream | None:
+                            info: SessionInfo) -> trio.SSLStream[trio.abc.Stream] | None:
         context = self.config.tls
-        if context is None:
-            raise RuntimeError("implicit TLS listeners need Config.tls")
+        assert context is not None
         tls_stream = trio.SSLStream(stream, context, server_side=True)
         if not await handshake(tls_stream, self.config.timeouts.tls_handshake, info.id):
             await trio.aclose_forcefully(stream)
@@ -376,15 +275,56 @@ class Server:
         info.tls = tls_info(tls_stream)
         return tls_stream
 
+    async def _session(self, transport: Transport, early: bytes, info: SessionInfo) -> None:
+        session = self._new_session(transport, info)
+        if early:
+            session._exchange.conn.receive_data(early)
+        self._sessions.add(session)
+        log.debug("session %s: connect from %s", info.id, info.peer)
+        try:
+            await session._run(self._handler)
+        except Exception:
+            log.exception("session %s: internal error", info.id)
+            with trio.CancelScope(shield=True):
+                await session._exchange.close(_CRASHED)
+        finally:
+            self._sessions.discard(session)
+            if not session._exchange.closed:  # cancelled: cut off, no waiting on the client
+                with trio.CancelScope(deadline=trio.current_time() + 1, shield=True):
+                    await session._exchange.close()
+            log.debug("session %s: closed", info.id)
 
-async def forward_transactions(session: Session) -> None:
-    """The default handler: accept every envelope step and hand each message to
-    ``Server.transactions()``, waiting (bounded) for the application's answer."""
-    server = session.server
-    async for event in session:
-        if isinstance(event, Message):
-            await server.deliver(event.transaction)
-            event.decided = True
+    def _new_session(self, transport: Transport, info: SessionInfo) -> Session:
+        config, timeouts = self.config, self.config.timeouts
+        cap = math.inf if timeouts.session is None else trio.current_time() + timeouts.session
+        conn = ServerConnection(self._protocol, tls_active=info.tls is not None)
+        exchange = Exchange(conn, transport, ExchangeTimeouts(
+            timeouts.command, timeouts.data_block, timeouts.write, timeouts.tls_handshake),
+            cap, info.id)
+        auth = None if config.authenticator is None else AuthFlow(
+            config.authenticator, config.hostname, timeouts.decision, info.id)
+        return Session(exchange, info, decision_timeout=timeouts.decision,
+                       message_timeout=timeouts.message_decision, auth=auth,
+                       tls=config.tls, transactions=self._queue)
+
+
+def _refuse(accepted: Accepted, reply: Reply, nursery: trio.Nursery) -> None:
+    if isinstance(accepted, tuple):
+        # One try, no wait: a client flooding us with connections gets no more.
+        sock = accepted[0]
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.send(reply.to_bytes())
+        sock.close()
+        return
+    nursery.start_soon(_refuse_stream, accepted, reply)
+
+
+async def _refuse_stream(stream: trio.abc.Stream, reply: Reply) -> None:
+    with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError,
+                                                     trio.ClosedResourceError):
+        await stream.send_all(reply.to_bytes())
+    await trio.aclose_forcefully(stream)
 
 
 async def serve(
@@ -407,27 +347,13 @@ async def serve(
     """
     plain = list(listeners)
     implicit = list(tls_listeners)
+    if (implicit and config.tls is None) or (tls_port is not None and config.tls is None):
+        raise ValueError("implicit TLS listeners need Config.tls")
     if port is not None:
         plain += await trio.open_tcp_listeners(port, host=host)
     if tls_port is not None:
         implicit += await trio.open_tcp_listeners(tls_port, host=host)
-    if implicit and config.tls is None:
-        raise ValueError("implicit TLS listeners need Config.tls")
     if not plain and not implicit:
         raise ValueError("nothing to listen on: give a port or listeners")
     server = Server(config, handler)
     await server._run(plain, implicit, task_status)
-
-
-async def _refuse(connection: trio.abc.Stream | socket.socket, reply: Reply) -> None:
-    if isinstance(connection, socket.socket):
-        # One try, no wait: a client flooding us with connections gets no more.
-        connection.setblocking(False)
-        with contextlib.suppress(OSError):
-            connection.send(reply.to_bytes())
-        connection.close()
-        return
-    with trio.move_on_after(5):
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await connection.send_all(reply.to_bytes())
-    await trio.aclose_forcefully(connection)

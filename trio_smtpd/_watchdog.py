@@ -1,22 +1,22 @@
-"""One task per server that enforces every session's deadline.
+"""One task per server that ends the waits of plain-socket connections on time.
 
-A session writes ``deadline`` (a time on trio's clock) whenever it starts to wait, on the
-client or on the application, and the watchdog calls its ``expire(now)`` once that time
-has passed; the session then wakes whatever it was waiting on (a plain socket with
-``trio.lowlevel.notify_closing``, anything else by cancelling a cancel scope).
+A connection driven as a plain socket (``_socket_transport.py``) waits with trio's
+low-level ``wait_readable``/``wait_writable``, which take no deadline. Before such a wait
+it calls ``watch(self, deadline)``; once that time has passed, the watchdog calls its
+``expire(now)``, which ends the wait. Entering and leaving a cancel scope per wait would do
+the same at several times the cost of an SMTP round trip's own work (see
+benchmarks/README.md); here a wait costs a heap push, and a deadline fires at most
+``resolution`` seconds late.
 
-Why not a cancel scope with a deadline around each wait, trio's usual tool: entering and
-leaving one costs about 7 µs, and one that is waiting holds about 650 bytes. That is more
-than the rest of an SMTP round trip costs in CPU, and more than a tenth of an idle
-connection's memory. Here a wait costs a float assignment; the watchdog sleeps until the
-earliest deadline it knows of and then makes one pass over the sessions, so a timeout
-fires at most ``resolution`` seconds late.
+Deadlines live in a heap; one that was replaced before it fired is skipped when it comes
+up, and the heap is rebuilt when such stale entries make up most of it.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
-from collections.abc import Collection
 from typing import Protocol
 
 import trio
@@ -25,55 +25,66 @@ __all__ = ["Watchdog", "Watched"]
 
 
 class Watched(Protocol):
-    #: When this member's current wait must end; ``math.inf`` while it is not waiting.
-    deadline: float
+    #: The deadline this member is being watched for; ``math.inf`` when none.
+    watched_deadline: float
 
     def expire(self, now: float) -> None:
-        """The deadline has passed: end the wait (called once per deadline)."""
+        """``watched_deadline`` has passed (it was reset to ``math.inf`` first)."""
 
 
 class Watchdog:
-    """Watches ``members`` (a live collection, e.g. the server's set of sessions)."""
+    """Calls ``expire()`` on each watched member once its deadline has passed."""
 
-    def __init__(self, members: Collection[Watched], *, resolution: float = 0.1) -> None:
-        self._members = members
+    def __init__(self, *, resolution: float = 0.1) -> None:
         self._resolution = resolution
-        #: When the watchdog will next look; members setting an earlier deadline say so
-        #: with ``expect()``.
-        self.next_check = math.inf
+        self._heap: list[tuple[float, int, Watched]] = []
+        self._order = itertools.count()  # ties broken by age, never by comparing members
+        self._stale = 0
         self._last_check = -math.inf
         self._sleep: trio.CancelScope | None = None
 
-    def expect(self, deadline: float) -> None:
-        """A member has set ``deadline``; make sure the watchdog looks by then."""
-        if deadline < self.next_check:
-            self.next_check = deadline
-            if self._sleep is not None:
-                self._sleep.deadline = max(deadline, self._last_check + self._resolution)
+    def watch(self, member: Watched, deadline: float) -> None:
+        """Expire ``member`` at ``deadline`` (replacing any deadline it had)."""
+        if member.watched_deadline != math.inf:
+            self._stale += 1
+        member.watched_deadline = deadline
+        if deadline == math.inf:
+            return
+        heapq.heappush(self._heap, (deadline, next(self._order), member))
+        sleep = self._sleep
+        if sleep is not None and deadline < sleep.deadline:
+            sleep.deadline = max(deadline, self._last_check + self._resolution)
+
+    def unwatch(self, member: Watched) -> None:
+        self.watch(member, math.inf)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         task_status.started()
         while True:
             self.check(trio.current_time())
-            with trio.CancelScope(deadline=self.next_check) as self._sleep:
+            wake_at = self._heap[0][0] if self._heap else math.inf
+            with trio.CancelScope(deadline=max(wake_at, self._last_check + self._resolution)
+                                  ) as self._sleep:
                 await trio.sleep_forever()
             self._sleep = None
 
     def check(self, now: float) -> None:
-        """Expire every member whose deadline has passed; note when to look again."""
+        """Expire every member whose deadline has passed."""
         self._last_check = now
-        earliest = math.inf
-        expired = []
-        for member in self._members:
-            deadline = member.deadline
-            if deadline <= now:
-                expired.append(member)
-            elif deadline < earliest:
-                earliest = deadline
-        for member in expired:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, member = heapq.heappop(heap)
+            if member.watched_deadline != deadline:
+                self._stale = max(0, self._stale - 1)
+                continue
+            member.watched_deadline = math.inf
             member.expire(now)
-            # A member that is still waiting on something else has a new deadline.
-            if now < member.deadline < earliest:
-                earliest = member.deadline
-        self.next_check = max(earliest, now + self._resolution)
+        if self._stale > 64 and self._stale * 2 > len(heap):
+            self._prune()
+
+    def _prune(self) -> None:
+        self._heap = [entry for entry in self._heap
+                      if entry[2].watched_deadline == entry[0]]
+        heapq.heapify(self._heap)
+        self._stale = 0

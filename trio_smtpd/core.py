@@ -7,7 +7,7 @@ Use it to drive SMTP from any I/O framework, or to test protocol behaviour byte 
         event = conn.next_event()
         if event is NEED_DATA:
             send(conn.data_to_send()); conn.receive_data(recv())
-        elif isinstance(event, Decision):
+        elif isinstance(event, Request):
             conn.respond()          # or conn.respond(Reply(550, "no", "5.7.1"))
 """
 
@@ -17,17 +17,18 @@ from ._connection import NEED_DATA, Mode, NeedData, ServerConnection, UsageError
 from ._events import (
     AuthResponse,
     AuthStart,
-    Connect,
+    BodyStart,
     ConnectionClosed,
-    DataStart,
-    Decision,
+    ConnectionOpened,
     EndOfMessage,
     Event,
-    Hello,
-    Mail,
+    HelloCommand,
+    MailCommand,
     MessageAborted,
     MessageData,
-    Rcpt,
+    RcptCommand,
+    Recipient,
+    Request,
     Reset,
     StartTLS,
 )
@@ -39,14 +40,13 @@ __all__ = [
     "Address",
     "AuthResponse",
     "AuthStart",
-    "Connect",
+    "BodyStart",
     "ConnectionClosed",
-    "DataStart",
-    "Decision",
+    "ConnectionOpened",
     "EndOfMessage",
     "Event",
-    "Hello",
-    "Mail",
+    "HelloCommand",
+    "MailCommand",
     "MailParams",
     "MessageAborted",
     "MessageData",
@@ -54,11 +54,13 @@ __all__ = [
     "NeedData",
     "OriginalRecipient",
     "ProtocolConfig",
-    "Rcpt",
+    "RcptCommand",
     "RcptParams",
+    "Recipient",
     "Reply",
     "ReplyError",
     "ReplyTextError",
+    "Request",
     "Reset",
     "ServerConnection",
     "StartTLS",

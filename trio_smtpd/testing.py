@@ -21,7 +21,8 @@ from functools import partial
 import trio
 import trio.testing
 
-from ._server import Config, Handler, Server, serve
+from ._server import Handler, Server, serve
+from ._settings import Config
 
 __all__ = ["ClientReply", "MemoryListener", "TestClient", "open_client"]
 

@@ -82,7 +82,7 @@ class SinkholeHandler:
                           action=verdict.action, reply=str(verdict.reply))
                 continue
             accept_reply = verdict.reply if verdict is not None else None
-            event.accept(accept_reply.text if accept_reply else None)
+            event.accept(text=accept_reply.text if accept_reply else None)
             if isinstance(event, DataStart):
                 writer, error, digest = await self._receive(session, event.transaction)
         if writer is not None:  # the client left mid-message
@@ -134,7 +134,7 @@ class SinkholeHandler:
             if writer is not None:  # refused outright: nothing is kept
                 await writer.abort()
             _refuse(event, verdict)
-            first = tx.final_replies()[0]
+            first = tx.replies[0]
             _log_transaction(tx, "rejected", str(first), None, verdict.rule)
             return
         save_then_reject = self.save_then_reject or (
@@ -154,10 +154,10 @@ class SinkholeHandler:
                 await writer.abort()
             full = error.errno in (errno.ENOSPC, errno.EDQUOT)
             if full:
-                event.tempfail("Insufficient system storage", "4.3.1", code=452)
+                event.tempfail(452, "Insufficient system storage", "4.3.1")
             else:
-                event.tempfail("Local error in processing", "4.3.0")
-            log.error("session %s: storing the message failed: %s", tx.session.id, error)
+                event.tempfail(451, "Local error in processing", "4.3.0")
+            log.error("session %s: storing the message failed: %s", tx.info.id, error)
         elif save_then_reject:
             saved = f"saved as {name}" if name is not None else "not saved"
             base = verdict.reply if verdict is not None and verdict.reply else None
@@ -165,10 +165,10 @@ class SinkholeHandler:
             event.reject(base.code if base else 554, f"{text}; {saved}",
                          base.enhanced if base else "5.7.1")
         elif name is not None:
-            event.accept(f"queued as {name}")
+            event.accept(text=f"queued as {name}")
         else:
-            event.accept("discarded")
-        replies = tx.final_replies()
+            event.accept(text="discarded")
+        replies = tx.replies
         first = replies[0] if replies else None
         if first is None or first.is_positive:
             outcome = "accepted"
@@ -185,7 +185,7 @@ def _metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
     Written after the message is durable and without an fsync of its own: losing a
     sidecar in a crash loses no mail. A failure is logged, not answered.
     """
-    session = tx.session
+    session = tx.info
     record = {
         "file": name, "session": session.id, "peer": _peer(session.peer),
         "helo": session.helo, "auth": session.authenticated_as,
@@ -222,12 +222,12 @@ def _log_transaction(tx: Transaction, outcome: str, reply: str | None,
                      name: str | None, rule: str | None = None) -> None:
     log_event(
         "message",
-        session=tx.session.id,
-        peer=_peer(tx.session.peer),
-        helo=tx.session.helo,
-        tls=tx.session.tls.version if tx.session.tls else None,
-        sni=tx.session.tls.server_name if tx.session.tls else None,
-        auth=tx.session.authenticated_as,
+        session=tx.info.id,
+        peer=_peer(tx.info.peer),
+        helo=tx.info.helo,
+        tls=tx.info.tls.version if tx.info.tls else None,
+        sni=tx.info.tls.server_name if tx.info.tls else None,
+        auth=tx.info.authenticated_as,
         sender=str(tx.sender) if tx.sender else "",
         recipients=[str(r.address) for r in tx.recipients],
         size=tx.size,
@@ -256,7 +256,7 @@ def _facts(session: Session, event: Decision) -> Facts:
         authenticated=info.authenticated_as is not None,
         helo=event.name if isinstance(event, Hello) else info.helo,
         sender=sender,
-        recipient=str(event.recipient) if isinstance(event, Rcpt) else None,
+        recipient=str(event.address) if isinstance(event, Rcpt) else None,
         recipients=tuple(str(r.address) for r in tx.recipients) if tx else (),
     )
 
@@ -268,11 +268,11 @@ def _refuse(event: Decision, verdict: Verdict) -> None:
     if isinstance(event, Connect):
         # RFC 5321 3.1: refuse with 554 (the client may still QUIT), or 421 and close.
         if verdict.action == "tempfail":
-            event.tempfail(text, enhanced and "4" + enhanced[1:])
+            event.tempfail(421, text, enhanced and "4" + enhanced[1:])
         else:
             event.reject(554, text, enhanced and "5" + enhanced[1:])
     elif verdict.action == "tempfail":
-        event.tempfail(text, enhanced, code=reply.code if reply else 451)
+        event.tempfail(reply.code if reply else 451, text, enhanced)
     else:
         event.reject(reply.code if reply else 550, text, enhanced)
 
@@ -287,7 +287,7 @@ async def _write(writer: MaildirWriter, data: bytes) -> OSError | None:
 
 def trace_headers(tx: Transaction, hostname: str) -> bytes:
     """Return-Path, X-Original-To and Received headers for one stored message."""
-    session = tx.session
+    session = tx.info
     ip = session.peer[0] if session.peer else "unknown"
     helo = session.helo or "unknown"
     protocol = "LMTP" if tx.lmtp else "UTF8SMTP" if tx.mail_params.smtputf8 else "ESMTP"

@@ -1,0 +1,193 @@
+"""The conversation with one client: the protocol engine fed from the client's transport.
+
+``Exchange.next_event()`` returns the engine's next event, doing the I/O in between: it
+sends the replies the engine has made (after the tarpit delay, if any), then reads with
+the deadline that fits what the client owes us: a command line (RFC 5321 4.5.3.2.7, from
+the start of the line, so trickling bytes does not stretch it), a piece of message data
+(4.5.3.2.5), the rest of the session's time cap. A client that misses a deadline is told
+421 and the connection is closed; so is every session at shutdown, at the right moment:
+an idle client at once, a client in a transaction at its next command after the
+transaction, so that no reply ever arrives unprompted behind a 250.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+
+import trio
+
+from . import _events as core
+from ._connection import NEED_DATA, ServerConnection
+from ._info import TLSInfo
+from ._replies import Reply
+from ._tls import handshake, tls_info
+from ._transport import EOF, TIMEOUT, WOKEN, StreamTransport, Transport, TransportError
+
+__all__ = ["Exchange", "ExchangeTimeouts"]
+
+log = logging.getLogger("trio_smtpd")
+
+# What one read may take: what a connection's buffer once held stays allocated while it
+# lives, so with many connections in DATA at once this is the bound that counts.
+_RECEIVE_SIZE = 65536
+# At shutdown, how long a client that just finished its transaction gets for its next
+# command (QUIT, usually) before it is told 421 unprompted.
+_LAST_COMMAND = 10.0
+_TIMEOUT = Reply(421, "Timeout, closing connection", "4.4.2")
+_SESSION_TOO_LONG = Reply(421, "Session too long, closing connection", "4.4.2")
+
+
+class ExchangeTimeouts:
+    """The client's deadlines, in seconds (see ``Timeouts``)."""
+
+    __slots__ = ("command", "data_block", "tls_handshake", "write")
+
+    def __init__(self, command: float, data_block: float, write: float,
+                 tls_handshake: float) -> None:
+        self.command = command
+        self.data_block = data_block
+        self.write = write
+        self.tls_handshake = tls_handshake
+
+
+class Exchange:
+    """The protocol engine and the client's transport, for one connection."""
+
+    __slots__ = ("_closing", "_line_deadline", "_log_id", "_session_end", "_timeouts",
+                 "_waiting_idle", "closed", "conn", "reply_delay", "transport")
+
+    def __init__(self, conn: ServerConnection, transport: Transport,
+                 timeouts: ExchangeTimeouts, session_end: float, log_id: str) -> None:
+        self.conn = conn
+        self.transport = transport
+        self._timeouts = timeouts
+        self._session_end = session_end
+        self._log_id = log_id
+        #: The tarpit: seconds to wait before each batch of replies.
+        self.reply_delay = 0.0
+        self.closed = False
+        self._line_deadline = math.inf
+        self._closing: Reply | None = None  # set at shutdown
+        self._waiting_idle = False  # waiting for a command outside a transaction
+
+    async def next_event(self) -> core.Event | None:
+        """The engine's next event; None once the connection is closed."""
+        conn = self.conn
+        while not self.closed:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                if await self._flush():
+                    await self._read()
+                continue
+            if type(event) is core.ConnectionClosed:
+                await self.close()
+                return None
+            return event  # type: ignore[return-value]
+        return None
+
+    def close_when_idle(self, reply: Reply) -> None:
+        """Shutdown: end the session with ``reply`` now if the client is idle, else
+        answer its first command after the current transaction with it."""
+        self._closing = reply
+        if self._waiting_idle:
+            self.transport.wake()
+
+    def cut_off(self, reply: Reply) -> None:
+        """End the session with ``reply`` at its next wait on the client (or now)."""
+        self._closing = reply
+        self._session_end = -math.inf
+        self.transport.wake()
+
+    async def close(self, reply: Reply | None = None) -> None:
+        """Say a last word (421) if the client can still hear it, then close."""
+        if self.closed:
+            return
+        self.closed = True
+        if reply is not None:
+            self.conn.close_with(reply)
+        try:
+            data = self.conn.data_to_send()
+            if data:
+                # A client that does not read gets no more than a moment.
+                await self.transport.send(data, trio.current_time() + 1)
+        except TransportError:
+            pass
+        finally:
+            await self.transport.aclose()
+
+    async def start_tls(self, context: ssl.SSLContext) -> TLSInfo | None:
+        """After STARTTLS: send the 220, do the handshake; None (and closed) if it failed."""
+        if not await self._flush():
+            return None
+        stream = trio.SSLStream(self.transport.stream(), context, server_side=True)
+        if not await handshake(stream, self._timeouts.tls_handshake, self._log_id):
+            self.closed = True
+            await trio.aclose_forcefully(stream)
+            return None
+        self.transport = StreamTransport(stream)
+        self.conn.tls_established()
+        return tls_info(stream)
+
+    async def _flush(self) -> bool:
+        """Send the replies the engine has made; False (and closed) if that failed."""
+        data = self.conn.data_to_send()
+        if not data:
+            return True
+        if self.reply_delay > 0:
+            await trio.sleep(self.reply_delay)
+        deadline = min(trio.current_time() + self._timeouts.write, self._session_end)
+        try:
+            sent = await self.transport.send(data, deadline)
+        except TransportError as exc:
+            log.info("session %s: send failed: %r", self._log_id, exc.__cause__)
+            sent = False
+        else:
+            if not sent:
+                log.info("session %s: client stopped reading", self._log_id)
+        if not sent:
+            self.closed = True
+            await self.transport.aclose()
+        return sent
+
+    async def _read(self) -> None:
+        conn = self.conn
+        idle = not conn.reading_body and not conn.in_transaction and not conn.partial_line
+        if self._closing is not None and idle:
+            conn.close_on_next_command(self._closing)
+        self._waiting_idle = idle
+        try:
+            result = await self.transport.receive(_RECEIVE_SIZE, self._deadline())
+        except TransportError as exc:
+            log.info("session %s: connection lost: %r", self._log_id, exc.__cause__)
+            result = EOF
+        finally:
+            self._waiting_idle = False
+        if result is TIMEOUT or result is WOKEN:
+            await self.close(self._why_closing(result is WOKEN))
+        else:
+            conn.receive_data(b"" if result is EOF else result)  # type: ignore[arg-type]
+
+    def _deadline(self) -> float:
+        conn, timeouts, now = self.conn, self._timeouts, trio.current_time()
+        if conn.reading_body:
+            # RFC 5321 4.5.3.2.5: a limit on each read of the data, not on the whole.
+            deadline = now + timeouts.data_block
+        else:
+            # The command timeout runs from the start of a line, not from its last byte:
+            # a client trickling a byte at a time (slowloris) is still cut off.
+            if not conn.partial_line:
+                self._line_deadline = now + timeouts.command
+                if self._closing is not None:
+                    self._line_deadline = now + min(timeouts.command, _LAST_COMMAND)
+            deadline = self._line_deadline
+        return min(deadline, self._session_end)
+
+    def _why_closing(self, woken: bool) -> Reply:
+        if self._closing is not None and (woken or self._session_end == -math.inf):
+            return self._closing
+        if trio.current_time() >= self._session_end:
+            return _SESSION_TOO_LONG
+        log.info("session %s: timed out in %s", self._log_id, self.conn.mode.value)
+        return _TIMEOUT

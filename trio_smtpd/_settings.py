@@ -1,0 +1,113 @@
+"""What a server is told: ``Config`` (limits, TLS, AUTH, the protocol) and ``Timeouts``."""
+
+from __future__ import annotations
+
+import math
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, fields, replace
+
+from ._config import ProtocolConfig
+from ._sasl import MECHANISMS, Credentials
+
+__all__ = ["Authenticator", "Config", "Timeouts"]
+
+Authenticator = Callable[[Credentials], Awaitable[str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Every timeout, in seconds, each for one kind of wait.
+
+    A client that misses its deadline is told 421 and disconnected; an application that
+    misses its deadline has that decision, and every later one of the session, answered
+    with a temporary failure.
+    """
+
+    #: Waiting for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes).
+    command: float = 300.0
+    #: Waiting for each read of message data (RFC 5321 4.5.3.2.5: 3 minutes).
+    data_block: float = 180.0
+    #: The application deciding about a message (RFC 5321 4.5.3.2.6, the client's
+    #: DATA termination wait: 10 minutes); then 451.
+    message_decision: float = 600.0
+    #: The application deciding an envelope step (connect, HELO, AUTH, MAIL, RCPT, DATA).
+    decision: float = 300.0
+    #: A TLS handshake, implicit or after STARTTLS.
+    tls_handshake: float = 60.0
+    #: Writing replies to a client that does not read them.
+    write: float = 300.0
+    #: The whole session, whatever it does; None for no cap.
+    session: float | None = 3600.0
+    #: Graceful shutdown: how long transactions in progress get to finish.
+    shutdown_grace: float = 30.0
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is None and item.name == "session":
+                continue
+            if not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise ValueError(f"Timeouts.{item.name} must be a finite number of "
+                                 f"seconds, at least 0 (not {value!r})")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a server needs; the protocol options are those of ``ProtocolConfig``."""
+
+    #: Our name, in the greeting, the EHLO reply and trace headers.
+    hostname: str = field(default_factory=socket.gethostname)
+    #: Speak LMTP (RFC 2033) instead of SMTP.
+    lmtp: bool = False
+    #: Enables STARTTLS (and implicit-TLS listeners).
+    tls: ssl.SSLContext | None = None
+    #: Checks SASL credentials: returns the authenticated identity, or None to refuse.
+    authenticator: Authenticator | None = None
+    #: SASL mechanisms offered when an authenticator is given, in order.
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    #: Offer and accept AUTH only under TLS (RFC 4954 14).
+    auth_requires_tls: bool = True
+    #: Refuse MAIL (530) until STARTTLS has completed.
+    require_tls: bool = False
+    #: Refuse MAIL (530) until AUTH has succeeded (message submission, RFC 6409).
+    require_auth: bool = False
+    #: Largest message accepted, in octets (advertised as SIZE); None for no limit.
+    max_message_size: int | None = 32 * 2**20
+    #: Recipients per transaction (RFC 5321 4.5.3.1.8: at least 100); more get 452.
+    max_recipients: int = 100
+    #: Connections at once; more are answered 421 and closed.
+    max_connections: int = 1000
+    #: Connections at once from one address; more are answered 421 and closed.
+    max_connections_per_ip: int = 50
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    #: Drive plain TCP and Unix-socket connections as raw non-blocking sockets (the fast
+    #: path); False carries them as ``trio.SocketStream`` like any other stream.
+    direct_sockets: bool = True
+    #: Every other protocol option (limits, extensions, bare_line_endings...); the fields
+    #: above override the same-named fields of this one.
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.auth_mechanisms if m not in MECHANISMS]
+        if unknown:
+            raise ValueError(f"unsupported SASL mechanisms: {unknown}")
+        if self.max_connections < 1 or self.max_connections_per_ip < 1:
+            raise ValueError("connection limits must be at least 1")
+        self.protocol_config()  # fail now, not at the first connection
+
+    def protocol_config(self) -> ProtocolConfig:
+        """The engine's settings: ``protocol`` with this config's fields applied."""
+        return replace(
+            self.protocol,
+            hostname=self.hostname,
+            lmtp=self.lmtp,
+            tls_available=self.tls is not None,
+            auth_mechanisms=self.auth_mechanisms if self.authenticator else (),
+            auth_requires_tls=self.auth_requires_tls,
+            require_tls=self.require_tls,
+            require_auth=self.require_auth,
+            max_message_size=self.max_message_size,
+            max_recipients=self.max_recipients,
+        )

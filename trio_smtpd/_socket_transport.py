@@ -1,0 +1,162 @@
+"""The fast path for plain TCP and Unix-socket connections: a non-blocking socket driven
+directly.
+
+Each call tries the system call first and only waits (``trio.lowlevel.wait_readable`` or
+``wait_writable``) when the socket would block; ``trio.SocketStream`` would put
+checkpoints and a cancel scope around every call instead, which under a load of short SMTP
+sessions was about half of the server's CPU time (see benchmarks/README.md). A read that
+did not have to wait still yields to the other tasks, so a client that never stops sending
+cannot starve them.
+
+Deadlines are kept by the server's ``Watchdog``: it calls ``expire()``, which ends the
+wait with ``trio.lowlevel.notify_closing`` (the session closes the socket right after, as
+that call expects). A new connection waits for its first command in the server's
+``IdlePool``, where an idle connection costs less memory; it leaves the pool for good once
+the client has spoken.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import trio
+
+from ._idlepool import IdlePool
+from ._transport import EOF, TIMEOUT, WOKEN, Outcome, TransportError
+from ._watchdog import Watchdog
+
+__all__ = ["SocketTransport"]
+
+_IDLE, _READING, _WRITING, _PARKED = 0, 1, 2, 3
+
+
+class SocketTransport:
+    """A non-blocking plain socket, its calls tried before any wait."""
+
+    __slots__ = ("_deadline", "_fd", "_fresh", "_pool", "_sock", "_state", "_watchdog",
+                 "_why", "watched_deadline")
+
+    def __init__(self, sock: socket.socket, watchdog: Watchdog,
+                 pool: IdlePool | None = None) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._watchdog = watchdog
+        self._pool = pool
+        # A new connection waits for its first command in the idle pool: many never say
+        # anything (scanners, clients' pools of idle connections).
+        self._fresh = pool is not None
+        self._state = _IDLE
+        self._why: Outcome | None = None  # why the current wait ended early
+        self._deadline = math.inf
+        #: For the watchdog (see ``Watched``).
+        self.watched_deadline = math.inf
+
+    async def receive(self, max_bytes: int, deadline: float) -> bytes | Outcome:
+        data = _recv_nowait(self._sock, max_bytes)
+        if data is not None:
+            await trio.lowlevel.checkpoint()  # the bytes were there: let others run too
+            return data or EOF
+        while True:
+            if self._fresh and self._pool is not None and self._pool.running:
+                ended = await self._wait_parked(deadline)
+            else:
+                ended = await self._wait(_READING, deadline)
+            self._fresh = False
+            if ended is not None:
+                return ended
+            data = _recv_nowait(self._sock, max_bytes)
+            if data is not None:
+                return data or EOF
+
+    async def send(self, data: bytes, deadline: float) -> bool:
+        view = memoryview(data)
+        while True:
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise TransportError(exc) from exc
+            view = view[sent:]
+            if not view:
+                return True
+            if await self._wait(_WRITING, deadline) is not None:
+                return False
+
+    def wake(self) -> None:
+        self._end_wait(WOKEN)
+
+    def expire(self, now: float) -> None:
+        """From the watchdog: the current wait's deadline has passed."""
+        self._end_wait(TIMEOUT)
+
+    def stream(self) -> trio.abc.Stream:
+        return trio.SocketStream(trio.socket.from_stdlib_socket(self._sock))
+
+    async def aclose(self) -> None:
+        self._end_wait(WOKEN)  # (only when another task closes us during a wait)
+        self._watchdog.unwatch(self)
+        self._sock.close()
+
+    async def _wait(self, state: int, deadline: float) -> Outcome | None:
+        """Wait until the socket is ready (None), or the deadline or ``wake()`` comes."""
+        if deadline <= trio.current_time():
+            return TIMEOUT
+        self._why = None
+        self._watchdog.watch(self, deadline)
+        self._state = state
+        try:
+            if state == _READING:
+                await trio.lowlevel.wait_readable(self._fd)
+            else:
+                await trio.lowlevel.wait_writable(self._fd)
+        except trio.ClosedResourceError:
+            if self._why is None:
+                raise
+        finally:
+            self._state = _IDLE
+            self._watchdog.unwatch(self)
+        return self._why
+
+    async def _wait_parked(self, deadline: float) -> Outcome | None:
+        """As ``_wait()`` for reading, asleep in the idle pool."""
+        pool = self._pool
+        assert pool is not None
+        self._why = None
+        self._watchdog.watch(self, deadline)
+        self._state = _PARKED
+        pool.park(self._fd)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            pool.forget(self._fd)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        try:
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        finally:
+            self._state = _IDLE
+            self._watchdog.unwatch(self)
+        return self._why
+
+    def _end_wait(self, why: Outcome) -> None:
+        state = self._state
+        if state == _IDLE or self._why is not None:
+            return
+        self._why = why
+        if state == _PARKED:
+            assert self._pool is not None
+            self._pool.release(self._fd)
+        else:
+            trio.lowlevel.notify_closing(self._fd)
+
+
+def _recv_nowait(sock: socket.socket, max_bytes: int) -> bytes | None:
+    """``recv()``, or None if it would block."""
+    try:
+        return sock.recv(max_bytes)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        raise TransportError(exc) from exc
