@@ -64,11 +64,12 @@ async def test_a_replaced_or_withdrawn_deadline_does_not_expire(
         for _ in range(20):
             watchdog.watch(busy, trio.current_time() + 30)
             await trio.sleep(20)
-        watchdog.watch(done, trio.current_time() + 5)
+        # (busy's last deadline is 10 s from now)
+        watchdog.watch(done, trio.current_time() + 2)
         watchdog.unwatch(done)
-        await trio.sleep(10)
+        await trio.sleep(5)
         assert busy.expired_at == [] and done.expired_at == []
-        await trio.sleep(21)
+        await trio.sleep(10)
         assert len(busy.expired_at) == 1
         nursery.cancel_scope.cancel()
 

@@ -54,6 +54,10 @@ class Decision:
     _TEMPFAIL: tuple[int, str | None] = (451, "4.3.0")
     _REJECT_TEXT = "Rejected"
     _TEMPFAIL_TEXT = "Temporary failure, try again later"
+    #: The codes each answer may use, where the protocol allows only some.
+    _ACCEPT_CODES: tuple[int, ...] = (250,)
+    _REJECT_CODES: tuple[int, ...] = ()
+    _TEMPFAIL_CODES: tuple[int, ...] = ()
 
     def __init__(self) -> None:
         self._answered = False
@@ -77,8 +81,7 @@ class Decision:
             self._answer(None)
             return
         code = self._ACCEPT[0] if code is None else code
-        if not 200 <= code < 400:
-            raise ValueError(f"accept() takes a 2xx or 3xx code, not {code}")
+        _check(code, self._ACCEPT_CODES, f"{type(self).__name__}.accept()")
         self._answer(_reply(code, text, enhanced, self._ACCEPT, "OK"))
 
     def reject(self, code: int | None = None, text: Text | None = None,
@@ -87,6 +90,7 @@ class Decision:
         code = self._REJECT[0] if code is None else code
         if not 400 <= code < 600:
             raise ValueError(f"reject() takes a 4xx or 5xx code, not {code}")
+        _check(code, self._REJECT_CODES, f"{type(self).__name__}.reject()")
         self._answer(_reply(code, text, enhanced, self._REJECT, self._REJECT_TEXT))
 
     def tempfail(self, code: int | None = None, text: Text | None = None,
@@ -95,6 +99,7 @@ class Decision:
         code = self._TEMPFAIL[0] if code is None else code
         if not 400 <= code < 500:
             raise ValueError(f"tempfail() takes a 4xx code, not {code}")
+        _check(code, self._TEMPFAIL_CODES, f"{type(self).__name__}.tempfail()")
         self._answer(_reply(code, text, enhanced, self._TEMPFAIL, self._TEMPFAIL_TEXT))
 
     def _answer(self, reply: Reply | None) -> None:
@@ -109,6 +114,11 @@ class Decision:
         if not self._answered:
             self._answer(reply)
             self._why_answered = f" ({why})"
+
+
+def _check(code: int, allowed: tuple[int, ...], what: str) -> None:
+    if allowed and code not in allowed:
+        raise ValueError(f"{what} takes {' or '.join(map(str, allowed))}, not {code}")
 
 
 def _reply(code: int, text: Text | None, enhanced: str | None,
@@ -126,6 +136,9 @@ class Connect(Decision):
     _ACCEPT = (220, None)
     _REJECT = (554, "5.7.1")
     _TEMPFAIL = (421, "4.3.2")
+    _ACCEPT_CODES = (220,)
+    _REJECT_CODES = (554,)
+    _TEMPFAIL_CODES = (421,)
     _REJECT_TEXT = "No service for you"
     _TEMPFAIL_TEXT = "Service not available, try again later"
 
@@ -157,6 +170,7 @@ class Auth(Decision):
     _ACCEPT = (235, "2.7.0")
     _REJECT = (535, "5.7.8")
     _TEMPFAIL = (454, "4.7.0")
+    _ACCEPT_CODES = (235,)
     _REJECT_TEXT = "Authentication credentials invalid"
 
     def __init__(self, mechanism: str, identity: str, credentials: Credentials) -> None:
@@ -188,6 +202,7 @@ class Rcpt(Decision):
     give 251 or 252."""
 
     _ACCEPT = (250, "2.1.5")
+    _ACCEPT_CODES = (250, 251, 252)
 
     def __init__(self, recipient: Recipient) -> None:
         super().__init__()
@@ -211,6 +226,7 @@ class DataStart(Decision):
 
     _ACCEPT = (354, None)
     _REJECT = (554, "5.7.1")
+    _ACCEPT_CODES = (354,)
 
     def __init__(self, method: Literal["DATA", "BDAT"], transaction: Transaction) -> None:
         super().__init__()

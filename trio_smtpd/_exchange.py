@@ -56,7 +56,8 @@ class Exchange:
     """The protocol engine and the client's transport, for one connection."""
 
     __slots__ = ("_closing", "_line_deadline", "_log_id", "_session_end", "_timeouts",
-                 "_waiting_idle", "closed", "conn", "reply_delay", "transport")
+                 "_waiting_idle", "closed", "conn", "reply_delay", "transaction_answered",
+                 "transport")
 
     def __init__(self, conn: ServerConnection, transport: Transport,
                  timeouts: ExchangeTimeouts, session_end: float, log_id: str) -> None:
@@ -71,6 +72,9 @@ class Exchange:
         self._line_deadline = math.inf
         self._closing: Reply | None = None  # set at shutdown
         self._waiting_idle = False  # waiting for a command outside a transaction
+        #: Set when a transaction's final reply goes out; until the client says more, a
+        #: shutdown answers its next command rather than interrupting it.
+        self.transaction_answered = False
 
     async def next_event(self) -> core.Event | None:
         """The engine's next event; None once the connection is closed."""
@@ -91,7 +95,7 @@ class Exchange:
         """Shutdown: end the session with ``reply`` now if the client is idle, else
         answer its first command after the current transaction with it."""
         self._closing = reply
-        if self._waiting_idle:
+        if self._waiting_idle and not self.transaction_answered:
             self.transport.wake()
 
     def cut_off(self, reply: Reply) -> None:
@@ -167,6 +171,7 @@ class Exchange:
         if result is TIMEOUT or result is WOKEN:
             await self.close(self._why_closing(result is WOKEN))
         else:
+            self.transaction_answered = False
             conn.receive_data(b"" if result is EOF else result)  # type: ignore[arg-type]
 
     def _deadline(self) -> float:

@@ -118,7 +118,10 @@ class Server:
         by default); called again with a shorter grace (0: now), it hurries up."""
         grace = self.config.timeouts.shutdown_grace if grace is None else grace
         self._grace.deadline = min(self._grace.deadline, trio.current_time() + grace)
-        self._stop.set()
+        if not self._stop.is_set():
+            self._stop.set()
+            for session in self._sessions:
+                session._exchange.close_when_idle(_SHUTTING_DOWN)
 
     async def wait_closed(self) -> None:
         """Wait until the server has shut down and every connection is closed."""
@@ -162,8 +165,6 @@ class Server:
         for listener in self.listeners:
             with trio.move_on_after(1):
                 await listener.aclose()
-        for session in list(self._sessions):
-            session._exchange.close_when_idle(_SHUTTING_DOWN)
         with self._grace:
             await self._all_closed()
         if self._sessions:
@@ -279,6 +280,8 @@ class Server:
         session = self._new_session(transport, info)
         if early:
             session._exchange.conn.receive_data(early)
+        if self._stop.is_set():  # accepted just before the listeners closed
+            session._exchange.close_when_idle(_SHUTTING_DOWN)
         self._sessions.add(session)
         log.debug("session %s: connect from %s", info.id, info.peer)
         try:

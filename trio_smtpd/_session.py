@@ -205,6 +205,7 @@ class Session:
     def _answer_message(self, decision: Message) -> None:
         replies = decision.transaction._final_replies()
         self._transaction = None
+        self._exchange.transaction_answered = True
         if self.info.lmtp:
             self._exchange.conn.respond_per_recipient(replies)
         else:

@@ -1,0 +1,288 @@
+"""The API's safety rules, each found broken by a new user's programs (issue 12), through
+the public API and real clients: smtplib in a thread, raw sockets for LMTP."""
+
+from __future__ import annotations
+
+import smtplib
+from datetime import UTC, datetime
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+
+import trio_smtpd
+from tests.tcp import connect, tcp_server
+from trio_smtpd import Config, Message, Rcpt, Session, Timeouts, UsageError, serve
+from trio_smtpd.testing import TestClient
+
+pytestmark = pytest.mark.usefixtures("both_transports")
+
+LMTP = Config(hostname="mx.test", lmtp=True)
+
+
+async def lmtp_transaction(client: TestClient, recipients: list[str]) -> list[str]:
+    """An LMTP transaction by hand; the reply lines after the data, one per recipient."""
+    assert (await client.command("LHLO c")).code == 250
+    assert (await client.command("MAIL FROM:<a@b.c>")).code == 250
+    for recipient in recipients:
+        assert (await client.command(f"RCPT TO:<{recipient}>")).code == 250
+    assert (await client.command("DATA")).code == 354
+    await client.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    return [f"{r.code} {r.lines[0]}" for r in [await client.reply() for _ in recipients]]
+
+
+# -- 1. LMTP: a whole-message accept can never undo a per-recipient refusal ---------------
+
+async def test_lmtp_accept_after_a_refused_recipient_raises_and_the_refusal_stands() -> None:
+    errors: list[str] = []
+    async with tcp_server(LMTP) as server:
+        async def consume() -> None:
+            async with server.transactions() as transactions:
+                async for tx in transactions:
+                    tx.reject_recipient(1, 552, "Mailbox full", "5.2.2")
+                    with pytest.raises(UsageError) as error:
+                        tx.accept()
+                    errors.append(str(error.value))
+                    tx.accept_recipient(0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            client = await connect(server)
+            replies = await lmtp_transaction(client, ["a@x.test", "b@x.test"])
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+    assert replies[0].startswith("250 2.1.5")
+    assert replies[1] == "552 5.2.2 Mailbox full"
+    assert "recipient 1 was already answered (552 5.2.2 Mailbox full)" in errors[0]
+
+
+async def test_lmtp_handler_style_cannot_override_a_refusal_either() -> None:
+    async def handler(session: Session) -> None:
+        async for decision in session:
+            if isinstance(decision, Message):
+                decision.transaction.reject_recipient(0, 550, "No such user", "5.1.1")
+                with pytest.raises(UsageError):
+                    decision.accept()
+                with pytest.raises(UsageError):
+                    decision.transaction.accept_recipient(0)  # twice for one recipient
+            else:
+                decision.accept()
+
+    async with tcp_server(LMTP, handler) as server:
+        client = await connect(server)
+        replies = await lmtp_transaction(client, ["a@x.test", "b@x.test"])
+        await client.aclose()
+    # The refusal stands; the recipient nobody answered is not acknowledged.
+    assert replies == ["550 5.1.1 No such user",
+                       "451 4.3.0 Not answered; try again later"]
+
+
+# -- 2. A decision that times out is never an acceptance ---------------------------------
+
+async def test_a_recipient_lookup_that_times_out_is_451_for_the_rest_of_the_session(
+        ) -> None:
+    config = Config(hostname="mx.test", timeouts=Timeouts(decision=0.2))
+
+    async def handler(session: Session) -> None:
+        async for decision in session:
+            if isinstance(decision, Rcpt):
+                await trio.sleep_forever()  # the lookup never returns
+            decision.accept()
+
+    async with tcp_server(config, handler) as server:
+        port = server.port
+
+        def client() -> list[int]:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                smtp.ehlo("c")
+                codes = [smtp.mail("a@b.c")[0], smtp.rcpt("d@e.f")[0], smtp.rcpt("g@e.f")[0]]
+                codes.append(smtp.docmd("DATA")[0])
+                return codes
+
+        codes = await trio.to_thread.run_sync(client)
+    assert codes == [250, 451, 451, 554]  # 554: no valid recipients
+
+
+# -- 3. Cancelling the consumer of transactions() answers its clients at once ------------
+
+async def test_a_cancelled_consumer_answers_held_and_later_messages_451_at_once(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with tcp_server() as server:
+        taken = trio.Event()
+        consumer = trio.CancelScope()
+
+        async def consume() -> None:
+            with consumer:
+                async with server.transactions() as transactions:
+                    async for _ in transactions:
+                        taken.set()
+                        await trio.sleep_forever()  # saving it... when Ctrl+C comes
+
+        held, later = await connect(server), await connect(server)
+        replies: list[trio_smtpd.testing.ClientReply] = []
+
+        async def send_held() -> None:
+            replies.extend(await held.send_message("a@b.c", ["d@e.f"], b"held\r\n"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            nursery.start_soon(send_held)
+            await taken.wait()
+            start = trio.current_time()
+            consumer.cancel()
+        assert (replies[-1].code, replies[-1].lines) == (
+            451, ["4.3.0 Message not handled; try again later"])
+        replies = await later.send_message("a@b.c", ["d@e.f"], b"later\r\n")
+        assert (replies[-1].code, replies[-1].lines) == (
+            451, ["4.3.0 Nobody is taking messages now; try again later"])
+        assert trio.current_time() - start < 1  # at once, not after a timeout
+        for client in (held, later):
+            await client.aclose()
+
+
+async def test_the_held_message_of_a_cancelled_consumer_gets_451(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # The README's pattern, cancelled while the consumer holds a message: serve() and
+    # the consumer in one nursery, the nursery cancelled (as Ctrl+C does).
+    replies: list[list[trio_smtpd.testing.ClientReply]] = []
+    async with trio.open_nursery() as outer:
+        async def client(server: trio_smtpd.Server) -> None:
+            session = await connect(server)
+            replies.append(await session.send_message("a@b.c", ["d@e.f"], b"x\r\n"))
+            assert (await session.command("QUIT")).code == 221
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                server = await nursery.start(partial(serve, Config(hostname="mx.test"), 0,
+                                                     host="127.0.0.1"))
+                outer.start_soon(client, server)
+                async for _tx in server.transactions():  # no async with: dropped
+                    nursery.cancel_scope.cancel()
+                    await trio.sleep_forever()
+
+        start = trio.current_time()
+        await main()
+    assert replies[0][-1].code == 451
+    assert trio.current_time() - start < Timeouts().shutdown_grace  # not held for grace
+
+
+# -- 4. A completed transaction is not followed by an unprompted 421 ---------------------
+
+async def test_shutdown_after_a_message_lets_smtplib_quit_cleanly() -> None:
+    async with tcp_server() as server:
+        port = server.port
+
+        def send() -> None:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                smtp.sendmail("a@b.c", ["d@e.f"], b"x\r\n")
+            # Leaving the with block sent QUIT and read its 221: no exception.
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume_then_shut_down, server)
+            await trio.to_thread.run_sync(send)
+
+
+async def consume_then_shut_down(server: trio_smtpd.Server) -> None:
+    async with server.transactions() as transactions:
+        async for tx in transactions:
+            server.shutdown()
+            tx.accept()
+
+
+async def test_a_command_after_the_transaction_is_answered_421_not_before_it(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with tcp_server() as server, trio.open_nursery() as nursery:
+        nursery.start_soon(consume_then_shut_down, server)
+        client = await connect(server)
+        replies = await client.send_message("a@b.c", ["d@e.f"], b"x\r\n")
+        assert replies[-1].code == 250
+        reply = await client.command("MAIL FROM:<a@b.c>")
+        assert (reply.code, reply.lines) == (
+            421, ["4.3.2 Service shutting down, try again later"])
+        assert await client.closed()
+        await client.aclose()
+
+
+# -- 5. A decision made too late raises ---------------------------------------------------
+
+async def test_a_message_decision_after_its_deadline_raises(
+        autojump_clock: trio.testing.MockClock) -> None:
+    config = Config(hostname="mx.test", timeouts=Timeouts(message_decision=60))
+    late: list[BaseException] = []
+    async with tcp_server(config) as server:
+        async def consume() -> None:
+            async with server.transactions() as transactions:
+                async for tx in transactions:
+                    await trio.sleep(61)
+                    with pytest.raises(UsageError) as error:
+                        tx.accept()
+                    late.append(error.value)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            client = await connect(server)
+            replies = await client.send_message("a@b.c", ["d@e.f"], b"x\r\n")
+            assert replies[-1].code == 451
+            await trio.sleep(2)
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+    assert "too late" in str(late[0])
+
+
+async def test_an_envelope_decision_after_its_deadline_raises(
+        autojump_clock: trio.testing.MockClock) -> None:
+    config = Config(hostname="mx.test", timeouts=Timeouts(decision=10))
+    kept: list[trio_smtpd.Decision] = []
+
+    async def handler(session: Session) -> None:
+        async for decision in session:
+            if isinstance(decision, Rcpt):
+                kept.append(decision)
+                await trio.sleep(11)
+            decision.accept()
+
+    async with tcp_server(config, handler) as server:
+        client = await connect(server)
+        for line in ("EHLO c", "MAIL FROM:<a@b.c>"):
+            await client.command(line)
+        assert (await client.command("RCPT TO:<d@e.f>")).code == 451
+        await client.aclose()
+    with pytest.raises(UsageError, match="already answered"):
+        kept[0].accept()
+
+
+# -- 6. One argument order, one set of names ---------------------------------------------
+
+async def test_every_answer_takes_code_text_enhanced_and_multiline_text() -> None:
+    async def handler(session: Session) -> None:
+        async for decision in session:
+            if isinstance(decision, trio_smtpd.Mail):
+                decision.tempfail(code=450, text=["Greylisted", "come back in 5 minutes"],
+                                  enhanced="4.7.1")
+            elif isinstance(decision, trio_smtpd.Rcpt):
+                decision.reject(enhanced="5.7.1", code=550, text="No")
+            else:
+                decision.accept()
+
+    async with tcp_server(handler=handler) as server:
+        client = await connect(server)
+        await client.command("EHLO c")
+        reply = await client.command("MAIL FROM:<a@b.c>")
+        assert (reply.code, reply.lines) == (450, ["4.7.1 Greylisted",
+                                                   "4.7.1 come back in 5 minutes"])
+        await client.aclose()
+
+
+def test_answers_that_the_protocol_does_not_allow_are_refused_at_once() -> None:
+    info = trio_smtpd.SessionInfo("1", None, None, False, datetime.now(UTC))
+    connect = trio_smtpd.Connect(info)
+    with pytest.raises(ValueError, match="554"):
+        connect.reject(550)  # a greeting is refused with 554 (RFC 5321 3.1)
+    with pytest.raises(ValueError, match="421"):
+        connect.tempfail(450)
+    with pytest.raises(ValueError):
+        connect.accept(250)
+    assert not connect.decided  # a refused call answers nothing
+    connect.reject()
+    assert connect.reply is not None and connect.reply.code == 554
