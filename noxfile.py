@@ -1,4 +1,4 @@
-"""Developer and CI tasks: ``nox -s tests lint typecheck`` is what CI runs."""
+"""Developer and CI tasks: ``nox -s tests lint typecheck docs`` is what CI runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import nox
 
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 
 PYTHON = "3.11"
 
@@ -28,7 +28,15 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
-    session.run("mypy", "--strict", "trio_smtpd")
+    session.run("mypy", "--strict", "trio_smtpd", "examples")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The guides and the API reference (from the docstrings); any warning fails it."""
+    session.install("-e", ".", "sphinx>=7", "myst-parser>=3")
+    session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs",
+                "docs/_build/html")
 
 
 @nox.session(python=PYTHON)

@@ -13,14 +13,12 @@ from functools import partial
 import trio
 
 import trio_smtpd
-from trio_smtpd import Message, Session
+from trio_smtpd import Session
 
 
 async def sink(session: Session) -> None:
-    async for event in session:
-        event.accept()
-        if isinstance(event, Message):
-            event.transaction.finish()  # LMTP: every recipient accepted
+    async for decision in session:
+        decision.accept()  # (a Message's accept() answers every LMTP recipient)
 
 
 async def main(port: int, lmtp: bool, transactions: bool) -> None:
@@ -30,8 +28,9 @@ async def main(port: int, lmtp: bool, transactions: bool) -> None:
         server = await nursery.start(partial(trio_smtpd.serve, config, port, host="127.0.0.1",
                                              handler=None if transactions else sink))
         if transactions:
-            async for tx in server.transactions():
-                tx.accept()
+            async with server.transactions() as txs:
+                async for tx in txs:
+                    tx.accept()
 
 
 if __name__ == "__main__":

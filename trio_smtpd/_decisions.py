@@ -210,10 +210,12 @@ class Rcpt(Decision):
 
     @property
     def address(self) -> Address:
+        """The recipient's address (``recipient.address``)."""
         return self.recipient.address
 
     @property
     def params(self) -> RcptParams:
+        """The RCPT TO parameters: NOTIFY and ORCPT (``recipient.params``)."""
         return self.recipient.params
 
     def __repr__(self) -> str:

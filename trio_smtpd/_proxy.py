@@ -204,6 +204,7 @@ class ProxyProtocolListener(trio.abc.Listener[ProxiedStream]):
         self.timeout = timeout
 
     def trusts(self, host: str) -> bool:
+        """True if ``host`` may send PROXY headers."""
         return address_in(host, self.trusted)
 
     async def accept(self) -> ProxiedStream:

@@ -67,14 +67,17 @@ class Reply:
 
     @property
     def is_positive(self) -> bool:
+        """2xx or 3xx."""
         return self.code < 400
 
     @property
     def is_transient(self) -> bool:
+        """4xx: the client should try again later."""
         return 400 <= self.code < 500
 
     @property
     def is_permanent(self) -> bool:
+        """5xx: the client should not try again."""
         return self.code >= 500
 
     @property

@@ -35,8 +35,26 @@ MECHANISMS: tuple[str, ...] = ("PLAIN", "LOGIN", "CRAM-MD5")
 _MAX_PART = 255
 
 
+class Credentials:
+    """What a client presented in AUTH, for the application's authenticator to check.
+
+    ``check(secret)`` compares against the user's secret in constant time, so that
+    applications never compare secrets themselves.
+    """
+
+    __slots__ = ()
+    #: The SASL mechanism used, e.g. ``"PLAIN"``.
+    mechanism: str
+    #: Who the client says it is (the authentication identity).
+    username: str
+
+    def check(self, secret: str) -> bool:
+        """True if the client proved knowledge of ``secret``."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True, slots=True)
-class PlainCredentials:
+class PlainCredentials(Credentials):
     """A username and password, from PLAIN (RFC 4616) or LOGIN."""
 
     mechanism: str
@@ -49,7 +67,7 @@ class PlainCredentials:
 
 
 @dataclass(frozen=True, slots=True)
-class CramMD5Credentials:
+class CramMD5Credentials(Credentials):
     """A CRAM-MD5 answer (RFC 2195): check it against the user's plaintext secret."""
 
     mechanism: str
@@ -60,9 +78,6 @@ class CramMD5Credentials:
     def check(self, secret: str) -> bool:
         expected = hmac.new(secret.encode("utf-8"), self.challenge, hashlib.md5).hexdigest()
         return hmac.compare_digest(expected.encode("ascii"), self.digest.lower().encode("ascii"))
-
-
-Credentials = PlainCredentials | CramMD5Credentials
 
 
 class Challenge(NamedTuple):

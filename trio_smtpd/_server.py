@@ -111,6 +111,7 @@ class Server:
 
     @property
     def shutting_down(self) -> bool:
+        """True once a shutdown has begun."""
         return self._stop.is_set()
 
     def shutdown(self, grace: float | None = None) -> None:

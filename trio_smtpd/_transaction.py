@@ -76,6 +76,7 @@ class Transaction:
 
     @property
     def lmtp(self) -> bool:
+        """True for an LMTP transaction: one answer per recipient."""
         return self.info.lmtp
 
     # ------------------------------------------------------------------ answering

@@ -38,28 +38,34 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
                       else trio.testing.memory_stream_pair)
 
     async def connect(self) -> trio.abc.Stream:
+        """A new connection to the server; returns the client's end."""
         client, server = self._pair()
         await self._send.send(server)
         return client
 
     async def accept(self) -> trio.abc.Stream:
+        """The server's end of the next connection."""
         try:
             return await self._receive.receive()
         except trio.EndOfChannel:
             raise trio.ClosedResourceError from None
 
     async def aclose(self) -> None:
+        """Stop: ``accept()`` raises ``trio.ClosedResourceError`` from now on."""
         await self._send.aclose()
         await self._receive.aclose()
 
 
 @dataclass(frozen=True)
 class ClientReply:
+    """A reply as the client read it: its code and its lines (enhanced code included)."""
+
     code: int
     lines: list[str]
 
     @property
     def text(self) -> str:
+        """The lines joined by newlines."""
         return "\n".join(self.lines)
 
 
@@ -69,12 +75,16 @@ class TestClient:
     __test__ = False  # not a pytest test class
 
     def __init__(self, stream: trio.abc.Stream, server: Server | None = None) -> None:
+        #: The connection to the server.
         self.stream = stream
+        #: The server, when ``open_client()`` made it.
         self.server = server
+        #: The greeting, once read (``open_client()`` reads it).
         self.greeting: ClientReply | None = None
         self._buffer = bytearray()
 
     async def send(self, data: bytes) -> None:
+        """Send raw bytes (pipelined commands, message data)."""
         await self.stream.send_all(data)
 
     async def reply(self) -> ClientReply:
@@ -87,6 +97,7 @@ class TestClient:
                 return ClientReply(int(line[:3]), lines)
 
     async def command(self, line: str) -> ClientReply:
+        """Send one command line and read its reply."""
         await self.send(line.encode() + b"\r\n")
         return await self.reply()
 
@@ -112,6 +123,7 @@ class TestClient:
         return await self.stream.receive_some(1) == b""
 
     async def aclose(self) -> None:
+        """Close the connection."""
         await self.stream.aclose()
 
     async def _line(self) -> str:

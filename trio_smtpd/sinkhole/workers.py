@@ -52,63 +52,81 @@ def supervise(count: int, argv: Sequence[str], sockets: list[BoundSocket],
     else:
         env = {**os.environ, **to_environment(sockets)}
         fds = tuple(item.sock.fileno() for item in sockets)
-    command = worker_argv(argv)
-    signals: list[int] = []
-    reloads: list[int] = []
+    return _Supervisor(count, worker_argv(argv), env, fds).run()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        signals.append(signum)
 
-    def on_hangup(signum: int, frame: FrameType | None) -> None:
-        reloads.append(signum)
+class _Supervisor:
+    """The supervisor's loop: signals in, workers started, watched and restarted."""
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_hangup)  # reload the rules: every worker's job
+    def __init__(self, count: int, command: list[str], env: dict[str, str],
+                 fds: tuple[int, ...]) -> None:
+        self._command, self._env, self._fds = command, env, fds
+        self._signals: list[int] = []
+        self._reloads: list[int] = []
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hangup)  # reload the rules: every worker's job
+        self._workers = [self._start(slot) for slot in range(count)]
+        self._backoff = [0.0] * count
+        self._started = [time.monotonic()] * count
+        self._stopping = False
 
-    def start(slot: int) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(command, env=env, pass_fds=fds, start_new_session=True)
-        log_event("worker-start", worker=slot, pid=process.pid)
-        return process
+    def run(self) -> int:
+        while True:
+            if self._reloads:
+                self._reloads.clear()
+                self._send_all(signal.SIGHUP)
+            if self._signals and not self._stopping:
+                self._stopping = True
+                log_event("shutdown", signal=signal.Signals(self._signals[0]).name,
+                          workers=len(self._workers))
+                self._send_all(signal.SIGTERM)
+            if self._stopping and len(self._signals) > 1:
+                log_event("exit", signal=signal.Signals(self._signals[-1]).name)
+                self._send_all(signal.SIGKILL)
+                return 1
+            alive = self._watch()
+            if self._stopping and alive == 0:
+                return 0
+            time.sleep(_POLL)
 
-    workers = [start(slot) for slot in range(count)]
-    backoff = [0.0] * count
-    started = [time.monotonic()] * count
-    stopping = False
-    while True:
-        if reloads:
-            reloads.clear()
-            for process in workers:
-                _send(process, signal.SIGHUP)
-        if signals and not stopping:
-            stopping = True
-            log_event("shutdown", signal=signal.Signals(signals[0]).name, workers=count)
-            for process in workers:
-                _send(process, signal.SIGTERM)
-        if stopping and len(signals) > 1:
-            log_event("exit", signal=signal.Signals(signals[-1]).name)
-            for process in workers:
-                _send(process, signal.SIGKILL)
-            return 1
+    def _watch(self) -> int:
+        """Restart dead workers (unless stopping); return how many are alive."""
         alive = 0
-        for slot, process in enumerate(workers):
+        for slot, process in enumerate(self._workers):
             status = process.poll()
             if status is None:
                 alive += 1
-                continue
-            if stopping:
-                continue
-            log_event("worker-exit", worker=slot, pid=process.pid, status=status)
-            # A worker that keeps dying at once is restarted ever more slowly.
-            quick = time.monotonic() - started[slot] < 5
-            backoff[slot] = min(_MAX_BACKOFF, backoff[slot] * 2 or 0.1) if quick else 0.0
-            time.sleep(backoff[slot])
-            workers[slot] = start(slot)
-            started[slot] = time.monotonic()
-            alive += 1
-        if stopping and alive == 0:
-            return 0
-        time.sleep(_POLL)
+            elif not self._stopping:
+                log_event("worker-exit", worker=slot, pid=process.pid, status=status)
+                self._restart(slot)
+                alive += 1
+        return alive
+
+    def _restart(self, slot: int) -> None:
+        # A worker that keeps dying at once is restarted ever more slowly.
+        quick = time.monotonic() - self._started[slot] < 5
+        backoff = min(_MAX_BACKOFF, self._backoff[slot] * 2 or 0.1) if quick else 0.0
+        self._backoff[slot] = backoff
+        time.sleep(backoff)
+        self._workers[slot] = self._start(slot)
+        self._started[slot] = time.monotonic()
+
+    def _start(self, slot: int) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(self._command, env=self._env, pass_fds=self._fds,
+                                   start_new_session=True)
+        log_event("worker-start", worker=slot, pid=process.pid)
+        return process
+
+    def _send_all(self, signum: int) -> None:
+        for process in self._workers:
+            _send(process, signum)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals.append(signum)
+
+    def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
+        self._reloads.append(signum)
 
 
 def _send(process: subprocess.Popen[bytes], signum: int) -> None:
