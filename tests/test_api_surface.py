@@ -32,10 +32,10 @@ def test_every_public_method_and_property_is_documented(name: str) -> None:
     undocumented = []
     for attribute in public_attributes(cls):
         member = inspect.getattr_static(cls, attribute)
-        if isinstance(member, property | staticmethod | classmethod) or inspect.isfunction(
-                member):
-            if not inspect.getdoc(getattr(cls, attribute)):
-                undocumented.append(attribute)
+        documentable = isinstance(member, property | staticmethod | classmethod
+                                  ) or inspect.isfunction(member)
+        if documentable and not inspect.getdoc(getattr(cls, attribute)):
+            undocumented.append(attribute)
     assert undocumented == [], f"{name}: {undocumented}"
 
 
