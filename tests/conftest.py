@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.dnsserver import SilentServer, Unbound, start_unbound
+
 
 @pytest.fixture(scope="session")
 def ca() -> trustme.CA:
@@ -63,6 +65,22 @@ def require_program(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unbound]:
+    """A real DNS server (unbound) on loopback, serving tests/dnsserver.py's zone."""
+    server = start_unbound(require_program("unbound"), tmp_path_factory.mktemp("unbound"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def silent_dns() -> Iterator[SilentServer]:
+    """A nameserver address that never answers."""
+    server = SilentServer()
+    yield server
+    server.close()
 
 
 @dataclass
