@@ -8,7 +8,10 @@ queries a connection cost, at the server.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -180,12 +183,19 @@ def start_unbound(program: str, directory: Path, slow_to: str | None = None) -> 
         log_path = directory / f"unbound-{port}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen([program, "-d", "-c", str(config)], stdout=log,
-                                       stderr=subprocess.STDOUT)
+                                       stderr=subprocess.STDOUT,
+                                       preexec_fn=_die_with_parent)
         server = Unbound(process, port, log_path)
         if _answers(server):
             return server
         server.stop()
     raise AssertionError(f"unbound did not start: {log_path.read_text()}")
+
+
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM if the test process dies without its teardown."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _answers(server: Unbound, timeout: float = 10) -> bool:

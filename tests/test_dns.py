@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from tests.dnsserver import SilentServer, Unbound
+from tests.fakedns import HANG, FakeResolver, a
 from trio_smtpd._dnscache import TTLCache
 from trio_smtpd.dns import (
     Answer,
@@ -23,40 +24,6 @@ from trio_smtpd.dns import (
     parse_nameserver,
     reverse_name,
 )
-
-HANG = Answer[dns.rdata.Rdata](Status.OK, detail="never sent: the fake hangs")
-
-
-def a(*addresses: str, ttl: int = 300) -> Answer[dns.rdata.Rdata]:
-    return Answer(Status.OK, tuple(dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.A,
-                                                       x) for x in addresses), ttl)
-
-
-class FakeResolver(Resolver):
-    """The real resolver with its network replaced: answers from a table, after a delay."""
-
-    def __init__(self, answers: dict[str, Answer[dns.rdata.Rdata]] | None = None,
-                 delays: dict[str, float] | None = None, **options: float) -> None:
-        super().__init__(["127.0.0.1:9"], **options)  # (never sent to)
-        self.answers = answers or {}
-        self.delays = delays or {}
-        self.sent: list[str] = []
-        self.in_flight = self.most_in_flight = 0
-
-    async def _send(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType,
-                    lifetime: float) -> Answer[dns.rdata.Rdata]:
-        key = f"{qname.to_text(omit_final_dot=True)} {dns.rdatatype.to_text(rdtype)}"
-        self.sent.append(key)
-        self.in_flight += 1
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        try:
-            answer = self.answers.get(key, Answer(Status.NXDOMAIN))
-            if answer is HANG:
-                await trio.sleep_forever()
-            await trio.sleep(self.delays.get(key, 0))
-            return answer
-        finally:
-            self.in_flight -= 1
 
 
 async def test_an_answer_is_kept_for_its_ttl(autojump_clock: trio.testing.MockClock) -> None:
