@@ -129,6 +129,9 @@ def start_sinkhole(tmp_path: Path, *args: str, listen: int = 1,
     argv += [a for _ in range(listen) for a in ("--listen", "127.0.0.1:0")]
     argv += [a for _ in range(tls_listen) for a in ("--tls-listen", "127.0.0.1:0")]
     argv += list(args)
+    if "--dns-server" not in args:
+        # Never the machine's own resolver: tests talk to loopback only.
+        argv.append("--no-dns")
     with log_path.open("w") as log_file:
         process = subprocess.Popen(argv, stderr=log_file, stdout=subprocess.DEVNULL, text=True)
     sinkhole = Sinkhole(process, maildir, log_path)

@@ -77,6 +77,12 @@ class ClientLookups:
         for event in [self.start(key) for key in keys]:
             await event.wait()
 
+    async def settle(self) -> None:
+        """Wait for every lookup begun so far (each ends by its deadline)."""
+        while pending := [done for done in self._done.values() if not done.is_set()]:
+            for done in pending:
+                await done.wait()
+
     def spawn(self, function: Callable[[], Awaitable[None]]) -> None:
         """Run something in the background for as long as the session (logging)."""
         assert self._nursery is not None
