@@ -9,7 +9,7 @@ import trio
 from tests import dnsserver as z
 from tests.dnsserver import Unbound
 from trio_smtpd.dns import Resolver
-from trio_smtpd.sinkhole.checks import listing, mail_domain, reverse_dns
+from trio_smtpd.sinkhole.checks import _printable, listing, mail_domain, reverse_dns
 from trio_smtpd.sinkhole.dnsfacts import ReverseDNS, dbl_name, lookup_domain
 from trio_smtpd.sinkhole.helo import helo_attributes
 from trio_smtpd.sinkhole.logic import UNKNOWN, Pending, Truth, all_of, any_of, negate
@@ -106,6 +106,13 @@ def test_fcrdns_classes_when_the_dns_could_not_say() -> None:
     ("my_pc", None), ("", None), (None, None), ("x" * 64 + ".test", None)])
 def test_names_worth_asking_a_domain_list_about(text: str | None, name: str | None) -> None:
     assert dbl_name(text) == name
+
+
+def test_a_txt_reason_reaches_the_log_tame() -> None:
+    hostile = "listed\r\nevent=forged\u2028" + "x" * 300
+    tame = _printable(hostile)
+    assert tame.startswith("listed  event=forged ") and len(tame) == 200
+    assert tame.isprintable()
 
 
 def test_lookup_domain() -> None:

@@ -9,6 +9,7 @@ lets one through (a miss)."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -325,9 +326,17 @@ def test_dns_option_errors_exit_2(args: tuple[str, ...], tmp_path: Path) -> None
     assert result.stderr.startswith("trio-smtpd: ") and len(result.stderr.splitlines()) == 1
 
 
-def test_helo_rules_need_no_dns(sinkhole_factory: Factory, tmp_path: Path) -> None:
+def test_helo_rules_need_no_dns_and_dns_rules_cannot_be_reloaded_without(
+        sinkhole_factory: Factory, tmp_path: Path) -> None:
     path = tmp_path / "rules.toml"
     path.write_text(one_rule("helo", 'helo_has = ["bareip"]'))
     sinkhole = sinkhole_factory("--rules", str(path))  # (the fixture adds --no-dns)
     assert MATCHED in converse(sinkhole, ehlo("192.0.2.1"))[-1]
     assert converse(sinkhole, ehlo("mail.test"))[-1].startswith("250")
+    path.write_text(one_rule("connect", 'dnsbl = ["zen.test"]'))
+    sinkhole.process.send_signal(signal.SIGHUP)
+    sinkhole.wait_for("rules-reload")
+    [reload] = sinkhole.events("rules-reload")
+    assert "previous rules kept" in str(reload["outcome"]) and "--no-dns" in str(
+        reload["error"])
+    assert MATCHED in converse(sinkhole, ehlo("192.0.2.1"))[-1]  # the old rules hold
