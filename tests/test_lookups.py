@@ -17,7 +17,7 @@ from trio_smtpd.sinkhole.dnsfacts import (
     dnsbl_key,
     domain_key,
 )
-from trio_smtpd.sinkhole.lookups import ClientLookups
+from trio_smtpd.sinkhole.lookups import MAX_FACTS, ClientLookups
 
 CLIENT = "192.0.2.7"
 PTR = "7.2.0.192.in-addr.arpa PTR"
@@ -92,6 +92,22 @@ async def test_each_fact_is_looked_up_once(autojump_clock: trio.testing.MockCloc
         "rdns": ["h.test"], "fcrdns": "good", "confirmed": "h.test",
         "listings": [{"list": "zen.test", "kind": "dnsbl", "subject": CLIENT,
                       "codes": ["127.0.0.2"], "reason": "bad"}]}
+
+
+async def test_facts_per_connection_are_bounded(autojump_clock: trio.testing.MockClock
+                                                ) -> None:
+    resolver = FakeResolver()  # every name: NXDOMAIN
+    wants = Wants(recipient_domain=True)
+    async with trio.open_nursery() as nursery:
+        lookups = ClientLookups(resolver, nursery, CLIENT, timeout=5.0)
+        for n in range(MAX_FACTS + 50):  # RCPT after RSET after RCPT, new domains each
+            lookups.prefetch(wants, recipient=f"x@d{n}.test")
+        await lookups.settle()
+    assert len(lookups.values) == MAX_FACTS + 51  # (+ the client's own reverse DNS)
+    assert len(resolver.sent) == MAX_FACTS  # one query each (NXDOMAIN), then no more
+    last = lookups.values[domain_key(f"d{MAX_FACTS + 49}.test")]
+    assert isinstance(last, MailDomain) and last.verdict == "unknown"
+    assert "more than" in last.why
 
 
 async def test_a_session_that_ends_leaves_no_waiter_hanging(

@@ -38,6 +38,9 @@ from .dnsfacts import (
 __all__ = ["ClientLookups"]
 
 _GRACE = 0.25
+#: Facts per connection: a client cycling through RSET and new domains cannot make us
+#: look up without end (each fact is itself a bounded number of queries).
+MAX_FACTS = 100
 
 
 class ClientLookups:
@@ -64,8 +67,10 @@ class ClientLookups:
         if done is not None:
             return done
         done = self._done[key] = trio.Event()
-        if self._resolver is None or self._nursery is None:
-            self.values[key] = unknown_fact(key, self.client, "DNS lookups are off")
+        if self._resolver is None or self._nursery is None or len(self._done) > MAX_FACTS:
+            why = ("DNS lookups are off" if self._resolver is None or self._nursery is None
+                   else f"more than {MAX_FACTS} DNS facts for one connection")
+            self.values[key] = unknown_fact(key, self.client, why)
             done.set()
             return done
         deadline = trio.current_time() + self._timeout if deadline is None else deadline
