@@ -8,8 +8,9 @@ import trio
 
 from tests import dnsserver as z
 from tests.dnsserver import Unbound
-from trio_smtpd.dns import Resolver
-from trio_smtpd.sinkhole.checks import _printable, listing, mail_domain, reverse_dns
+from tests.fakedns import FakeResolver, a
+from trio_smtpd.dns import Answer, Resolver, Status
+from trio_smtpd.sinkhole.checks import _confirm, _printable, listing, mail_domain, reverse_dns
 from trio_smtpd.sinkhole.dnsfacts import ReverseDNS, dbl_name, lookup_domain
 from trio_smtpd.sinkhole.helo import helo_attributes
 from trio_smtpd.sinkhole.logic import UNKNOWN, Pending, Truth, all_of, any_of, negate
@@ -119,6 +120,39 @@ def test_lookup_domain() -> None:
     assert lookup_domain("user@Example.ORG") == "example.org"
     assert lookup_domain("") is None and lookup_domain("user@[192.0.2.1]") is None
     assert lookup_domain('"a@b"@example.org') == "example.org"
+
+
+def answer(status: str, *records: str) -> Answer[str]:
+    return Answer(Status(status), records)
+
+
+@pytest.mark.parametrize(("client", "a", "aaaa", "verdict"), [
+    ("192.0.2.7", answer("ok", "192.0.2.7"), answer("nodata"), "verified"),
+    ("::ffff:192.0.2.7", answer("ok", "192.0.2.7"), answer("timeout"), "verified"),
+    ("2001:db8::7", answer("nodata"), answer("ok", "2001:db8:0::7"), "verified"),
+    ("2001:db8::7", answer("ok", "192.0.2.7"), answer("nodata"), "inconsistent"),
+    ("192.0.2.7", answer("ok", "192.0.2.8"), answer("timeout"), "inconsistent"),
+    ("192.0.2.7", answer("timeout"), answer("ok", "2001:db8::7"), "unresolved"),
+    ("192.0.2.7", answer("nodata"), answer("tempfail"), "unresolved"),
+    ("192.0.2.7", answer("nxdomain"), answer("nxdomain"), "nofwd"),
+])
+def test_forward_confirmation(client: str, a: Answer[str], aaaa: Answer[str],
+                              verdict: str) -> None:
+    # Only the client's own family can confirm; the other tells "inconsistent" from
+    # "no address at all"; a failure that could change the verdict leaves it open.
+    assert _confirm(client, a, aaaa) == verdict
+
+
+@pytest.mark.parametrize(("codes", "listed"), [
+    (("127.0.0.2",), True), (("127.0.0.2", "127.0.0.4"), True),
+    (("198.51.100.1",), False),  # a resolver that rewrites NXDOMAIN: no listing
+    (("127.255.255.254",), None),  # Spamhaus refusing the query: unknown
+])
+async def test_listing_answers(codes: tuple[str, ...], listed: bool | None) -> None:
+    resolver = FakeResolver({"7.2.0.192.zen.test A": a(*codes)})
+    result = await listing(resolver, "dnsbl", "192.0.2.7", "zen.test",
+                           trio.current_time() + 5)
+    assert result.listed is listed
 
 
 # ---------------------------------------------------------------- against unbound
