@@ -72,7 +72,7 @@ class ServerSpec:
     def command(self, port: int, workdir: Path, lmtp: bool) -> list[str]:
         trio = [sys.executable, "-m", "trio_smtpd", "--listen", f"127.0.0.1:{port}",
                 "--max-connections", "20000", "--max-message-size", str(200 * 2**20),
-                "--log-format", "json", "--hostname", "bench.test"]
+                "--log-format", "json", "--hostname", "bench.test", "--no-dns"]
         lmtp_flag = ["--lmtp"] if lmtp else []
         if self.name == "trio_smtpd library":
             return [sys.executable, str(Path(__file__).parent / "library_sink.py"), str(port),

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.dnsserver import SilentServer, Unbound, start_unbound
+
 
 @pytest.fixture(params=["direct", "stream"])
 def both_transports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -76,6 +78,22 @@ def require_program(name: str) -> str:
     return path
 
 
+@pytest.fixture(scope="session")
+def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unbound]:
+    """A real DNS server (unbound) on loopback, serving tests/dnsserver.py's zone."""
+    server = start_unbound(require_program("unbound"), tmp_path_factory.mktemp("unbound"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def silent_dns() -> Iterator[SilentServer]:
+    """A nameserver address that never answers."""
+    server = SilentServer()
+    yield server
+    server.close()
+
+
 @dataclass
 class Sinkhole:
     """The real ``trio-smtpd`` program, started as a subprocess on a free port."""
@@ -122,6 +140,9 @@ def start_sinkhole(tmp_path: Path, *args: str, listen: int = 1,
     argv += [a for _ in range(listen) for a in ("--listen", "127.0.0.1:0")]
     argv += [a for _ in range(tls_listen) for a in ("--tls-listen", "127.0.0.1:0")]
     argv += list(args)
+    if "--dns-server" not in args:
+        # Never the machine's own resolver: tests talk to loopback only.
+        argv.append("--no-dns")
     with log_path.open("w") as log_file:
         process = subprocess.Popen(argv, stderr=log_file, stdout=subprocess.DEVNULL, text=True)
     sinkhole = Sinkhole(process, maildir, log_path)

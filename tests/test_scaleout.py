@@ -128,7 +128,7 @@ backend sinks
     assert sorted(stored_ids(backends[0])) == sorted(f"h{n}" for n in range(10))
     for message in backends[0].stored():
         ours, _ = headers_and_body(message)
-        assert ours[-1].startswith("Received: from ") and "([127.0.0.2])" in ours[-1]
+        assert ours[-1].startswith("Received: from ") and "(unknown [127.0.0.2])" in ours[-1]
     for backend in backends:
         entries = backend.events("message")
         assert entries  # round robin used both instances

@@ -53,7 +53,7 @@ def test_smtplib_message_lands_byte_exact(sinkhole_factory: Factory) -> None:
     assert ours[0] == "Return-Path: <a@example.org>"
     assert ours[1] == "X-Original-To: <b@example.net>"
     received = ours[2]
-    assert received.startswith("Received: from client.test ([127.0.0.1])")
+    assert received.startswith("Received: from client.test (unknown [127.0.0.1])")
     assert "by mx.test (trio_smtpd)" in received and "with ESMTP" in received
     assert "for <b@example.net>" in received
     [entry] = sinkhole.events("message")

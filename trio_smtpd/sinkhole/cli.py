@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import ipaddress
+import math
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ from .. import (
     __version__,
     serve,
 )
+from ..dns import Resolver, parse_nameserver
 from ..maildir import Maildir
 from .delivery import SinkholeHandler
 from .logs import configure_logging, log_event
@@ -42,6 +44,8 @@ from .workers import supervise
 __all__ = ["main"]
 
 EXIT_CONFIG = 2
+DEFAULT_DNS_TIMEOUT = 5.0
+MAX_DNS_TIMEOUT = 60.0  # well below the library's decision timeout (300 s)
 
 
 class ConfigError(Exception):
@@ -109,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--rules", metavar="FILE",
         help="policy rules (TOML; see docs/sinkhole.md): the first matching rule of each "
              "phase decides; SIGHUP reloads them, keeping the old ones if the file is bad")
+    add("--dns-server", action="append", default=[], metavar="HOST[:PORT]",
+        help="nameserver for DNS facts about clients (an IP address; [IPv6]:PORT; "
+             "repeatable; default: those of /etc/resolv.conf)")
+    add("--dns-timeout", type=float, default=None, metavar="SECONDS",
+        help="how long a DNS fact may take before it counts as unknown "
+             f"(default {DEFAULT_DNS_TIMEOUT:g}, at most {MAX_DNS_TIMEOUT:g})")
+    add("--no-dns", action="store_true",
+        help="no DNS lookups at all: no reverse DNS in logs and headers, and rules may "
+             "not use DNS facts")
     add("--save-then-reject", action="store_true",
         help="store and log each message, then refuse it with 554 naming its file, so the "
              "sender believes delivery failed (sinksmtp's -M)")
@@ -148,6 +161,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
         raise ConfigError("--timeout must be positive")
     if args.tarpit < 0:
         raise ConfigError("--tarpit must not be negative")
+    check_dns_options(args)
     if args.tls_fallback:
         try:
             parse_fallback(args.tls_fallback)
@@ -194,6 +208,33 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
         timeouts=Timeouts(command=args.timeout),
     )
     return config, maildir
+
+
+def check_dns_options(args: argparse.Namespace) -> None:
+    if args.no_dns and (args.dns_server or args.dns_timeout is not None):
+        raise ConfigError("--no-dns and --dns-server/--dns-timeout contradict each other")
+    timeout = args.dns_timeout
+    if timeout is not None and not (math.isfinite(timeout)
+                                    and 0 < timeout <= MAX_DNS_TIMEOUT):
+        raise ConfigError(f"--dns-timeout must be more than 0 and at most "
+                          f"{MAX_DNS_TIMEOUT:g} seconds")
+    for text in args.dns_server:
+        try:
+            parse_nameserver(text)
+        except ValueError as exc:
+            raise ConfigError(f"--dns-server {exc}") from None
+
+
+def make_resolver(args: argparse.Namespace) -> Resolver | None:
+    """The one resolver of this process (None with --no-dns)."""
+    if args.no_dns:
+        return None
+    resolver = Resolver(args.dns_server or None,
+                        timeout=args.dns_timeout or DEFAULT_DNS_TIMEOUT)
+    if resolver.configuration_error:
+        log_event("dns", warning=resolver.configuration_error,
+                  effect="every DNS fact is unknown")
+    return resolver
 
 
 def parse_sni(text: str) -> tuple[str, ssl.SSLContext]:
@@ -284,7 +325,8 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
         fallback = TLSFallback(*parse_fallback(args.tls_fallback))
     handler = SinkholeHandler(config.hostname, maildir, tarpit=args.tarpit,
                               tls_fallback=fallback, save_then_reject=args.save_then_reject,
-                              rules=_load_rules(args.rules))
+                              rules=_load_rules(args.rules, dns=not args.no_dns),
+                              resolver=make_resolver(args))
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve, config, handler=handler,
                                              listeners=listeners, tls_listeners=tls_listeners))
@@ -295,7 +337,7 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
                                        signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    _reload_rules(args.rules, handler)
+                    _reload_rules(args.rules, handler, dns=not args.no_dns)
                     continue
                 if server.shutting_down:
                     log_event("exit", signal=signal.Signals(signum).name)
@@ -306,21 +348,29 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
     return 0
 
 
-def _load_rules(path: str | None) -> RuleSet | None:
+def _load_rules(path: str | None, *, dns: bool) -> RuleSet | None:
     if path is None:
         return None
     try:
-        return load_rules(path)
+        return _rules_for(path, dns)
     except RulesError as exc:
         raise ConfigError(str(exc)) from None
 
 
-def _reload_rules(path: str | None, handler: SinkholeHandler) -> None:
+def _rules_for(path: str, dns: bool) -> RuleSet:
+    rules = load_rules(path)
+    if not dns and rules.wants:
+        raise RulesError(f"{path}: rules use DNS facts (host, dns, dnsbl, dbl, source, "
+                         "sender_has, recipient_has), but --no-dns is set")
+    return rules
+
+
+def _reload_rules(path: str | None, handler: SinkholeHandler, *, dns: bool) -> None:
     if path is None:
         log_event("rules-reload", outcome="no --rules file")
         return
     try:
-        rules = load_rules(path)
+        rules = _rules_for(path, dns)
     except RulesError as exc:
         log_event("rules-reload", outcome="failed, previous rules kept", error=str(exc))
         return
@@ -348,7 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers < 1:
             raise ConfigError("--workers must be at least 1")
         config, maildir = build_config(args)
-        _load_rules(args.rules)  # a bad rules file is a configuration error, before binding
+        # A bad rules file is a configuration error, before binding.
+        _load_rules(args.rules, dns=not args.no_dns)
         inherited = from_environment()
         supervisor = args.workers > 1 and inherited is None
         # TRIO_SMTPD_SHARED_SOCKET=1 forces the fallback used where SO_REUSEPORT is missing.

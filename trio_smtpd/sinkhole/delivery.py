@@ -5,9 +5,15 @@ size), behind trace headers:
 
 * ``Return-Path: <sender>`` — the envelope sender (RFC 5321 4.4).
 * ``X-Original-To: <recipient>`` — one per envelope recipient, in RCPT order.
-* ``Received:`` — RFC 5321 4.4 trace: HELO name, client address, our host name, the
+* ``Received:`` — RFC 5321 4.4 trace: HELO name, the client's forward-confirmed DNS
+  name (``unknown`` if none) and address, as Postfix writes them, our host name, the
   protocol (RFC 3848: ESMTP, ESMTPS, ESMTPSA, LMTP...), the session id, TLS version and
   cipher, the recipient when there is only one, and the date.
+
+DNS facts about the client (``lookups.ClientLookups``) start at connect, in the
+session's own nursery; a decision waits only for the facts its rules name. The
+``connect`` log line is written once the facts it reports are known (at most
+``--dns-timeout`` after the connection arrived), without holding up the greeting.
 
 250 is answered only after the file is fsynced into ``new/``. A write error answers 452
 (disk full) or 451 and is logged; the server keeps running.
@@ -23,12 +29,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import format_datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from .. import Connect, DataStart, Decision, Hello, Mail, Message, Rcpt, Session, Transaction
+from ..dns import Resolver
 from ..maildir import Maildir, MaildirWriter
+from .dnsfacts import Listing, Wants
 from .logs import log_event
-from .rules import Facts, Phase, RuleSet, Verdict
+from .lookups import ClientLookups
+from .rules import Facts, Pending, Phase, RuleSet, Verdict
 from .tlsfallback import TLSFallback
 
 __all__ = ["SinkholeHandler", "trace_headers"]
@@ -54,8 +66,23 @@ class SinkholeHandler:
     save_then_reject: bool = False
     #: --rules: the policy; replaced as a whole on SIGHUP, so sessions see one or the other.
     rules: RuleSet | None = None
+    #: --dns-server/--dns-timeout: DNS facts about clients, for rules, logs and trace
+    #: headers. None (--no-dns): no lookup at all.
+    resolver: Resolver | None = None
 
     async def __call__(self, session: Session) -> None:
+        client = session.info.peer[0] if session.info.peer else None
+        if self.resolver is None:
+            await self._serve(session, ClientLookups(None, None, client, timeout=0))
+            return
+        async with trio.open_nursery() as nursery:
+            lookups = ClientLookups(self.resolver, nursery, client,
+                                    timeout=self.resolver.timeout,
+                                    on_listing=partial(_log_listing, session.info.id))
+            await self._serve(session, lookups)
+            nursery.cancel_scope.cancel()  # lookups that nobody will read now
+
+    async def _serve(self, session: Session, lookups: ClientLookups) -> None:
         info = session.info
         started = time.monotonic()
         ip = info.peer[0] if info.peer else None
@@ -63,37 +90,45 @@ class SinkholeHandler:
         fallback = self.tls_fallback
         if fallback is not None and ip is not None and not fallback.offer_starttls(ip):
             session.offer_starttls = False
-        log_event("connect", session=info.id, peer=_peer(info.peer),
-                  starttls=None if session.offer_starttls else "withheld")
+        connect_logged = _log_connect(lookups, self.rules.wants if self.rules else Wants(),
+                                      session=info.id, peer=_peer(info.peer),
+                                      starttls=None if session.offer_starttls else "withheld")
         writer: MaildirWriter | None = None
         error: OSError | None = None
         digest: Hash | None = None
+        client = _Client(lookups)
         async for event in session:
+            if isinstance(event, Hello):
+                client.helo_verb = event.verb
             if isinstance(event, Message):
-                verdict = self._verdict(session, "message", event)
-                await self._finish(event, writer, error, verdict, digest)
+                verdict = await self._verdict(session, "message", event, client)
+                await self._finish(event, writer, error, verdict, digest, lookups)
                 writer, error = None, None
                 continue
             phase = _PHASES.get(type(event))
-            verdict = None if phase is None else self._verdict(session, phase, event)
+            verdict = None if phase is None else await self._verdict(session, phase, event,
+                                                                     client)
             if verdict is not None and verdict.action != "accept":
                 _refuse(event, verdict)
                 log_event("policy", session=info.id, phase=phase, rule=verdict.rule,
-                          action=verdict.action, reply=str(verdict.reply))
+                          action=verdict.action, reply=str(verdict.reply),
+                          dns="unknown" if verdict.unknown else None)
                 continue
             accept_reply = verdict.reply if verdict is not None else None
             event.accept(text=accept_reply.text if accept_reply else None)
             if isinstance(event, DataStart):
-                writer, error, digest = await self._receive(session, event.transaction)
+                writer, error, digest = await self._receive(session, event.transaction,
+                                                            lookups)
         if writer is not None:  # the client left mid-message
             await writer.abort()
         if session.tls_failed and fallback is not None and ip is not None:
             fallback.record_failure(ip)
+        await connect_logged.wait()  # (bounded by the DNS deadline) connect before close
         log_event("close", session=info.id, peer=_peer(info.peer), helo=info.helo,
                   tls=info.tls.version if info.tls else None, auth=info.authenticated_as,
                   duration=round(time.monotonic() - started, 3))
 
-    async def _receive(self, session: Session, tx: Transaction
+    async def _receive(self, session: Session, tx: Transaction, lookups: ClientLookups
                        ) -> tuple[MaildirWriter | None, OSError | None, Hash | None]:
         """Stream the body into a Maildir file; keep reading even after a write error.
         With --discard, only count it."""
@@ -103,9 +138,11 @@ class SinkholeHandler:
             if tx.aborted:
                 _log_aborted(tx)
             return None, None, None
+        # Looked up since connect: by now this rarely waits.
+        client_name = await lookups.confirmed_name()
         writer = self.maildir.open()
         digest = hashlib.sha256()  # of the message as received, for the metadata
-        error = await _write(writer, trace_headers(tx, self.hostname))
+        error = await _write(writer, trace_headers(tx, self.hostname, client_name))
         async for chunk in session.body():
             digest.update(chunk)
             if error is None:
@@ -116,18 +153,29 @@ class SinkholeHandler:
             return None, error, digest
         return writer, error, digest
 
-    def _verdict(self, session: Session, phase: Phase, event: Decision) -> Verdict | None:
-        """Ask the rules (if any) about this step; a rule's delay tarpits from now on."""
-        if self.rules is None:
+    async def _verdict(self, session: Session, phase: Phase, event: Decision,
+                       client: _Client) -> Verdict | None:
+        """Ask the rules (if any) about this step, waiting for the DNS facts the deciding
+        rule needs (and only those); a rule's delay tarpits from now on."""
+        rules = self.rules  # (one rule set throughout, even if SIGHUP swaps it meanwhile)
+        if rules is None:
             return None
-        verdict = self.rules.decide(phase, _facts(session, event))
+        facts = _facts(session, event, client)
+        client.lookups.prefetch(rules.wants, helo=facts.helo, sender=facts.sender,
+                                recipient=facts.recipient)
+        verdict = rules.decide(phase, facts)
+        while isinstance(verdict, Pending):
+            if all(key in client.lookups.values for key in verdict.keys):
+                raise RuntimeError(f"rules wait for facts already known: {verdict.keys}")
+            await client.lookups.wait(verdict.keys)
+            verdict = rules.decide(phase, facts)
         if verdict is not None and verdict.delay:
             session.reply_delay = max(session.reply_delay, verdict.delay)
         return verdict
 
     async def _finish(self, event: Message, writer: MaildirWriter | None,
                       error: OSError | None, verdict: Verdict | None,
-                      digest: Hash | None) -> None:
+                      digest: Hash | None, lookups: ClientLookups) -> None:
         tx = event.transaction
         name = None
         if verdict is not None and verdict.action in ("reject", "tempfail"):
@@ -141,10 +189,14 @@ class SinkholeHandler:
             verdict is not None and verdict.action == "save-then-reject")
         if error is None and writer is not None and self.maildir is not None:
             assert digest is not None
+            # The sidecar records every DNS fact: one still being looked up (started at
+            # MAIL, say, by a fast client's pipelined command) is worth its short wait.
+            await lookups.settle()
             # The metadata sidecar is written in the commit's worker thread, after the
             # message is durable: one trip to a thread per message.
             metadata = _metadata_writer(self.maildir, writer.name, tx, digest.hexdigest(),
-                                        verdict.rule if verdict is not None else None)
+                                        verdict.rule if verdict is not None else None,
+                                        lookups.summary())
             try:
                 name = await writer.commit(then=metadata)
             except OSError as exc:
@@ -179,7 +231,7 @@ class SinkholeHandler:
 
 
 def _metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
-                     rule: str | None) -> Callable[[], None]:
+                     rule: str | None, dns: dict[str, Any] | None) -> Callable[[], None]:
     """A sidecar ``meta/<file>.json`` beside the Maildir: what sinksmtp records.
 
     Written after the message is durable and without an fsync of its own: losing a
@@ -195,7 +247,7 @@ def _metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
         "sender": str(tx.sender) if tx.sender else "",
         "recipients": [str(r.address) for r in tx.recipients],
         "size": tx.size, "sha256": sha256, "rule": rule,
-        "received": tx.received.isoformat(),
+        "received": tx.received.isoformat(), "dns": dns,
     }
     path = maildir.path / "meta" / f"{name}.json"
 
@@ -242,7 +294,41 @@ _PHASES: dict[type[Decision], Phase] = {Connect: "connect", Hello: "helo", Mail:
                                         Rcpt: "rcpt", DataStart: "data"}
 
 
-def _facts(session: Session, event: Decision) -> Facts:
+@dataclass
+class _Client:
+    """What a session's decisions need beyond the session itself."""
+
+    lookups: ClientLookups
+    helo_verb: str | None = None  # of the latest HELO/EHLO/LHLO
+
+
+def _log_connect(lookups: ClientLookups, wants: Wants, **fields: Any) -> trio.Event:
+    """The ``connect`` line, with the client's DNS facts once they are known."""
+    logged = trio.Event()
+    if not lookups.enabled:
+        log_event("connect", **fields)
+        logged.set()
+        return logged
+    lookups.prefetch(wants)
+
+    async def when_known() -> None:
+        await lookups.connect_facts(wants)
+        summary = lookups.summary() or {}
+        log_event("connect", **fields, rdns=summary.get("rdns") or None,
+                  fcrdns=summary.get("fcrdns"),
+                  listed=[x.describe() for x in lookups.listings()] or None)
+        logged.set()
+
+    lookups.spawn(when_known)
+    return logged
+
+
+def _log_listing(session_id: str, listing: Listing) -> None:
+    log_event("policy", session=session_id, list=listing.zone, kind=listing.kind,
+              subject=listing.subject, codes=list(listing.codes), reason=listing.reason)
+
+
+def _facts(session: Session, event: Decision, client: _Client) -> Facts:
     """What the rules may look at, including what the pending event is about to add."""
     info, tx = session.info, session.transaction
     sender: str | None = None
@@ -258,6 +344,9 @@ def _facts(session: Session, event: Decision) -> Facts:
         sender=sender,
         recipient=str(event.address) if isinstance(event, Rcpt) else None,
         recipients=tuple(str(r.address) for r in tx.recipients) if tx else (),
+        helo_verb=event.verb if isinstance(event, Hello) else client.helo_verb,
+        local_ip=info.local[0] if info.local else None,
+        dns=client.lookups.values,
     )
 
 
@@ -285,8 +374,10 @@ async def _write(writer: MaildirWriter, data: bytes) -> OSError | None:
     return None
 
 
-def trace_headers(tx: Transaction, hostname: str) -> bytes:
-    """Return-Path, X-Original-To and Received headers for one stored message."""
+def trace_headers(tx: Transaction, hostname: str, client_name: str | None = None) -> bytes:
+    """Return-Path, X-Original-To and Received headers for one stored message.
+
+    ``client_name``: the client's forward-confirmed DNS name, if it has one."""
     session = tx.info
     ip = session.peer[0] if session.peer else "unknown"
     helo = session.helo or "unknown"
@@ -295,7 +386,7 @@ def trace_headers(tx: Transaction, hostname: str) -> bytes:
         protocol += "S"
     if session.authenticated_as:
         protocol += "A"
-    clauses = [f"from {helo} ([{ip}])", f"by {hostname} (trio_smtpd)",
+    clauses = [f"from {helo} ({client_name or 'unknown'} [{ip}])", f"by {hostname} (trio_smtpd)",
                f"with {protocol}", f"id {session.id}"]
     if session.tls:
         clauses.append(f"(using {session.tls.version} with cipher {session.tls.cipher})")

@@ -21,6 +21,12 @@ matchers all hold decides; no matching rule means accept. ::
     not = { ip = ["127.0.0.0/8"] }   # combinators nest: not = {...}, any = [{...}, ...],
     any = [ { helo = ["a"] }, { helo = ["b"] } ]        # all = [{...}, ...]
 
+DNS and HELO matchers (``host``, ``dns``, ``dnsbl``, ``dbl``, ``helo_has``,
+``sender_has``, ``recipient_has``, ``source``) are in :mod:`.dnsrules`. A DNS lookup
+that fails makes its matcher UNKNOWN; a rule's ``unknown`` key says what then:
+``"tempfail"`` (the default: answer 451 4.4.3, never accept on a guess), ``"match"``
+(act as if it matched) or ``"nomatch"`` (go on to the next rule).
+
 Address patterns: ``<>`` the null sender; ``user@domain`` exactly (domain compared
 case-insensitively, local part as written, as RFC 5321 says local parts are); ``user@``
 that local part at any domain; ``@domain`` exactly that domain; ``@.domain`` any
@@ -31,19 +37,23 @@ it holds if any recipient matches). ``save-then-reject`` is for the message phas
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from .._networks import Network, address_in
 from .._replies import Reply, ReplyTextError
+from .dnsfacts import Wants
+from .dnsrules import DNS_MATCHERS, KNOWN_FROM, dns_matcher, wants_of
+from .logic import Key, Pending, Truth, Unknown, all_of, any_of, negate
 
-__all__ = ["Facts", "RuleSet", "RulesError", "Verdict", "load_rules"]
+__all__ = ["Facts", "Pending", "RuleSet", "RulesError", "Verdict", "load_rules"]
 
 Phase = Literal["connect", "helo", "mail", "rcpt", "data", "message"]
 Action = Literal["accept", "reject", "tempfail", "save-then-reject"]
@@ -51,12 +61,15 @@ PHASES: tuple[Phase, ...] = ("connect", "helo", "mail", "rcpt", "data", "message
 ACTIONS: tuple[Action, ...] = ("accept", "reject", "tempfail", "save-then-reject")
 # The first phase in which each fact is known.
 _KNOWN_FROM = {"ip": "connect", "tls": "connect", "authenticated": "connect",
-               "helo": "helo", "sender": "mail", "recipient": "rcpt"}
+               "helo": "helo", "sender": "mail", "recipient": "rcpt", **KNOWN_FROM}
 _DEFAULT_REPLIES = {"reject": Reply(550, "Rejected by policy", "5.7.1"),
                     "tempfail": Reply(451, "Try again later", "4.7.1"),
                     "save-then-reject": Reply(554, "Message rejected", "5.7.1")}
+#: A rule that cannot tell because the DNS did not answer (its ``unknown`` default).
+DNS_TEMPFAIL = Reply(451, "Temporary DNS failure; try again later", "4.4.3")
+_UNKNOWN = ("tempfail", "match", "nomatch")
 _REPLY = re.compile(r"([2-5][0-9][0-9])(?: ([245]\.[0-9]{1,3}\.[0-9]{1,3}))?(?: (.*))?")
-_RULE_KEYS = {"name", "phase", "action", "reply", "delay", "match"}
+_RULE_KEYS = {"name", "phase", "action", "reply", "delay", "match", "unknown"}
 
 
 class RulesError(ValueError):
@@ -74,6 +87,10 @@ class Facts:
     sender: str | None = None  # "" for the null sender <>
     recipient: str | None = None  # the one being decided at rcpt
     recipients: tuple[str, ...] = ()
+    helo_verb: str | None = None  # HELO, EHLO or LHLO
+    local_ip: str | None = None  # the address the client connected to
+    #: DNS facts found so far (``lookups.ClientLookups.values``); a missing one is Pending.
+    dns: Mapping[Key, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,9 +99,10 @@ class Verdict:
     reply: Reply | None  # None: the action's default
     delay: float
     rule: str  # the rule's name, or "rule N"
+    unknown: bool = False  # decided by the rule's ``unknown`` setting: DNS did not answer
 
 
-Matcher = Callable[[Facts, Phase], bool]
+Matcher = Callable[[Facts, Phase], Truth]
 
 
 @dataclass(frozen=True)
@@ -95,20 +113,45 @@ class _Rule:
     reply: Reply | None
     delay: float
     matches: Matcher
+    unknown: str = "tempfail"
+    wants: Wants = field(default_factory=Wants)
+
+    def verdict(self) -> Verdict:
+        return Verdict(self.action, self.reply or _DEFAULT_REPLIES.get(self.action),
+                       self.delay, self.label)
 
 
 class RuleSet:
     def __init__(self, rules: Sequence[_Rule] = ()) -> None:
         self._rules = list(rules)
+        #: The DNS lookups these rules may need, to start them early.
+        self.wants = Wants()
+        for rule in self._rules:
+            self.wants |= rule.wants
 
     def __len__(self) -> int:
         return len(self._rules)
 
-    def decide(self, phase: Phase, facts: Facts) -> Verdict | None:
+    def decide(self, phase: Phase, facts: Facts) -> Verdict | Pending | None:
+        """The first rule of ``phase`` that matches decides; None: no rule did.
+
+        Pending: the next rule in line needs DNS facts not known yet (its keys); wait
+        for them, then ask again. Evaluation itself never waits and has no effects.
+        """
         for rule in self._rules:
-            if rule.phase == phase and rule.matches(facts, phase):
-                return Verdict(rule.action, rule.reply or _DEFAULT_REPLIES.get(rule.action),
-                               rule.delay, rule.label)
+            if rule.phase != phase:
+                continue
+            truth = rule.matches(facts, phase)
+            if isinstance(truth, Pending):
+                return truth
+            if isinstance(truth, Unknown):
+                if rule.unknown == "nomatch":
+                    continue
+                if rule.unknown == "tempfail":
+                    return Verdict("tempfail", DNS_TEMPFAIL, rule.delay, rule.label, True)
+                return dataclasses.replace(rule.verdict(), unknown=True)
+            if truth:
+                return rule.verdict()
         return None
 
 
@@ -153,11 +196,14 @@ def _parse_rule(entry: object, index: int, base: Path) -> _Rule:
     if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0 <= delay <= 600:
         raise RulesError("delay must be a number of seconds from 0 to 600")
     reply = _parse_reply(entry["reply"], action) if "reply" in entry else None
+    unknown = entry.get("unknown", "tempfail")
+    if unknown not in _UNKNOWN:
+        raise RulesError(f"unknown must be one of {', '.join(_UNKNOWN)}")
     match = entry.get("match", {})
     matcher = _compile(match, phase, base)
     name = entry.get("name")
     return _Rule(name if isinstance(name, str) else f"rule {index}", phase, action, reply,
-                 float(delay), matcher)
+                 float(delay), matcher, unknown, wants_of(match))
 
 
 def _parse_reply(text: object, action: str) -> Reply:
@@ -184,24 +230,26 @@ def _compile(spec: object, phase: Phase, base: Path) -> Matcher:
             raise RulesError(f"'{key}' is not known yet in the {phase} phase "
                              f"(it is from {_KNOWN_FROM[fact]} on)")
         matchers.append(_matcher(key, value, phase, base))
-    return lambda facts, phase_: all(m(facts, phase_) for m in matchers)
+    return lambda facts, phase_: all_of(m(facts, phase_) for m in matchers)
 
 
 _MATCHERS = {"not", "any", "all", "tls", "authenticated", "ip", "helo", "sender",
-             "recipient", "sender_file", "recipient_file"}
+             "recipient", "sender_file", "recipient_file", *DNS_MATCHERS}
 
 
 def _matcher(key: str, value: Any, phase: Phase, base: Path) -> Matcher:
     if key not in _MATCHERS:
         raise RulesError(f"unknown matcher '{key}'")
+    if key in DNS_MATCHERS:
+        return dns_matcher(key, value, phase)
     if key == "not":
         inner = _compile(value, phase, base)
-        return lambda facts, p: not inner(facts, p)
+        return lambda facts, p: negate(inner(facts, p))
     if key in ("any", "all"):
         if not isinstance(value, list) or not value:
             raise RulesError(f"'{key}' takes a non-empty list of match tables")
         parts = [_compile(item, phase, base) for item in value]
-        combine = any if key == "any" else all
+        combine = any_of if key == "any" else all_of
         return lambda facts, p: combine(part(facts, p) for part in parts)
     if key in ("tls", "authenticated"):
         if not isinstance(value, bool):
