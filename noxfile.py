@@ -23,6 +23,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
     session.run("ruff", "check", ".")
+    # No import cycle, no function over 50 lines, Session under 300 lines.
+    session.run("python", "tools/check_structure.py")
 
 
 @nox.session(python=PYTHON)

@@ -15,7 +15,7 @@ import trio
 from tests.conftest import Sinkhole
 from trio_smtpd import Config, serve
 from trio_smtpd.maildir import Maildir, MaildirWriter
-from trio_smtpd.sinkhole.delivery import SinkholeHandler
+from trio_smtpd.sinkhole.handler import SinkholeHandler
 from trio_smtpd.testing import MemoryListener, TestClient
 
 Factory = Callable[..., Sinkhole]

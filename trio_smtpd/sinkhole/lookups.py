@@ -132,6 +132,14 @@ class ClientLookups:
     def listings(self) -> list[Listing]:
         return [v for v in self.values.values() if isinstance(v, Listing) and v.listed]
 
+    def client_listings(self, wants: Wants) -> list[Listing]:
+        """The listings of the client itself (its address, its host names): what the
+        connect line reports, whatever else (a sender's domain) was found meanwhile."""
+        keys = [*(dnsbl_key(zone) for zone in wants.dnsbl),
+                *self.host_listing_keys(wants.dbl_host)]
+        found = (self.values.get(key) for key in keys)
+        return [v for v in found if isinstance(v, Listing) and v.listed]
+
     async def confirmed_name(self) -> str | None:
         """The client's forward-confirmed name (waiting for it if need be), for the
         Received header; None with DNS off or without one."""

@@ -1,0 +1,188 @@
+"""The sinkhole's session handler: ask the rules at each step, store what is accepted,
+log it all.
+
+DNS facts about the client (``lookups.ClientLookups``) start at connect, in the
+session's own nursery; a decision waits only for the facts its rules name. The
+``connect`` log line is written once the facts it reports are known (at most
+``--dns-timeout`` after the connection arrived), without holding up the greeting.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+
+from .. import Connect, DataStart, Decision, Hello, Mail, Message, Rcpt, Session
+from ..dns import Resolver
+from ..maildir import Maildir
+from .dnsfacts import Wants
+from .logs import log_event
+from .lookups import ClientLookups
+from .records import log_connect, log_listing, log_transaction, peer_text
+from .rules import Facts, Pending, Phase, RuleSet, Verdict
+from .storing import Incoming, MessageStore
+from .tlsfallback import TLSFallback
+
+__all__ = ["SinkholeHandler"]
+
+_PHASES: dict[type[Decision], Phase] = {Connect: "connect", Hello: "helo", Mail: "mail",
+                                        Rcpt: "rcpt", DataStart: "data"}
+
+
+@dataclass
+class SinkholeHandler:
+    """Handles every session of the sinkhole server."""
+
+    hostname: str
+    maildir: Maildir | None  # None: --discard
+    #: --tarpit: seconds before each batch of replies, for every client.
+    tarpit: float = 0.0
+    #: --tls-fallback: addresses whose STARTTLS handshakes keep failing get none offered.
+    tls_fallback: TLSFallback | None = None
+    #: --save-then-reject (sinksmtp's -M): store and log each message, then refuse it
+    #: with a 554 naming its file, so the sender believes delivery failed.
+    save_then_reject: bool = False
+    #: --rules: the policy; replaced as a whole on SIGHUP, so sessions see one or the other.
+    rules: RuleSet | None = None
+    #: --dns-server/--dns-timeout: DNS facts about clients, for rules, logs and trace
+    #: headers. None (--no-dns): no lookup at all.
+    resolver: Resolver | None = None
+
+    def __post_init__(self) -> None:
+        self._store = MessageStore(self.maildir, self.hostname, self.save_then_reject)
+
+    async def __call__(self, session: Session) -> None:
+        client = session.info.peer[0] if session.info.peer else None
+        if self.resolver is None:
+            await self._serve(session, ClientLookups(None, None, client, timeout=0))
+            return
+        async with trio.open_nursery() as nursery:
+            lookups = ClientLookups(self.resolver, nursery, client,
+                                    timeout=self.resolver.timeout,
+                                    on_listing=partial(log_listing, session.info.id))
+            await self._serve(session, lookups)
+            nursery.cancel_scope.cancel()  # lookups that nobody will read now
+
+    async def _serve(self, session: Session, lookups: ClientLookups) -> None:
+        info, started = session.info, time.monotonic()
+        ip = info.peer[0] if info.peer else None
+        session.reply_delay = self.tarpit
+        fallback = self.tls_fallback
+        if fallback is not None and ip is not None and not fallback.offer_starttls(ip):
+            session.offer_starttls = False
+        connect_logged = log_connect(lookups, self.rules.wants if self.rules else Wants(),
+                                     session=info.id, peer=peer_text(info.peer),
+                                     starttls=None if session.offer_starttls else "withheld")
+        client = _Client(lookups)
+        async for decision in session:
+            await self._decide(session, decision, client)
+        await client.incoming.drop()  # (the client left mid-message)
+        if session.tls_failed and fallback is not None and ip is not None:
+            fallback.record_failure(ip)
+        await connect_logged.wait()  # (bounded by the DNS deadline) connect before close
+        log_event("close", session=info.id, peer=peer_text(info.peer), helo=info.helo,
+                  tls=info.tls.version if info.tls else None, auth=info.authenticated_as,
+                  duration=round(time.monotonic() - started, 3))
+
+    async def _decide(self, session: Session, decision: Decision, client: _Client) -> None:
+        if isinstance(decision, Hello):
+            client.helo_verb = decision.verb
+        phase: Phase | None = "message" if isinstance(decision, Message) else _PHASES.get(
+            type(decision))
+        verdict = None if phase is None else await self._verdict(session, phase, decision,
+                                                                 client)
+        if verdict is not None and verdict.action in ("reject", "tempfail"):
+            await self._refuse(session, decision, verdict, phase, client)
+        elif isinstance(decision, Message):
+            incoming, client.incoming = client.incoming, Incoming()
+            await self._store.finish(decision, incoming, verdict, client.lookups)
+        else:
+            accept_reply = verdict.reply if verdict is not None else None
+            decision.accept(text=accept_reply.text if accept_reply else None)
+            if isinstance(decision, DataStart):
+                client.incoming = await self._store.receive(session, decision.transaction,
+                                                            client.lookups)
+
+    async def _refuse(self, session: Session, decision: Decision, verdict: Verdict,
+                      phase: Phase | None, client: _Client) -> None:
+        _answer_refusal(decision, verdict)
+        if isinstance(decision, Message):
+            await client.incoming.drop()  # refused outright: nothing is kept
+            client.incoming = Incoming()
+            tx = decision.transaction
+            log_transaction(tx, "rejected", str(tx.replies[0]), None, verdict.rule)
+            return
+        log_event("policy", session=session.info.id, phase=phase, rule=verdict.rule,
+                  action=verdict.action, reply=str(verdict.reply),
+                  dns="unknown" if verdict.unknown else None)
+
+    async def _verdict(self, session: Session, phase: Phase, decision: Decision,
+                       client: _Client) -> Verdict | None:
+        """Ask the rules (if any) about this step, waiting for the DNS facts the deciding
+        rule needs (and only those); a rule's delay tarpits from now on."""
+        rules = self.rules  # (one rule set throughout, even if SIGHUP swaps it meanwhile)
+        if rules is None:
+            return None
+        facts = _facts(session, decision, client)
+        client.lookups.prefetch(rules.wants, helo=facts.helo, sender=facts.sender,
+                                recipient=facts.recipient)
+        verdict = rules.decide(phase, facts)
+        while isinstance(verdict, Pending):
+            if all(key in client.lookups.values for key in verdict.keys):
+                raise RuntimeError(f"rules wait for facts already known: {verdict.keys}")
+            await client.lookups.wait(verdict.keys)
+            verdict = rules.decide(phase, facts)
+        if verdict is not None and verdict.delay:
+            session.reply_delay = max(session.reply_delay, verdict.delay)
+        return verdict
+
+
+@dataclass
+class _Client:
+    """What a session's decisions need beyond the session itself."""
+
+    lookups: ClientLookups
+    helo_verb: str | None = None  # of the latest HELO/EHLO/LHLO
+    #: The message being received, if any.
+    incoming: Incoming = field(default_factory=Incoming)
+
+
+def _facts(session: Session, decision: Decision, client: _Client) -> Facts:
+    """What the rules may look at, including what the pending decision is about to add."""
+    info, tx = session.info, session.transaction
+    sender: str | None = None
+    if isinstance(decision, Mail):
+        sender = str(decision.sender) if decision.sender else ""
+    elif tx is not None:
+        sender = str(tx.sender) if tx.sender else ""
+    return Facts(
+        ip=info.peer[0] if info.peer else None,
+        tls=info.tls is not None,
+        authenticated=info.authenticated_as is not None,
+        helo=decision.name if isinstance(decision, Hello) else info.helo,
+        sender=sender,
+        recipient=str(decision.address) if isinstance(decision, Rcpt) else None,
+        recipients=tuple(str(r.address) for r in tx.recipients) if tx else (),
+        helo_verb=decision.verb if isinstance(decision, Hello) else client.helo_verb,
+        local_ip=info.local[0] if info.local else None,
+        dns=client.lookups.values,
+    )
+
+
+def _answer_refusal(decision: Decision, verdict: Verdict) -> None:
+    reply = verdict.reply
+    text = reply.text if reply else "Rejected by policy"
+    enhanced = reply.enhanced if reply else None
+    if isinstance(decision, Connect):
+        # RFC 5321 3.1: refuse with 554 (the client may still QUIT), or 421 and close.
+        if verdict.action == "tempfail":
+            decision.tempfail(421, text, enhanced and "4" + enhanced[1:])
+        else:
+            decision.reject(554, text, enhanced and "5" + enhanced[1:])
+    elif verdict.action == "tempfail":
+        decision.tempfail(reply.code if reply else 451, text, enhanced)
+    else:
+        decision.reject(reply.code if reply else 550, text, enhanced)

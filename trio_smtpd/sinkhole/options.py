@@ -1,0 +1,107 @@
+"""The ``trio-smtpd`` command line: every option, grouped by what it is about."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import __version__
+
+__all__ = ["DEFAULT_DNS_TIMEOUT", "MAX_DNS_TIMEOUT", "build_parser"]
+
+DEFAULT_DNS_TIMEOUT = 5.0
+MAX_DNS_TIMEOUT = 60.0  # well below the library's decision timeout (300 s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-smtpd",
+        description="A sinkhole SMTP/LMTP server: accepts mail and stores each message "
+                    "durably in a Maildir (250 means it is on disk, fsynced). "
+                    "'trio-smtpd hash-password' makes password hashes for --auth-file.",
+    )
+    for add_group in (_listening, _tls, _limits, _policy, _dns, _output):
+        add_group(parser)
+    return parser
+
+
+
+def _listening(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument_group("where and how to listen").add_argument
+    add("--listen", action="append", metavar="HOST:PORT",
+        help="address to listen on (repeatable; default 127.0.0.1:2525; [::1]:25 for IPv6)")
+    add("--tls-listen", action="append", default=[], metavar="HOST:PORT",
+        help="address for implicit TLS (RFC 8314, port 465 style; repeatable)")
+    add("--proxy-listen", action="append", default=[], metavar="HOST:PORT",
+        help="address for clients coming through a PROXY-protocol (v1/v2) load balancer "
+             "such as HAProxy's send-proxy-v2 (repeatable; needs --proxy-trusted)")
+    add("--proxy-trusted", action="append", default=[], metavar="NETWORK",
+        help="address or network (CIDR) allowed to send PROXY headers (repeatable)")
+    add("--workers", type=int, default=1, metavar="N",
+        help="worker processes sharing the listeners; a supervisor restarts any that dies "
+             "(default 1: no supervisor)")
+    add("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP")
+    add("--hostname", default=None, metavar="NAME",
+        help="name in the greeting and Received headers (default: this host's name)")
+
+
+def _tls(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument_group("TLS and AUTH").add_argument
+    add("--tls-cert", metavar="FILE", help="PEM certificate chain; enables STARTTLS")
+    add("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
+    add("--tls-sni", action="append", default=[], metavar="NAME=CERT:KEY",
+        help="another certificate, for clients that ask for NAME by SNI (a host name or "
+             "*.domain; repeatable); others get --tls-cert")
+    add("--tls-fallback", default=None, metavar="FAILURES:HOURS",
+        help="stop offering STARTTLS to an address after FAILURES failed handshakes "
+             "within HOURS, so broken TLS clients can still deliver (e.g. 3:24)")
+    add("--auth-file", metavar="FILE",
+        help="enables AUTH PLAIN/LOGIN (only over TLS): lines of user:hash, each hash made "
+             "by 'trio-smtpd hash-password'")
+
+
+def _limits(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument_group("limits and timeouts").add_argument
+    add("--max-message-size", type=int, default=32 * 2**20, metavar="BYTES",
+        help="largest message accepted, advertised as SIZE (default 33554432)")
+    add("--max-recipients", type=int, default=100, metavar="N",
+        help="recipients per transaction; more get 452 (default 100, RFC 5321)")
+    add("--timeout", type=float, default=300.0, metavar="SECONDS",
+        help="idle time allowed between commands before 421 (default 300, RFC 5321)")
+    add("--max-connections", type=int, default=1000, metavar="N",
+        help="concurrent connections; more are answered 421 (default 1000)")
+    add("--tarpit", type=float, default=0.0, metavar="SECONDS",
+        help="wait this long before each batch of replies to every client (default 0)")
+
+
+def _policy(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument_group("what to do with mail").add_argument
+    add("--rules", metavar="FILE",
+        help="policy rules (TOML; see docs/sinkhole.md): the first matching rule of each "
+             "phase decides; SIGHUP reloads them, keeping the old ones if the file is bad")
+    add("--save-then-reject", action="store_true",
+        help="store and log each message, then refuse it with 554 naming its file, so the "
+             "sender believes delivery failed (sinksmtp's -M)")
+    add("--discard", action="store_true",
+        help="accept and log every message but store nothing (the pure sinkhole)")
+    add("--maildir", default="./maildir", metavar="DIR",
+        help="Maildir to store messages in, created if missing (default ./maildir)")
+
+
+def _dns(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument_group("DNS facts about clients").add_argument
+    add("--dns-server", action="append", default=[], metavar="HOST[:PORT]",
+        help="nameserver for DNS facts about clients (an IP address; [IPv6]:PORT; "
+             "repeatable; default: those of /etc/resolv.conf)")
+    add("--dns-timeout", type=float, default=None, metavar="SECONDS",
+        help="how long a DNS fact may take before it counts as unknown "
+             f"(default {DEFAULT_DNS_TIMEOUT:g}, at most {MAX_DNS_TIMEOUT:g})")
+    add("--no-dns", action="store_true",
+        help="no DNS lookups at all: no reverse DNS in logs and headers, and rules may "
+             "not use DNS facts")
+
+
+def _output(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument_group("output").add_argument
+    add("--log-format", choices=("text", "json"), default="text",
+        help="one line per connection event and per transaction: text or JSON lines")
+    add("--version", action="version", version=f"trio-smtpd {__version__}")

@@ -1,0 +1,112 @@
+"""What the sinkhole writes about each session and message: log lines and the metadata
+sidecar beside a stored message."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .. import Transaction
+from ..maildir import Maildir
+from .dnsfacts import Listing, Wants
+from .logs import log_event
+from .lookups import ClientLookups
+
+__all__ = ["log_aborted", "log_connect", "log_listing", "log_transaction", "metadata_writer",
+           "peer_text"]
+
+log = logging.getLogger("trio_smtpd.sinkhole")
+
+
+def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
+                     rule: str | None, dns: dict[str, Any] | None) -> Callable[[], None]:
+    """A sidecar ``meta/<file>.json`` beside the Maildir: what sinksmtp records.
+
+    Written after the message is durable and without an fsync of its own: losing a
+    sidecar in a crash loses no mail. A failure is logged, not answered.
+    """
+    session = tx.info
+    record = {
+        "file": name, "session": session.id, "peer": peer_text(session.peer),
+        "helo": session.helo, "auth": session.authenticated_as,
+        "tls": None if session.tls is None else {
+            "version": session.tls.version, "cipher": session.tls.cipher,
+            "server_name": session.tls.server_name},
+        "sender": str(tx.sender) if tx.sender else "",
+        "recipients": [str(r.address) for r in tx.recipients],
+        "size": tx.size, "sha256": sha256, "rule": rule,
+        "received": tx.received.isoformat(), "dns": dns,
+    }
+    path = maildir.path / "meta" / f"{name}.json"
+
+    def write() -> None:  # in a worker thread
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(record, ensure_ascii=False) + "\n")
+            temporary.rename(path)
+        except OSError as exc:
+            log.error("session %s: writing metadata for %s failed: %s", session.id, name,
+                      exc)
+
+    return write
+
+
+def log_aborted(tx: Transaction) -> None:
+    reply = tx.abort_reply
+    log_transaction(tx, "refused" if reply else "abandoned", str(reply) if reply else None,
+                     None)
+
+
+def log_transaction(tx: Transaction, outcome: str, reply: str | None,
+                     name: str | None, rule: str | None = None) -> None:
+    log_event(
+        "message",
+        session=tx.info.id,
+        peer=peer_text(tx.info.peer),
+        helo=tx.info.helo,
+        tls=tx.info.tls.version if tx.info.tls else None,
+        sni=tx.info.tls.server_name if tx.info.tls else None,
+        auth=tx.info.authenticated_as,
+        sender=str(tx.sender) if tx.sender else "",
+        recipients=[str(r.address) for r in tx.recipients],
+        size=tx.size,
+        outcome=outcome,
+        reply=reply,
+        file=name,
+        rule=rule,
+    )
+
+
+def log_connect(lookups: ClientLookups, wants: Wants, **fields: Any) -> trio.Event:
+    """The ``connect`` line, with the client's DNS facts once they are known."""
+    logged = trio.Event()
+    if not lookups.enabled:
+        log_event("connect", **fields)
+        logged.set()
+        return logged
+    lookups.prefetch(wants)
+
+    async def when_known() -> None:
+        await lookups.connect_facts(wants)
+        summary = lookups.summary() or {}
+        log_event("connect", **fields, rdns=summary.get("rdns") or None,
+                  fcrdns=summary.get("fcrdns"),
+                  listed=[x.describe() for x in lookups.client_listings(wants)] or None)
+        logged.set()
+
+    lookups.spawn(when_known)
+    return logged
+
+
+def log_listing(session_id: str, listing: Listing) -> None:
+    log_event("policy", session=session_id, list=listing.zone, kind=listing.kind,
+              subject=listing.subject, codes=list(listing.codes), reason=listing.reason)
+
+
+def peer_text(peer: Any) -> str | None:
+    return None if peer is None else f"{peer[0]}:{peer[1]}"
