@@ -59,8 +59,11 @@ class ScriptedTransport:
     async def receive(self, max_bytes: int, deadline: float) -> bytes | Outcome:
         return next(self._chunks, EOF)
 
-    async def send(self, data: bytes, deadline: float) -> bool:
+    async def send(self, data: bytes | memoryview, deadline: float) -> bool:
         return True
+
+    def send_nowait(self, data: bytes) -> bytes:
+        return b""
 
     def wake(self) -> None:
         pass

@@ -19,6 +19,7 @@ import ssl
 import trio
 
 from . import _events as core
+from ._appdeadline import AppDeadline
 from ._connection import NEED_DATA, ServerConnection
 from ._info import TLSInfo
 from ._replies import Reply
@@ -36,6 +37,7 @@ _RECEIVE_SIZE = 65536
 # command (QUIT, usually) before it is told 421 unprompted.
 _LAST_COMMAND = 10.0
 _TIMEOUT = Reply(421, "Timeout, closing connection", "4.4.2")
+_CLOSED = core.ConnectionClosed
 _SESSION_TOO_LONG = Reply(421, "Session too long, closing connection", "4.4.2")
 
 
@@ -55,13 +57,15 @@ class ExchangeTimeouts:
 class Exchange:
     """The protocol engine and the client's transport, for one connection."""
 
-    __slots__ = ("_closing", "_line_deadline", "_log_id", "_session_end", "_timeouts",
-                 "_waiting_idle", "closed", "conn", "reply_delay", "transaction_answered",
+    __slots__ = ("_app", "_closing", "_line_deadline", "_log_id", "_session_end", "_timeouts",
+                 "_waiting", "closed", "conn", "reply_delay", "transaction_answered",
                  "transport")
 
     def __init__(self, conn: ServerConnection, transport: Transport,
-                 timeouts: ExchangeTimeouts, session_end: float, log_id: str) -> None:
+                 timeouts: ExchangeTimeouts, session_end: float, log_id: str,
+                 app_deadline: AppDeadline) -> None:
         self.conn = conn
+        self._app = app_deadline
         self.transport = transport
         self._timeouts = timeouts
         self._session_end = session_end
@@ -71,7 +75,7 @@ class Exchange:
         self.closed = False
         self._line_deadline = math.inf
         self._closing: Reply | None = None  # set at shutdown
-        self._waiting_idle = False  # waiting for a command outside a transaction
+        self._waiting = False  # in receive(), waiting on the client
         #: Set when a transaction's final reply goes out; until the client says more, a
         #: shutdown answers its next command rather than interrupting it.
         self.transaction_answered = False
@@ -82,10 +86,14 @@ class Exchange:
         while not self.closed:
             event = conn.next_event()
             if event is NEED_DATA:
-                if await self._flush():
-                    await self._read()
+                now = trio.current_time()
+                # Replies are small: they usually go out without a wait.
+                rest = self.transport.send_nowait(conn.data_to_send()) if (
+                    self.reply_delay <= 0) else conn.data_to_send()
+                if not rest or await self._flush(rest, now):
+                    await self._read(now)
                 continue
-            if type(event) is core.ConnectionClosed:
+            if type(event) is _CLOSED:
                 await self.close()
                 return None
             return event  # type: ignore[return-value]
@@ -95,7 +103,10 @@ class Exchange:
         """Shutdown: end the session with ``reply`` now if the client is idle, else
         answer its first command after the current transaction with it."""
         self._closing = reply
-        if self._waiting_idle and not self.transaction_answered:
+        conn = self.conn
+        idle = not (conn.reading_body or conn.in_transaction or conn.partial_line
+                    or self.transaction_answered)
+        if self._waiting and idle:
             self.transport.wake()
 
     def cut_off(self, reply: Reply) -> None:
@@ -123,9 +134,10 @@ class Exchange:
 
     async def start_tls(self, context: ssl.SSLContext) -> TLSInfo | None:
         """After STARTTLS: send the 220, do the handshake; None (and closed) if it failed."""
-        if not await self._flush():
+        if not await self._flush(self.conn.data_to_send(), trio.current_time()):
             return None
         stream = trio.SSLStream(self.transport.stream(), context, server_side=True)
+        self._app.lift()  # (the handshake is a wait on the client)
         if not await handshake(stream, self._timeouts.tls_handshake, self._log_id):
             self.closed = True
             await trio.aclose_forcefully(stream)
@@ -134,14 +146,16 @@ class Exchange:
         self.conn.tls_established()
         return tls_info(stream)
 
-    async def _flush(self) -> bool:
-        """Send the replies the engine has made; False (and closed) if that failed."""
-        data = self.conn.data_to_send()
+    async def _flush(self, data: bytes | memoryview, now: float) -> bool:
+        """Send ``data`` (replies); False (and closed) if that failed."""
         if not data:
             return True
         if self.reply_delay > 0:
             await trio.sleep(self.reply_delay)
-        deadline = min(trio.current_time() + self._timeouts.write, self._session_end)
+            now = trio.current_time()
+        deadline = min(now + self._timeouts.write, self._session_end)
+        if self._app.deadline < deadline:
+            self._app.lift()
         try:
             sent = await self.transport.send(data, deadline)
         except TransportError as exc:
@@ -155,27 +169,30 @@ class Exchange:
             await self.transport.aclose()
         return sent
 
-    async def _read(self) -> None:
+    async def _read(self, now: float) -> None:
         conn = self.conn
-        idle = not conn.reading_body and not conn.in_transaction and not conn.partial_line
-        if self._closing is not None and idle:
+        if self._closing is not None and not (conn.reading_body or conn.in_transaction
+                                              or conn.partial_line):
             conn.close_on_next_command(self._closing)
-        self._waiting_idle = idle
+        deadline = self._deadline(now)
+        if self._app.deadline < deadline:
+            self._app.lift()
+        self._waiting = True
         try:
-            result = await self.transport.receive(_RECEIVE_SIZE, self._deadline())
+            result = await self.transport.receive(_RECEIVE_SIZE, deadline)
         except TransportError as exc:
             log.info("session %s: connection lost: %r", self._log_id, exc.__cause__)
             result = EOF
         finally:
-            self._waiting_idle = False
+            self._waiting = False
         if result is TIMEOUT or result is WOKEN:
             await self.close(self._why_closing(result is WOKEN))
         else:
             self.transaction_answered = False
             conn.receive_data(b"" if result is EOF else result)  # type: ignore[arg-type]
 
-    def _deadline(self) -> float:
-        conn, timeouts, now = self.conn, self._timeouts, trio.current_time()
+    def _deadline(self, now: float) -> float:
+        conn, timeouts = self.conn, self._timeouts
         if conn.reading_body:
             # RFC 5321 4.5.3.2.5: a limit on each read of the data, not on the whole.
             deadline = now + timeouts.data_block
@@ -187,7 +204,7 @@ class Exchange:
                 if self._closing is not None:
                     self._line_deadline = now + min(timeouts.command, _LAST_COMMAND)
             deadline = self._line_deadline
-        return min(deadline, self._session_end)
+        return deadline if deadline < self._session_end else self._session_end
 
     def _why_closing(self, woken: bool) -> Reply:
         if self._closing is not None and (woken or self._session_end == -math.inf):

@@ -25,6 +25,7 @@ from typing import Any
 import trio
 
 from . import _events as core
+from ._appdeadline import AppDeadline
 from ._authflow import AuthFlow
 from ._connection import UsageError
 from ._decisions import Auth, Connect, DataStart, Decision, Hello, Mail, Message, Rcpt
@@ -42,6 +43,7 @@ log = logging.getLogger("trio_smtpd")
 _TIMED_OUT = (451, "4.4.3", "Timed out waiting for a decision; try again later")
 _RAISED = (451, "4.3.0", "Local error in processing; try again later")
 _GONE = (451, "4.3.0", "Not handled; try again later")
+_MOVED_ON = " (accepted when the application moved on)"
 
 
 class Session:
@@ -52,13 +54,13 @@ class Session:
     ``tempfail()`` before asking for the next.
     """
 
-    __slots__ = ("_app_scope", "_auth", "_current", "_decision_timeouts", "_exchange",
+    __slots__ = ("_app", "_auth", "_current", "_decision_timeouts", "_exchange",
                  "_fallback", "_queue", "_stashed", "_tls", "_transaction", "info",
                  "offer_starttls", "tls_failed")
 
     def __init__(self, exchange: Exchange, info: SessionInfo, *, decision_timeout: float,
                  message_timeout: float, auth: AuthFlow | None, tls: ssl.SSLContext | None,
-                 transactions: TransactionQueue) -> None:
+                 transactions: TransactionQueue, app_deadline: AppDeadline) -> None:
         #: Facts about the connection, updated as the session goes on.
         self.info = info
         #: Set to False (before EHLO) to stop offering STARTTLS to this client, e.g. one
@@ -74,7 +76,7 @@ class Session:
         self._current: Decision | None = None
         self._transaction: Transaction | None = None
         self._stashed: core.Event | None = None
-        self._app_scope: trio.CancelScope | None = None
+        self._app = app_deadline
         self._fallback: tuple[int, str, str] | None = None  # once the application is gone
 
     @property
@@ -97,18 +99,20 @@ class Session:
         return self
 
     async def __anext__(self) -> Decision:
-        decision = await self.next_decision()
+        self._settle()
+        decision = await self._next()
         if decision is None:
             raise StopAsyncIteration
+        self._current = decision
+        self._app.hold(self._decision_timeouts[type(decision) is Message])
         return decision
 
     async def next_decision(self) -> Decision | None:
         """The next decision to make, or None once the session is over."""
-        self._settle()
-        decision = await self._next()
-        if decision is not None:
-            self._hand_over(decision)
-        return decision
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            return None
 
     async def body(self) -> AsyncIterator[bytes]:
         """Read the message body as it arrives, right after accepting ``DataStart``.
@@ -129,33 +133,32 @@ class Session:
                     self._abort(event)
                 return
             transaction.size += len(event.data)
-            self._application_holds(self._decision_timeouts[0])
+            self._app.hold(self._decision_timeouts[0])
             yield event.data
-            self._application_returns()
         transaction.aborted = True
 
     # ------------------------------------------------------------------ the server's side
 
     async def _run(self, handler: Callable[[Session], Awaitable[None]]) -> None:
         """Serve the whole session with ``handler``, and without it once it is gone."""
-        with trio.CancelScope() as self._app_scope:
+        with trio.CancelScope() as self._app.scope:
             try:
                 await handler(self)
             except Exception:
                 log.exception("session %s: application handler raised", self.info.id)
                 self._fallback = _RAISED
-        if self._app_scope.cancelled_caught:
+        if self._app.scope.cancelled_caught:
             log.warning("session %s: the application took too long to decide", self.info.id)
             self._fallback = _TIMED_OUT
-        self._app_scope = None
+        self._app.scope = None
         if not self._exchange.closed:
             await self._finish(self._fallback or _GONE)
 
     def _cut_off(self, reply: Reply) -> None:
         """End of the shutdown grace period: stop the application, close with ``reply``."""
         self._exchange.cut_off(reply)
-        if self._app_scope is not None:
-            self._app_scope.cancel()
+        if self._app.scope is not None:
+            self._app.scope.cancel()
 
     async def _finish(self, fallback: tuple[int, str, str]) -> None:
         """The rest of the session, every decision answered with ``fallback``."""
@@ -169,37 +172,26 @@ class Session:
 
     # ------------------------------------------------------------------ decisions
 
-    def _hand_over(self, decision: Decision) -> None:
-        self._current = decision
-        self._application_holds(self._decision_timeouts[type(decision) is Message])
-
-    def _application_holds(self, timeout: float) -> None:
-        if self._app_scope is not None:
-            self._app_scope.deadline = trio.current_time() + timeout
-
-    def _application_returns(self) -> None:
-        if self._app_scope is not None:
-            self._app_scope.deadline = math.inf
-
     def _settle(self) -> None:
         """Apply the answer to the current decision (or the default) to the engine."""
-        self._application_returns()
         decision, self._current = self._current, None
         if decision is None:
             return
         conn = self._exchange.conn
         if self._fallback is not None:
             _settle_with(decision, self._fallback)
-        elif not isinstance(decision, Message):
-            decision._settle(None, "accepted when the application moved on")
         if not self.offer_starttls and conn.config.tls_available:
             conn.config = replace(conn.config, tls_available=False)
-        if isinstance(decision, Message):
-            self._answer_message(decision)
-        elif isinstance(decision, Auth):
-            self._answer_auth(decision)
+        kind = type(decision)
+        if kind is Message:
+            self._answer_message(decision)  # type: ignore[arg-type]
+        elif kind is Auth:
+            self._answer_auth(decision)  # type: ignore[arg-type]
         else:
-            conn.respond(decision.reply)
+            if not decision._answered:  # moved past: accepted, and too late to change
+                decision._answered = True
+                decision._why_answered = _MOVED_ON
+            conn.respond(decision._reply)
             self.info.helo = conn.hello_name
 
     def _answer_message(self, decision: Message) -> None:
@@ -213,6 +205,7 @@ class Session:
 
     def _answer_auth(self, decision: Auth) -> None:
         conn = self._exchange.conn
+        decision._settle(None, "accepted when the application moved on")
         if decision.reply is None or decision.reply.is_positive:
             conn.auth_success(decision.identity)
             self.info.authenticated_as = decision.identity

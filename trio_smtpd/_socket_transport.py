@@ -70,7 +70,14 @@ class SocketTransport:
             if data is not None:
                 return data or EOF
 
-    async def send(self, data: bytes, deadline: float) -> bool:
+    def send_nowait(self, data: bytes) -> bytes | memoryview:
+        try:
+            sent = self._sock.send(data)
+        except OSError:  # (would block, or broken: send() says which)
+            return data
+        return memoryview(data)[sent:] if sent < len(data) else b""
+
+    async def send(self, data: bytes | memoryview, deadline: float) -> bool:
         view = memoryview(data)
         while True:
             try:

@@ -56,9 +56,11 @@ class Transaction:
         self._chunks: list[bytes] = []
         self._streamed = False
         self._replies: list[Reply | _Unanswered | None] = [_NOT_YET] * len(recipients)
+        self._answered = 0  # recipients answered one by one
         self._whole = False  # answered all at once
         self._closed_because = ""  # set once answering is over
-        self._done = trio.Event()
+        self._decided = False
+        self._done: trio.Event | None = None  # made when someone waits for the answer
 
     # ------------------------------------------------------------------ the message
 
@@ -84,7 +86,7 @@ class Transaction:
     @property
     def decided(self) -> bool:
         """True once every recipient has its answer (or answering is over)."""
-        return self._done.is_set()
+        return self._decided
 
     @property
     def replies(self) -> list[Reply | None]:
@@ -127,30 +129,43 @@ class Transaction:
 
     # ------------------------------------------------------------------ for the server
 
+    async def _wait_decided(self) -> None:
+        if not self._decided:
+            if self._done is None:
+                self._done = trio.Event()
+            await self._done.wait()
+
+    def _set_decided(self) -> None:
+        self._decided = True
+        if self._done is not None:
+            self._done.set()
+
     def _close_answers(self, default: tuple[int, str, str], why: str) -> None:
         """Answering is over: unanswered recipients get ``default``; later answers raise."""
         if self._closed_because:
             return
-        reply = Reply(default[0], default[2], default[1])
-        self._replies = [_Unanswered(reply) if r is _NOT_YET else r for r in self._replies]
         self._closed_because = why
-        self._done.set()
+        if not self._whole and self._answered < len(self._replies):
+            reply = _Unanswered(Reply(default[0], default[2], default[1]))
+            self._replies = [reply if r is _NOT_YET else r for r in self._replies]
+        self._set_decided()
 
     def _final_replies(self) -> list[Reply | None]:
         """What to send: one reply per recipient (unanswered: 451)."""
         self._close_answers(_UNANSWERED, "the session moved on")
+        if self._whole:
+            return self._replies  # type: ignore[return-value]  # (no _Unanswered in it)
         return self.replies
 
     def _answer_all(self, reply: Reply | None) -> None:
         self._check_open()
-        answered = [i for i, r in enumerate(self._replies) if r is not _NOT_YET]
-        if answered:
-            raise UsageError(f"recipient {answered[0]} was already answered "
-                             f"({self._describe(answered[0])}); answer the others one "
-                             "by one")
-        self._replies = [reply] * len(self.recipients)
+        if self._answered:
+            first = next(i for i, r in enumerate(self._replies) if r is not _NOT_YET)
+            raise UsageError(f"recipient {first} was already answered "
+                             f"({self._describe(first)}); answer the others one by one")
+        self._replies = [reply] * len(self._replies)
         self._whole = True
-        self._done.set()
+        self._set_decided()
 
     def _answer_one(self, index: int, reply: Reply | None) -> None:
         if not self.lmtp:
@@ -160,8 +175,9 @@ class Transaction:
             raise UsageError(f"recipient {index} was already answered "
                              f"({self._describe(index)})")
         self._replies[index] = reply
-        if _NOT_YET not in self._replies:
-            self._done.set()
+        self._answered += 1
+        if self._answered == len(self._replies):
+            self._set_decided()
 
     def _check_open(self) -> None:
         if self._closed_because:

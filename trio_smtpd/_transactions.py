@@ -46,7 +46,7 @@ class TransactionQueue:
         self._waiting.append(transaction)
         self._lot.unpark()
         try:
-            await transaction._done.wait()
+            await transaction._wait_decided()
         finally:
             if transaction in self._waiting:  # (given up: the session's time ran out)
                 self._waiting.remove(transaction)

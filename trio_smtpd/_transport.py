@@ -43,8 +43,12 @@ class Transport(Protocol):
     async def receive(self, max_bytes: int, deadline: float) -> bytes | Outcome:
         """Bytes from the client, or how the wait for them ended instead."""
 
-    async def send(self, data: bytes, deadline: float) -> bool:
-        """Send all of ``data``; False if the deadline passed (or ``wake()``) first."""
+    async def send(self, data: bytes | memoryview, deadline: float) -> bool:
+        """Send all of ``data``; False if the deadline passed first."""
+
+    def send_nowait(self, data: bytes) -> bytes | memoryview:
+        """Send what goes without waiting; return the rest (empty if all went). An error
+        is left for ``send()`` to raise."""
 
     def wake(self) -> None:
         """End the current ``receive()`` with ``WOKEN`` (from any task); the session
@@ -80,7 +84,7 @@ class StreamTransport:
             return bytes(data) if data else EOF
         return TIMEOUT if trio.current_time() >= deadline else WOKEN
 
-    async def send(self, data: bytes, deadline: float) -> bool:
+    async def send(self, data: bytes | memoryview, deadline: float) -> bool:
         with trio.move_on_at(deadline):
             try:
                 await self._stream.send_all(data)
@@ -88,6 +92,9 @@ class StreamTransport:
                 raise TransportError(exc) from exc
             return True
         return False
+
+    def send_nowait(self, data: bytes) -> bytes | memoryview:
+        return data  # a stream has no way to try without waiting
 
     def wake(self) -> None:
         if self._receiving is not None:
