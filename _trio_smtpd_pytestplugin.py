@@ -83,7 +83,9 @@ def _server_options(request: pytest.FixtureRequest) -> ServerOptions:
     try:
         return ServerOptions(**_options(request))
     except (TypeError, ValueError) as exc:
-        pytest.fail(f"{request.fixturename}: bad option: {exc}", pytrace=False)
+        problem = str(exc)
+    # (Outside the except block: the message is the whole story, no chained traceback.)
+    pytest.fail(f"{request.fixturename}: bad option: {problem}", pytrace=False)
 
 
 @pytest.fixture
