@@ -36,6 +36,7 @@ from ..maildir import Maildir
 from .delivery import SinkholeHandler
 from .logs import configure_logging, log_event
 from .passwords import AuthFileError, hash_password, load_auth_file, verify_password
+from .printing import Printer
 from .rules import RulesError, RuleSet, load_rules
 from .sockets import REUSEPORT, BoundSocket, Kind, bind, from_environment
 from .tlsfallback import TLSFallback, parse_fallback
@@ -74,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--listen", action="append", metavar="HOST:PORT",
         help="address to listen on (repeatable; default 127.0.0.1:2525; [::1]:25 for IPv6)")
-    add("--maildir", default="./maildir", metavar="DIR",
-        help="Maildir to store messages in, created if missing (default ./maildir)")
+    add("--maildir", default=None, metavar="DIR",
+        help="Maildir to store messages in, created if missing (default ./maildir; "
+             "none with --print or --print-raw unless given)")
     add("--hostname", default=None, metavar="NAME",
         help="name in the greeting and Received headers (default: this host's name)")
     add("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP")
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
              "sender believes delivery failed (sinksmtp's -M)")
     add("--discard", action="store_true",
         help="accept and log every message but store nothing (the pure sinkhole)")
+    add_print_options(parser)
     add("--log-format", choices=("text", "json"), default="text",
         help="one line per connection event and per transaction: text or JSON lines")
     add("--version", action="version", version=f"trio-smtpd {__version__}")
@@ -190,7 +193,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
             raise ConfigError(str(exc)) from None
         authenticator = partial(_authenticate, users)
     maildir = None
-    if not args.discard:
+    if not args.discard and args.maildir is not None:
         maildir = Maildir(args.maildir)
         try:
             maildir.create()
@@ -208,6 +211,26 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
         timeouts=Timeouts(command=args.timeout),
     )
     return config, maildir
+
+
+def add_print_options(parser: argparse.ArgumentParser) -> None:
+    printing = parser.add_mutually_exclusive_group()
+    add = printing.add_argument
+    add("--print", dest="print_style", action="store_const", const="readable",
+        help="write each message to standard output readably: envelope, decoded headers "
+             "and text parts, attachments listed (a mail catcher for development)")
+    add("--print-raw", dest="print_style", action="store_const", const="raw",
+        help="write each message's bytes to standard output, as received")
+
+
+def check_print_options(args: argparse.Namespace) -> None:
+    """--print and --print-raw store nothing unless --maildir is given; without them,
+    messages go to ./maildir by default."""
+    if args.print_style and args.workers > 1:
+        # Whole messages from several processes would interleave on one output.
+        raise ConfigError("--print and --print-raw need a single process (--workers 1)")
+    if args.maildir is None and not args.print_style:
+        args.maildir = "./maildir"
 
 
 def check_dns_options(args: argparse.Namespace) -> None:
@@ -326,7 +349,8 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
     handler = SinkholeHandler(config.hostname, maildir, tarpit=args.tarpit,
                               tls_fallback=fallback, save_then_reject=args.save_then_reject,
                               rules=_load_rules(args.rules, dns=not args.no_dns),
-                              resolver=make_resolver(args))
+                              resolver=make_resolver(args),
+                              printer=Printer(args.print_style) if args.print_style else None)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve, config, handler=handler,
                                              listeners=listeners, tls_listeners=tls_listeners))
@@ -397,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        check_print_options(args)
         config, maildir = build_config(args)
         # A bad rules file is a configuration error, before binding.
         _load_rules(args.rules, dns=not args.no_dns)

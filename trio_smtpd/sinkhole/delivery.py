@@ -40,6 +40,7 @@ from ..maildir import Maildir, MaildirWriter
 from .dnsfacts import Listing, Wants
 from .logs import log_event
 from .lookups import ClientLookups
+from .printing import Printer
 from .rules import Facts, Pending, Phase, RuleSet, Verdict
 from .tlsfallback import TLSFallback
 
@@ -69,6 +70,8 @@ class SinkholeHandler:
     #: --dns-server/--dns-timeout: DNS facts about clients, for rules, logs and trace
     #: headers. None (--no-dns): no lookup at all.
     resolver: Resolver | None = None
+    #: --print/--print-raw: each message that arrived in full, on standard output.
+    printer: Printer | None = None
 
     async def __call__(self, session: Session) -> None:
         client = session.info.peer[0] if session.info.peer else None
@@ -103,6 +106,8 @@ class SinkholeHandler:
             if isinstance(event, Message):
                 verdict = await self._verdict(session, "message", event, client)
                 await self._finish(event, writer, error, verdict, digest, lookups)
+                if self.printer is not None:
+                    await self.printer.done(event.transaction)
                 writer, error = None, None
                 continue
             phase = _PHASES.get(type(event))
@@ -133,8 +138,9 @@ class SinkholeHandler:
         """Stream the body into a Maildir file; keep reading even after a write error.
         With --discard, only count it."""
         if self.maildir is None:
-            async for _chunk in session.body():
-                pass  # (the transaction counts the size)
+            async for chunk in session.body():  # (the transaction counts the size)
+                if self.printer is not None:
+                    self.printer.keep(tx, chunk)
             if tx.aborted:
                 _log_aborted(tx)
             return None, None, None
@@ -145,6 +151,8 @@ class SinkholeHandler:
         error = await _write(writer, trace_headers(tx, self.hostname, client_name))
         async for chunk in session.body():
             digest.update(chunk)
+            if self.printer is not None:
+                self.printer.keep(tx, chunk)
             if error is None:
                 error = await _write(writer, chunk)
         if tx.aborted:
