@@ -125,3 +125,30 @@ async def test_trio_tls_without_the_extra_is_a_clear_error() -> None:
 def test_a_server_starts_once() -> None:
     with ThreadedSMTPTestServer() as server, pytest.raises(RuntimeError, match="already"):
         server.start()
+
+
+def test_an_error_inside_the_server_is_raised_by_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not lost with its thread: the test that used the server fails at teardown."""
+
+    class Broken:
+        port = 1
+
+        def __init__(self) -> None:
+            self.stop = trio.Event()
+
+        def shutdown(self, grace: float | None = None) -> None:
+            self.stop.set()
+
+    async def serve_then_fail(*args: object, task_status: trio.TaskStatus[Broken],
+                              **kwargs: object) -> None:
+        broken = Broken()
+        task_status.started(broken)
+        await broken.stop.wait()
+        raise OSError("the server broke")
+
+    monkeypatch.setattr("trio_smtpd.testserver.serve", serve_then_fail)
+    server = ThreadedSMTPTestServer().start()
+    with pytest.raises(BaseExceptionGroup) as raised:
+        server.close()
+    assert raised.group_contains(OSError, match="the server broke", depth=None)
+    assert not [t for t in threading.enumerate() if t.name == "trio_smtpd test server"]

@@ -119,7 +119,7 @@ class ReceivedMessage:
     def message(self) -> EmailMessage:
         """The message parsed with the ``email`` package's default (modern) policy.
 
-        Its line endings are ``\n``, as the application's ``EmailMessage`` had them
+        Its line endings are ``\\n``, as the application's ``EmailMessage`` had them
         before it was sent (SMTP carries CRLF; ``data`` keeps the bytes as they came).
         """
         data = self.data.replace(b"\r\n", b"\n")
