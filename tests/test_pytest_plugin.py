@@ -228,3 +228,24 @@ async def test_trio_fixture_takes_parameters(smtp_server: SMTPTestServer) -> Non
     await client.aclose()
     assert "STARTTLS" in ehlo.lines
     assert smtp_server.ca_file is not None and smtp_server.ca_file.exists()
+
+
+@pytest.mark.smtp_server(host="127.0.0.2")
+def test_host(smtp_server_thread: ThreadedSMTPTestServer) -> None:
+    assert smtp_server_thread.host == "127.0.0.2"
+    with smtplib.SMTP("127.0.0.2", smtp_server_thread.port, timeout=10) as client:
+        client.sendmail("a@example.org", ["b@example.org"], b"x\r\n")
+    with pytest.raises(ConnectionRefusedError):  # only there
+        smtplib.SMTP("127.0.0.1", smtp_server_thread.port, timeout=10)
+    assert len(smtp_server_thread.messages) == 1
+
+
+@pytest.mark.parametrize(("options", "complaint"), [
+    ({"tls": "ssl"}, "tls must be None, 'starttls' or 'implicit'"),
+    ({"max_size": 0}, "max_size must be positive"),
+    ({"host": "localhost"}, "host must be an IP address"),
+    ({"lmpt": True}, "unexpected keyword argument 'lmpt'"),
+])
+def test_bad_options(options: dict[str, object], complaint: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=complaint):
+        ThreadedSMTPTestServer(**options)
