@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from trio_smtpd.testing import TestClient
-from trio_smtpd.testserver import SMTPTestServer, ThreadedSMTPTestServer
+from trio_smtpd.testserver import SMTPTestServer, ThreadedSMTPTestServer, open_smtp_test_server
 
 
 def open_fds() -> set[str]:
@@ -152,3 +152,16 @@ def test_an_error_inside_the_server_is_raised_by_close(monkeypatch: pytest.Monke
         server.close()
     assert raised.group_contains(OSError, match="the server broke", depth=None)
     assert not [t for t in threading.enumerate() if t.name == "trio_smtpd test server"]
+
+
+async def test_open_smtp_test_server_outside_pytest_fixtures() -> None:
+    async with open_smtp_test_server(hostname="mx.test") as server:
+        client = TestClient(await trio.open_tcp_stream(server.host, server.port))
+        assert (await client.reply()).lines[0].startswith("mx.test ")
+        await client.send_message("a@example.org", ["b@example.org"], b"Subject: x\r\n\r\n")
+        await client.aclose()
+        [message] = await server.wait_for(1)
+        with pytest.raises(RuntimeError, match="no TLS"):
+            server.client_context()
+    assert message.recipients == ["b@example.org"]
+    assert await trio.to_thread.run_sync(refused, server.host, server.port)
