@@ -19,6 +19,9 @@ import trustme
 
 from tests.dnsserver import SilentServer, Unbound, start_unbound
 
+# pytester runs pytest on generated projects: the tests of the pytest plugin.
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(params=["direct", "stream"])
 def both_transports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -31,6 +31,7 @@ from .handler import SinkholeHandler
 from .logs import configure_logging, log_event
 from .options import build_parser
 from .passwords import hash_password
+from .printing import Printer
 from .sockets import REUSEPORT, BoundSocket, from_environment
 from .tlsfallback import TLSFallback, parse_fallback
 from .workers import supervise
@@ -78,7 +79,8 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
     handler = SinkholeHandler(config.hostname, maildir, tarpit=args.tarpit,
                               tls_fallback=fallback, save_then_reject=args.save_then_reject,
                               rules=load_rules_option(args.rules, dns=not args.no_dns),
-                              resolver=make_resolver(args))
+                              resolver=make_resolver(args),
+                              printer=Printer(args.print_style) if args.print_style else None)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve, config, handler=handler,
                                              listeners=listeners, tls_listeners=tls_listeners))

@@ -68,6 +68,9 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
 def _check_numbers(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    if args.print_style and args.workers > 1:
+        # Whole messages from several processes would interleave on one output.
+        raise ConfigError("--print and --print-raw need a single process (--workers 1)")
     if args.max_message_size < 1 or args.max_recipients < 1 or args.max_connections < 1:
         raise ConfigError("--max-message-size, --max-recipients and --max-connections "
                           "must be positive")
@@ -112,7 +115,11 @@ def _authenticator(args: argparse.Namespace) -> Authenticator | None:
 
 
 def _maildir(args: argparse.Namespace) -> Maildir | None:
-    if args.discard:
+    """--print and --print-raw store nothing unless --maildir is given; without them,
+    messages go to ./maildir by default."""
+    if args.maildir is None and not args.print_style:
+        args.maildir = "./maildir"
+    if args.discard or args.maildir is None:
         return None
     maildir = Maildir(args.maildir)
     try:

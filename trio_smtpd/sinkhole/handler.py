@@ -21,6 +21,7 @@ from ..maildir import Maildir
 from .dnsfacts import Wants
 from .logs import log_event
 from .lookups import ClientLookups
+from .printing import Printer
 from .records import log_connect, log_listing, log_transaction, peer_text
 from .rules import Facts, Pending, Phase, RuleSet, Verdict
 from .storing import Incoming, MessageStore
@@ -50,9 +51,12 @@ class SinkholeHandler:
     #: --dns-server/--dns-timeout: DNS facts about clients, for rules, logs and trace
     #: headers. None (--no-dns): no lookup at all.
     resolver: Resolver | None = None
+    #: --print/--print-raw: each message that arrived in full, on standard output.
+    printer: Printer | None = None
 
     def __post_init__(self) -> None:
-        self._store = MessageStore(self.maildir, self.hostname, self.save_then_reject)
+        self._store = MessageStore(self.maildir, self.hostname, self.save_then_reject,
+                                   self.printer)
 
     async def __call__(self, session: Session) -> None:
         client = session.info.peer[0] if session.info.peer else None
@@ -99,6 +103,8 @@ class SinkholeHandler:
         elif isinstance(decision, Message):
             incoming, client.incoming = client.incoming, Incoming()
             await self._store.finish(decision, incoming, verdict, client.lookups)
+            if self.printer is not None:
+                await self.printer.done(decision.transaction)
         else:
             accept_reply = verdict.reply if verdict is not None else None
             decision.accept(text=accept_reply.text if accept_reply else None)

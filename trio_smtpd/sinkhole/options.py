@@ -83,8 +83,17 @@ def _policy(parser: argparse.ArgumentParser) -> None:
              "sender believes delivery failed (sinksmtp's -M)")
     add("--discard", action="store_true",
         help="accept and log every message but store nothing (the pure sinkhole)")
-    add("--maildir", default="./maildir", metavar="DIR",
-        help="Maildir to store messages in, created if missing (default ./maildir)")
+    printing = parser.add_mutually_exclusive_group()
+    printing.add_argument(
+        "--print", dest="print_style", action="store_const", const="readable",
+        help="write each message to standard output readably: envelope, decoded headers "
+             "and text parts, attachments listed (a mail catcher for development)")
+    printing.add_argument(
+        "--print-raw", dest="print_style", action="store_const", const="raw",
+        help="write each message's bytes to standard output, as received")
+    add("--maildir", default=None, metavar="DIR",
+        help="Maildir to store messages in, created if missing (default ./maildir; "
+             "none with --print or --print-raw unless given)")
 
 
 def _dns(parser: argparse.ArgumentParser) -> None:

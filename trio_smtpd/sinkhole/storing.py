@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from .. import Message, Session, Transaction
 from ..maildir import Maildir, MaildirWriter
 from .lookups import ClientLookups
+from .printing import Printer
 from .records import log_aborted, log_transaction, metadata_writer
 from .rules import Verdict
 from .trace import trace_headers
@@ -61,13 +62,16 @@ class MessageStore:
     #: --save-then-reject (sinksmtp's -M): store and log each message, then refuse it
     #: with a 554 naming its file, so the sender believes delivery failed.
     save_then_reject: bool = False
+    #: --print/--print-raw: keeps each body for printing once it is in.
+    printer: Printer | None = None
 
     async def receive(self, session: Session, tx: Transaction,
                       lookups: ClientLookups) -> Incoming:
         """Stream the body in; keep reading even after a write error."""
         if self.maildir is None:
-            async for _chunk in session.body():
-                pass  # (the transaction counts the size)
+            async for chunk in session.body():  # (the transaction counts the size)
+                if self.printer is not None:
+                    self.printer.keep(tx, chunk)
             if tx.aborted:
                 log_aborted(tx)
             return Incoming()
@@ -78,6 +82,8 @@ class MessageStore:
         async for chunk in session.body():
             assert incoming.digest is not None
             incoming.digest.update(chunk)  # of the message as received, for the metadata
+            if self.printer is not None:
+                self.printer.keep(tx, chunk)
             await incoming.write(chunk)
         if tx.aborted:
             await incoming.drop()
