@@ -53,7 +53,7 @@ def test_testing_helpers_are_documented() -> None:
 def test_session_and_server_show_only_their_interface() -> None:
     assert public_attributes(trio_smtpd.Session) == {
         "info", "transaction", "next_decision", "body", "reply_delay", "offer_starttls",
-        "tls_failed"}
+        "tls_failed", "config", "observer"}
     assert public_attributes(trio_smtpd.Server) == {
         "config", "listeners", "port", "connections", "transactions", "shutting_down",
         "shutdown", "wait_closed"} - {"config", "listeners"}  # (instance attributes)

@@ -75,7 +75,7 @@ def test_greeting_421_closes() -> None:
 
 
 def test_ehlo_advertises_exactly_what_is_enabled() -> None:
-    engine = Engine(ProtocolConfig(hostname="mx"))
+    engine = Engine(ProtocolConfig(hostname="mx", dsn=True))
     engine.start()
     lines = engine.lines(b"EHLO client.example\r\n")
     assert lines == [
@@ -209,8 +209,16 @@ def test_null_sender_and_postmaster() -> None:
     assert isinstance(rcpt, RcptCommand) and rcpt.recipient.local_part.lower() == "postmaster"
 
 
+def test_dsn_is_not_offered_unless_the_application_will_honour_it() -> None:
+    # RFC 3461: a server that offers DSN takes over the duty to send delivery reports.
+    assert "250-DSN" not in ready(hello=b"").lines(b"EHLO c\r\n")
+    assert ready().codes(b"MAIL FROM:<a@b.c> RET=HDRS\r\n") == [555]
+    assert ready().codes(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f> NOTIFY=NEVER\r\n") == [
+        250, 555]
+
+
 def test_mail_and_rcpt_parameters_are_handed_up() -> None:
-    engine = ready()
+    engine = ready(ProtocolConfig(dsn=True))
     assert engine.codes(b"MAIL FROM:<a@b.c> SIZE=1000 BODY=8BITMIME RET=HDRS ENVID=x+2By\r\n"
                         b"RCPT TO:<d@e.f> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;d@e.f\r\n") == [
                             250, 250]

@@ -11,6 +11,7 @@ from ._connection import UsageError
 from ._decisions import Auth, Connect, DataStart, Decision, Hello, Mail, Message, Rcpt
 from ._events import Recipient
 from ._info import SessionInfo, TLSInfo
+from ._observer import Observer
 from ._params import MailParams, OriginalRecipient, RcptParams
 from ._proxy import ProxyProtocolListener
 from ._replies import Reply
@@ -21,6 +22,7 @@ from ._settings import Config, Timeouts
 from ._signals import shutdown_on_signals
 from ._transaction import Transaction
 from ._transactions import Transactions
+from ._transcript import Transcript
 
 __version__ = "0.2.0"
 
@@ -38,6 +40,7 @@ __all__ = [
     "Mail",
     "MailParams",
     "Message",
+    "Observer",
     "OriginalRecipient",
     "PlainCredentials",
     "ProxyProtocolListener",
@@ -52,6 +55,7 @@ __all__ = [
     "Timeouts",
     "Transaction",
     "Transactions",
+    "Transcript",
     "UsageError",
     "__version__",
     "forward_transactions",

@@ -19,6 +19,7 @@ from ._connection import ServerConnection
 from ._decisions import Auth
 from ._replies import Reply
 from ._sasl import Challenge, Credentials, Failed, Mechanism, Verify, new_mechanism
+from ._settings import Config
 
 __all__ = ["AuthFlow", "Authenticator"]
 
@@ -42,6 +43,13 @@ class AuthFlow:
         self._timeout = timeout
         self._log_id = log_id
         self._mechanism: Mechanism | None = None
+
+    @classmethod
+    def of(cls, config: Config, log_id: str) -> AuthFlow | None:
+        """The AUTH exchanges ``config`` asks for (None: no authenticator)."""
+        if config.authenticator is None:
+            return None
+        return cls(config.authenticator, config.hostname, config.timeouts.decision, log_id)
 
     async def step(self, conn: ServerConnection, event: core.AuthStart | core.AuthResponse
                    ) -> Auth | None:

@@ -27,7 +27,9 @@ class ProtocolConfig:
     chunking: bool = True
     #: BINARYMIME is only offered together with CHUNKING (RFC 3030 3).
     binarymime: bool = True
-    dsn: bool = True
+    #: DSN (RFC 3461): offer it only if the application will send delivery reports, a
+    #: duty that advertising it takes over from the client.
+    dsn: bool = False
     enhanced_status_codes: bool = True
     #: REQUIRETLS (RFC 8689) is only ever offered once TLS is active.
     requiretls: bool = True
@@ -47,6 +49,18 @@ class ProtocolConfig:
     #: message after its end (the default, closing SMTP smuggling for good) or "keep" it
     #: as message data. Either way only CRLF.CRLF ends the data.
     bare_line_endings: Literal["reject", "keep"] = "reject"
+    #: Take a HELO/EHLO/LHLO whose name is not UTF-8, its bytes escaped with backslashes
+    #: (Postfix does; RFC 5321 wants a domain). Other commands stay strict.
+    accept_8bit_helo: bool = False
+    #: Take ESMTP parameters on MAIL and RCPT after HELO as after EHLO (Postfix and
+    #: OpenSMTPD do; RFC 5321 4.1.1.1 reserves them for EHLO sessions).
+    accept_params_after_helo: bool = False
+
+    # --- The greeting --------------------------------------------------------------------
+    #: Its text after ``"<hostname> ESMTP "``; more lines make a multi-line greeting.
+    greeting: tuple[str, ...] = ()
+    #: End the greeting with the date and time (RFC 5322), as Sendmail does.
+    greeting_time: bool = False
 
     # --- Limits --------------------------------------------------------------------------
     #: RFC 5321 4.5.3.1.4: a command line is at most 512 octets including CRLF.
@@ -87,6 +101,9 @@ class ProtocolConfig:
         if self.max_message_size is not None and self.max_message_size < 1:
             # RFC 1870 reads "SIZE 0" as "no limit": say None for that instead.
             raise ValueError("max_message_size must be positive (None for no limit)")
+        for line in self.greeting:
+            if not line.isprintable():
+                raise ValueError(f"greeting lines must be printable text: {line!r}")
         for keyword in self.extra_ehlo_keywords:
             if not keyword or any(c in keyword for c in "\r\n") or not keyword.isascii():
                 raise ValueError(f"bad EHLO keyword {keyword!r}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import enum
 import re
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ from ._events import (
     StartTLS,
 )
 from ._framing import REPLY_TOO_BIG, ChunkReader, DotReader
+from ._observer import Observer
 from ._params import EnabledExtensions, MailParams, parse_mail_params, parse_rcpt_params
 from ._replies import Reply, ReplyError
 
@@ -125,11 +127,13 @@ class ServerConnection:
         "_recipients",
         "_refused",
         "_sender",
+        "_verb",
         "authenticated_as",
         "config",
         "hello_name",
         "hello_verb",
         "mode",
+        "observer",
         "tls_active",
     )
 
@@ -156,6 +160,11 @@ class ServerConnection:
         self._enhanced = self.config.enhanced_status_codes
         # Set by close_on_next_command(): graceful shutdown.
         self._closing_reply: Reply | None = None
+        #: Hears every line and reply of the session (see ``_observer.py``), if set.
+        self.observer: Observer | None = None
+        # The command being answered, for the observer: the greeting answers the
+        # connection ("CONNECT"); a last word (421 on timeout or shutdown), nothing ("").
+        self._verb = "CONNECT"
         # The mail transaction (RFC 5321 3.3); reset by _clear_transaction().
         self._has_sender = False
         self._sender: Address | None = None
@@ -372,6 +381,7 @@ class ServerConnection:
         if self.mode in (Mode.DATA, Mode.BDAT) or self._pending is not None:
             self._queued = None
         self._pending = None
+        self._verb = ""
         self._send(reply)
         self._queue(self._close("CLOSING"))
 
@@ -415,15 +425,17 @@ class ServerConnection:
 
     def _command_line(self, raw: bytes) -> Event | None:
         line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            self._error(Reply(500, "Command line is not valid UTF-8", "5.5.2"))
+        text = self._decode_command(line)
+        if text is None:
             return None
         if not text:
+            self._verb = ""
             self._error(Reply(500, "Empty command line", "5.5.2"))
             return None
         verb, argument = split_command(text)
+        if self.observer is not None:
+            self.observer.received(_redacted(verb, text, after=self._verb))
+        self._verb = verb
         if self._closing_reply is not None and verb != "QUIT":
             self._send(self._closing_reply)
             self._queue(self._close("CLOSING"))
@@ -450,6 +462,22 @@ class ServerConnection:
         except ReplyError as exc:
             self._error(exc.reply)
             return None
+
+    def _decode_command(self, line: bytes) -> str | None:
+        """The line as text; None (answered 500) if it is not UTF-8, except a HELO
+        when ``accept_8bit_helo`` says to take it with the bytes escaped."""
+        try:
+            return line.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        verb = line[:5].upper()
+        if self.config.accept_8bit_helo and verb in (b"HELO ", b"EHLO ", b"LHLO "):
+            return line.decode("utf-8", "backslashreplace")
+        self._verb = line.split(b" ", 1)[0].decode("ascii", "replace").upper()
+        if self.observer is not None:
+            self.observer.received(line.decode("utf-8", "backslashreplace"))
+        self._error(Reply(500, "Command line is not valid UTF-8", "5.5.2"))
+        return None
 
     # ------------------------------------------------------------------ commands
 
@@ -631,6 +659,8 @@ class ServerConnection:
     def _auth_line(self, raw: bytes) -> Event | None:
         line = raw.rstrip(b"\r\n")
         self.mode = Mode.COMMAND
+        if self.observer is not None:
+            self.observer.received("*" if line == b"*" else "[AUTH response: redacted]")
         if line == b"*":
             self._error(Reply(501, "Authentication cancelled", "5.0.0"))
             return None
@@ -652,10 +682,10 @@ class ServerConnection:
             self._dot_reader = None
             self.mode = Mode.COMMAND
             if data:
-                self._queue(MessageData(data))
+                self._queue(self._data(data))
             return self._end_of_body(reader.error, reader.size)
         if data:
-            return MessageData(data)
+            return self._data(data)
         return NEED_DATA
 
     def _step_bdat(self) -> Event | NeedData | None:
@@ -666,11 +696,11 @@ class ServerConnection:
             return NEED_DATA
         self._bdat_size += len(data)
         if not chunk.done:
-            return MessageData(data)
+            return self._data(data)
         self._chunk = None
         self.mode = Mode.COMMAND
         if data:
-            self._queue(MessageData(data))
+            self._queue(self._data(data))
         refusal = self._chunk_refusal
         if refusal is not None:
             self._chunk_refusal = None
@@ -688,7 +718,15 @@ class ServerConnection:
         self._send(Reply(250, f"{self._chunk_size} octets received", "2.0.0"))
         return None
 
+    def _data(self, data: bytes) -> MessageData:
+        observer = self.observer
+        if observer is not None and observer.wants_data:
+            observer.data(data)
+        return MessageData(data)
+
     def _end_of_body(self, error: Reply | None, size: int) -> Event | None:
+        if self.observer is not None:
+            self.observer.received(f"[message data: {size} octets]")
         if error is not None:
             self._send(error)
             self._clear_transaction()
@@ -711,7 +749,7 @@ class ServerConnection:
     def _answer_connect(self, decision: ConnectionOpened, reply: Reply | None) -> None:
         if reply is None or reply.code == 220:
             if reply is None:
-                self._send_raw(_cached(self.config, "greeting", self._greeting_bytes))
+                self._send_raw(self._greeting())
             else:
                 self._send(reply)
             self.mode = Mode.COMMAND
@@ -789,10 +827,18 @@ class ServerConnection:
             self._queued.append(event)
 
     def _send(self, reply: Reply) -> None:
-        self._out += reply.to_bytes(enhanced_codes=self._enhanced)
+        data = reply.to_bytes(enhanced_codes=self._enhanced)
+        self._out += data
+        observer = self.observer
+        if observer is not None:
+            observer.sent(data)
+            if reply.code >= 400:
+                observer.refused(self._verb, reply)
 
     def _send_raw(self, data: bytes) -> None:
         self._out += data
+        if self.observer is not None:
+            self.observer.sent(data)
 
     def _error(self, reply: Reply) -> None:
         """Answer a protocol error, counting it; past the limit, 421 and close instead."""
@@ -854,7 +900,8 @@ class ServerConnection:
 
     def _check_no_params_after_helo(self, rest: str) -> None:
         # ESMTP parameters need EHLO (RFC 5321 4.1.1.1); after HELO there are none.
-        if self.hello_verb == "HELO" and rest.strip(" "):
+        if (self.hello_verb == "HELO" and rest.strip(" ")
+                and not self.config.accept_params_after_helo):
             raise ReplyError(Reply(555, "Parameters need EHLO, not HELO", "5.5.4"))
 
     def _extensions(self) -> EnabledExtensions:
@@ -879,8 +926,17 @@ class ServerConnection:
         )
 
     def _greeting_bytes(self) -> bytes:
-        kind = "LMTP" if self.config.lmtp else "ESMTP"
-        return Reply(220, f"{self.config.hostname} {kind} trio_smtpd ready").to_bytes()
+        config = self.config
+        kind = "LMTP" if config.lmtp else "ESMTP"
+        first, *rest = config.greeting or ("trio_smtpd ready",)
+        return Reply(220, [f"{config.hostname} {kind} {first}", *rest]).to_bytes()
+
+    def _greeting(self) -> bytes:
+        if not self.config.greeting_time:
+            return _cached(self.config, "greeting", self._greeting_bytes)
+        # (RFC 5322 date, as Sendmail and the Go smtpd's SayTime give it: not cached.)
+        greeting = self._greeting_bytes()
+        return greeting[:-2] + b" " + email.utils.formatdate().encode() + b"\r\n"
 
     def _closing_bytes(self) -> bytes:
         closing = Reply(221, f"{self.config.hostname} closing connection", "2.0.0")
@@ -977,3 +1033,15 @@ def _b64decode(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ReplyError(Reply(501, "Invalid base64 data", "5.5.2")) from None
+
+
+def _redacted(verb: str, line: str, *, after: str) -> str:
+    """A command line as an observer may see it: AUTH's initial response hidden, and so
+    is a line that is no command right after AUTH (a response the client sent before
+    reading that AUTH had failed)."""
+    if verb == "AUTH":
+        mechanism, _, initial = line[5:].partition(" ")
+        return f"AUTH {mechanism} [redacted]" if initial else line
+    if after == "AUTH" and verb not in _HANDLERS:
+        return "[line after AUTH: redacted]"
+    return line

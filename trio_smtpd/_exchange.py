@@ -23,6 +23,7 @@ from ._appdeadline import AppDeadline
 from ._connection import NEED_DATA, ServerConnection
 from ._info import TLSInfo
 from ._replies import Reply
+from ._settings import Timeouts
 from ._tls import handshake, tls_info
 from ._transport import EOF, TIMEOUT, WOKEN, StreamTransport, Transport, TransportError
 
@@ -53,21 +54,26 @@ class ExchangeTimeouts:
         self.write = write
         self.tls_handshake = tls_handshake
 
+    @classmethod
+    def of(cls, timeouts: Timeouts) -> ExchangeTimeouts:
+        return cls(timeouts.command, timeouts.data_block, timeouts.write,
+                   timeouts.tls_handshake)
+
 
 class Exchange:
     """The protocol engine and the client's transport, for one connection."""
 
-    __slots__ = ("_app", "_closing", "_line_deadline", "_log_id", "_session_end", "_timeouts",
-                 "_waiting", "closed", "conn", "reply_delay", "transaction_answered",
+    __slots__ = ("_app", "_closing", "_line_deadline", "_log_id", "_session_end", "_waiting",
+                 "closed", "conn", "reply_delay", "timeouts", "transaction_answered",
                  "transport")
 
-    def __init__(self, conn: ServerConnection, transport: Transport,
-                 timeouts: ExchangeTimeouts, session_end: float, log_id: str,
-                 app_deadline: AppDeadline) -> None:
+    def __init__(self, conn: ServerConnection, transport: Transport, session_end: float,
+                 log_id: str, app_deadline: AppDeadline) -> None:
         self.conn = conn
         self._app = app_deadline
         self.transport = transport
-        self._timeouts = timeouts
+        #: The client's deadlines (the session sets them).
+        self.timeouts = ExchangeTimeouts(300, 180, 300, 60)
         self._session_end = session_end
         self._log_id = log_id
         #: The tarpit: seconds to wait before each batch of replies.
@@ -138,7 +144,7 @@ class Exchange:
             return None
         stream = trio.SSLStream(self.transport.stream(), context, server_side=True)
         self._app.lift()  # (the handshake is a wait on the client)
-        if not await handshake(stream, self._timeouts.tls_handshake, self._log_id):
+        if not await handshake(stream, self.timeouts.tls_handshake, self._log_id):
             self.closed = True
             await trio.aclose_forcefully(stream)
             return None
@@ -153,7 +159,7 @@ class Exchange:
         if self.reply_delay > 0:
             await trio.sleep(self.reply_delay)
             now = trio.current_time()
-        deadline = min(now + self._timeouts.write, self._session_end)
+        deadline = min(now + self.timeouts.write, self._session_end)
         if self._app.deadline < deadline:
             self._app.lift()
         try:
@@ -192,7 +198,7 @@ class Exchange:
             conn.receive_data(b"" if result is EOF else result)  # type: ignore[arg-type]
 
     def _deadline(self, now: float) -> float:
-        conn, timeouts = self.conn, self._timeouts
+        conn, timeouts = self.conn, self.timeouts
         if conn.reading_body:
             # RFC 5321 4.5.3.2.5: a limit on each read of the data, not on the whole.
             deadline = now + timeouts.data_block

@@ -24,9 +24,8 @@ import trio
 
 from ._accept import Accepted, Acceptor, ListenerAcceptor, SocketAcceptor, accept_loop
 from ._appdeadline import AppDeadline
-from ._authflow import AuthFlow
 from ._connection import ServerConnection
-from ._exchange import Exchange, ExchangeTimeouts
+from ._exchange import Exchange
 from ._idlepool import IdlePool
 from ._info import SessionInfo
 from ._limits import ConnectionLimits
@@ -77,9 +76,6 @@ class Server:
         self._drained = trio.Event()
         self._grace = trio.CancelScope(deadline=math.inf)
         self._nursery: trio.Nursery | None = None
-        timeouts = config.timeouts
-        self._exchange_timeouts = ExchangeTimeouts(
-            timeouts.command, timeouts.data_block, timeouts.write, timeouts.tls_handshake)
 
     @property
     def port(self) -> int | None:
@@ -303,17 +299,13 @@ class Server:
             log.debug("session %s: closed", info.id)
 
     def _new_session(self, transport: Transport, info: SessionInfo) -> Session:
-        config, timeouts = self.config, self.config.timeouts
+        timeouts = self.config.timeouts
         cap = math.inf if timeouts.session is None else trio.current_time() + timeouts.session
         conn = ServerConnection(self._protocol, tls_active=info.tls is not None)
         app_deadline = AppDeadline(cap)
-        exchange = Exchange(conn, transport, self._exchange_timeouts, cap, info.id,
-                            app_deadline)
-        auth = None if config.authenticator is None else AuthFlow(
-            config.authenticator, config.hostname, timeouts.decision, info.id)
-        return Session(exchange, info, decision_timeout=timeouts.decision,
-                       message_timeout=timeouts.message_decision, auth=auth,
-                       tls=config.tls, transactions=self._queue, app_deadline=app_deadline)
+        exchange = Exchange(conn, transport, cap, info.id, app_deadline)
+        return Session(exchange, info, self.config, transactions=self._queue,
+                       app_deadline=app_deadline)
 
 
 def _refuse(accepted: Accepted, reply: Reply, nursery: trio.Nursery) -> None:

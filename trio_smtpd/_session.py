@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -29,9 +28,12 @@ from ._appdeadline import AppDeadline
 from ._authflow import AuthFlow
 from ._connection import UsageError
 from ._decisions import Auth, Connect, DataStart, Decision, Hello, Mail, Message, Rcpt
-from ._exchange import Exchange
+from ._exchange import Exchange, ExchangeTimeouts
 from ._info import SessionInfo
+from ._observer import Observer
 from ._replies import Reply
+from ._settings import Config
+from ._tls import record_server_names
 from ._transaction import Transaction
 from ._transactions import TransactionQueue
 
@@ -54,12 +56,11 @@ class Session:
     ``tempfail()`` before asking for the next.
     """
 
-    __slots__ = ("_app", "_auth", "_current", "_decision_timeouts", "_exchange",
-                 "_fallback", "_queue", "_stashed", "_tls", "_transaction", "info",
+    __slots__ = ("_app", "_auth", "_config", "_current", "_decision_timeouts", "_exchange",
+                 "_fallback", "_queue", "_stashed", "_transaction", "info",
                  "offer_starttls", "tls_failed")
 
-    def __init__(self, exchange: Exchange, info: SessionInfo, *, decision_timeout: float,
-                 message_timeout: float, auth: AuthFlow | None, tls: ssl.SSLContext | None,
+    def __init__(self, exchange: Exchange, info: SessionInfo, config: Config, *,
                  transactions: TransactionQueue, app_deadline: AppDeadline) -> None:
         #: Facts about the connection, updated as the session goes on.
         self.info = info
@@ -69,10 +70,8 @@ class Session:
         #: True once a STARTTLS handshake with this client failed.
         self.tls_failed = False
         self._exchange = exchange
-        self._auth = auth
-        self._tls = tls
         self._queue = transactions
-        self._decision_timeouts = (decision_timeout, message_timeout)
+        self._apply(config)
         self._current: Decision | None = None
         self._transaction: Transaction | None = None
         self._stashed: core.Event | None = None
@@ -83,6 +82,31 @@ class Session:
     def transaction(self) -> Transaction | None:
         """The transaction whose message is being received, if any."""
         return self._transaction
+
+    @property
+    def config(self) -> Config:
+        """This connection's settings, the server's to begin with. At its ``Connect``
+        decision, a handler may give it others (``dataclasses.replace(session.config,
+        ...)``): limits, TLS, AUTH, the greeting, timeouts."""
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        if not isinstance(self._current, Connect) or self._current.decided:
+            raise UsageError("a connection's config can be changed at its Connect "
+                             "decision only, before answering it")
+        self._apply(config)
+        self._exchange.conn.config = config.protocol_config()
+
+    @property
+    def observer(self) -> Observer | None:
+        """Hears every line and reply of the session (a ``Transcript``, say); see
+        ``Observer``. Set it at ``Connect`` to hear the greeting too."""
+        return self._exchange.conn.observer
+
+    @observer.setter
+    def observer(self, observer: Observer | None) -> None:
+        self._exchange.conn.observer = observer
 
     @property
     def reply_delay(self) -> float:
@@ -169,6 +193,15 @@ class Session:
             if decision is None:
                 return
             self._current = decision
+
+    def _apply(self, config: Config) -> None:
+        self._config = config
+        timeouts = config.timeouts
+        self._decision_timeouts = (timeouts.decision, timeouts.message_decision)
+        self._exchange.timeouts = ExchangeTimeouts.of(timeouts)
+        self._auth = AuthFlow.of(config, self.info.id)
+        if config.tls is not None:
+            record_server_names(config.tls)
 
     # ------------------------------------------------------------------ decisions
 
@@ -270,8 +303,8 @@ class Session:
             assert self._auth is not None
             return await self._auth.step(self._exchange.conn, event)
         if isinstance(event, core.StartTLS):
-            assert self._tls is not None
-            tls = await self._exchange.start_tls(self._tls)
+            assert self._config.tls is not None
+            tls = await self._exchange.start_tls(self._config.tls)
             self.tls_failed = tls is None
             self.info.tls, self.info.helo = tls or self.info.tls, None
         return None

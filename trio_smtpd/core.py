@@ -32,6 +32,7 @@ from ._events import (
     Reset,
     StartTLS,
 )
+from ._observer import Observer
 from ._params import MailParams, OriginalRecipient, RcptParams
 from ._replies import Reply, ReplyError, ReplyTextError
 
@@ -52,6 +53,7 @@ __all__ = [
     "MessageData",
     "Mode",
     "NeedData",
+    "Observer",
     "OriginalRecipient",
     "ProtocolConfig",
     "RcptCommand",
