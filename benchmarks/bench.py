@@ -27,6 +27,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import baseline
+
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -68,12 +70,21 @@ def workloads(quick: bool) -> list[Workload]:
 class ServerSpec:
     name: str
     lmtp_capable: bool
+    #: For a baseline row: the tree of an earlier commit (see baseline.py).
+    tree: Path | None = None
+
+    def environment(self) -> dict[str, str] | None:
+        return None if self.tree is None else {**os.environ, "PYTHONPATH": str(self.tree)}
 
     def command(self, port: int, workdir: Path, lmtp: bool) -> list[str]:
         trio = [sys.executable, "-m", "trio_smtpd", "--listen", f"127.0.0.1:{port}",
                 "--max-connections", "20000", "--max-message-size", str(200 * 2**20),
                 "--log-format", "json", "--hostname", "bench.test", "--no-dns"]
         lmtp_flag = ["--lmtp"] if lmtp else []
+        if self.tree is not None:  # "trio_smtpd library @REF" / "... transactions() @REF"
+            flags = [*lmtp_flag, *(["--transactions"] if "transactions" in self.name else [])]
+            return [sys.executable, str(self.tree / "benchmarks" / "library_sink.py"),
+                    str(port), *flags]
         if self.name == "trio_smtpd library":
             return [sys.executable, str(Path(__file__).parent / "library_sink.py"), str(port),
                     *lmtp_flag]
@@ -189,7 +200,8 @@ class Running:
     def __init__(self, spec: ServerSpec, lmtp: bool, workdir: Path) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(spec.command(self.port, workdir, lmtp),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env=spec.environment())
         wait_listening(self.port, self.process)
         time.sleep(0.3 if "workers" in spec.name else 0)  # let every worker come up
         self.pids = process_tree(self.process.pid)
@@ -214,7 +226,7 @@ class Run:
 def applies(spec: ServerSpec, workload: Workload) -> bool:
     if workload.lmtp and not spec.lmtp_capable:
         return False
-    return not workload.servers or spec.name in workload.servers
+    return not workload.servers or spec.name.split(" @")[0] in workload.servers
 
 
 def measure_once(spec: ServerSpec, workload: Workload) -> Run:
@@ -282,10 +294,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a quarter of the messages")
     parser.add_argument("--json", default="benchmarks/results/latest.json")
     parser.add_argument("--only", action="append", default=[], help="server names to run")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also run the library rows of this earlier commit, in turns "
+                             "with the others (before/after in one run)")
+    parser.add_argument("--workloads", default="abcde", help="which workloads (letters)")
     args = parser.parse_args()
+    servers = list(SERVERS)
+    if args.baseline:
+        tree = baseline.extract(args.baseline)
+        servers += [ServerSpec(f"{name} @{args.baseline}", True, tree)
+                    for name in ("trio_smtpd library", "trio_smtpd transactions()")]
     results = []
     for workload in workloads(args.quick):
-        specs = [spec for spec in SERVERS if applies(spec, workload)
+        if workload.name not in args.workloads:
+            continue
+        specs = [spec for spec in servers if applies(spec, workload)
                  and (not args.only or spec.name in args.only)]
         for result in measure(specs, workload, args.runs):
             print(f"  {workload.name}: {result.server}: {result.messages_per_second:.0f} msg/s",

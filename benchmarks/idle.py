@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import baseline
 from bench import SMTP_SOURCE, free_port, machine, peak_rss_mb, wait_listening
 
 
@@ -42,10 +43,15 @@ def servers(port: int) -> dict[str, list[str]]:
     }
 
 
-def idle_connections(name: str, count: int) -> dict[str, float]:
+def idle_connections(name: str, count: int, tree: Path | None = None) -> dict[str, float]:
     port = free_port()
-    process = subprocess.Popen(servers(port)[name], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    if tree is None:
+        command, env = servers(port)[name], None
+    else:
+        flags = ["--transactions"] if "transactions" in name else []
+        command, env = baseline.library_sink_command(sys.executable, tree, port, *flags)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=env)
     sockets: list[socket.socket] = []
     try:
         wait_listening(port, process)
@@ -90,7 +96,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--json", default="benchmarks/results/idle.json")
+    parser.add_argument("--baseline", metavar="REF",
+                        help="also measure the library servers of this earlier commit")
+    parser.add_argument("--no-streaming", action="store_true",
+                        help="skip the 100 MB streaming measurement")
     args = parser.parse_args()
+    tree = baseline.extract(args.baseline) if args.baseline else None
+    names: list[tuple[str, Path | None]] = [(name, None) for name in SERVERS]
+    if tree is not None:
+        names += [(f"{name} @{args.baseline}", tree) for name in SERVERS[:2]]
     # Client and server are separate processes: each needs one descriptor a connection.
     need = max(args.counts) + 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -100,12 +114,13 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
     results = []
     for count in args.counts:
-        for name in SERVERS:
-            result = {"server": name, **idle_connections(name, count)}
+        for name, source in names:
+            result = {"server": name,
+                      **idle_connections(name.split(" @")[0], count, source)}
             results.append(result)
             print(f"  {name}: {count} idle: {result['kb_per_connection']:.1f} KB each",
                   file=sys.stderr, flush=True)
-    streamed = streamed_message_peak_mb(100 * 2**20)
+    streamed = 0.0 if args.no_streaming else streamed_message_peak_mb(100 * 2**20)
     report = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(),
               "idle": results, "peak_rss_mb_streaming_100mb": streamed}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,9 @@ class Member:
     def expire(self, now: float) -> None:
         self.expired_at.append(now)
 
+    def __lt__(self, other: Member) -> bool:
+        return id(self) < id(other)
+
 
 async def test_members_expire_at_their_deadline_not_before(
         autojump_clock: trio.testing.MockClock) -> None:

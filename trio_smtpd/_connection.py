@@ -239,6 +239,11 @@ class ServerConnection:
         return bool(self._out)
 
     @property
+    def has_received(self) -> bool:
+        """True once the client has sent anything (a command or part of one)."""
+        return self._verb != "CONNECT" or bool(self._buffer)
+
+    @property
     def reading_body(self) -> bool:
         """True while the bytes expected are message data (DATA or a BDAT chunk)."""
         mode = self.mode

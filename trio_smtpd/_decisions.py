@@ -48,6 +48,8 @@ class Decision:
     decision's default. Answer once: a second answer raises ``UsageError``.
     """
 
+    __slots__ = ('_answered', '_reply', '_why_answered')
+
     #: Default (code, enhanced code) of accept(), reject() and tempfail().
     _ACCEPT: tuple[int, str | None] = (250, "2.0.0")
     _REJECT: tuple[int, str | None] = (550, "5.7.1")
@@ -133,6 +135,8 @@ class Connect(Decision):
     """A client connected. ``accept()`` greets it (220); ``reject()`` answers 554, after
     which only QUIT is accepted (RFC 5321 3.1); ``tempfail()`` answers 421 and closes."""
 
+    __slots__ = ('info',)
+
     _ACCEPT = (220, None)
     _REJECT = (554, "5.7.1")
     _TEMPFAIL = (421, "4.3.2")
@@ -154,6 +158,8 @@ class Connect(Decision):
 class Hello(Decision):
     """HELO, EHLO or LHLO: ``name`` is what the client calls itself (unverified)."""
 
+    __slots__ = ('name', 'verb')
+
     def __init__(self, verb: Literal["HELO", "EHLO", "LHLO"], name: str) -> None:
         super().__init__()
         self.verb = verb
@@ -166,6 +172,8 @@ class Hello(Decision):
 class Auth(Decision):
     """AUTH whose credentials the authenticator accepted, as ``identity``; ``accept()``
     (235) lets it stand, ``reject()`` refuses it anyway (535)."""
+
+    __slots__ = ('credentials', 'identity', 'mechanism')
 
     _ACCEPT = (235, "2.7.0")
     _REJECT = (535, "5.7.8")
@@ -186,6 +194,8 @@ class Auth(Decision):
 class Mail(Decision):
     """MAIL FROM: ``sender`` is None for the null reverse-path ``<>`` (bounces)."""
 
+    __slots__ = ('params', 'sender')
+
     _ACCEPT = (250, "2.1.0")
 
     def __init__(self, sender: Address | None, params: MailParams) -> None:
@@ -200,6 +210,8 @@ class Mail(Decision):
 class Rcpt(Decision):
     """RCPT TO: one ``recipient`` (its ``address`` and ``params``); ``accept()`` may also
     give 251 or 252."""
+
+    __slots__ = ('recipient',)
 
     _ACCEPT = (250, "2.1.5")
     _ACCEPT_CODES = (250, 251, 252)
@@ -226,6 +238,8 @@ class DataStart(Decision):
     """DATA or the first BDAT chunk. After ``accept()`` the body is collected into
     ``transaction.data``, or read as it arrives with ``session.body()``."""
 
+    __slots__ = ('method', 'transaction')
+
     _ACCEPT = (354, None)
     _REJECT = (554, "5.7.1")
     _ACCEPT_CODES = (354,)
@@ -245,6 +259,8 @@ class Message(Decision):
     Its answers are its ``transaction``'s: for LMTP, answer each recipient with
     ``transaction.accept_recipient(i)`` and the like, or all of them at once here.
     """
+
+    __slots__ = ('transaction',)
 
     _REJECT_TEXT = "Message rejected"
 

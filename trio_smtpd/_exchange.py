@@ -67,13 +67,14 @@ class Exchange:
                  "closed", "conn", "reply_delay", "timeouts", "transaction_answered",
                  "transport")
 
-    def __init__(self, conn: ServerConnection, transport: Transport, session_end: float,
-                 log_id: str, app_deadline: AppDeadline) -> None:
+    def __init__(self, conn: ServerConnection, transport: Transport,
+                 timeouts: ExchangeTimeouts, session_end: float, log_id: str,
+                 app_deadline: AppDeadline) -> None:
         self.conn = conn
         self._app = app_deadline
         self.transport = transport
-        #: The client's deadlines (the session sets them).
-        self.timeouts = ExchangeTimeouts(300, 180, 300, 60)
+        #: The client's deadlines.
+        self.timeouts = timeouts
         self._session_end = session_end
         self._log_id = log_id
         #: The tarpit: seconds to wait before each batch of replies.
@@ -88,22 +89,46 @@ class Exchange:
 
     async def next_event(self) -> core.Event | None:
         """The engine's next event; None once the connection is closed."""
+        # (Reading is written out here rather than in a helper: a waiting session is a
+        # chain of suspended calls, and each costs memory.)
         conn = self.conn
         while not self.closed:
             event = conn.next_event()
-            if event is NEED_DATA:
-                now = trio.current_time()
-                # Replies are small: they usually go out without a wait.
-                rest = self.transport.send_nowait(conn.data_to_send()) if (
-                    self.reply_delay <= 0) else conn.data_to_send()
-                if not rest or await self._flush(rest, now):
-                    await self._read(now)
+            if event is not NEED_DATA:
+                if type(event) is _CLOSED:
+                    await self.close()
+                    return None
+                return event  # type: ignore[return-value]
+            now = trio.current_time()
+            rest = self._send_nowait()
+            if rest and not await self._flush(rest, now):
                 continue
-            if type(event) is _CLOSED:
-                await self.close()
-                return None
-            return event  # type: ignore[return-value]
+            deadline = self._deadline(now)
+            # An application deadline that would fire first is lifted; so is any before a
+            # client's first command (many never send one: they then wait with nothing
+            # registered with trio).
+            if self._app.deadline < deadline or not conn.has_received:
+                self._app.lift()
+            self._waiting = True
+            try:
+                result = await self.transport.receive(_RECEIVE_SIZE, deadline)
+            except TransportError as exc:
+                log.info("session %s: connection lost: %r", self._log_id, exc.__cause__)
+                result = EOF
+            finally:
+                self._waiting = False
+            if result is TIMEOUT or result is WOKEN:
+                await self.close(self._why_closing(result is WOKEN))
+                continue
+            self.transaction_answered = False
+            conn.receive_data(b"" if result is EOF else result)  # type: ignore[arg-type]
         return None
+
+    def _send_nowait(self) -> bytes | memoryview:
+        """Send the engine's replies as far as that needs no wait (replies are small:
+        they usually all go); the rest."""
+        data = self.conn.data_to_send()
+        return self.transport.send_nowait(data) if self.reply_delay <= 0 else data
 
     def close_when_idle(self, reply: Reply) -> None:
         """Shutdown: end the session with ``reply`` now if the client is idle, else
@@ -175,30 +200,12 @@ class Exchange:
             await self.transport.aclose()
         return sent
 
-    async def _read(self, now: float) -> None:
-        conn = self.conn
+    def _deadline(self, now: float) -> float:
+        """The deadline of the next read (and at shutdown, no more new commands)."""
+        conn, timeouts = self.conn, self.timeouts
         if self._closing is not None and not (conn.reading_body or conn.in_transaction
                                               or conn.partial_line):
             conn.close_on_next_command(self._closing)
-        deadline = self._deadline(now)
-        if self._app.deadline < deadline:
-            self._app.lift()
-        self._waiting = True
-        try:
-            result = await self.transport.receive(_RECEIVE_SIZE, deadline)
-        except TransportError as exc:
-            log.info("session %s: connection lost: %r", self._log_id, exc.__cause__)
-            result = EOF
-        finally:
-            self._waiting = False
-        if result is TIMEOUT or result is WOKEN:
-            await self.close(self._why_closing(result is WOKEN))
-        else:
-            self.transaction_answered = False
-            conn.receive_data(b"" if result is EOF else result)  # type: ignore[arg-type]
-
-    def _deadline(self, now: float) -> float:
-        conn, timeouts = self.conn, self.timeouts
         if conn.reading_body:
             # RFC 5321 4.5.3.2.5: a limit on each read of the data, not on the whole.
             deadline = now + timeouts.data_block

@@ -25,7 +25,7 @@ import trio
 from ._accept import Accepted, Acceptor, ListenerAcceptor, SocketAcceptor, accept_loop
 from ._appdeadline import AppDeadline
 from ._connection import ServerConnection
-from ._exchange import Exchange
+from ._exchange import Exchange, ExchangeTimeouts
 from ._idlepool import IdlePool
 from ._info import SessionInfo
 from ._limits import ConnectionLimits
@@ -76,6 +76,7 @@ class Server:
         self._drained = trio.Event()
         self._grace = trio.CancelScope(deadline=math.inf)
         self._nursery: trio.Nursery | None = None
+        self._timeouts = ExchangeTimeouts.of(config.timeouts)  # (shared by its sessions)
 
     @property
     def port(self) -> int | None:
@@ -215,21 +216,56 @@ class Server:
 
     async def _connection(self, accepted: Accepted, implicit_tls: bool,
                           peer: tuple[str, int] | None, local: tuple[str, int] | None) -> None:
-        counted_ip = peer[0] if peer else None
+        # The handler runs in this very frame, not in a helper: an idle connection is a
+        # chain of suspended calls, and each costs memory (see benchmarks/README.md).
+        counted = peer[0] if peer else None
         try:
-            if isinstance(accepted, ProxiedStream):
-                addresses = await self._read_proxy_header(accepted)
-                if addresses is None:
-                    return
-                peer, local = addresses
-                counted_ip = peer[0] if peer else None
-            info = SessionInfo(id=f"{self._prefix}.{next(self._ids)}", peer=peer,
-                               local=local, lmtp=self.config.lmtp, started=datetime.now(UTC))
-            opened = await self._transport(accepted, implicit_tls, info)
-            if opened is not None:
-                await self._session(*opened, info)
+            session, counted = await self._open(accepted, implicit_tls, peer, local)
+            if session is None:
+                return
+            self._sessions.add(session)
+            try:
+                with trio.CancelScope() as scope:  # the application's time to decide
+                    session._app.scope = scope
+                    try:
+                        await self._handler(session)
+                    except Exception:
+                        log.exception("session %s: application handler raised",
+                                      session.info.id)
+                        session._handler_raised()
+                await session._after_handler(scope)
+            except Exception:
+                log.exception("session %s: internal error", session.info.id)
+                with trio.CancelScope(shield=True):
+                    await session._exchange.close(_CRASHED)
+            finally:
+                self._sessions.discard(session)
+                if not session._exchange.closed:  # cancelled: cut off, no waiting
+                    with trio.CancelScope(deadline=trio.current_time() + 1, shield=True):
+                        await session._exchange.close()
         finally:
-            self._limits.release(counted_ip)
+            self._limits.release(counted)
+
+    async def _open(self, accepted: Accepted, implicit_tls: bool,
+                    peer: tuple[str, int] | None, local: tuple[str, int] | None
+                    ) -> tuple[Session | None, str | None]:
+        """The session of a new connection (None if it did not get that far), and the
+        address it counts towards."""
+        counted = peer[0] if peer else None
+        if isinstance(accepted, ProxiedStream):
+            addresses = await self._read_proxy_header(accepted)
+            if addresses is None:
+                return None, counted
+            peer, local = addresses
+            counted = peer[0] if peer else None
+        info = SessionInfo(id=f"{self._prefix}.{next(self._ids)}", peer=peer, local=local,
+                           lmtp=self.config.lmtp, started=datetime.now(UTC))
+        opened = await self._transport(accepted, implicit_tls, info)
+        if opened is None:
+            return None, counted
+        session = self._new_session(*opened, info)
+        log.debug("session %s: connect from %s", info.id, info.peer)
+        return session, counted
 
     async def _read_proxy_header(self, stream: ProxiedStream
                                  ) -> tuple[tuple[str, int] | None, tuple[str, int] | None] | None:
@@ -277,35 +313,20 @@ class Server:
         info.tls = tls_info(tls_stream)
         return tls_stream
 
-    async def _session(self, transport: Transport, early: bytes, info: SessionInfo) -> None:
-        session = self._new_session(transport, info)
-        if early:
-            session._exchange.conn.receive_data(early)
-        if self._stop.is_set():  # accepted just before the listeners closed
-            session._exchange.close_when_idle(_SHUTTING_DOWN)
-        self._sessions.add(session)
-        log.debug("session %s: connect from %s", info.id, info.peer)
-        try:
-            await session._run(self._handler)
-        except Exception:
-            log.exception("session %s: internal error", info.id)
-            with trio.CancelScope(shield=True):
-                await session._exchange.close(_CRASHED)
-        finally:
-            self._sessions.discard(session)
-            if not session._exchange.closed:  # cancelled: cut off, no waiting on the client
-                with trio.CancelScope(deadline=trio.current_time() + 1, shield=True):
-                    await session._exchange.close()
-            log.debug("session %s: closed", info.id)
-
-    def _new_session(self, transport: Transport, info: SessionInfo) -> Session:
+    def _new_session(self, transport: Transport, early: bytes, info: SessionInfo
+                     ) -> Session:
         timeouts = self.config.timeouts
         cap = math.inf if timeouts.session is None else trio.current_time() + timeouts.session
         conn = ServerConnection(self._protocol, tls_active=info.tls is not None)
+        if early:
+            conn.receive_data(early)
         app_deadline = AppDeadline(cap)
-        exchange = Exchange(conn, transport, cap, info.id, app_deadline)
-        return Session(exchange, info, self.config, transactions=self._queue,
-                       app_deadline=app_deadline)
+        exchange = Exchange(conn, transport, self._timeouts, cap, info.id, app_deadline)
+        session = Session(exchange, info, self.config, transactions=self._queue,
+                          app_deadline=app_deadline)
+        if self._stop.is_set():  # accepted just before the listeners closed
+            exchange.close_when_idle(_SHUTTING_DOWN)
+        return session
 
 
 def _refuse(accepted: Accepted, reply: Reply, nursery: trio.Nursery) -> None:

@@ -14,9 +14,10 @@ every later one get a temporary failure, never an acceptance.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -62,6 +63,7 @@ class Session:
 
     def __init__(self, exchange: Exchange, info: SessionInfo, config: Config, *,
                  transactions: TransactionQueue, app_deadline: AppDeadline) -> None:
+        # (exchange.timeouts are the server's, made from config.timeouts)
         #: Facts about the connection, updated as the session goes on.
         self.info = info
         #: Set to False (before EHLO) to stop offering STARTTLS to this client, e.g. one
@@ -71,7 +73,7 @@ class Session:
         self.tls_failed = False
         self._exchange = exchange
         self._queue = transactions
-        self._apply(config)
+        self._apply(config, exchange.timeouts)
         self._current: Decision | None = None
         self._transaction: Transaction | None = None
         self._stashed: core.Event | None = None
@@ -95,7 +97,7 @@ class Session:
         if not isinstance(self._current, Connect) or self._current.decided:
             raise UsageError("a connection's config can be changed at its Connect "
                              "decision only, before answering it")
-        self._apply(config)
+        self._apply(config, ExchangeTimeouts.of(config.timeouts))
         self._exchange.conn.config = config.protocol_config()
 
     @property
@@ -123,13 +125,20 @@ class Session:
         return self
 
     async def __anext__(self) -> Decision:
+        # Talks to the client until the engine asks for a decision. (The loop is here,
+        # not in a helper, because a waiting session is a chain of suspended calls.)
         self._settle()
-        decision = await self._next()
-        if decision is None:
-            raise StopAsyncIteration
-        self._current = decision
-        self._app.hold(self._decision_timeouts[type(decision) is Message])
-        return decision
+        while True:
+            event = self._stashed or await self._exchange.next_event()
+            self._stashed = None
+            if event is None:
+                raise StopAsyncIteration
+            handle = _ON_EVENT.get(type(event))
+            decision = handle(self, event) if handle else await self._slow_event(event)
+            if decision is not None:
+                self._current = decision
+                self._app.hold(self._decision_timeouts[type(decision) is Message])
+                return decision
 
     async def next_decision(self) -> Decision | None:
         """The next decision to make, or None once the session is over."""
@@ -163,18 +172,16 @@ class Session:
 
     # ------------------------------------------------------------------ the server's side
 
-    async def _run(self, handler: Callable[[Session], Awaitable[None]]) -> None:
-        """Serve the whole session with ``handler``, and without it once it is gone."""
-        with trio.CancelScope() as self._app.scope:
-            try:
-                await handler(self)
-            except Exception:
-                log.exception("session %s: application handler raised", self.info.id)
-                self._fallback = _RAISED
-        if self._app.scope.cancelled_caught:
+    def _handler_raised(self) -> None:
+        self._fallback = _RAISED
+
+    async def _after_handler(self, scope: trio.CancelScope) -> None:
+        """The handler has returned, raised, or run out of time (``scope`` was the
+        application's): the rest of the session goes without it."""
+        self._app.scope = None
+        if scope.cancelled_caught:
             log.warning("session %s: the application took too long to decide", self.info.id)
             self._fallback = _TIMED_OUT
-        self._app.scope = None
         if not self._exchange.closed:
             await self._finish(self._fallback or _GONE)
 
@@ -187,18 +194,14 @@ class Session:
     async def _finish(self, fallback: tuple[int, str, str]) -> None:
         """The rest of the session, every decision answered with ``fallback``."""
         self._fallback = fallback
-        while True:
-            self._settle()
-            decision = await self._next()
-            if decision is None:
-                return
-            self._current = decision
+        with contextlib.suppress(StopAsyncIteration):
+            while True:
+                await self.__anext__()
 
-    def _apply(self, config: Config) -> None:
+    def _apply(self, config: Config, timeouts: ExchangeTimeouts) -> None:
         self._config = config
-        timeouts = config.timeouts
-        self._decision_timeouts = (timeouts.decision, timeouts.message_decision)
-        self._exchange.timeouts = ExchangeTimeouts.of(timeouts)
+        self._decision_timeouts = (config.timeouts.decision, config.timeouts.message_decision)
+        self._exchange.timeouts = timeouts
         self._auth = AuthFlow.of(config, self.info.id)
         if config.tls is not None:
             record_server_names(config.tls)
@@ -246,21 +249,6 @@ class Session:
             conn.auth_failure(decision.reply)
 
     # ------------------------------------------------------------------ engine events
-
-    async def _next(self) -> Decision | None:
-        """Talk to the client until the engine asks for a decision (None: session over)."""
-        while True:
-            event = self._stashed or await self._exchange.next_event()
-            self._stashed = None
-            if event is None:
-                return None
-            handle = _ON_EVENT.get(type(event))
-            if handle is not None:
-                decision = handle(self, event)
-            else:
-                decision = await self._slow_event(event)
-            if decision is not None:
-                return decision
 
     def _on_hello(self, event: core.HelloCommand) -> Decision:
         return Hello(event.verb, event.name)

@@ -59,8 +59,20 @@ class SocketTransport:
             await trio.lowlevel.checkpoint()  # the bytes were there: let others run too
             return data or EOF
         while True:
-            if self._fresh and self._pool is not None and self._pool.running:
-                ended = await self._wait_parked(deadline)
+            pool = self._pool
+            if self._fresh and pool is not None and pool.running:
+                # Parked (written out here, not in a helper: a waiting session is a
+                # chain of suspended calls, and each costs memory).
+                self._why = None
+                self._watchdog.watch(self, deadline)
+                self._state = _PARKED
+                pool.park(self._fd)
+                try:
+                    await trio.lowlevel.wait_task_rescheduled(self._abort_park)
+                finally:
+                    self._state = _IDLE
+                    self._watchdog.unwatch(self)
+                ended = self._why
             else:
                 ended = await self._wait(_READING, deadline)
             self._fresh = False
@@ -127,25 +139,14 @@ class SocketTransport:
             self._watchdog.unwatch(self)
         return self._why
 
-    async def _wait_parked(self, deadline: float) -> Outcome | None:
-        """As ``_wait()`` for reading, asleep in the idle pool."""
-        pool = self._pool
-        assert pool is not None
-        self._why = None
-        self._watchdog.watch(self, deadline)
-        self._state = _PARKED
-        pool.park(self._fd)
+    def _abort_park(self, _: object) -> trio.lowlevel.Abort:
+        assert self._pool is not None
+        self._pool.forget(self._fd)
+        return trio.lowlevel.Abort.SUCCEEDED
 
-        def abort(_: object) -> trio.lowlevel.Abort:
-            pool.forget(self._fd)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        try:
-            await trio.lowlevel.wait_task_rescheduled(abort)
-        finally:
-            self._state = _IDLE
-            self._watchdog.unwatch(self)
-        return self._why
+    def __lt__(self, other: SocketTransport) -> bool:
+        # (For the watchdog's heap, when two deadlines are equal: any order will do.)
+        return id(self) < id(other)
 
     def _end_wait(self, why: Outcome) -> None:
         state = self._state

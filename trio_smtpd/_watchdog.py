@@ -15,9 +15,8 @@ up, and the heap is rebuilt when such stale entries make up most of it.
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -31,14 +30,16 @@ class Watched(Protocol):
     def expire(self, now: float) -> None:
         """``watched_deadline`` has passed (it was reset to ``math.inf`` first)."""
 
+    def __lt__(self, other: Any) -> bool:
+        """Any order: it breaks ties between equal deadlines in the heap."""
+
 
 class Watchdog:
     """Calls ``expire()`` on each watched member once its deadline has passed."""
 
     def __init__(self, *, resolution: float = 0.1) -> None:
         self._resolution = resolution
-        self._heap: list[tuple[float, int, Watched]] = []
-        self._order = itertools.count()  # ties broken by age, never by comparing members
+        self._heap: list[tuple[float, Watched]] = []
         self._stale = 0
         self._last_check = -math.inf
         self._sleep: trio.CancelScope | None = None
@@ -50,7 +51,7 @@ class Watchdog:
         member.watched_deadline = deadline
         if deadline == math.inf:
             return
-        heapq.heappush(self._heap, (deadline, next(self._order), member))
+        heapq.heappush(self._heap, (deadline, member))
         sleep = self._sleep
         if sleep is not None and deadline < sleep.deadline:
             sleep.deadline = max(deadline, self._last_check + self._resolution)
@@ -74,7 +75,7 @@ class Watchdog:
         self._last_check = now
         heap = self._heap
         while heap and heap[0][0] <= now:
-            deadline, _, member = heapq.heappop(heap)
+            deadline, member = heapq.heappop(heap)
             if member.watched_deadline != deadline:
                 self._stale = max(0, self._stale - 1)
                 continue
@@ -85,6 +86,6 @@ class Watchdog:
 
     def _prune(self) -> None:
         self._heap = [entry for entry in self._heap
-                      if entry[2].watched_deadline == entry[0]]
+                      if entry[1].watched_deadline == entry[0]]
         heapq.heapify(self._heap)
         self._stale = 0
