@@ -3,8 +3,9 @@ out those that arrive claiming to be ours (RFC 8601 5).
 
 Values come from the message and its sender (selectors, domains, reasons, addresses),
 so every one is written as a token, a domain or an address when it is one, else as a
-quoted-string with its quotes and backslashes escaped and its control characters
-replaced: a value can never end a clause, a line or the field.
+quoted-string with its quotes and backslashes escaped, its control characters
+replaced by spaces and anything not ASCII by ``?``: a value can never end a clause, a
+line or the field.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ._results import Results
 
 __all__ = ["AuthenticationResultsFilter", "authentication_results", "authserv_id_of"]
 
-_TOKEN = re.compile(r"[^\x00-\x20\x7f()<>@,;:\\\"/\[\]?=]+")  # RFC 2045
+_TOKEN = re.compile(r"[^\x00-\x20\x7f-\U0010ffff()<>@,;:\\\"/\[\]?=]+")  # RFC 2045
 _DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*" \
           r"[A-Za-z0-9])?)*"
@@ -26,7 +27,8 @@ _MAX_VALUE = 200
 
 def _value(text: str) -> str:
     """A value or pvalue: bare if it may be, else a quoted-string."""
-    text = _CONTROL.sub(" ", text)[:_MAX_VALUE]
+    # ASCII only (not every reader takes RFC 6532's UTF-8), no control characters.
+    text = _CONTROL.sub(" ", text)[:_MAX_VALUE].encode("ascii", "replace").decode()
     if _TOKEN.fullmatch(text) or _ADDRESS.fullmatch(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
