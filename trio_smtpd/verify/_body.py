@@ -25,7 +25,8 @@ HASHES: dict[str, Callable[[], Any]] = {"rsa-sha256": hashlib.sha256,
                                         "ed25519-sha256": hashlib.sha256}
 _BARE_LF = re.compile(rb"\r?\n")
 _WSP_BEFORE_CRLF = re.compile(rb"[\t ]+\r\n")
-_WSP = re.compile(rb"[\t ]+")
+# Runs of WSP become one space; a lone space is left as it is (most of them: cheaper).
+_WSP = re.compile(rb"\t[\t ]*| [\t ]+")
 _PIECE = 1 << 16  # pending empty lines are written out at most this much at a time
 
 
@@ -40,7 +41,9 @@ class _LineEnds:
         self._cr = b""
         if data.endswith(b"\r"):
             data, self._cr = data[:-1], b"\r"
-        return _BARE_LF.sub(b"\r\n", data) if b"\n" in data else data
+        if data.count(b"\n") == data.count(b"\r\n"):  # (two C scans beat a regex)
+            return data
+        return _BARE_LF.sub(b"\r\n", data)
 
     def end(self) -> bytes:
         cr, self._cr = self._cr, b""
@@ -62,7 +65,9 @@ class _Canonicalizer:
             stripped = data.rstrip(b" \t")
             # Any run of WSP is one space, or nothing before CRLF: keep one at most.
             self._space = b" " if len(stripped) != len(data) else b""
-            data = _WSP.sub(b" ", _WSP_BEFORE_CRLF.sub(b"\r\n", stripped))
+            if b" \r\n" in stripped or b"\t\r\n" in stripped:
+                stripped = _WSP_BEFORE_CRLF.sub(b"\r\n", stripped)
+            data = _WSP.sub(b" ", stripped)
         end = len(data)
         while end >= 2 and data.endswith(b"\r\n", 0, end):  # (no copy per CRLF)
             end -= 2

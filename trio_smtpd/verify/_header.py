@@ -135,6 +135,7 @@ class AuthenticationResultsFilter:
         self._mode = "keep"  # of the current field: keep, hold or drop
 
     def feed(self, data: bytes) -> bytes:
+        """The next chunk; returns what of the message can be passed on so far."""
         if not self._in_header:
             return data
         out: list[bytes] = []
@@ -154,6 +155,7 @@ class AuthenticationResultsFilter:
         return b"".join(out)
 
     def close(self) -> bytes:
+        """The message has ended: the rest of it."""
         out: list[bytes] = []
         if self._line:
             self._piece(self._line, out)

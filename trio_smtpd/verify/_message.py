@@ -34,6 +34,7 @@ class Signature:
     error: str = ""
 
     def text(self, tag: bytes) -> str:
+        """A tag's value as text, folding whitespace removed (``""`` if absent)."""
         value = (self.tags or {}).get(tag, b"")
         return re.sub(rb"\s+", b"", value).decode("ascii", "replace")
 
@@ -83,9 +84,11 @@ class MessageReader:
 
     @property
     def header_complete(self) -> bool:
+        """The header section has been read (the checks' lookups can start)."""
         return self.header is not None
 
     def feed(self, data: bytes) -> None:
+        """The next chunk of the message, cut anywhere."""
         if self.closed:
             raise ValueError("the message has ended")
         if self._body is not None:
@@ -110,6 +113,7 @@ class MessageReader:
         self._body.feed(rest)
 
     def close(self) -> None:
+        """The message has ended."""
         if self.closed:
             return
         if self._body is None and not self.too_large:  # all header, no body
@@ -119,6 +123,7 @@ class MessageReader:
         self.closed = True
 
     def body_hash(self, signature_tags: dict[bytes, bytes], kind: str) -> bytes | None:
+        """The body hash a signature's tags ask for, once the message has ended."""
         key = Signature(kind, signature_tags).body_key()
         return None if key is None or self._body is None else self._body.digest(key)
 

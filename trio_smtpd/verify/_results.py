@@ -21,6 +21,7 @@ class SPFResult:
     reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """Its fields, for JSON."""
         return asdict(self)
 
 
@@ -40,6 +41,7 @@ class DKIMResult:
     reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """Its fields, for JSON."""
         return asdict(self)
 
 
@@ -57,6 +59,7 @@ class ARCResult:
     reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """Its fields, for JSON."""
         return asdict(self)
 
 
@@ -76,6 +79,7 @@ class DMARCResult:
     reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """Its fields, for JSON."""
         return asdict(self)
 
 
