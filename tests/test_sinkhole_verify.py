@@ -413,3 +413,21 @@ def test_verify_option_errors_exit_2(args: tuple[str, ...], tmp_path: Path) -> N
                             timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("trio-smtpd: ") and len(result.stderr.splitlines()) == 1
+
+
+def test_a_large_message_is_verified_and_stored_whole(
+        sinkhole_factory: Factory, auth_dns: Unbound, keys: Keys, tmp_path: Path) -> None:
+    # Over the Maildir writer's 1 MiB buffer: the body is on disk before the results are
+    # known, and the trace headers are put in front of it afterwards.
+    sinkhole = verifying_sinkhole(sinkhole_factory, auth_dns, tmp_path)
+    body = "".join(f"line {n} of a long  message \r\n" for n in range(100_000))
+    data = mail_dkim(message("alice@relaxed.test", body + "second line\r\n"), keys.sel,
+                     "relaxed.test")
+    assert len(data) > 3 * 2**20
+    send(sinkhole, data, "a@spf-pass.test")
+    copy = stored_one(sinkhole)
+    assert [r for r, _ in copy.parsed()["dkim"]] == ["pass"]
+    [path] = (sinkhole.maildir / "new").iterdir()
+    stored_bytes = path.read_bytes()
+    assert stored_bytes.startswith(b"Return-Path: <a@spf-pass.test>\r\n")
+    assert stored_bytes.endswith(data) and copy.meta["size"] == len(data)
