@@ -68,17 +68,28 @@ def cert_files(server_cert: trustme.LeafCert, ca: trustme.CA,
     return cert, key, ca_file
 
 
-def require_program(name: str) -> str:
+def require_program(name: str, package: str | None = None) -> str:
     """The path of an external client program; missing ones fail loudly in CI."""
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}")
                                   else None)
     if path is None:
-        message = (f"{name} is not installed (Debian package "
-                   f"{'postfix' if name.startswith('smtp-') else name}; .ci/run installs it)")
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+        package = package or ("postfix" if name.startswith("smtp-") else name)
+        _missing(f"{name} is not installed (Debian package {package}; .ci/run installs it)")
+    return str(path)
+
+
+def require_perl_module(module: str, package: str) -> None:
+    """A Perl module a test's helper script uses; missing ones fail loudly in CI."""
+    perl = require_program("perl")
+    if subprocess.run([perl, f"-M{module}", "-e1"], capture_output=True).returncode:
+        _missing(f"Perl's {module} is not installed (Debian package {package}; .ci/run "
+                 "installs it)")
+
+
+def _missing(message: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,47 @@ ZONE = [
     "v6only.test. 300 AAAA 2001:db8::10",
 ]
 REFUSED_ZONES = ["refused.test.", "6.0.0.127.in-addr.arpa."]
+
+#: SPF and DMARC policies for the message-authentication tests (their DKIM keys are
+#: made by opendkim-genkey when the tests start: see ``dkim_records``). Clients connect
+#: from 127.0.0.1 (GOOD) unless a test says otherwise.
+AUTH_ZONE = [
+    # pass, through an include and an mx mechanism naming another domain
+    'spf-pass.test. 300 TXT "v=spf1 include:_spf.spf-pass.test -all"',
+    '_spf.spf-pass.test. 300 TXT "v=spf1 mx:spf-pass.test -all"',
+    "spf-pass.test. 300 MX 10 mx.spf-pass.test.",
+    "mx.spf-pass.test. 300 A 127.0.0.1",
+    'spf-fail.test. 300 TXT "v=spf1 ip4:192.0.2.0/24 -all"',
+    'spf-softfail.test. 300 TXT "v=spf1 ip4:192.0.2.0/24 ~all"',
+    'spf-neutral.test. 300 TXT "v=spf1 ip4:192.0.2.0/24 ?all"',
+    # (good.test has no TXT record: none)
+    # permerror: eleven DNS mechanisms (RFC 7208 4.6.4), three void lookups, bad syntax
+    'spf-lookups.test. 300 TXT "v=spf1 ' + " ".join(f"a:h{n}.good.test" for n in range(11))
+    + ' -all"',
+    *(f"h{n}.good.test. 300 A 192.0.2.{n + 1}" for n in range(11)),
+    'spf-void.test. 300 TXT "v=spf1 a:v1.nosuch.test a:v2.nosuch.test a:v3.nosuch.test '
+    '-all"',
+    'spf-syntax.test. 300 TXT "v=spf1 ip4:999.1.1.1 -all"',
+    # temperror: the include's zone refuses queries
+    'spf-temp.test. 300 TXT "v=spf1 include:refused.test -all"',
+    # macros (RFC 7208 7): a pass only for alice, from 127.0.0.1
+    'spf-macro.test. 300 TXT "v=spf1 exists:%{ir}.%{l}._spf.%{d} -all"',
+    "1.0.0.127.alice._spf.spf-macro.test. 300 A 127.0.0.2",
+    # DMARC: reject; relaxed (the default) and strict alignment; SPF-aligned quarantine
+    '_dmarc.dmarc-reject.test. 300 TXT "v=DMARC1; p=reject"',
+    '_dmarc.relaxed.test. 300 TXT "v=DMARC1; p=reject; adkim=r"',
+    '_dmarc.strict.test. 300 TXT "v=DMARC1; p=reject; sp=quarantine; adkim=s; aspf=s"',
+    '_dmarc.spf-pass.test. 300 TXT "v=DMARC1; p=quarantine"',
+]
+#: The domains whose DKIM key (selector "sel") the tests publish.
+DKIM_DOMAINS = ["dkim.test", "relaxed.test", "strict.test", "arc.test", "dmarc-reject.test"]
+
+
+def dkim_records(genkey_txt: str, selector: str = "sel") -> list[str]:
+    """The key record of ``opendkim-genkey``'s .txt output, at ``selector`` of each of
+    DKIM_DOMAINS, as unbound local-data."""
+    strings = " ".join(f'"{s}"' for s in re.findall(r'"([^"]*)"', genkey_txt))
+    return [f"{selector}._domainkey.{domain}. 300 TXT {strings}" for domain in DKIM_DOMAINS]
 
 
 @dataclass
@@ -153,7 +195,8 @@ def _free_port() -> int:
     return port
 
 
-def _config(port: int, directory: Path, slow_to: str | None) -> str:
+def _config(port: int, directory: Path, slow_to: str | None,
+            extra: Sequence[str] = ()) -> str:
     lines = [
         "server:", f"  interface: 127.0.0.1@{port}", "  do-ip6: no", '  username: ""',
         '  chroot: ""', f'  directory: "{directory}"', '  pidfile: ""',
@@ -165,7 +208,7 @@ def _config(port: int, directory: Path, slow_to: str | None) -> str:
         '  local-zone: "." static', '  local-zone: "test." static',
         '  local-zone: "127.in-addr.arpa." static',
         *(f'  local-zone: "{zone}" refuse' for zone in REFUSED_ZONES),
-        *(f"  local-data: '{record}'" for record in ZONE),
+        *(f"  local-data: '{record}'" for record in [*ZONE, *extra]),
     ]
     if slow_to is not None:  # slow.test is forwarded to a server that never answers
         host, port_ = slow_to.split(":")
@@ -174,12 +217,14 @@ def _config(port: int, directory: Path, slow_to: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_unbound(program: str, directory: Path, slow_to: str | None = None) -> Unbound:
+def start_unbound(program: str, directory: Path, slow_to: str | None = None,
+                  extra: Sequence[str] = ()) -> Unbound:
+    """unbound serving ZONE, and ``extra`` records too."""
     directory.mkdir(parents=True, exist_ok=True)
     for _attempt in range(5):  # the port may be taken between choosing and binding it
         port = _free_port()
         config = directory / "unbound.conf"
-        config.write_text(_config(port, directory, slow_to))
+        config.write_text(_config(port, directory, slow_to, extra))
         log_path = directory / f"unbound-{port}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen([program, "-d", "-c", str(config)], stdout=log,

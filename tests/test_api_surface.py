@@ -9,6 +9,7 @@ import pytest
 import trio_smtpd
 import trio_smtpd.core
 import trio_smtpd.testing
+import trio_smtpd.verify
 
 PUBLIC = [name for name in trio_smtpd.__all__ if name != "__version__"]
 TYPE_ALIASES = {"Handler"}
@@ -93,3 +94,15 @@ def test_recipients_are_one_type_everywhere() -> None:
     rcpt = trio_smtpd.Rcpt(recipient)
     assert rcpt.recipient is recipient and rcpt.address is recipient.address
     assert trio_smtpd.core.Recipient is trio_smtpd.Recipient
+
+
+@pytest.mark.parametrize("name", [n for n in trio_smtpd.verify.__all__ if not n.isupper()])
+def test_verify_names_and_their_methods_are_documented(name: str) -> None:
+    obj = getattr(trio_smtpd.verify, name)
+    doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
+    assert doc and doc.strip(), f"{name} has no docstring of its own"
+    if inspect.isclass(obj):
+        for attribute in public_attributes(obj):
+            member = inspect.getattr_static(obj, attribute)
+            if isinstance(member, property | classmethod) or inspect.isfunction(member):
+                assert inspect.getdoc(getattr(obj, attribute)), f"{name}.{attribute}"

@@ -124,3 +124,27 @@ def test_a_failed_directory_fsync_fails_the_commits_it_covers(
     with pytest.raises(OSError) as info:
         writer._commit()
     assert info.value.errno == errno.EIO
+
+
+@pytest.mark.parametrize("copy_file_range", ["kernel", "fallback"])
+async def test_prepend_before_and_after_the_buffer_is_flushed(
+        tmp_path: Path, copy_file_range: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if copy_file_range == "fallback":
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    small = maildir.open()
+    await small.write(b"body\r\n")
+    await small.prepend(b"A: 1\r\n")
+    assert (tmp_path / "new" / await small.commit()).read_bytes() == b"A: 1\r\nbody\r\n"
+    large = maildir.open()
+    body = os.urandom(3 * large.BUFFER + 5)  # written out to tmp/ three times already
+    for start in range(0, len(body), 65536):
+        await large.write(body[start:start + 65536])
+    assert os.listdir(tmp_path / "tmp") == [large.name]
+    await large.prepend(b"A: 2\r\n")
+    await large.write(b"tail")
+    assert os.listdir(tmp_path / "tmp") == [large.name]  # (the copy replaced it)
+    name = await large.commit()
+    assert (tmp_path / "new" / name).read_bytes() == b"A: 2\r\n" + body + b"tail"
+    assert large.size == len(body) + 10 and os.listdir(tmp_path / "tmp") == []

@@ -31,7 +31,8 @@ def headers_and_body(stored: bytes) -> tuple[list[str], bytes]:
     index = 0
     while index < len(lines):
         line = lines[index].decode()
-        if line.startswith(("Return-Path:", "X-Original-To:", "Received:")):
+        if line.startswith(("Return-Path:", "X-Original-To:", "Authentication-Results:",
+                            "Received:")):
             ours.append(line)
         elif line.startswith("\t") and ours:
             ours[-1] += "\n" + line

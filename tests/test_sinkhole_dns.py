@@ -251,11 +251,12 @@ def test_each_fact_is_looked_up_once_and_cached_by_ttl(
     assert all(r[0] in "23" for r in converse(sinkhole, session))
     sinkhole.wait_for("close")
     first = dns_server.queries(mark)
-    # Every fact once, however often the session asks (three messages, two HELOs):
+    # Every fact once, however often the session asks (three messages, two HELOs),
+    # the sender's SPF policy included (messages are verified by default):
     assert sorted(first) == sorted([
         ("1.0.0.127.in-addr.arpa", "PTR"), ("good.test", "A"), ("good.test", "AAAA"),
         ("1.0.0.127.zen.test", "A"), ("client.test.dbl.test", "A"),
-        ("amx.test", "MX"), ("amx.test", "A"), ("amx.test", "AAAA"),
+        ("amx.test", "MX"), ("amx.test", "A"), ("amx.test", "AAAA"), ("amx.test", "TXT"),
         ("good.test", "MX"), ("mx.good.test", "A"), ("mx.good.test", "AAAA")])
     # A second connection from the same client: all in the resolver's cache, answers
     # and NXDOMAIN alike (TTL 300, the SOA's minimum for the negative ones).

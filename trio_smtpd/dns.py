@@ -197,6 +197,11 @@ class Resolver:
             deadline = trio.current_time() + self.timeout
         return await self._shared(key, (qname, kind), deadline)
 
+    def cached(self, name: str, rdtype: str) -> Answer[dns.rdata.Rdata] | None:
+        """The cached answer for a name and type, or None: no query, no wait (for
+        synchronous code fed from the cache, like :mod:`trio_smtpd.verify`'s SPF)."""
+        return self._cache.get((name.lower().removesuffix("."), rdtype.upper()))
+
     async def ptr(self, address: str, *, deadline: float | None = None) -> Answer[str]:
         """The names of an IP address (lower case, without the final dot)."""
         answer = await self.query(reverse_name(address), "PTR", deadline=deadline)

@@ -15,6 +15,7 @@ several processes and hosts can deliver into one Maildir without colliding.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import secrets
@@ -100,6 +101,21 @@ class MaildirWriter:
         if self._pending_size >= self.BUFFER:
             await trio.to_thread.run_sync(self._flush)
 
+    async def prepend(self, data: bytes) -> None:
+        """Put ``data`` in front of everything written so far: header fields known only
+        once the message has ended (authentication results). Free while the message
+        is still in the write buffer; after that, the file is rewritten with ``data``
+        in front, its old content copied by the kernel (``copy_file_range``), never
+        through this process's memory."""
+        if self._finished:
+            raise ValueError("message already committed or aborted")
+        self.size += len(data)
+        if self._fd is None:
+            self._pending.insert(0, data)
+            self._pending_size += len(data)
+            return
+        await trio.to_thread.run_sync(self._prepend_to_file, data)
+
     async def commit(self, then: Callable[[], None] | None = None) -> str:
         """Write the rest, fsync, move into ``new/``, fsync ``new/``: now it is durable.
 
@@ -144,9 +160,27 @@ class MaildirWriter:
         data = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
+        _write_all(self._fd, data)
+
+    def _prepend_to_file(self, data: bytes) -> None:
+        self._flush()
+        assert self._fd is not None
+        front = self._tmp.with_name(self._tmp.name + ".prepend")
+        fd = os.open(front, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, data)
+            source = os.open(self._tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _copy(source, fd)
+            finally:
+                os.close(source)
+            os.rename(front, self._tmp)  # (same name in tmp/: nothing else sees it)
+        except BaseException:
+            os.close(fd)
+            front.unlink(missing_ok=True)
+            raise
+        os.close(self._fd)
+        self._fd = fd
 
     def _commit(self) -> None:
         self._flush()
@@ -211,6 +245,27 @@ class _GroupSync:
             if self._succeeded < needed:
                 assert self._error is not None
                 raise self._error
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy(source: int, target: int) -> None:
+    """All of ``source`` onto the end of ``target``, inside the kernel where it can."""
+    copy_range = getattr(os, "copy_file_range", None)
+    while copy_range is not None:
+        try:
+            if copy_range(source, target, 1 << 30) == 0:
+                return
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            copy_range = None  # a file system that cannot: copy below from where it got
+    while block := os.read(source, 1 << 20):
+        _write_all(target, block)
 
 
 def _fsync_directory(path: Path) -> None:

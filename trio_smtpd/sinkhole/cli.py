@@ -26,6 +26,7 @@ from .configure import (
     load_rules_option,
     make_resolver,
     reload_rules,
+    verify_settings,
 )
 from .handler import SinkholeHandler
 from .logs import configure_logging, log_event
@@ -76,10 +77,12 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
     fallback = None
     if args.tls_fallback:
         fallback = TLSFallback(*parse_fallback(args.tls_fallback))
+    verify = verify_settings(args, config.hostname)
     handler = SinkholeHandler(config.hostname, maildir, tarpit=args.tarpit,
                               tls_fallback=fallback, save_then_reject=args.save_then_reject,
-                              rules=load_rules_option(args.rules, dns=not args.no_dns),
-                              resolver=make_resolver(args),
+                              rules=load_rules_option(args.rules, dns=not args.no_dns,
+                                                      verify=verify),
+                              resolver=make_resolver(args), verify=verify,
                               printer=Printer(args.print_style) if args.print_style else None)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve, config, handler=handler,
@@ -121,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, maildir = build_config(args)
         # A bad rules file is a configuration error, before binding.
-        load_rules_option(args.rules, dns=not args.no_dns)
+        load_rules_option(args.rules, dns=not args.no_dns,
+                          verify=verify_settings(args, config.hostname))
         inherited = from_environment()
         supervisor = args.workers > 1 and inherited is None
         # TRIO_SMTPD_SHARED_SOCKET=1 forces the fallback used where SO_REUSEPORT is missing.

@@ -19,16 +19,23 @@ from .. import Config, Credentials, PlainCredentials, Timeouts
 from .._settings import Authenticator
 from ..dns import Resolver, parse_nameserver
 from ..maildir import Maildir
+from ..verify import KINDS
 from .handler import SinkholeHandler
 from .logs import log_event
-from .options import DEFAULT_DNS_TIMEOUT, MAX_DNS_TIMEOUT
+from .options import (
+    DEFAULT_DNS_TIMEOUT,
+    DEFAULT_VERIFY_TIMEOUT,
+    MAX_DNS_TIMEOUT,
+    MAX_VERIFY_TIMEOUT,
+)
 from .passwords import AuthFileError, load_auth_file, verify_password
 from .rules import RulesError, RuleSet, load_rules
 from .sockets import BoundSocket, Kind, bind
 from .tlsfallback import parse_fallback
+from .verifying import VerifySettings
 
 __all__ = ["ConfigError", "bind_listeners", "build_config", "load_rules_option",
-           "make_resolver", "reload_rules"]
+           "make_resolver", "reload_rules", "verify_settings"]
 
 
 class ConfigError(Exception):
@@ -50,6 +57,7 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
 def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
     _check_numbers(args)
     check_dns_options(args)
+    verify_settings(args, "")
     tls = _tls_context(args)
     config = Config(
         hostname=args.hostname or socket.gethostname(),
@@ -144,6 +152,30 @@ def check_dns_options(args: argparse.Namespace) -> None:
             raise ConfigError(f"--dns-server {exc}") from None
 
 
+def verify_settings(args: argparse.Namespace, hostname: str) -> VerifySettings | None:
+    """Which checks each message gets: all, by default, whenever DNS is on."""
+    explicit = args.verify is not None or args.verify_timeout is not None
+    if args.no_verify and explicit:
+        raise ConfigError("--no-verify and --verify/--verify-timeout contradict each other")
+    if args.no_dns and explicit:
+        raise ConfigError("--verify and --verify-timeout need DNS, but --no-dns is set")
+    if args.no_verify or args.no_dns:
+        return None
+    text = ",".join(KINDS) if args.verify is None else args.verify
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    wrong = [k for k in kinds if k not in KINDS]
+    if wrong or not kinds:
+        raise ConfigError(f"--verify takes some of {','.join(KINDS)}, not {args.verify!r}")
+    if "dmarc" in kinds and not {"spf", "dkim"} <= set(kinds):
+        raise ConfigError("--verify: dmarc needs spf and dkim")
+    timeout = args.verify_timeout
+    if timeout is not None and not (math.isfinite(timeout)
+                                    and 0 < timeout <= MAX_VERIFY_TIMEOUT):
+        raise ConfigError(f"--verify-timeout must be more than 0 and at most "
+                          f"{MAX_VERIFY_TIMEOUT:g} seconds")
+    return VerifySettings(frozenset(kinds), timeout or DEFAULT_VERIFY_TIMEOUT, hostname)
+
+
 def make_resolver(args: argparse.Namespace) -> Resolver | None:
     """The one resolver of this process (None with --no-dns)."""
     if args.no_dns:
@@ -227,20 +259,25 @@ def bind_listeners(args: argparse.Namespace, *, reserve_only: bool = False) -> l
     return bound
 
 
-def load_rules_option(path: str | None, *, dns: bool) -> RuleSet | None:
+def load_rules_option(path: str | None, *, dns: bool,
+                      verify: VerifySettings | None = None) -> RuleSet | None:
     if path is None:
         return None
     try:
-        return _rules_for(path, dns)
+        return _rules_for(path, dns, verify)
     except RulesError as exc:
         raise ConfigError(str(exc)) from None
 
 
-def _rules_for(path: str, dns: bool) -> RuleSet:
+def _rules_for(path: str, dns: bool, verify: VerifySettings | None) -> RuleSet:
     rules = load_rules(path)
     if not dns and rules.wants:
         raise RulesError(f"{path}: rules use DNS facts (host, dns, dnsbl, dbl, source, "
                          "sender_has, recipient_has), but --no-dns is set")
+    missing = rules.verify - (verify.kinds if verify is not None else frozenset())
+    if missing:
+        raise RulesError(f"{path}: rules use {', '.join(sorted(missing))} results, which "
+                         "are not checked (--no-dns, --no-verify or --verify)")
     return rules
 
 
@@ -249,7 +286,7 @@ def reload_rules(path: str | None, handler: SinkholeHandler, *, dns: bool) -> No
         log_event("rules-reload", outcome="no --rules file")
         return
     try:
-        rules = _rules_for(path, dns)
+        rules = _rules_for(path, dns, handler.verify)
     except RulesError as exc:
         log_event("rules-reload", outcome="failed, previous rules kept", error=str(exc))
         return

@@ -8,6 +8,7 @@ Each fact has a key (what was looked up) and a value:
 * ``dbl_key(name, zone)`` -> :class:`Listing` of a host or domain name in a domain list.
 * ``domain_key(domain)`` -> :class:`MailDomain`: can the domain receive mail
   (sinksmtp's ``ValidDomain``)?
+* ``spf_key(sender, helo)`` -> :class:`trio_smtpd.verify.SPFResult` for the client.
 
 A lookup that timed out or failed temporarily still gives a value, one that says
 "unknown" (see :func:`unknown_fact`), so a rule can tell "no" from "could not say".
@@ -20,10 +21,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..verify import SPFResult
 from .logic import UNKNOWN, Key, Unknown
 
 __all__ = ["DNS_CLASSES", "RDNS", "Key", "Listing", "MailDomain", "ReverseDNS", "Wants",
-           "dbl_key", "dbl_name", "dnsbl_key", "domain_key", "lookup_domain",
+           "dbl_key", "dbl_name", "dnsbl_key", "domain_key", "lookup_domain", "spf_key",
            "unknown_fact"]
 
 RDNS: Key = ("rdns",)
@@ -47,6 +49,11 @@ def dbl_key(name: str, zone: str) -> Key:
 
 def domain_key(domain: str) -> Key:
     return ("domain", domain)
+
+
+def spf_key(sender: str, helo: str | None) -> Key:
+    """The SPF check of the client for a MAIL FROM (``""``: ``<>``) after a HELO."""
+    return ("spf", sender, helo or "")
 
 
 def dbl_name(name: str | None) -> str | None:
@@ -189,4 +196,8 @@ def unknown_fact(key: Key, client: str | None, why: str) -> object:
         return Listing("dbl", key[2], key[1], None, detail=why)
     if kind == "domain":
         return MailDomain(key[1], "unknown", why)
+    if kind == "spf":
+        sender = key[1] or (f"postmaster@{key[2]}" if key[2] else "")
+        return SPFResult("temperror", "mailfrom" if key[1] else "helo",
+                         sender.rpartition("@")[2].lower(), sender, why)
     raise ValueError(f"unknown fact {key!r}")

@@ -15,7 +15,7 @@ from functools import partial
 
 import trio
 
-from .. import Connect, DataStart, Decision, Hello, Mail, Message, Rcpt, Session
+from .. import Connect, DataStart, Decision, Hello, Mail, Message, Rcpt, Session, Transaction
 from ..dns import Resolver
 from ..maildir import Maildir
 from .dnsfacts import Wants
@@ -26,6 +26,7 @@ from .records import log_connect, log_listing, log_transaction, peer_text
 from .rules import Facts, Pending, Phase, RuleSet, Verdict
 from .storing import Incoming, MessageStore
 from .tlsfallback import TLSFallback
+from .verifying import MessageChecks, VerifySettings, start_spf
 
 __all__ = ["SinkholeHandler"]
 
@@ -53,6 +54,8 @@ class SinkholeHandler:
     resolver: Resolver | None = None
     #: --print/--print-raw: each message that arrived in full, on standard output.
     printer: Printer | None = None
+    #: --verify/--no-verify: which authentication checks each message gets (needs DNS).
+    verify: VerifySettings | None = None
 
     def __post_init__(self) -> None:
         self._store = MessageStore(self.maildir, self.hostname, self.save_then_reject,
@@ -94,6 +97,11 @@ class SinkholeHandler:
     async def _decide(self, session: Session, decision: Decision, client: _Client) -> None:
         if isinstance(decision, Hello):
             client.helo_verb = decision.verb
+        elif isinstance(decision, Mail):
+            start_spf(self.verify, client.lookups, _sender(decision.sender),
+                      session.info.helo)
+        elif isinstance(decision, Message) and client.incoming.checks is not None:
+            await client.incoming.checks.finish()  # (the message rules may use them)
         phase: Phase | None = "message" if isinstance(decision, Message) else _PHASES.get(
             type(decision))
         verdict = None if phase is None else await self._verdict(session, phase, decision,
@@ -109,21 +117,31 @@ class SinkholeHandler:
             accept_reply = verdict.reply if verdict is not None else None
             decision.accept(text=accept_reply.text if accept_reply else None)
             if isinstance(decision, DataStart):
-                client.incoming = await self._store.receive(session, decision.transaction,
-                                                            client.lookups)
+                client.incoming = await self._store.receive(
+                    session, decision.transaction, client.lookups,
+                    self._checks(session, decision.transaction, client.lookups))
 
     async def _refuse(self, session: Session, decision: Decision, verdict: Verdict,
                       phase: Phase | None, client: _Client) -> None:
         _answer_refusal(decision, verdict)
         if isinstance(decision, Message):
             await client.incoming.drop()  # refused outright: nothing is kept
-            client.incoming = Incoming()
             tx = decision.transaction
-            log_transaction(tx, "rejected", str(tx.replies[0]), None, verdict.rule)
+            checks = client.incoming.checks
+            log_transaction(tx, "rejected", str(tx.replies[0]), None, verdict.rule,
+                            checks.log_fields() if checks else None)
+            client.incoming = Incoming()
             return
         log_event("policy", session=session.info.id, phase=phase, rule=verdict.rule,
                   action=verdict.action, reply=str(verdict.reply),
                   dns="unknown" if verdict.unknown else None)
+
+    def _checks(self, session: Session, tx: Transaction,
+                lookups: ClientLookups) -> MessageChecks | None:
+        if self.verify is None or self.resolver is None:
+            return None
+        return MessageChecks(self.verify, self.resolver, lookups, _sender(tx.sender),
+                             session.info.helo)
 
     async def _verdict(self, session: Session, phase: Phase, decision: Decision,
                        client: _Client) -> Verdict | None:
@@ -176,6 +194,10 @@ def _facts(session: Session, decision: Decision, client: _Client) -> Facts:
         local_ip=info.local[0] if info.local else None,
         dns=client.lookups.values,
     )
+
+
+def _sender(address: object) -> str:
+    return str(address) if address else ""
 
 
 def _answer_refusal(decision: Decision, verdict: Verdict) -> None:

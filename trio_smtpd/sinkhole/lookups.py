@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from ..dns import Resolver
+from ..verify import check_spf
 from .checks import listing, mail_domain, reverse_dns
 from .dnsfacts import (
     RDNS,
@@ -197,4 +198,6 @@ class ClientLookups:
             return await listing(resolver, "dbl", key[1], key[2], deadline)
         if kind == "domain":
             return await mail_domain(resolver, key[1], deadline)
+        if kind == "spf":
+            return await check_spf(resolver, client or "", key[1], key[2], deadline=deadline)
         raise ValueError(f"unknown fact {key!r}")

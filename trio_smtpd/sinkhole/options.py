@@ -6,9 +6,12 @@ import argparse
 
 from .. import __version__
 
-__all__ = ["DEFAULT_DNS_TIMEOUT", "MAX_DNS_TIMEOUT", "build_parser"]
+__all__ = ["DEFAULT_DNS_TIMEOUT", "DEFAULT_VERIFY_TIMEOUT", "MAX_DNS_TIMEOUT",
+           "MAX_VERIFY_TIMEOUT", "build_parser"]
 
 DEFAULT_DNS_TIMEOUT = 5.0
+DEFAULT_VERIFY_TIMEOUT = 10.0
+MAX_VERIFY_TIMEOUT = 60.0
 MAX_DNS_TIMEOUT = 60.0  # well below the library's decision timeout (300 s)
 
 
@@ -19,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "durably in a Maildir (250 means it is on disk, fsynced). "
                     "'trio-smtpd hash-password' makes password hashes for --auth-file.",
     )
-    for add_group in (_listening, _tls, _limits, _policy, _dns, _output):
+    for add_group in (_listening, _tls, _limits, _policy, _dns, _verify, _output):
         add_group(parser)
     return parser
 
@@ -107,6 +110,20 @@ def _dns(parser: argparse.ArgumentParser) -> None:
     add("--no-dns", action="store_true",
         help="no DNS lookups at all: no reverse DNS in logs and headers, and rules may "
              "not use DNS facts")
+
+
+def _verify(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument_group("message authentication (SPF, DKIM, ARC, DMARC)"
+                                    ).add_argument
+    add("--verify", default=None, metavar="KINDS",
+        help="which checks each message gets, comma-separated from spf,dkim,arc,dmarc "
+             "(default: all four, whenever DNS is on); dmarc needs spf and dkim")
+    add("--no-verify", action="store_true",
+        help="check nothing: no Authentication-Results header, no spf/dkim/arc/dmarc "
+             "rules")
+    add("--verify-timeout", type=float, default=None, metavar="SECONDS",
+        help="how long each check may take before it is temperror "
+             f"(default {DEFAULT_VERIFY_TIMEOUT:g}, at most {MAX_VERIFY_TIMEOUT:g})")
 
 
 def _output(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,8 @@ log = logging.getLogger("trio_smtpd.sinkhole")
 
 
 def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
-                     rule: str | None, dns: dict[str, Any] | None) -> Callable[[], None]:
+                     rule: str | None, dns: dict[str, Any] | None,
+                     auth: dict[str, Any] | None = None) -> Callable[[], None]:
     """A sidecar ``meta/<file>.json`` beside the Maildir: what sinksmtp records.
 
     Written after the message is durable and without an fsync of its own: losing a
@@ -40,6 +41,8 @@ def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
         "recipients": [str(r.address) for r in tx.recipients],
         "size": tx.size, "sha256": sha256, "rule": rule,
         "received": tx.received.isoformat(), "dns": dns,
+        # SPF/DKIM/ARC/DMARC results (verifying.py); None if not checked
+        "authentication_results": auth,
     }
     path = maildir.path / "meta" / f"{name}.json"
 
@@ -63,7 +66,8 @@ def log_aborted(tx: Transaction) -> None:
 
 
 def log_transaction(tx: Transaction, outcome: str, reply: str | None,
-                     name: str | None, rule: str | None = None) -> None:
+                     name: str | None, rule: str | None = None,
+                     auth: dict[str, Any] | None = None) -> None:
     log_event(
         "message",
         session=tx.info.id,
@@ -79,6 +83,7 @@ def log_transaction(tx: Transaction, outcome: str, reply: str | None,
         reply=reply,
         file=name,
         rule=rule,
+        **(auth or {}),
     )
 
 

@@ -22,7 +22,9 @@ matchers all hold decides; no matching rule means accept. ::
     any = [ { helo = ["a"] }, { helo = ["b"] } ]        # all = [{...}, ...]
 
 DNS and HELO matchers (``host``, ``dns``, ``dnsbl``, ``dbl``, ``helo_has``,
-``sender_has``, ``recipient_has``, ``source``) are in :mod:`.dnsrules`. A DNS lookup
+``sender_has``, ``recipient_has``, ``source``) are in :mod:`.dnsrules`, those over
+authentication results (``spf``, ``dkim``, ``arc``, ``dmarc``, ``dmarc_policy``) in
+:mod:`.authrules`. A DNS lookup
 that fails makes its matcher UNKNOWN; a rule's ``unknown`` key says what then:
 ``"tempfail"`` (the default: answer 451 4.4.3, never accept on a guess), ``"match"``
 (act as if it matched) or ``"nomatch"`` (go on to the next rule).
@@ -49,6 +51,7 @@ from typing import Any, Literal
 
 from .._networks import Network, address_in
 from .._replies import Reply, ReplyTextError
+from .authrules import AUTH_KNOWN_FROM, AUTH_MATCHERS, auth_matcher, kinds_of
 from .dnsfacts import Wants
 from .dnsrules import DNS_MATCHERS, KNOWN_FROM, dns_matcher, wants_of
 from .logic import Key, Pending, Truth, Unknown, all_of, any_of, negate
@@ -61,7 +64,8 @@ PHASES: tuple[Phase, ...] = ("connect", "helo", "mail", "rcpt", "data", "message
 ACTIONS: tuple[Action, ...] = ("accept", "reject", "tempfail", "save-then-reject")
 # The first phase in which each fact is known.
 _KNOWN_FROM = {"ip": "connect", "tls": "connect", "authenticated": "connect",
-               "helo": "helo", "sender": "mail", "recipient": "rcpt", **KNOWN_FROM}
+               "helo": "helo", "sender": "mail", "recipient": "rcpt", **KNOWN_FROM,
+               **AUTH_KNOWN_FROM}
 _DEFAULT_REPLIES = {"reject": Reply(550, "Rejected by policy", "5.7.1"),
                     "tempfail": Reply(451, "Try again later", "4.7.1"),
                     "save-then-reject": Reply(554, "Message rejected", "5.7.1")}
@@ -115,6 +119,7 @@ class _Rule:
     matches: Matcher
     unknown: str = "tempfail"
     wants: Wants = field(default_factory=Wants)
+    verify: frozenset[str] = frozenset()  # the checks its matchers use
 
     def verdict(self) -> Verdict:
         return Verdict(self.action, self.reply or _DEFAULT_REPLIES.get(self.action),
@@ -126,8 +131,11 @@ class RuleSet:
         self._rules = list(rules)
         #: The DNS lookups these rules may need, to start them early.
         self.wants = Wants()
+        #: The authentication checks these rules use (spf, dkim, arc, dmarc).
+        self.verify: frozenset[str] = frozenset()
         for rule in self._rules:
             self.wants |= rule.wants
+            self.verify |= rule.verify
 
     def __len__(self) -> int:
         return len(self._rules)
@@ -203,7 +211,7 @@ def _parse_rule(entry: object, index: int, base: Path) -> _Rule:
     matcher = _compile(match, phase, base)
     name = entry.get("name")
     return _Rule(name if isinstance(name, str) else f"rule {index}", phase, action, reply,
-                 float(delay), matcher, unknown, wants_of(match))
+                 float(delay), matcher, unknown, wants_of(match), kinds_of(match))
 
 
 def _parse_reply(text: object, action: str) -> Reply:
@@ -234,14 +242,15 @@ def _compile(spec: object, phase: Phase, base: Path) -> Matcher:
 
 
 _MATCHERS = {"not", "any", "all", "tls", "authenticated", "ip", "helo", "sender",
-             "recipient", "sender_file", "recipient_file", *DNS_MATCHERS}
+             "recipient", "sender_file", "recipient_file", *DNS_MATCHERS, *AUTH_MATCHERS}
 
 
 def _matcher(key: str, value: Any, phase: Phase, base: Path) -> Matcher:
     if key not in _MATCHERS:
         raise RulesError(f"unknown matcher '{key}'")
-    if key in DNS_MATCHERS:
-        return dns_matcher(key, value, phase)
+    if key in DNS_MATCHERS or key in AUTH_MATCHERS:
+        return (dns_matcher(key, value, phase) if key in DNS_MATCHERS
+                else auth_matcher(key, value))
     if key == "not":
         inner = _compile(value, phase, base)
         return lambda facts, p: negate(inner(facts, p))

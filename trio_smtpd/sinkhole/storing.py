@@ -3,7 +3,9 @@ then committed (fsynced into ``new/``) or dropped, and the answer and log line f
 
 250 is answered only after the file is fsynced into ``new/``. A write error answers 452
 (disk full) or 451 and is logged; the server keeps running. With ``--discard`` nothing is
-stored: the body is only counted.
+stored: the body is only counted. When messages are verified (``verifying.py``), the
+chunks pass through the checks on their way to the file, and the trace headers, with
+the results, are put in front once they are known.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .printing import Printer
 from .records import log_aborted, log_transaction, metadata_writer
 from .rules import Verdict
 from .trace import trace_headers
+from .verifying import MessageChecks
 
 if TYPE_CHECKING:
     from hashlib import _Hash as Hash  # the stubs' name for a hash object
@@ -37,6 +40,8 @@ class Incoming:
     writer: MaildirWriter | None = None
     error: OSError | None = None
     digest: Hash | None = field(default=None, repr=False)
+    #: Its authentication checks, if messages are verified.
+    checks: MessageChecks | None = None
 
     async def write(self, data: bytes) -> None:
         """Write on, unless an earlier write failed (the body is still read to its end)."""
@@ -65,26 +70,31 @@ class MessageStore:
     #: --print/--print-raw: keeps each body for printing once it is in.
     printer: Printer | None = None
 
-    async def receive(self, session: Session, tx: Transaction,
-                      lookups: ClientLookups) -> Incoming:
+    async def receive(self, session: Session, tx: Transaction, lookups: ClientLookups,
+                      checks: MessageChecks | None = None) -> Incoming:
         """Stream the body in; keep reading even after a write error."""
         if self.maildir is None:
             async for chunk in session.body():  # (the transaction counts the size)
                 if self.printer is not None:
                     self.printer.keep(tx, chunk)
+                if checks is not None:
+                    checks.feed(chunk)
             if tx.aborted:
                 log_aborted(tx)
-            return Incoming()
-        # Looked up since connect: by now this rarely waits.
-        client_name = await lookups.confirmed_name()
-        incoming = Incoming(self.maildir.open(), None, hashlib.sha256())
-        await incoming.write(trace_headers(tx, self.hostname, client_name))
+            return Incoming(checks=checks)
+        incoming = Incoming(self.maildir.open(), None, hashlib.sha256(), checks)
+        if checks is None:
+            # Looked up since connect: by now this rarely waits.
+            client_name = await lookups.confirmed_name()
+            await incoming.write(trace_headers(tx, self.hostname, client_name))
         async for chunk in session.body():
             assert incoming.digest is not None
             incoming.digest.update(chunk)  # of the message as received, for the metadata
             if self.printer is not None:
                 self.printer.keep(tx, chunk)
-            await incoming.write(chunk)
+            await incoming.write(chunk if checks is None else checks.feed(chunk))
+        if checks is not None:
+            await incoming.write(checks.close())
         if tx.aborted:
             await incoming.drop()
             log_aborted(tx)
@@ -109,7 +119,8 @@ class MessageStore:
         else:
             outcome = "tempfailed" if first.is_transient else "saved-then-rejected"
         log_transaction(tx, outcome, str(first) if first else "250", name,
-                        verdict.rule if verdict else None)
+                        verdict.rule if verdict else None,
+                        incoming.checks.log_fields() if incoming.checks else None)
 
     async def _commit(self, tx: Transaction, incoming: Incoming, verdict: Verdict | None,
                       lookups: ClientLookups) -> str | None:
@@ -123,10 +134,15 @@ class MessageStore:
         await lookups.settle()
         # Written in the commit's worker thread, after the message is durable: one trip
         # to a thread per message.
+        checks = incoming.checks
         metadata = metadata_writer(self.maildir, writer.name, tx, incoming.digest.hexdigest(),
                                    verdict.rule if verdict is not None else None,
-                                   lookups.summary())
+                                   lookups.summary(), checks.summary() if checks else None)
         try:
+            if checks is not None:  # the trace headers, now that the results are known
+                await writer.prepend(trace_headers(tx, self.hostname,
+                                                   await lookups.confirmed_name(),
+                                                   checks.header()))
             return await writer.commit(then=metadata)
         except OSError as exc:
             incoming.error = exc

@@ -2,6 +2,8 @@
 
 * ``Return-Path: <sender>`` — the envelope sender (RFC 5321 4.4).
 * ``X-Original-To: <recipient>`` — one per envelope recipient, in RCPT order.
+* ``Authentication-Results:`` — what was verified about the message (RFC 8601), when it
+  was (see ``verifying.py``).
 * ``Received:`` — RFC 5321 4.4 trace: HELO name, the client's forward-confirmed DNS
   name (``unknown`` if none) and address, as Postfix writes them, our host name, the
   protocol (RFC 3848: ESMTP, ESMTPS, ESMTPSA, LMTP...), the session id, TLS version and
@@ -17,8 +19,10 @@ from .. import Transaction
 __all__ = ["trace_headers"]
 
 
-def trace_headers(tx: Transaction, hostname: str, client_name: str | None = None) -> bytes:
-    """Return-Path, X-Original-To and Received headers for one stored message.
+def trace_headers(tx: Transaction, hostname: str, client_name: str | None = None,
+                  authentication_results: str | None = None) -> bytes:
+    """Return-Path, X-Original-To, (Authentication-Results) and Received headers for
+    one stored message.
 
     ``client_name``: the client's forward-confirmed DNS name, if it has one."""
     session = tx.info
@@ -39,6 +43,8 @@ def trace_headers(tx: Transaction, hostname: str, client_name: str | None = None
                      + format_datetime(tx.received.astimezone()))
     lines = [f"Return-Path: <{tx.sender or ''}>"]
     lines += [f"X-Original-To: <{r.address}>" for r in tx.recipients]
+    if authentication_results is not None:
+        lines.append(authentication_results)
     lines.append(received)
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
