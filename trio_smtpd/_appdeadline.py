@@ -4,10 +4,10 @@ handler.
 A decision handed to the application sets the deadline (``Timeouts.decision`` or
 ``message_decision`` from now), where ``trio.current_effective_deadline()`` shows it;
 before the session waits on the client, a deadline that could fire during that wait is
-lifted. Moving a cancel scope's deadline is not free (a few microseconds, several times
-per message), so a deadline set at most ``SLACK`` seconds ago is kept when it is still
-right to within that slack, and one that falls after the client's own deadline is left in
-place: a timeout then fires at most ``SLACK`` late, never early.
+lifted. Moving a cancel scope's deadline is not free (see benchmarks/README.md), so a
+deadline set at most ``SLACK`` seconds ago is kept when it is still right to within that
+slack, and one that falls after the client's own deadline is left in place: a timeout
+then fires at most ``SLACK`` late, never early.
 """
 
 from __future__ import annotations

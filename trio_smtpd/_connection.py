@@ -995,8 +995,8 @@ _ANSWERS: dict[type[Request], Callable[[ServerConnection, Any, Reply | None], No
     EndOfMessage: ServerConnection._answer_message,
 }
 
-# Verb -> handler, shared by every connection (a dict of bound methods each would cost
-# about 2 KB per idle connection).
+# Verb -> handler, shared by every connection (a dict of bound methods each would be
+# kept by every idle connection).
 _HANDLERS: dict[str, Callable[[ServerConnection, str], Event | None]] = {
     "HELO": ServerConnection._cmd_helo,
     "EHLO": ServerConnection._cmd_ehlo,
