@@ -25,6 +25,7 @@ _UNKNOWN = (UNAVAILABLE, "[TEMPUNAVAIL]")
 _XTEXT = re.compile(r"\+([0-9A-F]{2})")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 _TEXT = re.compile(r"[\x21-\x7e\u0080-\U0010ffff]{1,255}")
+_LOGIN = re.compile(r"[\x20-\x7e\u0080-\U0010ffff]{1,255}")  # (a SASL name may have spaces)
 
 
 def _syntax(text: str) -> ReplyError:
@@ -77,7 +78,7 @@ def _check(name: str, value: str) -> str | None:
         return value.upper() if value.upper() in ("SMTP", "ESMTP") else None
     if name == "NAME":
         return value if _NAME.fullmatch(value) else None
-    return value if _TEXT.fullmatch(value) else None  # HELO, LOGIN
+    return value if (_LOGIN if name == "LOGIN" else _TEXT).fullmatch(value) else None
 
 
 def apply_xclient(info: SessionInfo, attributes: dict[str, str]) -> None:
