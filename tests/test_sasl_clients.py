@@ -253,7 +253,10 @@ async def test_external_with_a_trustme_client_certificate(
         client_tls: ssl.SSLContext) -> None:
     config = Config(hostname="mx.test", tls=server_tls, client_certificates="optional",
                     client_ca=str(cert_files[2]), auth_mechanisms=(External(external_id),))
-    external = (lambda client: lambda challenge=None: "")
+
+    def external(client: smtplib.SMTP) -> Callable[..., str]:
+        return lambda challenge=None: ""  # no authzid: "log me in as my certificate"
+
     async with running(config) as (port, seen):
         codes, offered = await trio.to_thread.run_sync(
             smtp_auth, port, client_with_certificate(ca, "alice"), "EXTERNAL", external)
