@@ -98,7 +98,8 @@ class _BearerExchange(_TokenExchange):
         # gs2-header "n,a=user," (no channel binding with OAUTHBEARER: RFC 7628 3.1)
         header, _, rest = text.partition(",")
         authzid, comma, kvpairs = rest.partition(",")
-        if header not in ("n", "y") or not comma or (authzid and not authzid.startswith("a=")):
+        if header not in ("n", "y") or not comma or (authzid and not authzid.startswith("a=")
+                                                     ) or not kvpairs.startswith("\x01"):
             return Failure("bad OAUTHBEARER GS2 header", MALFORMED)
         pairs = _pairs(kvpairs)
         bearer = _BEARER.fullmatch(pairs.get("auth", "")) if pairs is not None else None
