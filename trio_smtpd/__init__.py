@@ -8,7 +8,17 @@ as it comes. The sans-I/O protocol engine underneath is ``trio_smtpd.core``.
 
 from ._address import Address
 from ._connection import UsageError
-from ._decisions import Auth, Connect, DataStart, Decision, Hello, Mail, Message, Rcpt
+from ._decisions import (
+    Auth,
+    Connect,
+    DataStart,
+    Decision,
+    Hello,
+    Mail,
+    Message,
+    Rcpt,
+    TLSFailed,
+)
 from ._events import Recipient
 from ._info import SessionInfo, TLSInfo
 from ._observer import Observer
@@ -51,6 +61,7 @@ __all__ = [
     "Server",
     "Session",
     "SessionInfo",
+    "TLSFailed",
     "TLSInfo",
     "Timeouts",
     "Transaction",

@@ -1,92 +1,86 @@
-"""AUTH in a session: the SASL mechanism's steps, then the application's authenticator.
+"""AUTH in a session: a SASL mechanism's exchange, its steps timed and its failures told.
 
-The engine reports ``AuthStart`` and each ``AuthResponse``; the mechanism (``_sasl.py``)
-turns them into a challenge to send, credentials to verify, or a malformed exchange. The
-authenticator's verdict becomes an ``Auth`` decision for the application, or a 535 (wrong
-credentials), 454 (it failed or took too long) or 501 (malformed) that the engine counts
-towards ``max_auth_failures``.
+The engine reports ``AuthStart`` and each ``AuthResponse``; the mechanism's exchange
+(``_mechanisms.py``) turns them into a challenge to send, a success or a failure. A
+success becomes an ``Auth`` decision for the application; a failure a 535 (wrong
+credentials, refused token), 501 (malformed) or 454 (the validator failed or took too
+long), each counted by the engine towards ``max_auth_failures``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 import trio
 
 from . import _events as core
 from ._connection import ServerConnection
 from ._decisions import Auth
+from ._info import TLSInfo
+from ._mechanisms import Challenge, Context, Exchange, Failure, Mechanism, Step, Success
 from ._replies import Reply
-from ._sasl import Challenge, Credentials, Failed, Mechanism, Verify, new_mechanism
-from ._settings import Config
+from ._settings import Authenticator, Config
 
 __all__ = ["AuthFlow", "Authenticator"]
 
 log = logging.getLogger("trio_smtpd")
 
-Authenticator = Callable[[Credentials], Awaitable[str | None]]
-
 _AUTH_TEMP = Reply(454, "Temporary authentication failure", "4.7.0")
-_MALFORMED = Reply(501, "Malformed authentication exchange", "5.5.2")
 
 
 class AuthFlow:
     """The AUTH exchanges of one session."""
 
-    __slots__ = ("_authenticator", "_hostname", "_log_id", "_mechanism", "_timeout")
+    __slots__ = ("_exchange", "_hostname", "_log_id", "_mechanisms", "_timeout")
 
-    def __init__(self, authenticator: Authenticator, hostname: str, timeout: float,
+    def __init__(self, mechanisms: dict[str, Mechanism], hostname: str, timeout: float,
                  log_id: str) -> None:
-        self._authenticator = authenticator
+        self._mechanisms = mechanisms
         self._hostname = hostname
         self._timeout = timeout
         self._log_id = log_id
-        self._mechanism: Mechanism | None = None
+        self._exchange: Exchange | None = None
 
     @classmethod
     def of(cls, config: Config, log_id: str) -> AuthFlow | None:
-        """The AUTH exchanges ``config`` asks for (None: no authenticator)."""
-        if config.authenticator is None:
+        """The AUTH exchanges ``config`` asks for (None: no mechanism to run)."""
+        mechanisms = config._sasl_mechanisms()
+        if not mechanisms:
             return None
-        return cls(config.authenticator, config.hostname, config.timeouts.decision, log_id)
+        return cls(mechanisms, config.hostname, config.timeouts.decision, log_id)
 
-    async def step(self, conn: ServerConnection, event: core.AuthStart | core.AuthResponse
-                   ) -> Auth | None:
+    async def step(self, conn: ServerConnection, event: core.AuthStart | core.AuthResponse,
+                   tls: TLSInfo | None) -> Auth | None:
         """Answer one AUTH event on ``conn``, or return the decision it leads to."""
         if isinstance(event, core.AuthStart):
-            self._mechanism = new_mechanism(event.mechanism, hostname=self._hostname)
-            result = self._mechanism.start(event.initial_response)
+            context = Context(self._hostname, tls, conn.offered_auth_mechanisms)
+            self._exchange = self._mechanisms[event.mechanism].start(context)
+            response = event.initial_response
         else:
-            assert self._mechanism is not None
-            result = self._mechanism.step(event.data)
+            response = event.data
+        assert self._exchange is not None
+        result = await self._run(self._exchange, response)
         if isinstance(result, Challenge):
             conn.auth_challenge(result.data)
             return None
-        self._mechanism = None
-        if isinstance(result, Failed):
-            log.info("session %s: malformed AUTH exchange: %s", self._log_id, result.reason)
-            conn.auth_failure(_MALFORMED)
+        self._exchange = None
+        if isinstance(result, Failure):
+            log.info("session %s: AUTH failed: %s", self._log_id, result.reason)
+            conn.auth_failure(result.reply)
             return None
-        assert isinstance(result, Verify)
-        return await self._verify(conn, result.credentials)
+        return Auth(result.credentials.mechanism, result.identity, result.credentials)
 
-    async def _verify(self, conn: ServerConnection, credentials: Credentials) -> Auth | None:
-        identity: str | None = None
-        with trio.move_on_after(self._timeout) as scope:
+    async def _run(self, exchange: Exchange, response: bytes | None) -> Step:
+        """One step, within the decision time limit; 454 if it fails or is late."""
+        with trio.move_on_after(self._timeout):
             try:
-                identity = await self._authenticator(credentials)
+                result = await exchange.step(response)
             except Exception:
-                log.exception("session %s: authenticator failed", self._log_id)
-                conn.auth_failure(_AUTH_TEMP)
-                return None
-        if scope.cancelled_caught:
-            log.warning("session %s: authenticator timed out", self._log_id)
-            conn.auth_failure(_AUTH_TEMP)
-            return None
-        if identity is None:
-            log.info("session %s: AUTH %s failed for %r", self._log_id,
-                     credentials.mechanism, credentials.username)
-            conn.auth_failure()
-            return None
-        return Auth(credentials.mechanism, identity, credentials)
+                log.exception("session %s: SASL mechanism or validator failed", self._log_id)
+                return Failure("internal error", _AUTH_TEMP)
+            if not isinstance(result, Challenge | Success | Failure):
+                log.error("session %s: SASL step returned %r", self._log_id, result)
+                return Failure("bad step", _AUTH_TEMP)
+            return result
+        log.warning("session %s: authenticator timed out", self._log_id)
+        return Failure("timed out", _AUTH_TEMP)

@@ -37,8 +37,14 @@ class ProtocolConfig:
     tls_available: bool = False
     #: SASL mechanisms the server layer can verify, in the order advertised.
     auth_mechanisms: tuple[str, ...] = ()
-    #: RFC 4954 14: by default AUTH is neither offered nor accepted over cleartext.
+    #: RFC 4954 14: by default AUTH is neither offered nor accepted over cleartext...
     auth_requires_tls: bool = True
+    #: ...except these mechanisms (the Go smtpd's ``Mechanisms``, where
+    #: ``auth_mechanisms`` is its ``TLSMechanisms``); others get 538 before TLS.
+    cleartext_auth_mechanisms: tuple[str, ...] = ()
+    #: Offer and accept XCLIENT (Postfix's extension): the server layer sets it for
+    #: clients in its trusted networks. Others get 550.
+    xclient: bool = False
 
     # --- Policy --------------------------------------------------------------------------
     #: Refuse MAIL (530) until STARTTLS has completed.

@@ -43,11 +43,13 @@ from ._events import (
     Request,
     Reset,
     StartTLS,
+    XclientCommand,
 )
 from ._framing import REPLY_TOO_BIG, ChunkReader, DotReader
 from ._observer import Observer
 from ._params import EnabledExtensions, MailParams, parse_mail_params, parse_rcpt_params
 from ._replies import Reply, ReplyError
+from ._xclient import ATTRIBUTES, parse_xclient
 
 __all__ = ["NEED_DATA", "NeedData", "ServerConnection", "UsageError"]
 
@@ -91,6 +93,12 @@ _TOO_MANY_ERRORS = Reply(421, "Too many errors, closing connection", "4.7.0")
 _SENDER_OK = Reply(250, "Sender OK", "2.1.0")
 _RECIPIENT_OK = Reply(250, "Recipient OK", "2.1.5")
 _START_DATA = Reply(354, "End data with <CR><LF>.<CR><LF>")
+_ENCRYPTION_REQUIRED = Reply(538, "Encryption required for requested authentication "
+                             "mechanism", "5.7.11")
+# Postfix's answers to XCLIENT from a client outside smtpd_authorized_xclient_hosts, and
+# inside a transaction.
+_XCLIENT_REFUSED = Reply(550, "Error: insufficient authorization", "5.7.0")
+_XCLIENT_IN_TRANSACTION = Reply(503, "Error: MAIL transaction in progress", "5.5.1")
 _MESSAGE_ACCEPTED = Reply(250, "Message accepted", "2.0.0")
 # RFC 5321 4.1.1: command arguments are text; control characters have no place there.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -214,6 +222,14 @@ class ServerConnection:
     @property
     def in_transaction(self) -> bool:
         return self._has_sender
+
+    @property
+    def offered_auth_mechanisms(self) -> tuple[str, ...]:
+        """The SASL mechanisms offered to this client now (in cleartext, or under TLS)."""
+        config = self.config
+        if self.tls_active or not config.auth_requires_tls:
+            return config.auth_mechanisms
+        return config.cleartext_auth_mechanisms
 
     # ------------------------------------------------------------------ byte pump
 
@@ -637,11 +653,12 @@ class ServerConnection:
 
     def _cmd_auth(self, argument: str) -> Event | None:
         self._require_hello()
-        if not self.config.auth_mechanisms:
+        config = self.config
+        if not (config.auth_mechanisms or config.cleartext_auth_mechanisms):
             raise ReplyError(Reply(502, "AUTH not available", "5.5.1"))
-        if not self._auth_permitted():
-            raise ReplyError(Reply(538, "Encryption required for requested authentication "
-                                   "mechanism", "5.7.11"))
+        permitted = self._auth_permitted()
+        if not permitted and not config.cleartext_auth_mechanisms:
+            raise ReplyError(_ENCRYPTION_REQUIRED)
         if self.authenticated_as is not None:
             raise ReplyError(Reply(503, "Already authenticated", "5.5.1"))
         if self._has_sender:
@@ -651,7 +668,9 @@ class ServerConnection:
         if not mechanism or " " in initial:
             raise ReplyError(Reply(501, "Syntax: AUTH <mechanism> [initial-response]",
                                    "5.5.4"))
-        if mechanism not in self.config.auth_mechanisms:
+        if mechanism not in self.offered_auth_mechanisms:
+            if not permitted and mechanism in config.auth_mechanisms:
+                raise ReplyError(_ENCRYPTION_REQUIRED)
             raise ReplyError(Reply(504, "Unrecognized authentication mechanism", "5.5.4"))
         if not initial:
             response = None
@@ -660,6 +679,24 @@ class ServerConnection:
         else:
             response = _b64decode(initial)
         return AuthStart(mechanism, response)
+
+    def _cmd_xclient(self, argument: str) -> Event | None:
+        if not self.config.xclient:
+            # (counted: a client that keeps trying is closed, as after other errors)
+            self._error(_XCLIENT_REFUSED, counted=True)
+            return None
+        if self._has_sender:
+            raise ReplyError(_XCLIENT_IN_TRANSACTION)
+        attributes = parse_xclient(argument)
+        # Postfix starts the session over, greeting the client it was told about; so
+        # do we: that client's ConnectionOpened comes next, then its hello and AUTH.
+        self.hello_name = self.hello_verb = None
+        login = attributes.get("LOGIN")
+        self.authenticated_as = None if login in (None, "[UNAVAILABLE]") else login
+        self._auth_failures = 0
+        self._verb = "CONNECT"
+        self.mode = Mode.GREETING
+        return XclientCommand(attributes)
 
     def _auth_line(self, raw: bytes) -> Event | None:
         line = raw.rstrip(b"\r\n")
@@ -845,9 +882,9 @@ class ServerConnection:
         if self.observer is not None:
             self.observer.sent(data)
 
-    def _error(self, reply: Reply) -> None:
+    def _error(self, reply: Reply, *, counted: bool = False) -> None:
         """Answer a protocol error, counting it; past the limit, 421 and close instead."""
-        if reply.code in _BAD_COMMAND_CODES:
+        if counted or reply.code in _BAD_COMMAND_CODES:
             self._bad_commands += 1
             if self._bad_commands > self.config.max_bad_commands:
                 self._send(_TOO_MANY_ERRORS)
@@ -926,7 +963,7 @@ class ServerConnection:
             binarymime=config.chunking and config.binarymime,
             smtputf8=config.smtputf8,
             dsn=config.dsn,
-            auth=bool(config.auth_mechanisms),
+            auth=bool(config.auth_mechanisms or config.cleartext_auth_mechanisms),
             requiretls=config.requiretls and self.tls_active,
         )
 
@@ -971,18 +1008,22 @@ class ServerConnection:
             keywords.append("DSN")
         if config.tls_available and not self.tls_active:
             keywords.append("STARTTLS")
-        if config.auth_mechanisms and self._auth_permitted():
-            keywords.append("AUTH " + " ".join(config.auth_mechanisms))
+        offered = self.offered_auth_mechanisms
+        if offered:
+            keywords.append("AUTH " + " ".join(offered))
         if config.requiretls and self.tls_active:
             keywords.append("REQUIRETLS")
         keywords.append(f"LIMITS RCPTMAX={config.max_recipients}")
+        if config.xclient:
+            keywords.append("XCLIENT " + " ".join(ATTRIBUTES))
         keywords.extend(config.extra_ehlo_keywords)
         keywords.append("HELP")
         return keywords
 
     def _commands_offered(self) -> list[str]:
         return [verb for verb in _HANDLERS
-                if (verb == "LHLO") == self.config.lmtp or verb not in ("HELO", "EHLO", "LHLO")]
+                if ((verb == "LHLO") == self.config.lmtp or verb not in ("HELO", "EHLO", "LHLO"))
+                and (verb != "XCLIENT" or self.config.xclient)]
 
 
 # Decision type -> how to apply its answer (AUTH decisions have calls of their own).
@@ -1013,6 +1054,7 @@ _HANDLERS: dict[str, Callable[[ServerConnection, str], Event | None]] = {
     "EXPN": ServerConnection._cmd_expn,
     "STARTTLS": ServerConnection._cmd_starttls,
     "AUTH": ServerConnection._cmd_auth,
+    "XCLIENT": ServerConnection._cmd_xclient,
 }
 
 

@@ -24,6 +24,7 @@ from ._info import SessionInfo
 from ._params import MailParams, RcptParams
 from ._replies import Reply
 from ._sasl import Credentials
+from ._tlsfailure import Reason
 from ._transaction import Transaction
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "Mail",
     "Message",
     "Rcpt",
+    "TLSFailed",
 ]
 
 Text = str | Sequence[str]
@@ -286,3 +288,22 @@ class Message(Decision):
 
     def __repr__(self) -> str:
         return f"Message({self.transaction.size} octets)"
+
+
+class TLSFailed(Decision):
+    """A STARTTLS handshake failed, and the connection is closed: the session's last
+    decision. ``reason`` is one of ``"no shared protocol"``, ``"bad certificate"`` (the
+    client's, or ours as the client saw it), ``"timeout"``, ``"client gone"`` and
+    ``"protocol error"`` (what came was not TLS); ``detail`` is OpenSSL's word for it.
+
+    A report: it needs no answer, and any answer sends nothing (there is nobody left to
+    send it to). ``session.tls_failed`` says the same after the session.
+    """
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__()
+        self.reason = reason
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"TLSFailed({self.reason}: {self.detail})"

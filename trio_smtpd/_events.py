@@ -38,6 +38,7 @@ __all__ = [
     "Request",
     "Reset",
     "StartTLS",
+    "XclientCommand",
 ]
 
 
@@ -151,6 +152,20 @@ class StartTLS(Event):
     Call ``ServerConnection.tls_established()`` once it succeeds; the engine has already
     discarded any plaintext the client pipelined behind STARTTLS.
     """
+
+
+@dataclass(frozen=True, slots=True)
+class XclientCommand(Event):
+    """A trusted proxy's XCLIENT (Postfix's XCLIENT_README): who the real client is.
+
+    ``attributes`` are decoded and checked (``ADDR``, ``PORT``, ``NAME``, ``PROTO``,
+    ``HELO``, ``LOGIN``, ``DESTADDR``, ``DESTPORT``; a value may be ``[UNAVAILABLE]``).
+    The engine has already started the session over, as Postfix does: no hello, no AUTH
+    (``authenticated_as`` is ``LOGIN``, if given), and a ``ConnectionOpened`` follows,
+    whose answer is the new greeting.
+    """
+
+    attributes: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from ._info import TLSInfo
 from ._replies import Reply
 from ._settings import Timeouts
 from ._tls import handshake, tls_info
+from ._tlsfailure import TLSFailure
 from ._transport import EOF, TIMEOUT, WOKEN, StreamTransport, Transport, TransportError
 
 __all__ = ["Exchange", "ExchangeTimeouts"]
@@ -163,16 +164,18 @@ class Exchange:
         finally:
             await self.transport.aclose()
 
-    async def start_tls(self, context: ssl.SSLContext) -> TLSInfo | None:
-        """After STARTTLS: send the 220, do the handshake; None (and closed) if it failed."""
+    async def start_tls(self, context: ssl.SSLContext) -> TLSInfo | TLSFailure:
+        """After STARTTLS: send the 220, do the handshake; why not (and closed) if it
+        failed."""
         if not await self._flush(self.conn.data_to_send(), trio.current_time()):
-            return None
+            return TLSFailure("client gone", "the client stopped reading before TLS")
         stream = trio.SSLStream(self.transport.stream(), context, server_side=True)
         self._app.lift()  # (the handshake is a wait on the client)
-        if not await handshake(stream, self.timeouts.tls_handshake, self._log_id):
+        failure = await handshake(stream, self.timeouts.tls_handshake, self._log_id)
+        if failure is not None:
             self.closed = True
             await trio.aclose_forcefully(stream)
-            return None
+            return failure
         self.transport = StreamTransport(stream)
         self.conn.tls_established()
         return tls_info(stream)

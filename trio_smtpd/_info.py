@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 __all__ = ["SessionInfo", "TLSInfo"]
@@ -21,6 +21,18 @@ class TLSInfo:
     peer_certificate: dict[str, object] | None = None
     #: The server name the client asked for (SNI), if it sent one.
     server_name: str | None = None
+    #: True if the client presented a certificate and it verified against the CA bundle
+    #: (``Config.client_ca``). A certificate that fails verification ends the handshake.
+    client_verified: bool = False
+    #: The verified client certificate's subject, as an RFC 4514 string
+    #: (``"CN=alice,O=Example"``), or None.
+    client_subject: str | None = None
+    #: Channel-binding data of this connection (RFC 5929), by type:
+    #: ``"tls-server-end-point"`` when the server's certificate is known
+    #: (``trio_smtpd.sasl.load_certificate``), ``"tls-unique"`` on TLS 1.2. Python's ssl
+    #: module cannot export keying material, so ``"tls-exporter"`` (RFC 9266) is never here.
+    channel_bindings: dict[str, bytes] = field(default_factory=dict, repr=False,
+                                               compare=False)
 
 
 @dataclass(slots=True)
@@ -43,8 +55,15 @@ class SessionInfo:
     tls: TLSInfo | None = None
     #: The identity of a successful AUTH.
     authenticated_as: str | None = None
+    #: The attributes of the last XCLIENT command, decoded (``{"ADDR": "192.0.2.7",
+    #: ...}``), as a trusted proxy sent them; ``peer``, ``local`` and
+    #: ``authenticated_as`` already show them.
+    xclient: dict[str, str] | None = None
+    #: The proxy that sent XCLIENT (the connection's own peer), once one has.
+    proxy: tuple[str, int] | None = None
 
     def snapshot(self) -> SessionInfo:
         """A copy that later changes to the session (a new HELO, TLS) leave alone."""
         return SessionInfo(self.id, self.peer, self.local, self.lmtp, self.started,
-                           self.helo, self.tls, self.authenticated_as)
+                           self.helo, self.tls, self.authenticated_as, self.xclient,
+                           self.proxy)

@@ -1,12 +1,11 @@
-"""SASL server mechanisms for AUTH (RFC 4954), sans-I/O: PLAIN, LOGIN and CRAM-MD5.
+"""The password mechanisms for AUTH (RFC 4954), sans-I/O: PLAIN, LOGIN and CRAM-MD5.
 
-A mechanism turns client responses into either a challenge to send (``Challenge``), the
+Their steps turn client responses into either a challenge to send (``Challenge``), the
 credentials to check (``Verify``) or a malformed exchange (``Failed``). The server layer
 sends challenges and asks the application's authenticator about the credentials; the
 credentials carry ``check(secret)`` so applications never compare secrets themselves.
-
-SCRAM-SHA-256 is not offered: it needs salted stored keys in the application's password
-store, a different authenticator contract; left for later.
+The other mechanisms (SCRAM, EXTERNAL, OAuth) and the interface every mechanism has are
+in ``_mechanisms.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ __all__ = [
     "CramMD5Credentials",
     "Credentials",
     "Failed",
-    "Mechanism",
+    "PasswordSteps",
     "PlainCredentials",
     "Verify",
     "new_mechanism",
@@ -81,6 +80,8 @@ class CramMD5Credentials(Credentials):
 
 
 class Challenge(NamedTuple):
+    """A challenge to send the client (334), whose answer is the next response."""
+
     data: bytes
 
 
@@ -95,7 +96,9 @@ class Failed(NamedTuple):
 Step = Challenge | Verify | Failed
 
 
-class Mechanism(Protocol):
+class PasswordSteps(Protocol):
+    """The steps of one PLAIN, LOGIN or CRAM-MD5 exchange."""
+
     name: str
 
     def start(self, initial_response: bytes | None) -> Step: ...
@@ -181,7 +184,7 @@ class CramMD5:
         return Verify(CramMD5Credentials("CRAM-MD5", username, self.challenge, digest))
 
 
-def new_mechanism(name: str, *, hostname: str) -> Mechanism:
+def new_mechanism(name: str, *, hostname: str) -> PasswordSteps:
     if name == "PLAIN":
         return Plain()
     if name == "LOGIN":

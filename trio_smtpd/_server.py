@@ -24,6 +24,7 @@ import trio
 
 from ._accept import Accepted, Acceptor, ListenerAcceptor, SocketAcceptor, accept_loop
 from ._appdeadline import AppDeadline
+from ._certificates import prepare_client_certificates
 from ._connection import ServerConnection
 from ._exchange import Exchange, ExchangeTimeouts
 from ._idlepool import IdlePool
@@ -32,6 +33,7 @@ from ._limits import ConnectionLimits
 from ._proxy import ProxiedStream, ProxyHeaderError, socket_addresses
 from ._replies import Reply
 from ._session import Session, forward_transactions
+from ._sessionconfig import for_connection, varies
 from ._settings import Config
 from ._socket_transport import SocketTransport
 from ._tls import handshake, record_server_names, tls_info
@@ -60,8 +62,13 @@ class Server:
         #: The configuration it was started with.
         self.config = config
         self._protocol = config.protocol_config()
+        # Per-connection settings (XCLIENT's trusted proxies, TLS-dependent mechanisms).
+        self._varies = varies(config)
         if config.tls is not None:
             record_server_names(config.tls)
+            if config.client_certificates != "none":
+                prepare_client_certificates(config.tls, config.client_certificates,
+                                            config.client_ca)
         #: Everything it listens on.
         self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         self._handler = handler or forward_transactions
@@ -307,7 +314,7 @@ class Server:
         context = self.config.tls
         assert context is not None
         tls_stream = trio.SSLStream(stream, context, server_side=True)
-        if not await handshake(tls_stream, self.config.timeouts.tls_handshake, info.id):
+        if await handshake(tls_stream, self.config.timeouts.tls_handshake, info.id):
             await trio.aclose_forcefully(stream)
             return None
         info.tls = tls_info(tls_stream)
@@ -317,7 +324,8 @@ class Server:
                      ) -> Session:
         timeouts = self.config.timeouts
         cap = math.inf if timeouts.session is None else trio.current_time() + timeouts.session
-        conn = ServerConnection(self._protocol, tls_active=info.tls is not None)
+        protocol = for_connection(self.config, info) if self._varies else self._protocol
+        conn = ServerConnection(protocol, tls_active=info.tls is not None)
         if early:
             conn.receive_data(early)
         app_deadline = AppDeadline(cap)

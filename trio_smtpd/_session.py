@@ -27,16 +27,20 @@ import trio
 from . import _events as core
 from ._appdeadline import AppDeadline
 from ._authflow import AuthFlow
+from ._certificates import prepare_client_certificates
 from ._connection import UsageError
-from ._decisions import Auth, Connect, DataStart, Decision, Hello, Mail, Message, Rcpt
+from ._decisions import Auth, Connect, DataStart, Decision, Hello, Mail, Message, Rcpt, TLSFailed
 from ._exchange import Exchange, ExchangeTimeouts
 from ._info import SessionInfo
 from ._observer import Observer
 from ._replies import Reply
+from ._sessionconfig import for_connection
 from ._settings import Config
 from ._tls import record_server_names
+from ._tlsfailure import TLSFailure
 from ._transaction import Transaction
 from ._transactions import TransactionQueue
+from ._xclient import apply_xclient
 
 __all__ = ["Session", "forward_transactions"]
 
@@ -98,7 +102,7 @@ class Session:
             raise UsageError("a connection's config can be changed at its Connect "
                              "decision only, before answering it")
         self._apply(config, ExchangeTimeouts.of(config.timeouts))
-        self._exchange.conn.config = config.protocol_config()
+        self._exchange.conn.config = for_connection(config, self.info)
 
     @property
     def observer(self) -> Observer | None:
@@ -205,6 +209,9 @@ class Session:
         self._auth = AuthFlow.of(config, self.info.id)
         if config.tls is not None:
             record_server_names(config.tls)
+            if config.client_certificates != "none":
+                prepare_client_certificates(config.tls, config.client_certificates,
+                                            config.client_ca)
 
     # ------------------------------------------------------------------ decisions
 
@@ -214,8 +221,8 @@ class Session:
         if decision is None:
             return
         conn = self._exchange.conn
-        if self._fallback is not None:
-            _settle_with(decision, self._fallback)
+        if self._fallback is not None and _settle_with(decision, self._fallback):
+            return  # (a report: nothing to send)
         if not self.offer_starttls and conn.config.tls_available:
             conn.config = replace(conn.config, tls_available=False)
         kind = type(decision)
@@ -289,12 +296,16 @@ class Session:
     async def _slow_event(self, event: core.Event) -> Decision | None:
         if isinstance(event, core.AuthStart | core.AuthResponse):
             assert self._auth is not None
-            return await self._auth.step(self._exchange.conn, event)
+            return await self._auth.step(self._exchange.conn, event, self.info.tls)
         if isinstance(event, core.StartTLS):
             assert self._config.tls is not None
             tls = await self._exchange.start_tls(self._config.tls)
-            self.tls_failed = tls is None
-            self.info.tls, self.info.helo = tls or self.info.tls, None
+            self.info.helo = None
+            if isinstance(tls, TLSFailure):
+                self.tls_failed, self._fallback = True, _GONE  # (the session is over)
+                return TLSFailed(tls.reason, tls.detail)
+            self.info.tls = tls
+            self._exchange.conn.config = for_connection(self._config, self.info)
         return None
 
 
@@ -307,9 +318,13 @@ async def forward_transactions(session: Session) -> None:
             await session._queue.deliver(decision.transaction)
 
 
-def _settle_with(decision: Decision, fallback: tuple[int, str, str]) -> None:
-    """Answer ``decision`` with the temporary failure the session fell back to."""
+def _settle_with(decision: Decision, fallback: tuple[int, str, str]) -> bool:
+    """Answer ``decision`` with the temporary failure the session fell back to; True if
+    it was a report (``TLSFailed``), to which nothing is sent."""
     code, enhanced, text = fallback
+    if isinstance(decision, TLSFailed):
+        decision._settle(None, "a report needs no answer")
+        return True
     if isinstance(decision, Message):
         decision.transaction._close_answers(fallback, "the application is gone")
     elif isinstance(decision, Connect):
@@ -318,6 +333,7 @@ def _settle_with(decision: Decision, fallback: tuple[int, str, str]) -> None:
         decision._settle(Reply(454, text, "4.7.0"), "the application is gone")
     else:
         decision._settle(Reply(code, text, enhanced), "the application is gone")
+    return False
 
 
 _ON_EVENT: dict[type[core.Event], Callable[[Session, Any], Decision | None]] = {
@@ -330,4 +346,5 @@ _ON_EVENT: dict[type[core.Event], Callable[[Session, Any], Decision | None]] = {
     core.EndOfMessage: Session._on_end,
     core.MessageAborted: Session._abort,
     core.Reset: Session._abort,
+    core.XclientCommand: lambda session, event: apply_xclient(session.info, event.attributes),
 }

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import os
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 
+from ._certificates import ClientCertificates
 from ._config import ProtocolConfig
+from ._info import TLSInfo
+from ._mechanisms import Mechanism, PasswordMechanism
+from ._networks import Network
 from ._sasl import MECHANISMS, Credentials
 
 __all__ = ["Authenticator", "Config", "Timeouts"]
+
+# A TLS connection about which nothing is known: the mechanisms offered on every one.
+_ANY_TLS = TLSInfo(version=None, cipher=None)
 
 Authenticator = Callable[[Credentials], Awaitable[str | None]]
 
@@ -65,10 +74,25 @@ class Config:
     tls: ssl.SSLContext | None = None
     #: Checks SASL credentials: returns the authenticated identity, or None to refuse.
     authenticator: Authenticator | None = None
-    #: SASL mechanisms offered when an authenticator is given, in order.
-    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
-    #: Offer and accept AUTH only under TLS (RFC 4954 14).
+    #: SASL mechanisms offered under TLS, in order: ``"PLAIN"``, ``"LOGIN"`` and
+    #: ``"CRAM-MD5"`` (checked by ``authenticator``, offered only if there is one), and
+    #: ``trio_smtpd.sasl.Mechanism`` objects (SCRAM-SHA-256, EXTERNAL, OAUTHBEARER...).
+    auth_mechanisms: tuple[str | Mechanism, ...] = ("PLAIN", "LOGIN")
+    #: Offer and accept AUTH only under TLS (RFC 4954 14); False offers
+    #: ``auth_mechanisms`` in cleartext too.
     auth_requires_tls: bool = True
+    #: Mechanisms offered before TLS all the same (the Go smtpd's ``Mechanisms``):
+    #: nothing by default. Others answer 538 there.
+    cleartext_auth_mechanisms: tuple[str | Mechanism, ...] = ()
+    #: Ask TLS clients for a certificate: ``"optional"`` or ``"required"`` (the
+    #: handshake fails without one), verified against ``client_ca``; the outcome is in
+    #: ``TLSInfo.client_verified`` and ``client_subject``. Sets up ``tls`` for that.
+    client_certificates: ClientCertificates = "none"
+    #: The CA bundle (PEM file) client certificates must chain to.
+    client_ca: str | os.PathLike[str] | None = None
+    #: Networks (addresses or CIDR) of proxies allowed XCLIENT, such as nginx's mail
+    #: proxy; it is offered to them only, and answered 550 for anyone else.
+    xclient_trusted: tuple[str, ...] = ()
     #: Refuse MAIL (530) until STARTTLS has completed.
     require_tls: bool = False
     #: Refuse MAIL (530) until AUTH has succeeded (message submission, RFC 6409).
@@ -88,26 +112,78 @@ class Config:
     #: Every other protocol option (limits, extensions, bare_line_endings...); the fields
     #: above override the same-named fields of this one.
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    # What is made from the fields above once: the engine's settings, the mechanisms.
+    _cache: dict[object, object] = field(default_factory=dict, init=False, repr=False,
+                                         compare=False)
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.auth_mechanisms if m not in MECHANISMS]
-        if unknown:
-            raise ValueError(f"unsupported SASL mechanisms: {unknown}")
+        for entry in (*self.auth_mechanisms, *self.cleartext_auth_mechanisms):
+            if isinstance(entry, str) and entry not in MECHANISMS:
+                raise ValueError(f"unsupported SASL mechanism {entry!r}: give a "
+                                 "trio_smtpd.sasl mechanism object for it")
+            if not isinstance(entry, str) and not all(
+                    hasattr(entry, a) for a in ("name", "offered", "start")):
+                raise ValueError(f"not a SASL mechanism: {entry!r}")
         if self.max_connections < 1 or self.max_connections_per_ip < 1:
             raise ValueError("connection limits must be at least 1")
+        if self.client_certificates not in ("none", "optional", "required"):
+            raise ValueError("client_certificates is 'none', 'optional' or 'required'")
+        if self.client_certificates != "none" and self.tls is None:
+            raise ValueError("client certificates need Config.tls")
+        self._xclient_networks()  # (ValueError for a bad network)
         self.protocol_config()  # fail now, not at the first connection
 
     def protocol_config(self) -> ProtocolConfig:
-        """The engine's settings: ``protocol`` with this config's fields applied."""
-        return replace(
+        """The engine's settings: ``protocol`` with this config's fields applied (made
+        once per config)."""
+        cached = self._cache.get("protocol")
+        if isinstance(cached, ProtocolConfig):
+            return cached
+        cleartext = self.cleartext_auth_mechanisms
+        if not self.auth_requires_tls:
+            cleartext = (*self.auth_mechanisms, *cleartext)
+        protocol = self._cache["protocol"] = replace(
             self.protocol,
             hostname=self.hostname,
             lmtp=self.lmtp,
             tls_available=self.tls is not None,
-            auth_mechanisms=self.auth_mechanisms if self.authenticator else (),
-            auth_requires_tls=self.auth_requires_tls,
+            auth_mechanisms=self._offered_mechanisms(self.auth_mechanisms, _ANY_TLS),
+            cleartext_auth_mechanisms=self._offered_mechanisms(cleartext, None),
+            auth_requires_tls=True,
             require_tls=self.require_tls,
             require_auth=self.require_auth,
             max_message_size=self.max_message_size,
             max_recipients=self.max_recipients,
         )
+        return protocol
+
+    def _sasl_mechanisms(self) -> dict[str, Mechanism]:
+        """Every mechanism this config can run, by name (made once per config)."""
+        cached = self._cache.get("sasl")
+        if isinstance(cached, dict):
+            return cached
+        mechanisms: dict[str, Mechanism] = {}
+        for entry in (*self.auth_mechanisms, *self.cleartext_auth_mechanisms):
+            if isinstance(entry, str):
+                if self.authenticator is not None:
+                    mechanisms.setdefault(entry, PasswordMechanism(entry, self.authenticator))
+            else:
+                mechanisms.setdefault(entry.name.upper(), entry)
+        self._cache["sasl"] = mechanisms
+        return mechanisms
+
+    def _offered_mechanisms(self, entries: Iterable[str | Mechanism],
+                           tls: TLSInfo | None) -> tuple[str, ...]:
+        """The names of ``entries`` to offer on a connection with this TLS."""
+        mechanisms = self._sasl_mechanisms()
+        names = [entry if isinstance(entry, str) else entry.name.upper() for entry in entries]
+        return tuple(dict.fromkeys(name for name in names if name in mechanisms
+                                   and mechanisms[name].offered(tls)))
+
+    def _xclient_networks(self) -> list[Network]:
+        """``xclient_trusted`` as networks (made once per config)."""
+        cached = self._cache.get("xclient")
+        if not isinstance(cached, list):
+            cached = self._cache["xclient"] = [ipaddress.ip_network(net, strict=False)
+                                               for net in self.xclient_trusted]
+        return cached

@@ -7,7 +7,9 @@ import ssl
 
 import trio
 
+from ._certificates import server_end_point, subject_text
 from ._info import TLSInfo
+from ._tlsfailure import TLSFailure, classify
 
 __all__ = ["handshake", "record_server_names", "tls_info"]
 
@@ -17,17 +19,19 @@ SNI_ATTRIBUTE = "trio_smtpd_server_name"
 
 
 async def handshake(stream: trio.SSLStream[trio.abc.Stream], timeout: float,
-                    session_id: str) -> bool:
-    """Do a server-side TLS handshake; a failure is logged and reported as False."""
+                    session_id: str) -> TLSFailure | None:
+    """Do a server-side TLS handshake; a failure is logged and returned."""
     with trio.move_on_after(timeout):
         try:
             await stream.do_handshake()
-            return True
+            return None
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
-            log.info("session %s: TLS handshake failed: %r", session_id, exc)
-            return False
+            failure = classify(exc)
+            log.info("session %s: TLS handshake failed (%s): %r", session_id,
+                     failure.reason, exc)
+            return failure
     log.info("session %s: TLS handshake timed out", session_id)
-    return False
+    return classify(None)
 
 
 def tls_info(stream: trio.SSLStream[trio.abc.Stream]) -> TLSInfo:
@@ -37,9 +41,26 @@ def tls_info(stream: trio.SSLStream[trio.abc.Stream]) -> TLSInfo:
     # handshake, so read it defensively (None if trio ever renames it).
     ssl_object = getattr(stream, "_ssl_object", None)
     server_name = getattr(ssl_object, SNI_ATTRIBUTE, None)
-    return TLSInfo(version=stream.version(), cipher=cipher[0] if cipher else None,
+    version = stream.version()
+    return TLSInfo(version=version, cipher=cipher[0] if cipher else None,
                    peer_certificate=dict(cert) if cert else None,
-                   server_name=server_name if isinstance(server_name, str) else None)
+                   server_name=server_name if isinstance(server_name, str) else None,
+                   client_verified=bool(cert), client_subject=subject_text(cert) if cert
+                   else None, channel_bindings=_channel_bindings(stream, version))
+
+
+def _channel_bindings(stream: trio.SSLStream[trio.abc.Stream],
+                      version: str | None) -> dict[str, bytes]:
+    bindings = {}
+    # (the context that served the connection: an SNI callback may have switched it)
+    end_point = server_end_point(stream.context)
+    if end_point is not None:
+        bindings["tls-server-end-point"] = end_point
+    if version == "TLSv1.2":  # RFC 9266: never tls-unique with TLS 1.3
+        unique = stream.get_channel_binding("tls-unique")
+        if unique:
+            bindings["tls-unique"] = unique
+    return bindings
 
 
 def record_server_names(context: ssl.SSLContext) -> None:

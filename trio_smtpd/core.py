@@ -31,6 +31,7 @@ from ._events import (
     Request,
     Reset,
     StartTLS,
+    XclientCommand,
 )
 from ._observer import Observer
 from ._params import MailParams, OriginalRecipient, RcptParams
@@ -67,6 +68,7 @@ __all__ = [
     "ServerConnection",
     "StartTLS",
     "UsageError",
+    "XclientCommand",
     "parse_forward_path",
     "parse_mailbox",
     "parse_reverse_path",
