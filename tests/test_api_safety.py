@@ -286,3 +286,28 @@ def test_answers_that_the_protocol_does_not_allow_are_refused_at_once() -> None:
     assert not connect.decided  # a refused call answers nothing
     connect.reject()
     assert connect.reply is not None and connect.reply.code == 554
+
+
+# -- The time to decide is a cancel scope deadline the handler can see ---------------------
+
+async def test_the_deadline_to_decide_is_the_handlers_effective_deadline(
+        autojump_clock: trio.testing.MockClock) -> None:
+    config = Config(hostname="mx.test",
+                    timeouts=Timeouts(decision=40, message_decision=90, command=500))
+    seen: dict[str, float] = {}
+
+    async def handler(session: Session) -> None:
+        async for decision in session:
+            seen[type(decision).__name__] = (trio.current_effective_deadline()
+                                             - trio.current_time())
+            await trio.sleep(5)  # (a lookup: the deadline holds while the handler waits)
+            decision.accept()
+
+    async with tcp_server(config, handler) as server:
+        client = await connect(server)
+        await client.send_message("a@b.c", ["d@e.f"], b"x\r\n")
+        await client.aclose()
+    # Within the 0.1 s a deadline may be kept for (see trio_smtpd/_appdeadline.py).
+    for name in ("Hello", "Mail", "Rcpt", "DataStart"):
+        assert 40 <= seen[name] <= 40.1, (name, seen)
+    assert 90 <= seen["Message"] <= 90.1
