@@ -11,6 +11,7 @@ from ._connection import UsageError
 from ._decisions import Auth, Connect, DataStart, Decision, Hello, Mail, Message, Rcpt
 from ._events import Recipient
 from ._info import SessionInfo, TLSInfo
+from ._metrics import Metrics
 from ._observer import Observer
 from ._params import MailParams, OriginalRecipient, RcptParams
 from ._proxy import ProxyProtocolListener
@@ -40,6 +41,7 @@ __all__ = [
     "Mail",
     "MailParams",
     "Message",
+    "Metrics",
     "Observer",
     "OriginalRecipient",
     "PlainCredentials",

@@ -8,6 +8,7 @@ import ssl
 import trio
 
 from ._info import TLSInfo
+from ._metrics import Metrics, handshake_failure
 
 __all__ = ["handshake", "record_server_names", "tls_info"]
 
@@ -17,16 +18,24 @@ SNI_ATTRIBUTE = "trio_smtpd_server_name"
 
 
 async def handshake(stream: trio.SSLStream[trio.abc.Stream], timeout: float,
-                    session_id: str) -> bool:
-    """Do a server-side TLS handshake; a failure is logged and reported as False."""
+                    session_id: str, metrics: Metrics | None = None,
+                    mode: str = "starttls") -> bool:
+    """Do a server-side TLS handshake; a failure is logged and reported as False (and
+    either way, to ``metrics``)."""
     with trio.move_on_after(timeout):
         try:
             await stream.do_handshake()
+            if metrics is not None:
+                metrics.tls_handshake(mode, stream.version(), None)
             return True
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
             log.info("session %s: TLS handshake failed: %r", session_id, exc)
+            if metrics is not None:
+                metrics.tls_handshake(mode, None, handshake_failure(exc.__cause__ or exc))
             return False
     log.info("session %s: TLS handshake timed out", session_id)
+    if metrics is not None:
+        metrics.tls_handshake(mode, None, "timeout")
     return False
 
 
