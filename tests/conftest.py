@@ -145,12 +145,17 @@ class Sinkhole:
         return self.process.wait(timeout)
 
 
+# The program refuses to go on as root unless told so (--user root); the tests run as
+# whoever runs them, and as root in CI.
+AS_ROOT = ["--user", "root"] if os.geteuid() == 0 else []
+
+
 def start_sinkhole(tmp_path: Path, *args: str, listen: int = 1,
                    tls_listen: int = 0) -> Sinkhole:
     maildir = tmp_path / "maildir"
     log_path = tmp_path / f"sinkhole-{time.monotonic_ns()}.log"
     argv = [sys.executable, "-m", "trio_smtpd", "--log-format", "json", "--maildir",
-            str(maildir), "--hostname", "mx.test", "--max-connections", "500"]
+            str(maildir), "--hostname", "mx.test", "--max-connections", "500", *AS_ROOT]
     argv += [a for _ in range(listen) for a in ("--listen", "127.0.0.1:0")]
     argv += [a for _ in range(tls_listen) for a in ("--tls-listen", "127.0.0.1:0")]
     argv += list(args)
