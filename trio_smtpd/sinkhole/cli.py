@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_event("listening", addresses=[item.address for item in sockets],
                       workers=args.workers, pid=os.getpid())
             return supervise(args.workers, argv, sockets, reuse_port=reuse_port,
-                             service=Supervision(endpoint))
+                             service=Supervision(endpoint, args.workers))
         return trio.run(run, args, config, maildir, sockets, Operations(endpoint))
     except ConfigError as exc:
         _fail(str(exc))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -109,10 +110,22 @@ class Operations:
 
 class Supervision:
     """The ``--workers`` supervisor's share: the workers' metrics gathered and served,
-    systemd told about all of them as one service."""
+    systemd told about all of them as one service.
 
-    def __init__(self, metrics_socket: socket.socket | None) -> None:
+    READY=1 goes to systemd once every worker is listening: each worker says READY=1 on
+    a socket of the supervisor's own (its NOTIFY_SOCKET), and the supervisor relays.
+    """
+
+    def __init__(self, metrics_socket: socket.socket | None, workers: int = 1) -> None:
         self.notifier = Notifier()
+        self._workers = workers
+        self._ready: set[str] | None = set()  # worker pids that said READY=1; None: told
+        self._relay: socket.socket | None = None
+        self._relay_name = f"trio-smtpd-{os.getpid()}-{secrets.token_hex(8)}"
+        if self.notifier.enabled:
+            self._relay = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM
+                                        | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            self._relay.bind("\0" + self._relay_name)  # (Linux's abstract namespace)
         self._metrics: WorkerMetrics | None = None
         self._http: MetricsHTTPServer | None = None
         self._alive = 0
@@ -128,6 +141,8 @@ class Supervision:
     def environment(self, slot: int) -> dict[str, str]:
         """What worker ``slot`` is started with."""
         extra = {_WORKER: str(slot)}
+        if self._relay is not None:
+            extra["NOTIFY_SOCKET"] = "@" + self._relay_name
         if self._metrics is not None:
             extra |= self._metrics.environment(slot)
         return extra
@@ -135,10 +150,6 @@ class Supervision:
     def exited(self, slot: int, pid: int) -> None:
         if self._metrics is not None:
             self._metrics.exited(slot, pid)
-
-    def started(self) -> None:
-        """Every worker was started: the listeners are there (and take connections)."""
-        self.notifier.ready(f"accepting mail, pid {os.getpid()}")
 
     def reloading(self) -> None:
         self.notifier.reloading()
@@ -151,6 +162,7 @@ class Supervision:
     def tick(self, alive: int) -> None:
         """Each turn of the supervisor's loop."""
         self._alive = alive
+        self._relay_ready()
         if self._metrics is not None:
             self._metrics.alive.set(alive)
         interval = self.notifier.watchdog_interval
@@ -158,7 +170,23 @@ class Supervision:
             self.notifier.watchdog()
             self._next_watchdog = time.monotonic() + interval
 
+    def _relay_ready(self) -> None:
+        """Tell systemd READY=1 once each worker has (after that, workers are ignored)."""
+        while self._relay is not None and self._ready is not None:
+            try:
+                message = self._relay.recv(4096).decode(errors="replace").splitlines()
+            except BlockingIOError:
+                return
+            if "READY=1" in message:
+                self._ready |= {line for line in message if line.startswith("MAINPID=")}
+            if len(self._ready) >= self._workers:
+                self._ready = None
+                self.notifier.ready(f"accepting mail, pid {os.getpid()}, "
+                                    f"{self._workers} workers")
+
     def close(self) -> None:
+        if self._relay is not None:
+            self._relay.close()
         if self._http is not None:
             self._http.stop()
         if self._metrics is not None:

@@ -77,7 +77,6 @@ class _Supervisor:
         self._backoff = [0.0] * count
         self._started = [time.monotonic()] * count
         self._stopping = False
-        service.started()
 
     def run(self) -> int:
         while True:
