@@ -131,3 +131,22 @@ def test_notifier_speaks_to_an_abstract_socket_and_is_quiet_without_one() -> Non
     quiet = Notifier({"WATCHDOG_USEC": "5000000", "WATCHDOG_PID": "1"})
     assert not quiet.enabled and quiet.watchdog_interval is None  # (another process's)
     quiet.ready()  # nothing to send to: nothing happens
+
+
+def test_the_contrib_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = require_program("systemd-analyze", "systemd")
+    contrib = Path(__file__).parent.parent / "contrib" / "systemd"
+    for unit in ("trio-smtpd.service", "trio-smtpd.socket"):
+        text = (contrib / unit).read_text()
+        # (verify wants the command to exist: ours, wherever this test runs)
+        (tmp_path / unit).write_text(text.replace("/usr/local/bin/trio-smtpd",
+                                                  f"{sys.executable} -m trio_smtpd"))
+    result = subprocess.run([analyze, "verify", str(tmp_path / "trio-smtpd.socket"),
+                             str(tmp_path / "trio-smtpd.service")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "trio-smtpd" not in result.stderr, result.stderr
+    service = (contrib / "trio-smtpd.service").read_text()
+    for hardening in ("Type=notify", "DynamicUser=yes", "ProtectSystem=strict",
+                      "ReadWritePaths=/var/lib/trio-smtpd", "NoNewPrivileges=yes"):
+        assert f"\n{hardening}\n" in service
+    assert "FileDescriptorName=metrics" in (contrib / "trio-smtpd.socket").read_text()
