@@ -191,3 +191,14 @@ def sinkhole_factory(tmp_path: Path) -> Iterator[object]:
         if sinkhole.process.poll() is None:
             sinkhole.process.kill()
             sinkhole.process.wait(10)
+        # Workers of a supervisor killed above (or by the test) would live on: end them.
+        for event in sinkhole.events("worker-start"):
+            _kill_worker(int(str(event["pid"])))
+
+
+def _kill_worker(pid: int) -> None:
+    try:
+        if b"trio_smtpd" in Path(f"/proc/{pid}/cmdline").read_bytes():  # (not a reused pid)
+            os.kill(pid, signal.SIGKILL)
+    except OSError:  # (gone already)
+        pass
