@@ -80,7 +80,9 @@ class ServerSpec:
     def command(self, port: int, workdir: Path, lmtp: bool) -> list[str]:
         trio = [sys.executable, "-m", "trio_smtpd", "--listen", f"127.0.0.1:{port}",
                 "--max-connections", "20000", "--max-message-size", str(200 * 2**20),
-                "--log-format", "json", "--hostname", "bench.test", "--no-dns"]
+                "--log-format", "json", "--hostname", "bench.test", "--no-dns",
+                # (as root, say it is meant: the program refuses otherwise)
+                *(["--user", "root"] if os.geteuid() == 0 else [])]
         lmtp_flag = ["--lmtp"] if lmtp else []
         if self.tree is not None:  # "trio_smtpd library @REF" / "... transactions() @REF"
             flags = [*lmtp_flag, *(["--transactions"] if "transactions" in self.name else [])]

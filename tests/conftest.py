@@ -145,12 +145,17 @@ class Sinkhole:
         return self.process.wait(timeout)
 
 
+# The program refuses to go on as root unless told so (--user root); the tests run as
+# whoever runs them, and as root in CI.
+AS_ROOT = ["--user", "root"] if os.geteuid() == 0 else []
+
+
 def start_sinkhole(tmp_path: Path, *args: str, listen: int = 1,
                    tls_listen: int = 0) -> Sinkhole:
     maildir = tmp_path / "maildir"
     log_path = tmp_path / f"sinkhole-{time.monotonic_ns()}.log"
     argv = [sys.executable, "-m", "trio_smtpd", "--log-format", "json", "--maildir",
-            str(maildir), "--hostname", "mx.test", "--max-connections", "500"]
+            str(maildir), "--hostname", "mx.test", "--max-connections", "500", *AS_ROOT]
     argv += [a for _ in range(listen) for a in ("--listen", "127.0.0.1:0")]
     argv += [a for _ in range(tls_listen) for a in ("--tls-listen", "127.0.0.1:0")]
     argv += list(args)
@@ -186,3 +191,14 @@ def sinkhole_factory(tmp_path: Path) -> Iterator[object]:
         if sinkhole.process.poll() is None:
             sinkhole.process.kill()
             sinkhole.process.wait(10)
+        # Workers of a supervisor killed above (or by the test) would live on: end them.
+        for event in sinkhole.events("worker-start"):
+            _kill_worker(int(str(event["pid"])))
+
+
+def _kill_worker(pid: int) -> None:
+    try:
+        if b"trio_smtpd" in Path(f"/proc/{pid}/cmdline").read_bytes():  # (not a reused pid)
+            os.kill(pid, signal.SIGKILL)
+    except OSError:  # (gone already)
+        pass

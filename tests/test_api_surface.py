@@ -56,8 +56,9 @@ def test_session_and_server_show_only_their_interface() -> None:
         "info", "transaction", "next_decision", "body", "reply_delay", "offer_starttls",
         "tls_failed", "config", "observer"}
     assert public_attributes(trio_smtpd.Server) == {
-        "config", "listeners", "port", "connections", "transactions", "shutting_down",
-        "shutdown", "wait_closed"} - {"config", "listeners"}  # (instance attributes)
+        "config", "listeners", "port", "connections", "pending_decisions", "transactions",
+        "shutting_down", "shutdown", "wait_closed",
+    } - {"config", "listeners"}  # (instance attributes)
 
 
 def test_a_transaction_is_made_by_the_server_with_no_internals_in_its_signature() -> None:

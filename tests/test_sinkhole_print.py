@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import AS_ROOT
 from trio_smtpd.sinkhole.printing import Envelope, readable, render
 
 ENVELOPE = Envelope(number=3, session="1f.2", sender="alice@example.org",
@@ -104,7 +105,7 @@ def start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "trio_smtpd", "--listen", "127.0.0.1:0", "--no-dns",
-             "--log-format", "json", "--hostname", "mx.test", *args],
+             "--log-format", "json", "--hostname", "mx.test", *AS_ROOT, *args],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and process.poll() is None:

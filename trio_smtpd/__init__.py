@@ -21,6 +21,7 @@ from ._decisions import (
 )
 from ._events import Recipient
 from ._info import SessionInfo, TLSInfo
+from ._metrics import Metrics
 from ._observer import Observer
 from ._params import MailParams, OriginalRecipient, RcptParams
 from ._proxy import ProxyProtocolListener
@@ -50,6 +51,7 @@ __all__ = [
     "Mail",
     "MailParams",
     "Message",
+    "Metrics",
     "Observer",
     "OriginalRecipient",
     "PlainCredentials",

@@ -18,6 +18,7 @@ from ._connection import ServerConnection
 from ._decisions import Auth
 from ._info import TLSInfo
 from ._mechanisms import Challenge, Context, Exchange, Failure, Mechanism, Step, Success
+from ._metrics import Metrics
 from ._replies import Reply
 from ._settings import Authenticator, Config
 
@@ -31,11 +32,14 @@ _AUTH_TEMP = Reply(454, "Temporary authentication failure", "4.7.0")
 class AuthFlow:
     """The AUTH exchanges of one session."""
 
-    __slots__ = ("_exchange", "_hostname", "_log_id", "_mechanisms", "_timeout")
+    __slots__ = ("_exchange", "_hostname", "_log_id", "_mechanism", "_mechanisms", "_metrics",
+                 "_timeout")
 
     def __init__(self, mechanisms: dict[str, Mechanism], hostname: str, timeout: float,
-                 log_id: str) -> None:
+                 log_id: str, metrics: Metrics | None = None) -> None:
         self._mechanisms = mechanisms
+        self._metrics = metrics
+        self._mechanism = ""  # (of the exchange under way, for the metrics)
         self._hostname = hostname
         self._timeout = timeout
         self._log_id = log_id
@@ -47,7 +51,8 @@ class AuthFlow:
         mechanisms = config._sasl_mechanisms()
         if not mechanisms:
             return None
-        return cls(mechanisms, config.hostname, config.timeouts.decision, log_id)
+        return cls(mechanisms, config.hostname, config.timeouts.decision, log_id,
+                   config.metrics)
 
     async def step(self, conn: ServerConnection, event: core.AuthStart | core.AuthResponse,
                    tls: TLSInfo | None) -> Auth | None:
@@ -55,6 +60,7 @@ class AuthFlow:
         if isinstance(event, core.AuthStart):
             context = Context(self._hostname, tls, conn.offered_auth_mechanisms)
             self._exchange = self._mechanisms[event.mechanism].start(context)
+            self._mechanism = event.mechanism
             response = event.initial_response
         else:
             response = event.data
@@ -66,6 +72,8 @@ class AuthFlow:
         self._exchange = None
         if isinstance(result, Failure):
             log.info("session %s: AUTH failed: %s", self._log_id, result.reason)
+            if self._metrics is not None:
+                self._metrics.auth(self._mechanism, _result_of(result))
             conn.auth_failure(result.reply)
             return None
         return Auth(result.credentials.mechanism, result.identity, result.credentials)
@@ -84,3 +92,12 @@ class AuthFlow:
             return result
         log.warning("session %s: authenticator timed out", self._log_id)
         return Failure("timed out", _AUTH_TEMP)
+
+
+def _result_of(failure: Failure) -> str:
+    """The ``Metrics.auth`` result of a failed exchange."""
+    if failure.reply is _AUTH_TEMP:
+        return "timeout" if failure.reason == "timed out" else "error"
+    if failure.reply is not None and failure.reply.code == 501:
+        return "malformed"
+    return "invalid"

@@ -22,6 +22,7 @@ from . import _events as core
 from ._appdeadline import AppDeadline
 from ._connection import NEED_DATA, ServerConnection
 from ._info import TLSInfo
+from ._metrics import Metrics
 from ._replies import Reply
 from ._settings import Timeouts
 from ._tls import handshake, tls_info
@@ -41,6 +42,10 @@ _LAST_COMMAND = 10.0
 _TIMEOUT = Reply(421, "Timeout, closing connection", "4.4.2")
 _CLOSED = core.ConnectionClosed
 _SESSION_TOO_LONG = Reply(421, "Session too long, closing connection", "4.4.2")
+# How a session ended (``Exchange.ending``, for Metrics.session_closed), from the
+# engine's reason for closing.
+_ENDINGS = {"QUIT": "quit", "EOF": "disconnected", "ERRORS": "too_many_errors",
+            "AUTH_FAILURES": "auth_failures", "REFUSED": "refused", "CLOSING": "refused"}
 
 
 class ExchangeTimeouts:
@@ -65,8 +70,8 @@ class Exchange:
     """The protocol engine and the client's transport, for one connection."""
 
     __slots__ = ("_app", "_closing", "_line_deadline", "_log_id", "_session_end", "_waiting",
-                 "closed", "conn", "reply_delay", "timeouts", "transaction_answered",
-                 "transport")
+                 "closed", "conn", "ending", "reply_delay", "timeouts",
+                 "transaction_answered", "transport")
 
     def __init__(self, conn: ServerConnection, transport: Transport,
                  timeouts: ExchangeTimeouts, session_end: float, log_id: str,
@@ -87,6 +92,8 @@ class Exchange:
         #: Set when a transaction's final reply goes out; until the client says more, a
         #: shutdown answers its next command rather than interrupting it.
         self.transaction_answered = False
+        #: How the session ended (see ``Metrics.session_closed``); "" until it has.
+        self.ending = ""
 
     async def next_event(self) -> core.Event | None:
         """The engine's next event; None once the connection is closed."""
@@ -97,6 +104,7 @@ class Exchange:
             event = conn.next_event()
             if event is not NEED_DATA:
                 if type(event) is _CLOSED:
+                    self._ended(event)
                     await self.close()
                     return None
                 return event  # type: ignore[return-value]
@@ -153,6 +161,8 @@ class Exchange:
             return
         self.closed = True
         if reply is not None:
+            self.ending = ("timeout" if reply is _TIMEOUT or reply is _SESSION_TOO_LONG
+                           else "shutdown" if reply is self._closing else "error")
             self.conn.close_with(reply)
         try:
             data = self.conn.data_to_send()
@@ -164,16 +174,17 @@ class Exchange:
         finally:
             await self.transport.aclose()
 
-    async def start_tls(self, context: ssl.SSLContext) -> TLSInfo | TLSFailure:
+    async def start_tls(self, context: ssl.SSLContext,
+                        metrics: Metrics | None = None) -> TLSInfo | TLSFailure:
         """After STARTTLS: send the 220, do the handshake; why not (and closed) if it
         failed."""
         if not await self._flush(self.conn.data_to_send(), trio.current_time()):
             return TLSFailure("client gone", "the client stopped reading before TLS")
         stream = trio.SSLStream(self.transport.stream(), context, server_side=True)
         self._app.lift()  # (the handshake is a wait on the client)
-        failure = await handshake(stream, self.timeouts.tls_handshake, self._log_id)
+        failure = await handshake(stream, self.timeouts.tls_handshake, self._log_id, metrics)
         if failure is not None:
-            self.closed = True
+            self.closed, self.ending = True, "tls_failed"
             await trio.aclose_forcefully(stream)
             return failure
         self.transport = StreamTransport(stream)
@@ -199,7 +210,7 @@ class Exchange:
             if not sent:
                 log.info("session %s: client stopped reading", self._log_id)
         if not sent:
-            self.closed = True
+            self.closed, self.ending = True, "send_failed"
             await self.transport.aclose()
         return sent
 
@@ -221,6 +232,10 @@ class Exchange:
                     self._line_deadline = now + min(timeouts.command, _LAST_COMMAND)
             deadline = self._line_deadline
         return deadline if deadline < self._session_end else self._session_end
+
+    def _ended(self, event: core.ConnectionClosed) -> None:
+        reason = _ENDINGS.get(event.reason, "error")
+        self.ending = "shutdown" if self._closing is not None and reason == "refused" else reason
 
     def _why_closing(self, woken: bool) -> Reply:
         if self._closing is not None and (woken or self._session_end == -math.inf):

@@ -30,6 +30,7 @@ from ._exchange import Exchange, ExchangeTimeouts
 from ._idlepool import IdlePool
 from ._info import SessionInfo
 from ._limits import ConnectionLimits
+from ._metrics import Metrics, counting_observer, limit_name
 from ._proxy import ProxiedStream, ProxyHeaderError, socket_addresses
 from ._replies import Reply
 from ._session import Session, forward_transactions
@@ -104,6 +105,13 @@ class Server:
     def connections(self) -> int:
         """Connections held now, whatever their stage (PROXY header, TLS, session)."""
         return self._limits.count
+
+    @property
+    def pending_decisions(self) -> int:
+        """Decisions handed to the application and not answered yet (messages waiting
+        in ``transactions()`` included): counted when asked, for a metrics gauge."""
+        return sum(1 for s in self._sessions if s._current is not None
+                   and not s._current.decided)
 
     def transactions(self) -> Transactions:
         """Every complete transaction from every connection, in arrival order.
@@ -214,10 +222,15 @@ class Server:
         ip = peer[0] if peer else None
         refusal = self._limits.admit(ip)
         assert self._nursery is not None
+        metrics = self.config.metrics
         if refusal is not None:
             log.info("refused a connection from %s: %s", peer, refusal.text)
+            if metrics is not None:
+                metrics.connection_refused(limit_name(refusal))
             _refuse(accepted, refusal, self._nursery)
             return
+        if metrics is not None:
+            metrics.connection_accepted()
         self._nursery.start_soon(self._connection, accepted, implicit_tls, peer, local,
                                  name=_TASK_NAME)
 
@@ -226,9 +239,14 @@ class Server:
         # The handler runs in this very frame, not in a helper: an idle connection is a
         # chain of suspended calls, and each costs memory (see benchmarks/README.md).
         counted = peer[0] if peer else None
+        metrics = self.config.metrics
+        started = trio.current_time() if metrics is not None else 0.0
+        outcome = "error"
+        session: Session | str | None = None
         try:
             session, counted = await self._open(accepted, implicit_tls, peer, local)
-            if session is None:
+            if isinstance(session, str):
+                outcome = session
                 return
             self._sessions.add(session)
             try:
@@ -250,44 +268,49 @@ class Server:
                 if not session._exchange.closed:  # cancelled: cut off, no waiting
                     with trio.CancelScope(deadline=trio.current_time() + 1, shield=True):
                         await session._exchange.close()
+                outcome = session._exchange.ending or outcome
         finally:
             self._limits.release(counted)
+            if metrics is not None:
+                _count_closed(metrics, outcome, trio.current_time() - started, session)
 
     async def _open(self, accepted: Accepted, implicit_tls: bool,
                     peer: tuple[str, int] | None, local: tuple[str, int] | None
-                    ) -> tuple[Session | None, str | None]:
-        """The session of a new connection (None if it did not get that far), and the
-        address it counts towards."""
+                    ) -> tuple[Session | str, str | None]:
+        """The session of a new connection (or, if it did not get that far, why not: a
+        ``Metrics.session_closed`` outcome), and the address it counts towards."""
         counted = peer[0] if peer else None
         if isinstance(accepted, ProxiedStream):
             addresses = await self._read_proxy_header(accepted)
-            if addresses is None:
-                return None, counted
+            if isinstance(addresses, str):
+                return addresses, counted
             peer, local = addresses
             counted = peer[0] if peer else None
         info = SessionInfo(id=f"{self._prefix}.{next(self._ids)}", peer=peer, local=local,
                            lmtp=self.config.lmtp, started=datetime.now(UTC))
         opened = await self._transport(accepted, implicit_tls, info)
         if opened is None:
-            return None, counted
+            return "tls_failed", counted
         session = self._new_session(*opened, info)
         log.debug("session %s: connect from %s", info.id, info.peer)
         return session, counted
 
     async def _read_proxy_header(self, stream: ProxiedStream
-                                 ) -> tuple[tuple[str, int] | None, tuple[str, int] | None] | None:
+                                 ) -> tuple[tuple[str, int] | None, tuple[str, int] | None] | str:
         try:
             await stream.read_header()
         except (ProxyHeaderError, trio.BrokenResourceError) as exc:
             log.warning("PROXY protocol: %s; connection closed", exc)
             await trio.aclose_forcefully(stream)
-            return None
+            return "proxy_error"
         if stream.peer is not None:
             refusal = self._limits.admit_address(stream.peer[0])
             if refusal is not None:
                 log.info("refused a connection from %s: %s", stream.peer, refusal.text)
+                if self.config.metrics is not None:
+                    self.config.metrics.connection_refused(limit_name(refusal))
                 await _refuse_stream(stream, refusal)
-                return None
+                return "refused"
         return stream.peer, stream.local
 
     async def _transport(self, accepted: Accepted, implicit_tls: bool, info: SessionInfo
@@ -314,7 +337,8 @@ class Server:
         context = self.config.tls
         assert context is not None
         tls_stream = trio.SSLStream(stream, context, server_side=True)
-        if await handshake(tls_stream, self.config.timeouts.tls_handshake, info.id):
+        if await handshake(tls_stream, self.config.timeouts.tls_handshake, info.id,
+                           self.config.metrics, "implicit"):
             await trio.aclose_forcefully(stream)
             return None
         info.tls = tls_info(tls_stream)
@@ -332,9 +356,19 @@ class Server:
         exchange = Exchange(conn, transport, self._timeouts, cap, info.id, app_deadline)
         session = Session(exchange, info, self.config, transactions=self._queue,
                           app_deadline=app_deadline)
+        if self.config.metrics is not None:  # (refusals are heard by an observer)
+            conn.observer = counting_observer(self.config.metrics, None)
         if self._stop.is_set():  # accepted just before the listeners closed
             exchange.close_when_idle(_SHUTTING_DOWN)
         return session
+
+
+def _count_closed(metrics: Metrics, outcome: str, seconds: float,
+                  session: Session | str | None) -> None:
+    """Report a connection's end (and its message, if the client left during one)."""
+    if isinstance(session, Session) and session.transaction is not None:
+        metrics.transaction(session.transaction, "aborted")
+    metrics.session_closed(outcome, seconds)
 
 
 def _refuse(accepted: Accepted, reply: Reply, nursery: trio.Nursery) -> None:

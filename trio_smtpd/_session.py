@@ -32,6 +32,7 @@ from ._connection import UsageError
 from ._decisions import Auth, Connect, DataStart, Decision, Hello, Mail, Message, Rcpt, TLSFailed
 from ._exchange import Exchange, ExchangeTimeouts
 from ._info import SessionInfo
+from ._metrics import counting_observer, inner_observer, transaction_outcome
 from ._observer import Observer
 from ._replies import Reply
 from ._sessionconfig import for_connection
@@ -108,11 +109,13 @@ class Session:
     def observer(self) -> Observer | None:
         """Hears every line and reply of the session (a ``Transcript``, say); see
         ``Observer``. Set it at ``Connect`` to hear the greeting too."""
-        return self._exchange.conn.observer
+        return inner_observer(self._exchange.conn.observer)
 
     @observer.setter
     def observer(self, observer: Observer | None) -> None:
-        self._exchange.conn.observer = observer
+        metrics = self._config.metrics  # (it hears refusals through the same slot)
+        self._exchange.conn.observer = (observer if metrics is None
+                                        else counting_observer(metrics, observer))
 
     @property
     def reply_delay(self) -> float:
@@ -241,6 +244,9 @@ class Session:
         replies = decision.transaction._final_replies()
         self._transaction = None
         self._exchange.transaction_answered = True
+        if self._config.metrics is not None:
+            self._config.metrics.transaction(decision.transaction,
+                                             transaction_outcome(replies))
         if self.info.lmtp:
             self._exchange.conn.respond_per_recipient(replies)
         else:
@@ -249,11 +255,14 @@ class Session:
     def _answer_auth(self, decision: Auth) -> None:
         conn = self._exchange.conn
         decision._settle(None, "accepted when the application moved on")
-        if decision.reply is None or decision.reply.is_positive:
+        accepted = decision.reply is None or decision.reply.is_positive
+        if accepted:
             conn.auth_success(decision.identity)
             self.info.authenticated_as = decision.identity
         else:
             conn.auth_failure(decision.reply)
+        if self._config.metrics is not None:
+            self._config.metrics.auth(decision.mechanism, "success" if accepted else "refused")
 
     # ------------------------------------------------------------------ engine events
 
@@ -291,6 +300,8 @@ class Session:
             if isinstance(event, core.MessageAborted):
                 self._transaction.abort_reply = event.reply
             self._transaction._close_answers(_GONE, "the message was aborted")
+            if self._config.metrics is not None:
+                self._config.metrics.transaction(self._transaction, "aborted")
         self._transaction = None
 
     async def _slow_event(self, event: core.Event) -> Decision | None:
@@ -299,7 +310,7 @@ class Session:
             return await self._auth.step(self._exchange.conn, event, self.info.tls)
         if isinstance(event, core.StartTLS):
             assert self._config.tls is not None
-            tls = await self._exchange.start_tls(self._config.tls)
+            tls = await self._exchange.start_tls(self._config.tls, self._config.metrics)
             self.info.helo = None
             if isinstance(tls, TLSFailure):
                 self.tls_failed, self._fallback = True, _GONE  # (the session is over)

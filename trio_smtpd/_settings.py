@@ -14,6 +14,7 @@ from ._certificates import ClientCertificates
 from ._config import ProtocolConfig
 from ._info import TLSInfo
 from ._mechanisms import Mechanism, PasswordMechanism
+from ._metrics import Metrics
 from ._networks import Network
 from ._sasl import MECHANISMS, Credentials
 
@@ -109,6 +110,9 @@ class Config:
     #: Drive plain TCP and Unix-socket connections as raw non-blocking sockets (the fast
     #: path); False carries them as ``trio.SocketStream`` like any other stream.
     direct_sockets: bool = True
+    #: Counts connections, sessions, TLS handshakes, AUTH, refusals and transactions
+    #: (see ``Metrics``); None, the default, costs nothing.
+    metrics: Metrics | None = field(default=None, compare=False)
     #: Every other protocol option (limits, extensions, bare_line_endings...); the fields
     #: above override the same-named fields of this one.
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)

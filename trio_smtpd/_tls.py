@@ -9,6 +9,7 @@ import trio
 
 from ._certificates import server_end_point, subject_text
 from ._info import TLSInfo
+from ._metrics import Metrics, handshake_failure
 from ._tlsfailure import TLSFailure, classify
 
 __all__ = ["handshake", "record_server_names", "tls_info"]
@@ -19,18 +20,26 @@ SNI_ATTRIBUTE = "trio_smtpd_server_name"
 
 
 async def handshake(stream: trio.SSLStream[trio.abc.Stream], timeout: float,
-                    session_id: str) -> TLSFailure | None:
-    """Do a server-side TLS handshake; a failure is logged and returned."""
+                    session_id: str, metrics: Metrics | None = None,
+                    mode: str = "starttls") -> TLSFailure | None:
+    """Do a server-side TLS handshake; a failure is logged and returned (and either way,
+    reported to ``metrics``)."""
     with trio.move_on_after(timeout):
         try:
             await stream.do_handshake()
+            if metrics is not None:
+                metrics.tls_handshake(mode, stream.version(), None)
             return None
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
             failure = classify(exc)
             log.info("session %s: TLS handshake failed (%s): %r", session_id,
                      failure.reason, exc)
+            if metrics is not None:
+                metrics.tls_handshake(mode, None, handshake_failure(exc.__cause__ or exc))
             return failure
     log.info("session %s: TLS handshake timed out", session_id)
+    if metrics is not None:
+        metrics.tls_handshake(mode, None, "timeout")
     return classify(None)
 
 

@@ -147,6 +147,9 @@ class Resolver:
         self.max_ttl = max_ttl
         self.down_for = down_for
         self.stats = ResolverStats()
+        #: Told of every lookup (for metrics): its record type, status, whether the
+        #: cache answered it and how long it took (seconds; 0 from the cache).
+        self.on_lookup: Callable[[str, Status, bool, float], None] | None = None
         self.configuration_error: str | None = None
         self._stub = self._make_stub(nameservers, resolv_conf)
         self._stub.timeout = min(2.0, timeout)  # each try; the lifetime is the deadline
@@ -187,6 +190,8 @@ class Resolver:
         cached = self._cache.get(key)
         if cached is not None:
             self.stats.cache_hits += 1
+            if self.on_lookup is not None:
+                self.on_lookup(key[1], cached.status, True, 0.0)
             return cached
         kind = dns.rdatatype.RdataType.make(rdtype)
         try:
@@ -195,7 +200,12 @@ class Resolver:
             return Answer(Status.NXDOMAIN, detail=f"not a DNS name: {exc}")
         if deadline is None:
             deadline = trio.current_time() + self.timeout
-        return await self._shared(key, (qname, kind), deadline)
+        if self.on_lookup is None:
+            return await self._shared(key, (qname, kind), deadline)
+        started = trio.current_time()
+        answer = await self._shared(key, (qname, kind), deadline)
+        self.on_lookup(key[1], answer.status, False, trio.current_time() - started)
+        return answer
 
     def cached(self, name: str, rdtype: str) -> Answer[dns.rdata.Rdata] | None:
         """The cached answer for a name and type, or None: no query, no wait (for

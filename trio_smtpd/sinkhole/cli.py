@@ -33,7 +33,11 @@ from .logs import configure_logging, log_event
 from .options import build_parser
 from .passwords import hash_password
 from .printing import Printer
+from .privileges import become
+from .privileges import resolve as resolve_user
+from .service import Operations, Supervision, metrics_socket
 from .sockets import REUSEPORT, BoundSocket, from_environment
+from .systemd import listen_fds
 from .tlsfallback import TLSFallback, parse_fallback
 from .workers import supervise
 
@@ -63,7 +67,8 @@ def hash_password_command(argv: Sequence[str]) -> int:
 
 
 async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
-              sockets: list[BoundSocket]) -> int:
+              sockets: list[BoundSocket], ops: Operations | None = None) -> int:
+    ops = ops or Operations(None)
     listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
     tls_listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
     for item in sockets:
@@ -84,9 +89,11 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
                                                       verify=verify),
                               resolver=make_resolver(args), verify=verify,
                               printer=Printer(args.print_style) if args.print_style else None)
+    config = ops.configure(config, handler, maildir)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve, config, handler=handler,
                                              listeners=listeners, tls_listeners=tls_listeners))
+        nursery.start_soon(ops.run, server)
         log_event("listening", addresses=[item.address for item in sockets],
                   lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path),
                   pid=os.getpid())
@@ -94,12 +101,15 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
                                        signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
+                    ops.notifier.reloading()
                     reload_rules(args.rules, handler, dns=not args.no_dns)
+                    ops.notifier.ready("rules reloaded")
                     continue
                 if server.shutting_down:
                     log_event("exit", signal=signal.Signals(signum).name)
                     os._exit(1)
                 log_event("shutdown", signal=signal.Signals(signum).name)
+                ops.notifier.stopping()
                 server.shutdown()
                 nursery.start_soon(_stop_after_drain, server, nursery.cancel_scope)
     return 0
@@ -121,22 +131,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return hash_password_command(argv[1:])
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format)
+    if args.check:
+        from .checking import check
+        return check(args)
     try:
         config, maildir = build_config(args)
         # A bad rules file is a configuration error, before binding.
         load_rules_option(args.rules, dns=not args.no_dns,
                           verify=verify_settings(args, config.hostname))
+        identity = resolve_user(args.user, args.group)
         inherited = from_environment()
+        passed = listen_fds() if inherited is None else None  # systemd's sockets
         supervisor = args.workers > 1 and inherited is None
-        # TRIO_SMTPD_SHARED_SOCKET=1 forces the fallback used where SO_REUSEPORT is missing.
-        reuse_port = REUSEPORT and not os.environ.get("TRIO_SMTPD_SHARED_SOCKET")
-        sockets = inherited if inherited is not None else bind_listeners(
-            args, reserve_only=supervisor and reuse_port)
+        # TRIO_SMTPD_SHARED_SOCKET=1 forces the fallback used where SO_REUSEPORT is missing;
+        # so do sockets from systemd and --user (workers could not bind them again).
+        reuse_port = REUSEPORT and not os.environ.get("TRIO_SMTPD_SHARED_SOCKET") and (
+            passed is None and not (identity and identity.drops))
+        sockets = inherited if inherited is not None else passed.listeners if passed else (
+            bind_listeners(args, reserve_only=supervisor and reuse_port))
+        endpoint = metrics_socket(args.metrics_listen, passed)
+        become(identity, maildir)  # every socket is bound: give up root now
         if supervisor:
             log_event("listening", addresses=[item.address for item in sockets],
                       workers=args.workers, pid=os.getpid())
-            return supervise(args.workers, argv, sockets, reuse_port=reuse_port)
-        return trio.run(run, args, config, maildir, sockets)
+            return supervise(args.workers, argv, sockets, reuse_port=reuse_port,
+                             service=Supervision(endpoint, args.workers))
+        return trio.run(run, args, config, maildir, sockets, Operations(endpoint))
     except ConfigError as exc:
         _fail(str(exc))
 

@@ -35,7 +35,7 @@ from .tlsfallback import parse_fallback
 from .verifying import VerifySettings
 
 __all__ = ["ConfigError", "bind_listeners", "build_config", "load_rules_option",
-           "make_resolver", "reload_rules", "verify_settings"]
+           "make_resolver", "planned_listeners", "reload_rules", "verify_settings"]
 
 
 class ConfigError(Exception):
@@ -54,7 +54,10 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
+def build_config(args: argparse.Namespace, *, create_maildir: bool = True
+                 ) -> tuple[Config, Maildir | None]:
+    """The server's config and the Maildir (created, unless ``create_maildir`` is False:
+    ``--check`` changes nothing)."""
     _check_numbers(args)
     check_dns_options(args)
     verify_settings(args, "")
@@ -70,7 +73,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
         max_connections_per_ip=args.max_connections,
         timeouts=Timeouts(command=args.timeout),
     )
-    return config, _maildir(args)
+    return config, _maildir(args, create_maildir)
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -122,7 +125,7 @@ def _authenticator(args: argparse.Namespace) -> Authenticator | None:
     return partial(_authenticate, users)
 
 
-def _maildir(args: argparse.Namespace) -> Maildir | None:
+def _maildir(args: argparse.Namespace, create: bool = True) -> Maildir | None:
     """--print and --print-raw store nothing unless --maildir is given; without them,
     messages go to ./maildir by default."""
     if args.maildir is None and not args.print_style:
@@ -130,6 +133,8 @@ def _maildir(args: argparse.Namespace) -> Maildir | None:
     if args.discard or args.maildir is None:
         return None
     maildir = Maildir(args.maildir)
+    if not create:
+        return maildir
     try:
         maildir.create()
     except OSError as exc:
@@ -236,6 +241,19 @@ def bind_listeners(args: argparse.Namespace, *, reserve_only: bool = False) -> l
 
     ``reserve_only``: bind with SO_REUSEPORT without listening, for workers to share.
     """
+    bound: list[BoundSocket] = []
+    try:
+        for kind, (host, port) in planned_listeners(args):
+            bound += bind(kind, host, port, reuse_port=reserve_only, listen=not reserve_only)
+    except OSError as exc:
+        for item in bound:
+            item.sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None
+    return bound
+
+
+def planned_listeners(args: argparse.Namespace) -> list[tuple[Kind, tuple[str, int]]]:
+    """What the listening options ask for, checked (nothing bound)."""
     if args.proxy_listen and not args.proxy_trusted:
         raise ConfigError("--proxy-listen needs --proxy-trusted")
     for network in args.proxy_trusted:
@@ -243,20 +261,11 @@ def bind_listeners(args: argparse.Namespace, *, reserve_only: bool = False) -> l
             ipaddress.ip_network(network, strict=False)
         except ValueError as exc:
             raise ConfigError(f"--proxy-trusted: {exc}") from None
-    wanted: list[tuple[Kind, tuple[str, int]]] = [
+    return [
         *(("plain", parse_address(a, "--listen")) for a in (args.listen or ["127.0.0.1:2525"])),
         *(("tls", parse_address(a, "--tls-listen")) for a in args.tls_listen),
         *(("proxy", parse_address(a, "--proxy-listen")) for a in args.proxy_listen),
     ]
-    bound: list[BoundSocket] = []
-    try:
-        for kind, (host, port) in wanted:
-            bound += bind(kind, host, port, reuse_port=reserve_only, listen=not reserve_only)
-    except OSError as exc:
-        for item in bound:
-            item.sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None
-    return bound
 
 
 def load_rules_option(path: str | None, *, dns: bool,

@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "durably in a Maildir (250 means it is on disk, fsynced). "
                     "'trio-smtpd hash-password' makes password hashes for --auth-file.",
     )
-    for add_group in (_listening, _tls, _limits, _policy, _dns, _verify, _output):
+    for add_group in (_listening, _tls, _limits, _policy, _dns, _verify, _operations,
+                      _output):
         add_group(parser)
     return parser
 
@@ -124,6 +125,21 @@ def _verify(parser: argparse.ArgumentParser) -> None:
     add("--verify-timeout", type=float, default=None, metavar="SECONDS",
         help="how long each check may take before it is temperror "
              f"(default {DEFAULT_VERIFY_TIMEOUT:g}, at most {MAX_VERIFY_TIMEOUT:g})")
+
+
+def _operations(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument_group("running in production (docs/operations.md)").add_argument
+    add("--metrics-listen", default=None, metavar="HOST:PORT",
+        help="serve Prometheus metrics at /metrics and a health check at /healthz "
+             "(needs prometheus-client: pip install 'trio-smtpd[metrics]')")
+    add("--user", default=None, metavar="NAME",
+        help="bind the listeners as root, then run as this user (the Maildir becomes "
+             "theirs); running on as root is refused unless this is 'root'")
+    add("--group", default=None, metavar="NAME",
+        help="with --user: this group instead of the user's groups")
+    add("--check", action="store_true",
+        help="check every option and file (certificates, auth file, rules), say what "
+             "would be listened on, and exit: 0 if all is well, 2 if not; binds nothing")
 
 
 def _output(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from .logs import log_event
+from .service import Supervision
 from .sockets import REUSEPORT, BoundSocket, reuseport_environment, to_environment
 
 __all__ = ["supervise", "worker_argv"]
@@ -44,23 +45,29 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
 
 
 def supervise(count: int, argv: Sequence[str], sockets: list[BoundSocket],
-              *, reuse_port: bool = REUSEPORT) -> int:
-    """Run the workers; ``sockets`` are reserved (reuse_port) or listening (shared)."""
+              *, reuse_port: bool = REUSEPORT, service: Supervision | None = None) -> int:
+    """Run the workers; ``sockets`` are reserved (reuse_port) or listening (shared).
+    ``service``: metrics and systemd notifications for the whole group."""
+    service = service or Supervision(None)
     fds: tuple[int, ...] = ()
     if reuse_port:
         env = {**os.environ, **reuseport_environment(sockets)}
     else:
         env = {**os.environ, **to_environment(sockets)}
         fds = tuple(item.sock.fileno() for item in sockets)
-    return _Supervisor(count, worker_argv(argv), env, fds).run()
+    try:
+        return _Supervisor(count, worker_argv(argv), env, fds, service).run()
+    finally:
+        service.close()
 
 
 class _Supervisor:
     """The supervisor's loop: signals in, workers started, watched and restarted."""
 
     def __init__(self, count: int, command: list[str], env: dict[str, str],
-                 fds: tuple[int, ...]) -> None:
+                 fds: tuple[int, ...], service: Supervision) -> None:
         self._command, self._env, self._fds = command, env, fds
+        self._service = service
         self._signals: list[int] = []
         self._reloads: list[int] = []
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -76,8 +83,10 @@ class _Supervisor:
             if self._reloads:
                 self._reloads.clear()
                 self._send_all(signal.SIGHUP)
+                self._service.reloading()
             if self._signals and not self._stopping:
                 self._stopping = True
+                self._service.stopping()
                 log_event("shutdown", signal=signal.Signals(self._signals[0]).name,
                           workers=len(self._workers))
                 self._send_all(signal.SIGTERM)
@@ -86,6 +95,7 @@ class _Supervisor:
                 self._send_all(signal.SIGKILL)
                 return 1
             alive = self._watch()
+            self._service.tick(alive)
             if self._stopping and alive == 0:
                 return 0
             time.sleep(_POLL)
@@ -99,6 +109,7 @@ class _Supervisor:
                 alive += 1
             elif not self._stopping:
                 log_event("worker-exit", worker=slot, pid=process.pid, status=status)
+                self._service.exited(slot, process.pid)
                 self._restart(slot)
                 alive += 1
         return alive
@@ -113,8 +124,8 @@ class _Supervisor:
         self._started[slot] = time.monotonic()
 
     def _start(self, slot: int) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(self._command, env=self._env, pass_fds=self._fds,
-                                   start_new_session=True)
+        process = subprocess.Popen(self._command, env=self._env | self._service.environment(slot),
+                                   pass_fds=self._fds, start_new_session=True)
         log_event("worker-start", worker=slot, pid=process.pid)
         return process
 
