@@ -29,6 +29,7 @@ from ._exchange import Exchange, ExchangeTimeouts
 from ._idlepool import IdlePool
 from ._info import SessionInfo
 from ._limits import ConnectionLimits
+from ._ratelimit import RateLimit
 from ._proxy import ProxiedStream, ProxyHeaderError, socket_addresses
 from ._replies import Reply
 from ._session import Session, forward_transactions
@@ -66,7 +67,10 @@ class Server:
         self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         self._handler = handler or forward_transactions
         self._queue = TransactionQueue()
-        self._limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip)
+        rate = None if config.max_connection_rate is None else RateLimit(
+            config.max_connection_rate, config.connection_rate_period)
+        self._limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip,
+                                        rate, trio.current_time)
         self._sessions: set[Session] = set()
         self._watchdog = Watchdog()
         self._idle_pool = IdlePool()

@@ -81,6 +81,10 @@ class Config:
     max_connections: int = 1000
     #: Connections at once from one address; more are answered 421 and closed.
     max_connections_per_ip: int = 50
+    #: New connections one address may open per ``connection_rate_period`` seconds
+    #: (bursts up to this many); more are answered 421 and closed. None: no limit.
+    max_connection_rate: int | None = None
+    connection_rate_period: float = 60.0
     timeouts: Timeouts = field(default_factory=Timeouts)
     #: Drive plain TCP and Unix-socket connections as raw non-blocking sockets (the fast
     #: path); False carries them as ``trio.SocketStream`` like any other stream.
@@ -95,6 +99,10 @@ class Config:
             raise ValueError(f"unsupported SASL mechanisms: {unknown}")
         if self.max_connections < 1 or self.max_connections_per_ip < 1:
             raise ValueError("connection limits must be at least 1")
+        if self.max_connection_rate is not None and self.max_connection_rate < 1:
+            raise ValueError("max_connection_rate must be at least 1 (None: no limit)")
+        if not 0 < self.connection_rate_period < math.inf:
+            raise ValueError("connection_rate_period must be a finite number of seconds")
         self.protocol_config()  # fail now, not at the first connection
 
     def protocol_config(self) -> ProtocolConfig:
