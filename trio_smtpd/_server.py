@@ -310,7 +310,7 @@ class Server:
             timeouts.command, timeouts.data_block, timeouts.write, timeouts.tls_handshake),
             cap, info.id)
         auth = None if config.authenticator is None else AuthFlow(
-            config.authenticator, config.hostname, timeouts.decision, info.id)
+            config.authenticator, config.hostname, timeouts.decision, info)
         return Session(exchange, info, decision_timeout=timeouts.decision,
                        message_timeout=timeouts.message_decision, auth=auth,
                        tls=config.tls, transactions=self._queue)

@@ -9,11 +9,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields, replace
 
 from ._config import ProtocolConfig
+from ._replies import Reply
 from ._sasl import MECHANISMS, Credentials
 
 __all__ = ["Authenticator", "Config", "Timeouts"]
 
-Authenticator = Callable[[Credentials], Awaitable[str | None]]
+#: Checks credentials: the authenticated identity, None (535), or a ``Reply`` to refuse
+#: with instead (a 454 "try again later", say).
+Authenticator = Callable[[Credentials], Awaitable[str | Reply | None]]
 
 
 @dataclass(frozen=True, slots=True)
