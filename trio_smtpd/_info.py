@@ -43,8 +43,13 @@ class SessionInfo:
     tls: TLSInfo | None = None
     #: The identity of a successful AUTH.
     authenticated_as: str | None = None
+    #: True once a TLS handshake failed after the client's ClientHello arrived: its TLS
+    #: does not work with ours. (A handshake abandoned before any ClientHello, by the
+    #: client or by someone on the path, says nothing about the client's TLS.)
+    tls_failed_after_hello: bool = False
 
     def snapshot(self) -> SessionInfo:
         """A copy that later changes to the session (a new HELO, TLS) leave alone."""
         return SessionInfo(self.id, self.peer, self.local, self.lmtp, self.started,
-                           self.helo, self.tls, self.authenticated_as)
+                           self.helo, self.tls, self.authenticated_as,
+                           self.tls_failed_after_hello)

@@ -35,7 +35,7 @@ from ._replies import Reply
 from ._session import Session, forward_transactions
 from ._settings import Config
 from ._socket_transport import SocketTransport
-from ._tls import handshake, record_server_names, tls_info
+from ._tls import handshake, record_server_names, tls_info, use_session_info
 from ._transactions import TransactionQueue, Transactions
 from ._transport import StreamTransport, Transport
 from ._watchdog import Watchdog
@@ -229,6 +229,7 @@ class Server:
                 counted_ip = peer[0] if peer else None
             info = SessionInfo(id=f"{self._prefix}.{next(self._ids)}", peer=peer,
                                local=local, lmtp=self.config.lmtp, started=datetime.now(UTC))
+            use_session_info(info)  # (for what this task's TLS handshakes find out)
             opened = await self._transport(accepted, implicit_tls, info)
             if opened is not None:
                 await self._session(*opened, info)
