@@ -19,6 +19,9 @@ import trustme
 
 from tests.dnsserver import SilentServer, Unbound, start_unbound
 
+# No child process and no listening socket left behind by any test (issue 17).
+pytest_plugins = ["tests.hygiene"]
+
 
 @pytest.fixture(params=["direct", "stream"])
 def both_transports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
