@@ -36,8 +36,11 @@ def test_rate_allows_a_burst_then_the_steady_rate() -> None:
 
 def test_rate_spend_counts_past_the_budget() -> None:
     rate = RateLimit(2, 3600.0)
+    assert rate.allows("a", 0.0)
     assert [rate.spend("a", 0.0) for _ in range(4)] == [1.0, 2.0, 3.0, 4.0]
     assert rate.used("a", 0.0) == 4.0
+    assert not rate.allows("a", 3600.0)  # two whole periods to pay back four
+    assert rate.allows("a", 5400.0)
 
 
 def test_rate_memory_is_bounded() -> None:

@@ -45,6 +45,10 @@ class RateLimit:
         self._store(key, tokens - 1 if allowed else tokens, now)
         return allowed
 
+    def allows(self, key: str, now: float) -> bool:
+        """Whether ``key``'s budget has room for one more event (nothing is counted)."""
+        return self._tokens(key, now) >= 1
+
     def spend(self, key: str, now: float) -> float:
         """Count one event for ``key`` whatever its budget; how much of it is now used
         (1 after one event in a while; ``count`` or more: over budget)."""
