@@ -11,18 +11,17 @@ import ipaddress
 import math
 import socket
 import ssl
-from functools import partial
 
-import trio
-
-from .. import Config, Credentials, PlainCredentials, Timeouts
+from .. import Config, Timeouts
+from .._ratelimit import RateLimit
 from .._settings import Authenticator
 from ..dns import Resolver, parse_nameserver
 from ..maildir import Maildir
+from .authguard import AuthGuard
 from .handler import SinkholeHandler
 from .logs import log_event
 from .options import DEFAULT_DNS_TIMEOUT, MAX_DNS_TIMEOUT
-from .passwords import AuthFileError, load_auth_file, verify_password
+from .passwords import AuthFileError, load_auth_file
 from .rules import RulesError, RuleSet, load_rules
 from .sockets import BoundSocket, Kind, bind
 from .tlsfallback import parse_fallback
@@ -47,10 +46,30 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
+_UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+# Durations that must be more than 0, and those that may be 0.
+_POSITIVE = ("timeout", "data_timeout", "tls_timeout", "write_timeout")
+_AT_LEAST_0 = ("tarpit", "shutdown_grace", "auth_delay")
+
+
+def parse_rate(text: str, option: str) -> tuple[int, float]:
+    """``N/UNIT`` (UNIT: second, minute or hour; N alone: per minute) -> (N, seconds)."""
+    count, _, unit = text.partition("/")
+    period = _UNITS.get(unit.strip().lower() or "minute")
+    if not count.strip().isdigit() or int(count) < 1 or period is None:
+        raise ConfigError(f"{option} {text!r}: expected N/UNIT, N at least 1 and UNIT one "
+                          "of second, minute, hour")
+    return int(count), period
+
+
+def build_config(args: argparse.Namespace, *, share: int = 1) -> tuple[Config, Maildir | None]:
+    """The server's configuration; ``share``: this process serves one worker's share of
+    the connections (``--max-connections`` divided among ``--workers``)."""
     _check_numbers(args)
     check_dns_options(args)
     tls = _tls_context(args)
+    rate = parse_rate(args.max_connection_rate, "--max-connection-rate") if (
+        args.max_connection_rate) else None
     config = Config(
         hostname=args.hostname or socket.gethostname(),
         lmtp=args.lmtp,
@@ -58,9 +77,13 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
         authenticator=_authenticator(args),
         max_message_size=args.max_message_size,
         max_recipients=args.max_recipients,
-        max_connections=args.max_connections,
-        max_connections_per_ip=args.max_connections,
-        timeouts=Timeouts(command=args.timeout),
+        max_connections=-(-args.max_connections // share),
+        max_connections_per_ip=args.max_connections_per_ip,
+        max_connection_rate=rate[0] if rate else None,
+        connection_rate_period=rate[1] if rate else 60.0,
+        timeouts=Timeouts(command=args.timeout, data_block=args.data_timeout,
+                          tls_handshake=args.tls_timeout, write=args.write_timeout,
+                          shutdown_grace=args.shutdown_grace),
     )
     return config, _maildir(args)
 
@@ -68,13 +91,17 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
 def _check_numbers(args: argparse.Namespace) -> None:
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
-    if args.max_message_size < 1 or args.max_recipients < 1 or args.max_connections < 1:
-        raise ConfigError("--max-message-size, --max-recipients and --max-connections "
-                          "must be positive")
-    if not (math.isfinite(args.timeout) and args.timeout > 0):
-        raise ConfigError("--timeout must be a positive number of seconds")
-    if not (math.isfinite(args.tarpit) and args.tarpit >= 0):
-        raise ConfigError("--tarpit must be a number of seconds, at least 0")
+    if min(args.max_message_size, args.max_recipients, args.max_connections,
+           args.max_connections_per_ip) < 1:
+        raise ConfigError("--max-message-size, --max-recipients, --max-connections and "
+                          "--max-connections-per-ip must be positive")
+    for name in _POSITIVE + _AT_LEAST_0:
+        value = getattr(args, name)
+        if not (math.isfinite(value) and (value > 0 if name in _POSITIVE else value >= 0)):
+            least = "more than 0" if name in _POSITIVE else "at least 0"
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number of "
+                              f"seconds, {least} (not {value})")
+    parse_rate(args.max_auth_failures, "--max-auth-failures")
     if args.tls_fallback:
         try:
             parse_fallback(args.tls_fallback)
@@ -108,7 +135,9 @@ def _authenticator(args: argparse.Namespace) -> Authenticator | None:
         users = load_auth_file(args.auth_file)
     except AuthFileError as exc:
         raise ConfigError(str(exc)) from None
-    return partial(_authenticate, users)
+    return AuthGuard(users, delay=args.auth_delay,
+                     budget=RateLimit(*parse_rate(args.max_auth_failures,
+                                                  "--max-auth-failures")))
 
 
 def _maildir(args: argparse.Namespace) -> Maildir | None:
@@ -179,17 +208,6 @@ def install_sni(default: ssl.SSLContext, certificates: list[tuple[str, ssl.SSLCo
             ssl_object.context = chosen
 
     default.sni_callback = choose
-
-
-async def _authenticate(users: dict[str, str], credentials: Credentials) -> str | None:
-    if not isinstance(credentials, PlainCredentials):
-        return None
-    encoded = users.get(credentials.username)
-    if encoded is None:
-        return None
-    # scrypt is deliberately slow: keep it off the event loop.
-    ok = await trio.to_thread.run_sync(verify_password, credentials.password, encoded)
-    return credentials.username if ok else None
 
 
 def bind_listeners(args: argparse.Namespace, *, reserve_only: bool = False) -> list[BoundSocket]:
