@@ -29,6 +29,7 @@ from .configure import (
 )
 from .handler import SinkholeHandler
 from .logs import configure_logging, log_event
+from .memory import give_back_memory
 from .options import build_parser
 from .passwords import hash_password
 from .sockets import REUSEPORT, BoundSocket, from_environment
@@ -85,6 +86,7 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
         log_event("listening", addresses=[item.address for item in sockets],
                   lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path),
                   pid=os.getpid())
+        nursery.start_soon(give_back_memory, server)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
                                        signal.SIGHUP) as signals:
             async for signum in signals:
