@@ -2,6 +2,8 @@
 
 Configuration errors are one line on stderr and exit status 2. SIGTERM or SIGINT shuts
 down gracefully (in-flight transactions get the grace period); a second one exits at once.
+Those signals and SIGHUP are held from the start of ``main()`` until their handlers are
+set (``lifecycle``), so none kills a process that has just started.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from .configure import (
     reload_rules,
 )
 from .handler import SinkholeHandler
+from .lifecycle import block_signals, die_with_parent, supervisor_gone, unblock_signals
 from .logs import configure_logging, log_event
 from .memory import give_back_memory
 from .options import build_parser
 from .passwords import hash_password
 from .sockets import REUSEPORT, BoundSocket, from_environment
 from .tlsfallback import TLSFallback, parse_fallback
-from .workers import supervise
+from .workers import Worker, supervise, worker_environment
 
 __all__ = ["main"]
 
@@ -61,8 +64,8 @@ def hash_password_command(argv: Sequence[str]) -> int:
     return 0
 
 
-async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
-              sockets: list[BoundSocket]) -> int:
+def _listeners(args: argparse.Namespace, sockets: list[BoundSocket]) -> tuple[
+        list[trio.abc.Listener[trio.abc.Stream]], list[trio.abc.Listener[trio.abc.Stream]]]:
     listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
     tls_listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
     for item in sockets:
@@ -73,6 +76,12 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
             listeners.append(ProxyProtocolListener(listener, args.proxy_trusted))
         else:
             listeners.append(listener)
+    return listeners, tls_listeners
+
+
+async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
+              sockets: list[BoundSocket], worker: Worker | None = None) -> int:
+    listeners, tls_listeners = _listeners(args, sockets)
     fallback = None
     if args.tls_fallback:
         fallback = TLSFallback(*parse_fallback(args.tls_fallback))
@@ -80,31 +89,57 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
                               tls_fallback=fallback, save_then_reject=args.save_then_reject,
                               rules=load_rules_option(args.rules, dns=not args.no_dns),
                               resolver=make_resolver(args))
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(partial(serve, config, handler=handler,
-                                             listeners=listeners, tls_listeners=tls_listeners))
-        log_event("listening", addresses=[item.address for item in sockets],
-                  lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path),
-                  pid=os.getpid())
-        nursery.start_soon(give_back_memory, server)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
-                                       signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        unblock_signals()  # what came since main() started is delivered now
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(serve, config, handler=handler,
+                                                 listeners=listeners,
+                                                 tls_listeners=tls_listeners))
+            log_event("listening", addresses=[item.address for item in sockets],
+                      lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path),
+                      pid=os.getpid())
+            stopper = _Stopper(server, nursery)
+            nursery.start_soon(give_back_memory, server)
+            if worker is not None and worker.liveness is not None:
+                nursery.start_soon(_watch_supervisor, worker.liveness, stopper)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     reload_rules(args.rules, handler, dns=not args.no_dns)
-                    continue
-                if server.shutting_down:
-                    log_event("exit", signal=signal.Signals(signum).name)
-                    os._exit(1)
-                log_event("shutdown", signal=signal.Signals(signum).name)
-                server.shutdown()
-                nursery.start_soon(_stop_after_drain, server, nursery.cancel_scope)
+                else:
+                    stopper.signalled(signum)
     return 0
 
 
-async def _stop_after_drain(server: Server, scope: trio.CancelScope) -> None:
-    await server.wait_closed()
-    scope.cancel()
+class _Stopper:
+    """The first signal (or the supervisor's death) shuts down gracefully; a second
+    signal exits at once."""
+
+    def __init__(self, server: Server, nursery: trio.Nursery) -> None:
+        self._server, self._nursery = server, nursery
+        self._signals = 0
+
+    def signalled(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log_event("exit", signal=signal.Signals(signum).name)
+            os._exit(1)
+        self.stop(signal=signal.Signals(signum).name)
+
+    def stop(self, **why: str) -> None:
+        if self._server.shutting_down:
+            return
+        log_event("shutdown", **why)
+        self._server.shutdown()
+        self._nursery.start_soon(self._cancel_after_drain)
+
+    async def _cancel_after_drain(self) -> None:
+        await self._server.wait_closed()
+        self._nursery.cancel_scope.cancel()
+
+
+async def _watch_supervisor(fd: int, stopper: _Stopper) -> None:
+    await supervisor_gone(fd)
+    stopper.stop(reason="supervisor gone")
 
 
 def _fail(message: str) -> NoReturn:
@@ -116,23 +151,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hash-password"]:
         return hash_password_command(argv[1:])
+    block_signals()  # until their handlers are set: a SIGHUP now must not kill us
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format)
+    worker = worker_environment()
+    if worker is not None and not die_with_parent(worker.supervisor):
+        log_event("exit", reason="the supervisor died before this worker started")
+        return 0
     try:
-        config, maildir = build_config(args)
+        config, maildir = build_config(args, share=worker.count if worker else 1)
         # A bad rules file is a configuration error, before binding.
         load_rules_option(args.rules, dns=not args.no_dns)
         inherited = from_environment()
-        supervisor = args.workers > 1 and inherited is None
-        # TRIO_SMTPD_SHARED_SOCKET=1 forces the fallback used where SO_REUSEPORT is missing.
-        reuse_port = REUSEPORT and not os.environ.get("TRIO_SMTPD_SHARED_SOCKET")
-        sockets = inherited if inherited is not None else bind_listeners(
-            args, reserve_only=supervisor and reuse_port)
-        if supervisor:
-            log_event("listening", addresses=[item.address for item in sockets],
+        if args.workers > 1 and worker is None:
+            # TRIO_SMTPD_SHARED_SOCKET=1 forces the fallback for systems without
+            # SO_REUSEPORT: one socket that every worker shares.
+            shared = not REUSEPORT or bool(os.environ.get("TRIO_SMTPD_SHARED_SOCKET"))
+            groups = bind_listeners(args, workers=args.workers, shared=shared)
+            log_event("listening", addresses=[item.address for item in groups[0]],
                       workers=args.workers, pid=os.getpid())
-            return supervise(args.workers, argv, sockets, reuse_port=reuse_port)
-        return trio.run(run, args, config, maildir, sockets)
+            return supervise(args.workers, argv, groups)
+        sockets = inherited if inherited is not None else bind_listeners(args)[0]
+        return trio.run(run, args, config, maildir, sockets, worker)
     except ConfigError as exc:
         _fail(str(exc))
 

@@ -23,7 +23,7 @@ from .logs import log_event
 from .options import DEFAULT_DNS_TIMEOUT, MAX_DNS_TIMEOUT
 from .passwords import AuthFileError, load_auth_file
 from .rules import RulesError, RuleSet, load_rules
-from .sockets import BoundSocket, Kind, bind
+from .sockets import BoundSocket, Kind, bind, bind_group
 from .tlsfallback import parse_fallback
 
 __all__ = ["ConfigError", "bind_listeners", "build_config", "load_rules_option",
@@ -210,11 +210,11 @@ def install_sni(default: ssl.SSLContext, certificates: list[tuple[str, ssl.SSLCo
     default.sni_callback = choose
 
 
-def bind_listeners(args: argparse.Namespace, *, reserve_only: bool = False) -> list[BoundSocket]:
-    """Bind every listening socket now, so a port in use is a configuration error.
-
-    ``reserve_only``: bind with SO_REUSEPORT without listening, for workers to share.
-    """
+def bind_listeners(args: argparse.Namespace, *, workers: int = 1, shared: bool = False
+                   ) -> list[list[BoundSocket]]:
+    """Bind every listening socket now, so a port in use is a configuration error; one
+    list of sockets per worker (see ``sockets``: a group per address, or, ``shared``, the
+    same sockets for every worker)."""
     if args.proxy_listen and not args.proxy_trusted:
         raise ConfigError("--proxy-listen needs --proxy-trusted")
     for network in args.proxy_trusted:
@@ -227,13 +227,21 @@ def bind_listeners(args: argparse.Namespace, *, reserve_only: bool = False) -> l
         *(("tls", parse_address(a, "--tls-listen")) for a in args.tls_listen),
         *(("proxy", parse_address(a, "--proxy-listen")) for a in args.proxy_listen),
     ]
-    bound: list[BoundSocket] = []
+    bound: list[list[BoundSocket]] = [[] for _ in range(workers)]
     try:
         for kind, (host, port) in wanted:
-            bound += bind(kind, host, port, reuse_port=reserve_only, listen=not reserve_only)
+            if workers == 1 or shared:
+                sockets = bind(kind, host, port)
+                for worker in bound:
+                    worker += sockets
+            else:
+                for worker, sockets in zip(bound, bind_group(kind, host, port, workers),
+                                           strict=True):
+                    worker += sockets
     except OSError as exc:
-        for item in bound:
-            item.sock.close()
+        for worker in bound:
+            for item in worker:
+                item.sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None
     return bound
 
