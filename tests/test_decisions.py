@@ -16,7 +16,7 @@ def test_snapshot_copies_every_field_and_is_independent() -> None:
     info = SessionInfo(id="1.2", peer=("192.0.2.1", 2525), local=("192.0.2.2", 25),
                        lmtp=True, started=datetime(2026, 1, 2, tzinfo=UTC),
                        helo="client.test", tls=TLSInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256"),
-                       authenticated_as="alice")
+                       authenticated_as="alice", tls_failed_after_hello=True)
     copy = info.snapshot()
     assert copy is not info
     # Every field, each set above to something other than its default: a field added

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 
 PLACEHOLDER = "aaaa.test"
@@ -16,10 +17,8 @@ def client_hello(server_name: bytes) -> bytes:
     context = ssl.create_default_context()
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_hostname=PLACEHOLDER)
-    try:
+    with contextlib.suppress(ssl.SSLWantReadError):
         tls.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
     hello = outgoing.read()
     assert hello.count(PLACEHOLDER.encode()) == 1
     return hello.replace(PLACEHOLDER.encode(), server_name)

@@ -29,8 +29,8 @@ from ._exchange import Exchange, ExchangeTimeouts
 from ._idlepool import IdlePool
 from ._info import SessionInfo
 from ._limits import ConnectionLimits
-from ._ratelimit import RateLimit
 from ._proxy import ProxiedStream, ProxyHeaderError, socket_addresses
+from ._ratelimit import RateLimit
 from ._replies import Reply
 from ._session import Session, forward_transactions
 from ._settings import Config
