@@ -123,6 +123,16 @@ def test_per_address_limits_hold_across_workers(sinkhole_factory: Factory) -> No
     assert len(set().union(*by_address.values())) == 2  # and both workers served some
 
 
+def test_worker_routing_by_connection_spreads_one_address(sinkhole_factory: Factory) -> None:
+    # For a few busy clients (a local MTA over LMTP): the kernel's own spreading.
+    sinkhole = sinkhole_factory("--workers", "2", "--worker-routing", "connection")
+    sinkhole.wait_for("listening", 3)
+    for n in range(20):
+        send(sinkhole.port, f"m{n}")
+    sessions = {str(e["session"]).split(".")[0] for e in sinkhole.events("close")}
+    assert len(sessions) == 2  # (all 20 on one worker: one chance in half a million)
+
+
 # --------------------------------------------------------------------------- finding 6
 
 

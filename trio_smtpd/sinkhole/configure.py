@@ -235,8 +235,9 @@ def bind_listeners(args: argparse.Namespace, *, workers: int = 1, shared: bool =
                 for worker in bound:
                     worker += sockets
             else:
-                for worker, sockets in zip(bound, bind_group(kind, host, port, workers),
-                                           strict=True):
+                group = bind_group(kind, host, port, workers,
+                                   by_address=args.worker_routing == "address")
+                for worker, sockets in zip(bound, group, strict=True):
                     worker += sockets
     except OSError as exc:
         for worker in bound:

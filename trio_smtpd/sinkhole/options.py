@@ -39,6 +39,11 @@ def _listening(parser: argparse.ArgumentParser) -> None:
     add("--workers", type=int, default=1, metavar="N",
         help="worker processes sharing the listeners; a supervisor restarts any that dies "
              "(default 1: no supervisor)")
+    add("--worker-routing", choices=("address", "connection"), default="address",
+        help="with --workers: 'address' brings every client address to one worker, so "
+             "that per-address limits hold across workers (Linux; the default); "
+             "'connection' lets the kernel spread connections, for a few busy clients "
+             "such as a local MTA over LMTP (per-address limits are then per worker)")
     add("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP")
     add("--hostname", default=None, metavar="NAME",
         help="name in the greeting and Received headers (default: this host's name)")

@@ -73,10 +73,11 @@ def bind(kind: Kind, host: str, port: int, backlog: int = 1024, *,
     return bound
 
 
-def bind_group(kind: Kind, host: str, port: int, count: int, backlog: int = 1024
-               ) -> list[list[BoundSocket]]:
+def bind_group(kind: Kind, host: str, port: int, count: int, backlog: int = 1024, *,
+               by_address: bool = True) -> list[list[BoundSocket]]:
     """For each address ``host`` resolves to, ``count`` listening sockets in one
-    SO_REUSEPORT group, routed by client address where possible; one list per worker.
+    SO_REUSEPORT group, routed by client address where possible (``by_address``; never
+    for PROXY listeners); one list per worker.
 
     The first socket is bound alone (exclusively: a port someone holds is refused), then
     joins the group; a port of 0 is the one it got.
@@ -95,7 +96,7 @@ def bind_group(kind: Kind, host: str, port: int, count: int, backlog: int = 1024
                 _reuse(other)
                 other.bind(sock.getsockname())
                 other.listen(backlog)
-            if kind != "proxy" and routing.AVAILABLE:
+            if by_address and kind != "proxy" and routing.AVAILABLE:
                 routing.route_by_source(sock, count)
     except OSError:
         for item in [*firsts, *(item for worker in workers[1:] for item in worker)]:
