@@ -279,7 +279,8 @@ def test_sessions_still_busy_at_the_end_of_grace_are_told_421(
 def haproxy_config_from_the_docs() -> str:
     """The stick-table configuration in docs/operations.md, as written there."""
     text = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
-    start = text.index("```haproxy\n") + len("```haproxy\n")
+    marker = "<!-- haproxy.cfg: tests/test_hostile_process.py runs the block below -->\n"
+    start = text.index(marker + "```text\n") + len(marker + "```text\n")
     return text[start:text.index("```", start)]
 
 
