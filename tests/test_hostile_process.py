@@ -114,6 +114,7 @@ def test_per_address_limits_hold_across_workers(sinkhole_factory: Factory) -> No
             rate.append(sock.recv(100)[:3])
             sock.sendall(b"QUIT\r\n")
     assert rate == [b"220"] * 8 + [b"421"] * 2
+    assert any("slow down" in str(e.get("message")) for e in sinkhole.events("log"))
     # Every session of one address was served by one worker (the id's prefix is its pid).
     by_address: dict[str, set[str]] = {}
     for entry in sinkhole.events("close"):
