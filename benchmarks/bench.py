@@ -99,7 +99,10 @@ class ServerSpec:
         if self.name == "trio_smtpd maildir":
             return [*trio, "--maildir", str(workdir / "maildir"), *lmtp_flag]
         if self.name == "trio_smtpd --discard --workers 2":
-            return [*trio, "--discard", "--workers", "2", *lmtp_flag]
+            # smtp-source sends from one address, which the default routing (every
+            # address to one worker) would give to one worker: spread connections.
+            return [*trio, "--discard", "--workers", "2", "--worker-routing", "connection",
+                    *lmtp_flag]
         if self.name == "aiosmtpd":
             return [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink",
                     "-l", f"127.0.0.1:{port}"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import ssl
@@ -13,14 +14,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 
 from tests.dnsserver import SilentServer, Unbound, start_unbound
 
-# pytester runs pytest on generated projects: the tests of the pytest plugin.
-pytest_plugins = ["pytester"]
+# pytester runs pytest on generated projects (the tests of the pytest plugin); hygiene
+# checks that no child process and no listening socket is left behind by any test.
+pytest_plugins = ["pytester", "tests.hygiene"]
 
 
 @pytest.fixture(params=["direct", "stream"])
@@ -150,8 +153,9 @@ class Sinkhole:
 AS_ROOT = ["--user", "root"] if os.geteuid() == 0 else []
 
 
-def start_sinkhole(tmp_path: Path, *args: str, listen: int = 1,
-                   tls_listen: int = 0) -> Sinkhole:
+def start_sinkhole(tmp_path: Path, *args: str, listen: int = 1, tls_listen: int = 0,
+                   env: dict[str, str] | None = None, max_files: int | None = None) -> Sinkhole:
+    """``env``: added to the environment; ``max_files``: its descriptor limit (ulimit -n)."""
     maildir = tmp_path / "maildir"
     log_path = tmp_path / f"sinkhole-{time.monotonic_ns()}.log"
     argv = [sys.executable, "-m", "trio_smtpd", "--log-format", "json", "--maildir",
@@ -162,8 +166,14 @@ def start_sinkhole(tmp_path: Path, *args: str, listen: int = 1,
     if "--dns-server" not in args:
         # Never the machine's own resolver: tests talk to loopback only.
         argv.append("--no-dns")
+    def limit_files() -> None:
+        if max_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
+
     with log_path.open("w") as log_file:
-        process = subprocess.Popen(argv, stderr=log_file, stdout=subprocess.DEVNULL, text=True)
+        process = subprocess.Popen(argv, stderr=log_file, stdout=subprocess.DEVNULL, text=True,
+                                   env={**os.environ, **(env or {})},
+                                   preexec_fn=limit_files if max_files else None)
     sinkhole = Sinkhole(process, maildir, log_path)
     deadline = time.monotonic() + 30
     while not sinkhole.events("listening"):
@@ -181,7 +191,7 @@ def start_sinkhole(tmp_path: Path, *args: str, listen: int = 1,
 def sinkhole_factory(tmp_path: Path) -> Iterator[object]:
     started: list[Sinkhole] = []
 
-    def factory(*args: str, **kw: int) -> Sinkhole:
+    def factory(*args: str, **kw: Any) -> Sinkhole:
         sinkhole = start_sinkhole(tmp_path, *args, **kw)
         started.append(sinkhole)
         return sinkhole

@@ -17,7 +17,7 @@ def test_snapshot_copies_every_field_and_is_independent() -> None:
                        lmtp=True, started=datetime(2026, 1, 2, tzinfo=UTC),
                        helo="client.test", tls=TLSInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256"),
                        authenticated_as="alice", xclient={"ADDR": "192.0.2.1"},
-                       proxy=("127.0.0.1", 40000))
+                       proxy=("127.0.0.1", 40000), tls_failed_after_hello=True)
     copy = info.snapshot()
     assert copy is not info
     # Every field, each set above to something other than its default: a field added

@@ -33,8 +33,9 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=GREETING_TIMEOUT)
+def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=GREETING_TIMEOUT,
+                                    source_address=(source, 0))
     assert sock.recv(200).startswith(b"220")
     return sock
 
@@ -80,8 +81,8 @@ def test_slowloris_clients_time_out_while_normal_clients_are_served(
     stop = threading.Event()
     timed_out: list[bool] = []
 
-    def trickle() -> None:
-        with connect(sinkhole.port) as sock:
+    def trickle(source: str) -> None:
+        with connect(sinkhole.port, source) as sock:
             sock.settimeout(0.5)
             received = b""
             for byte in b"EHLO slowloris-client-trickling-one-byte-at-a-time":
@@ -97,7 +98,9 @@ def test_slowloris_clients_time_out_while_normal_clients_are_served(
             received += read_until_closed(sock)
             timed_out.append(received.startswith(b"421 4.4.2"))
 
-    trickers = [threading.Thread(target=trickle) for _ in range(200)]
+    # From four addresses: one may hold 50 connections at most.
+    trickers = [threading.Thread(target=trickle, args=(f"127.0.0.{2 + n % 4}",))
+                for n in range(200)]
     for thread in trickers:
         thread.start()
     try:

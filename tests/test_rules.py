@@ -140,6 +140,10 @@ action = "tempfail"
     assert later is not None and later.reply is not None and later.reply.code == 451
 
 
+def test_no_rules_must_be_said(tmp_path: Path) -> None:
+    assert len(load_rules(rules(tmp_path, "rule = []\n"))) == 0
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("[[rule]\n", "rules.toml"),
     ("[[rule]]\nphase = \"nope\"\naction = \"reject\"", "phase must be one of"),
@@ -164,6 +168,8 @@ action = "tempfail"
     ("[[rule]]\nphase = \"mail\"\naction = \"reject\"\n[rule.match]\nany = []",
      "non-empty list"),
     ("other = 1", "unknown top-level keys"),
+    ("", "no rules; write 'rule = []'"),
+    ("# nothing but a comment\n", "no rules"),
 ])
 def test_load_errors_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(RulesError) as error:
@@ -279,10 +285,17 @@ def test_sighup_reload_keeps_old_rules_when_the_new_file_is_broken(
     reloaded(1)
     assert "previous rules kept" in str(sinkhole.events("rules-reload")[0]["outcome"])
     assert mail_reply("x@later.example") == 451  # the old rules still apply
-    path.write_text("")  # no rules at all: everything accepted
+    # A file truncated to nothing is a mistake, not a policy (issue 17).
+    path.write_text("")
     sinkhole.process.send_signal(signal.SIGHUP)
     reloaded(2)
-    assert sinkhole.events("rules-reload")[1]["outcome"] == "loaded"
+    assert "previous rules kept" in str(sinkhole.events("rules-reload")[1]["outcome"])
+    assert "no rules" in str(sinkhole.events("rules-reload")[1]["error"])
+    assert mail_reply("x@later.example") == 451
+    path.write_text("rule = []  # no rules at all: everything accepted\n")
+    sinkhole.process.send_signal(signal.SIGHUP)
+    reloaded(3)
+    assert sinkhole.events("rules-reload")[2]["outcome"] == "loaded"
     assert mail_reply("x@later.example") == 250
 
 
@@ -290,7 +303,7 @@ def test_sighup_reaches_every_worker(sinkhole_factory: Factory, tmp_path: Path) 
     path = rules(tmp_path, POLICY)
     sinkhole = sinkhole_factory("--rules", str(path), "--workers", "2")
     sinkhole.wait_for("listening", 3)
-    path.write_text("")
+    path.write_text("rule = []\n")
     sinkhole.process.send_signal(signal.SIGHUP)
     sinkhole.wait_for("rules-reload", 2)  # one line from each worker
     assert sinkhole.process.poll() is None  # the supervisor is still there

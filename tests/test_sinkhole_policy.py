@@ -72,21 +72,43 @@ def ehlo_lines(port: int, source: str = "127.0.0.1") -> list[bytes]:
         return lines
 
 
+def starttls(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    reader = sock.makefile("rb")
+    reader.readline()
+    sock.sendall(b"EHLO c\r\n")
+    while reader.readline()[3:4] == b"-":
+        pass
+    sock.sendall(b"STARTTLS\r\n")
+    assert reader.readline().startswith(b"220")
+    return sock
+
+
+def until_closed(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    sock.close()
+
+
+def abandoned_handshake(port: int, garbage: bytes = b"") -> None:
+    """STARTTLS, then no ClientHello: gone at once, or bytes that are not TLS."""
+    sock = starttls(port)
+    if garbage:
+        sock.sendall(garbage)
+        until_closed(sock)
+    sock.close()
+
+
 def broken_handshake(port: int) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        reader = sock.makefile("rb")
-        reader.readline()
-        sock.sendall(b"EHLO c\r\n")
-        while reader.readline()[3:4] == b"-":
-            pass
-        sock.sendall(b"STARTTLS\r\n")
-        assert reader.readline().startswith(b"220")
-        sock.sendall(b"this is not a TLS ClientHello\r\n" * 4)
-        try:
-            while sock.recv(4096):
-                pass
-        except ConnectionResetError:
-            pass
+    """A real ClientHello, then the client refuses our certificate: its TLS and ours
+    do not work together."""
+    sock = starttls(port)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        ssl.create_default_context().wrap_socket(sock, server_hostname="mx.test")
+    sock.close()
 
 
 def test_tls_fallback_through_the_program(sinkhole_factory: Factory,
@@ -94,6 +116,13 @@ def test_tls_fallback_through_the_program(sinkhole_factory: Factory,
     cert, key, _ = cert_files
     sinkhole = sinkhole_factory("--tls-cert", str(cert), "--tls-key", str(key),
                                 "--tls-fallback", "2:1")
+    assert b"250-STARTTLS" in ehlo_lines(sinkhole.port)
+    # Handshakes that never got a ClientHello do not count (issue 17): whoever can cut
+    # connections on the path could otherwise force plaintext.
+    abandoned_handshake(sinkhole.port)
+    abandoned_handshake(sinkhole.port)
+    abandoned_handshake(sinkhole.port, b"this is not a TLS ClientHello\r\n" * 4)
+    sinkhole.wait_for("close", 4)
     assert b"250-STARTTLS" in ehlo_lines(sinkhole.port)
     broken_handshake(sinkhole.port)
     assert b"250-STARTTLS" in ehlo_lines(sinkhole.port)  # one failure is not enough

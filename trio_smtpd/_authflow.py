@@ -16,7 +16,7 @@ import trio
 from . import _events as core
 from ._connection import ServerConnection
 from ._decisions import Auth
-from ._info import TLSInfo
+from ._info import SessionInfo, TLSInfo
 from ._mechanisms import Challenge, Context, Exchange, Failure, Mechanism, Step, Success
 from ._metrics import Metrics
 from ._replies import Reply
@@ -32,33 +32,34 @@ _AUTH_TEMP = Reply(454, "Temporary authentication failure", "4.7.0")
 class AuthFlow:
     """The AUTH exchanges of one session."""
 
-    __slots__ = ("_exchange", "_hostname", "_log_id", "_mechanism", "_mechanisms", "_metrics",
-                 "_timeout")
+    __slots__ = ("_exchange", "_hostname", "_info", "_log_id", "_mechanism", "_mechanisms",
+                 "_metrics", "_timeout")
 
     def __init__(self, mechanisms: dict[str, Mechanism], hostname: str, timeout: float,
-                 log_id: str, metrics: Metrics | None = None) -> None:
+                 info: SessionInfo, metrics: Metrics | None = None) -> None:
         self._mechanisms = mechanisms
         self._metrics = metrics
         self._mechanism = ""  # (of the exchange under way, for the metrics)
         self._hostname = hostname
         self._timeout = timeout
-        self._log_id = log_id
+        self._info = info  # (who is asking: credentials carry it to the authenticator)
+        self._log_id = info.id
         self._exchange: Exchange | None = None
 
     @classmethod
-    def of(cls, config: Config, log_id: str) -> AuthFlow | None:
+    def of(cls, config: Config, info: SessionInfo) -> AuthFlow | None:
         """The AUTH exchanges ``config`` asks for (None: no mechanism to run)."""
         mechanisms = config._sasl_mechanisms()
         if not mechanisms:
             return None
-        return cls(mechanisms, config.hostname, config.timeouts.decision, log_id,
+        return cls(mechanisms, config.hostname, config.timeouts.decision, info,
                    config.metrics)
 
     async def step(self, conn: ServerConnection, event: core.AuthStart | core.AuthResponse,
                    tls: TLSInfo | None) -> Auth | None:
         """Answer one AUTH event on ``conn``, or return the decision it leads to."""
         if isinstance(event, core.AuthStart):
-            context = Context(self._hostname, tls, conn.offered_auth_mechanisms)
+            context = Context(self._hostname, tls, conn.offered_auth_mechanisms, self._info)
             self._exchange = self._mechanisms[event.mechanism].start(context)
             self._mechanism = event.mechanism
             response = event.initial_response

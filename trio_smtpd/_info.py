@@ -61,9 +61,13 @@ class SessionInfo:
     xclient: dict[str, str] | None = None
     #: The proxy that sent XCLIENT (the connection's own peer), once one has.
     proxy: tuple[str, int] | None = None
+    #: True once a TLS handshake failed after the client's ClientHello arrived: its TLS
+    #: does not work with ours. (A handshake abandoned before any ClientHello, by the
+    #: client or by someone on the path, says nothing about the client's TLS.)
+    tls_failed_after_hello: bool = False
 
     def snapshot(self) -> SessionInfo:
         """A copy that later changes to the session (a new HELO, TLS) leave alone."""
         return SessionInfo(self.id, self.peer, self.local, self.lmtp, self.started,
                            self.helo, self.tls, self.authenticated_as, self.xclient,
-                           self.proxy)
+                           self.proxy, self.tls_failed_after_hello)

@@ -16,11 +16,12 @@ EXTERNAL (here), SCRAM-SHA-256 and its -PLUS (``_scram.py``), OAUTHBEARER and XO
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from ._info import TLSInfo
+from ._info import SessionInfo, TLSInfo
 from ._replies import Reply
 from ._sasl import Challenge, Credentials, Failed, PasswordSteps, Verify, new_mechanism
 
@@ -54,6 +55,9 @@ class Context:
     #: The mechanisms offered to this client now: SCRAM-SHA-256 must know whether its
     #: -PLUS variant was (RFC 5802 6, the downgrade check).
     offered: tuple[str, ...] = ()
+    #: The session (its client's address is ``info.peer``): password credentials carry
+    #: it to the authenticator, for one that throttles or logs per client.
+    info: SessionInfo | None = None
 
 
 class Success(NamedTuple):
@@ -107,7 +111,7 @@ def text_of(data: bytes, what: str) -> str | Failure:
         return Failure(f"{what} is not UTF-8", MALFORMED)
 
 
-Authenticator = Callable[[Credentials], Awaitable[str | None]]
+Authenticator = Callable[[Credentials], Awaitable[str | Reply | None]]
 
 
 class PasswordMechanism:
@@ -127,13 +131,15 @@ class PasswordMechanism:
     def start(self, context: Context) -> Exchange:
         """A new exchange."""
         return _PasswordExchange(new_mechanism(self.name, hostname=context.hostname),
-                                 self._authenticator)
+                                 self._authenticator, context.info)
 
 
 class _PasswordExchange:
-    def __init__(self, steps: PasswordSteps, authenticator: Authenticator) -> None:
+    def __init__(self, steps: PasswordSteps, authenticator: Authenticator,
+                 info: SessionInfo | None) -> None:
         self._steps = steps
         self._authenticator = authenticator
+        self._info = info
         self._started = False
 
     async def step(self, response: bytes | None) -> Step:
@@ -147,10 +153,17 @@ class _PasswordExchange:
         if isinstance(result, Failed):
             return Failure(result.reason, MALFORMED)
         assert isinstance(result, Verify)
-        identity = await self._authenticator(result.credentials)
-        if identity is None:
-            return Failure(f"{result.credentials.username!r} refused by the authenticator")
-        return Success(identity, result.credentials)
+        # (PlainCredentials or CramMD5Credentials: dataclasses, both)
+        credentials = dataclasses.replace(result.credentials,  # type: ignore[type-var]
+                                          info=self._info)
+        identity = await self._authenticator(credentials)
+        if isinstance(identity, Reply) and identity.code < 400:
+            raise ValueError(f"the authenticator answered {identity}, not an identity or a "
+                             "refusal")  # (AuthFlow logs it and answers 454)
+        if identity is None or isinstance(identity, Reply):
+            return Failure(f"{credentials.username!r} refused by the authenticator",
+                           identity)
+        return Success(identity, credentials)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ssl
 
-from ._limits import TOO_MANY, TOO_MANY_FROM_YOU
+from ._limits import TOO_FAST, TOO_MANY, TOO_MANY_FROM_YOU
 from ._observer import Observer
 from ._replies import Reply
 from ._transaction import Transaction
@@ -36,8 +36,9 @@ class Metrics:
         """A connection was accepted and counted against the connection limits."""
 
     def connection_refused(self, limit: str) -> None:
-        """A connection was refused (421) by a limit: ``"max_connections"`` or
-        ``"max_connections_per_ip"`` (a PROXY-protocol client's address, once known)."""
+        """A connection was refused (421) by a limit: ``"max_connections"``,
+        ``"max_connections_per_ip"`` (a PROXY-protocol client's address, once known) or
+        ``"max_connection_rate"``."""
 
     def session_closed(self, outcome: str, seconds: float) -> None:
         """An accepted connection is over, after ``seconds``. ``outcome``: ``"quit"``,
@@ -132,6 +133,8 @@ def limit_name(refusal: Reply) -> str:
     """Which connection limit ``refusal`` (from ``ConnectionLimits``) stands for."""
     if refusal is TOO_MANY:
         return "max_connections"
+    if refusal is TOO_FAST:
+        return "max_connection_rate"
     return "max_connections_per_ip" if refusal is TOO_MANY_FROM_YOU else "other"
 
 

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from ._info import SessionInfo
+
 __all__ = [
     "MECHANISMS",
     "Challenge",
@@ -47,6 +49,13 @@ class Credentials:
     #: Who the client says it is (the authentication identity).
     username: str
 
+    @property
+    def info(self) -> SessionInfo | None:
+        """The session the credentials came in (the client's address is ``info.peer``),
+        for an authenticator that throttles or logs per client; None where the mechanism
+        does not pass it on (password mechanisms do)."""
+        return None
+
     def check(self, secret: str) -> bool:
         """True if the client proved knowledge of ``secret``."""
         raise NotImplementedError
@@ -60,6 +69,7 @@ class PlainCredentials(Credentials):
     username: str
     password: str = field(repr=False)
     authzid: str = ""
+    info: SessionInfo | None = field(default=None, repr=False, compare=False)
 
     def check(self, secret: str) -> bool:
         return hmac.compare_digest(self.password.encode("utf-8"), secret.encode("utf-8"))
@@ -73,6 +83,7 @@ class CramMD5Credentials(Credentials):
     username: str
     challenge: bytes
     digest: str
+    info: SessionInfo | None = field(default=None, repr=False, compare=False)
 
     def check(self, secret: str) -> bool:
         expected = hmac.new(secret.encode("utf-8"), self.challenge, hashlib.md5).hexdigest()

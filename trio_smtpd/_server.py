@@ -32,12 +32,13 @@ from ._info import SessionInfo
 from ._limits import ConnectionLimits
 from ._metrics import Metrics, counting_observer, limit_name
 from ._proxy import ProxiedStream, ProxyHeaderError, socket_addresses
+from ._ratelimit import RateLimit
 from ._replies import Reply
 from ._session import Session, forward_transactions
 from ._sessionconfig import for_connection, varies
 from ._settings import Config
 from ._socket_transport import SocketTransport
-from ._tls import handshake, record_server_names, tls_info
+from ._tls import handshake, record_server_names, tls_info, use_session_info
 from ._transactions import TransactionQueue, Transactions
 from ._transport import StreamTransport, Transport
 from ._watchdog import Watchdog
@@ -74,7 +75,10 @@ class Server:
         self.listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         self._handler = handler or forward_transactions
         self._queue = TransactionQueue()
-        self._limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip)
+        rate = None if config.max_connection_rate is None else RateLimit(
+            config.max_connection_rate, config.connection_rate_period)
+        self._limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip,
+                                        rate, trio.current_time)
         self._sessions: set[Session] = set()
         self._watchdog = Watchdog()
         self._idle_pool = IdlePool()
@@ -288,6 +292,7 @@ class Server:
             counted = peer[0] if peer else None
         info = SessionInfo(id=f"{self._prefix}.{next(self._ids)}", peer=peer, local=local,
                            lmtp=self.config.lmtp, started=datetime.now(UTC))
+        use_session_info(info)  # (for what this task's TLS handshakes find out)
         opened = await self._transport(accepted, implicit_tls, info)
         if opened is None:
             return "tls_failed", counted

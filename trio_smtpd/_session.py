@@ -209,7 +209,7 @@ class Session:
         self._config = config
         self._decision_timeouts = (config.timeouts.decision, config.timeouts.message_decision)
         self._exchange.timeouts = timeouts
-        self._auth = AuthFlow.of(config, self.info.id)
+        self._auth = AuthFlow.of(config, self.info)
         if config.tls is not None:
             record_server_names(config.tls)
             if config.client_certificates != "none":

@@ -16,6 +16,7 @@ from ._info import TLSInfo
 from ._mechanisms import Mechanism, PasswordMechanism
 from ._metrics import Metrics
 from ._networks import Network
+from ._replies import Reply
 from ._sasl import MECHANISMS, Credentials
 
 __all__ = ["Authenticator", "Config", "Timeouts"]
@@ -23,7 +24,9 @@ __all__ = ["Authenticator", "Config", "Timeouts"]
 # A TLS connection about which nothing is known: the mechanisms offered on every one.
 _ANY_TLS = TLSInfo(version=None, cipher=None)
 
-Authenticator = Callable[[Credentials], Awaitable[str | None]]
+#: Checks credentials: the authenticated identity, None (535), or a ``Reply`` to refuse
+#: with instead (a 454 "try again later", say).
+Authenticator = Callable[[Credentials], Awaitable[str | Reply | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,10 @@ class Config:
     max_connections: int = 1000
     #: Connections at once from one address; more are answered 421 and closed.
     max_connections_per_ip: int = 50
+    #: New connections one address may open per ``connection_rate_period`` seconds
+    #: (bursts up to this many); more are answered 421 and closed. None: no limit.
+    max_connection_rate: int | None = None
+    connection_rate_period: float = 60.0
     timeouts: Timeouts = field(default_factory=Timeouts)
     #: Drive plain TCP and Unix-socket connections as raw non-blocking sockets (the fast
     #: path); False carries them as ``trio.SocketStream`` like any other stream.
@@ -130,6 +137,10 @@ class Config:
                 raise ValueError(f"not a SASL mechanism: {entry!r}")
         if self.max_connections < 1 or self.max_connections_per_ip < 1:
             raise ValueError("connection limits must be at least 1")
+        if self.max_connection_rate is not None and self.max_connection_rate < 1:
+            raise ValueError("max_connection_rate must be at least 1 (None: no limit)")
+        if not 0 < self.connection_rate_period < math.inf:
+            raise ValueError("connection_rate_period must be a finite number of seconds")
         if self.client_certificates not in ("none", "optional", "required"):
             raise ValueError("client_certificates is 'none', 'optional' or 'required'")
         if self.client_certificates != "none" and self.tls is None:

@@ -1,22 +1,60 @@
-"""TLS for the server: the handshake with its deadline, and what it negotiated."""
+"""TLS for the server: the handshake with its deadline, and what it negotiated.
+
+A failed handshake is one of two kinds, and they mean different things: a client whose
+ClientHello arrived and then failed (its TLS cannot work with ours, and it may be worth
+offering it plaintext, as the sinkhole's ``--tls-fallback`` does), or a connection that
+ended before any ClientHello (the client gave up, or someone on the path cut it: no reason
+to believe anything about the client's TLS). ``SessionInfo.tls_failed_after_hello`` tells
+the first kind. Each connection task names its ``SessionInfo`` with
+``use_session_info()``; the handshake, and the SNI callback that sees the ClientHello
+arrive, run in that task and find it there (the SSL object passes nothing else through).
+
+CPython decodes a client's SNI name before it calls the context's ``sni_callback`` and,
+when the name is not ASCII, prints a traceback on stderr and fails the handshake. The
+server logs one line instead: see ``record_server_names``.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import ssl
+import sys
+from typing import Any
 
 import trio
 
 from ._certificates import server_end_point, subject_text
-from ._info import TLSInfo
+from ._info import SessionInfo, TLSInfo
 from ._metrics import Metrics, handshake_failure
 from ._tlsfailure import TLSFailure, classify
 
-__all__ = ["handshake", "record_server_names", "tls_info"]
+__all__ = ["handshake", "record_server_names", "tls_info", "use_session_info"]
 
 log = logging.getLogger("trio_smtpd")
 
 SNI_ATTRIBUTE = "trio_smtpd_server_name"
+_HOOK_ATTRIBUTE = "trio_smtpd_sni_filter"
+
+
+class _Attempt:
+    """One handshake under way: has the client's ClientHello arrived?"""
+
+    __slots__ = ("hello",)
+
+    def __init__(self) -> None:
+        self.hello = False
+
+
+_attempt: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
+    "trio_smtpd_tls_attempt", default=None)
+_session_info: contextvars.ContextVar[SessionInfo | None] = contextvars.ContextVar(
+    "trio_smtpd_session_info", default=None)
+
+
+def use_session_info(info: SessionInfo) -> None:
+    """This task's connection is ``info`` (for what its handshakes find out)."""
+    _session_info.set(info)
 
 
 async def handshake(stream: trio.SSLStream[trio.abc.Stream], timeout: float,
@@ -24,23 +62,40 @@ async def handshake(stream: trio.SSLStream[trio.abc.Stream], timeout: float,
                     mode: str = "starttls") -> TLSFailure | None:
     """Do a server-side TLS handshake; a failure is logged and returned (and either way,
     reported to ``metrics``)."""
-    with trio.move_on_after(timeout):
-        try:
-            await stream.do_handshake()
-            if metrics is not None:
-                metrics.tls_handshake(mode, stream.version(), None)
-            return None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
-            failure = classify(exc)
-            log.info("session %s: TLS handshake failed (%s): %r", session_id,
-                     failure.reason, exc)
-            if metrics is not None:
-                metrics.tls_handshake(mode, None, handshake_failure(exc.__cause__ or exc))
-            return failure
-    log.info("session %s: TLS handshake timed out", session_id)
-    if metrics is not None:
-        metrics.tls_handshake(mode, None, "timeout")
-    return classify(None)
+    attempt = _Attempt()
+    token = _attempt.set(attempt)
+    try:
+        with trio.move_on_after(timeout):
+            try:
+                await stream.do_handshake()
+                if metrics is not None:
+                    metrics.tls_handshake(mode, stream.version(), None)
+                return None
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
+                failure = classify(exc)
+                log.info("session %s: TLS handshake failed %s (%s): %r", session_id,
+                         _stage(attempt), failure.reason, exc)
+                _failed(attempt)
+                if metrics is not None:
+                    metrics.tls_handshake(mode, None, handshake_failure(exc.__cause__ or exc))
+                return failure
+        log.info("session %s: TLS handshake timed out %s", session_id, _stage(attempt))
+        _failed(attempt)
+        if metrics is not None:
+            metrics.tls_handshake(mode, None, "timeout")
+        return classify(None)
+    finally:
+        _attempt.reset(token)
+
+
+def _stage(attempt: _Attempt) -> str:
+    return "after the ClientHello" if attempt.hello else "before any ClientHello"
+
+
+def _failed(attempt: _Attempt) -> None:
+    info = _session_info.get()
+    if attempt.hello and info is not None:
+        info.tls_failed_after_hello = True
 
 
 def tls_info(stream: trio.SSLStream[trio.abc.Stream]) -> TLSInfo:
@@ -73,16 +128,58 @@ def _channel_bindings(stream: trio.SSLStream[trio.abc.Stream],
 
 
 def record_server_names(context: ssl.SSLContext) -> None:
-    """Make ``context`` note each client's SNI name, keeping any callback it had."""
+    """Make ``context`` note each client's SNI name, keeping any callback it had.
+
+    The callback also marks the handshake under way as past its ClientHello (CPython
+    calls it for every ClientHello, with None when there is no SNI). A callback of the
+    application's that raises fails that handshake with a log line, not a traceback; so
+    does a name CPython cannot decode (see ``_filter_bad_server_names``).
+    """
+    _filter_bad_server_names()
     previous = context.sni_callback
     if getattr(previous, SNI_ATTRIBUTE, False):
         return  # already wrapped (the context serves more than one server)
 
     def callback(ssl_object: ssl.SSLObject, server_name: str,
                  ssl_context: ssl.SSLContext) -> int | None:
+        attempt = _attempt.get()
+        if attempt is not None:
+            attempt.hello = True
         # (typeshed says str; a client that sends no SNI gives None, recorded as such)
         setattr(ssl_object, SNI_ATTRIBUTE, server_name)
-        return previous(ssl_object, server_name, ssl_context) if previous else None
+        if previous is None:
+            return None
+        try:
+            return previous(ssl_object, server_name, ssl_context)
+        except Exception as exc:
+            log.warning("TLS: the SNI callback failed for %r: %r", server_name, exc)
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
 
     setattr(callback, SNI_ATTRIBUTE, True)
     context.sni_callback = callback
+
+
+def _filter_bad_server_names() -> None:
+    """Log, rather than print a traceback for, an SNI name CPython cannot decode.
+
+    CPython reports that error through ``sys.unraisablehook`` from inside our handshake;
+    this hook (installed once per process, in front of whatever hook was there) takes
+    only such errors, raised while one of our handshakes runs, and passes anything else
+    on untouched.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, _HOOK_ATTRIBUTE, False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        attempt = _attempt.get()
+        if (attempt is None or not isinstance(unraisable.exc_value, UnicodeError)
+                or not isinstance(unraisable.object, bytes)):
+            previous(unraisable)
+            return
+        attempt.hello = True  # it was in the ClientHello
+        log.info("TLS: a client asked for a server name (SNI) that is not ASCII: %r; "
+                 "handshake refused", unraisable.object[:255])
+
+    setattr(hook, _HOOK_ATTRIBUTE, True)
+    sys.unraisablehook = hook

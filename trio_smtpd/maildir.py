@@ -69,6 +69,8 @@ class Maildir:
 
         Writes are buffered (up to ``MaildirWriter.BUFFER`` octets) so that a small message
         costs a single trip to a worker thread: create, write, fsync, rename, fsync.
+        The buffer is small (32 KiB) because every connection in DATA holds one: with a
+        megabyte each, 400 clients that never send the final dot held 400 MB.
         """
         return MaildirWriter(self, self.unique_name())
 
@@ -82,7 +84,9 @@ class Maildir:
 class MaildirWriter:
     """One message on its way into ``new/``."""
 
-    BUFFER = 1 << 20
+    #: Octets kept before the first write to ``tmp/`` (and between writes): one
+    #: connection's worth of memory for a message on its way.
+    BUFFER = 32 * 1024
 
     def __init__(self, maildir: Maildir, name: str) -> None:
         self.maildir = maildir

@@ -29,7 +29,9 @@ from .configure import (
     verify_settings,
 )
 from .handler import SinkholeHandler
+from .lifecycle import block_signals, die_with_parent, supervisor_gone, unblock_signals
 from .logs import configure_logging, log_event
+from .memory import give_back_memory
 from .options import build_parser
 from .passwords import hash_password
 from .printing import Printer
@@ -39,7 +41,7 @@ from .service import Operations, Supervision, metrics_socket
 from .sockets import REUSEPORT, BoundSocket, from_environment
 from .systemd import listen_fds
 from .tlsfallback import TLSFallback, parse_fallback
-from .workers import supervise
+from .workers import Worker, supervise, worker_environment
 
 __all__ = ["main"]
 
@@ -66,9 +68,8 @@ def hash_password_command(argv: Sequence[str]) -> int:
     return 0
 
 
-async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
-              sockets: list[BoundSocket], ops: Operations | None = None) -> int:
-    ops = ops or Operations(None)
+def _listeners(args: argparse.Namespace, sockets: list[BoundSocket]) -> tuple[
+        list[trio.abc.Listener[trio.abc.Stream]], list[trio.abc.Listener[trio.abc.Stream]]]:
     listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
     tls_listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
     for item in sockets:
@@ -79,45 +80,85 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
             listeners.append(ProxyProtocolListener(listener, args.proxy_trusted))
         else:
             listeners.append(listener)
-    fallback = None
-    if args.tls_fallback:
-        fallback = TLSFallback(*parse_fallback(args.tls_fallback))
-    verify = verify_settings(args, config.hostname)
-    handler = SinkholeHandler(config.hostname, maildir, tarpit=args.tarpit,
-                              tls_fallback=fallback, save_then_reject=args.save_then_reject,
-                              rules=load_rules_option(args.rules, dns=not args.no_dns,
-                                                      verify=verify),
-                              resolver=make_resolver(args), verify=verify,
-                              printer=Printer(args.print_style) if args.print_style else None)
+    return listeners, tls_listeners
+
+
+async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
+              sockets: list[BoundSocket], worker: Worker | None = None,
+              ops: Operations | None = None) -> int:
+    ops = ops or Operations(None)
+    listeners, tls_listeners = _listeners(args, sockets)
+    handler = _handler(args, config, maildir)
     config = ops.configure(config, handler, maildir)
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(partial(serve, config, handler=handler,
-                                             listeners=listeners, tls_listeners=tls_listeners))
-        nursery.start_soon(ops.run, server)
-        log_event("listening", addresses=[item.address for item in sockets],
-                  lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path),
-                  pid=os.getpid())
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
-                                       signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        unblock_signals()  # what came since main() started is delivered now
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(serve, config, handler=handler,
+                                                 listeners=listeners,
+                                                 tls_listeners=tls_listeners))
+            nursery.start_soon(ops.run, server)
+            log_event("listening", addresses=[item.address for item in sockets],
+                      lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path),
+                      pid=os.getpid())
+            stopper = _Stopper(server, nursery, ops)
+            nursery.start_soon(give_back_memory, server)
+            if worker is not None and worker.liveness is not None:
+                nursery.start_soon(_watch_supervisor, worker.liveness, stopper)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     ops.notifier.reloading()
                     reload_rules(args.rules, handler, dns=not args.no_dns)
                     ops.notifier.ready("rules reloaded")
-                    continue
-                if server.shutting_down:
-                    log_event("exit", signal=signal.Signals(signum).name)
-                    os._exit(1)
-                log_event("shutdown", signal=signal.Signals(signum).name)
-                ops.notifier.stopping()
-                server.shutdown()
-                nursery.start_soon(_stop_after_drain, server, nursery.cancel_scope)
+                else:
+                    stopper.signalled(signum)
     return 0
 
 
-async def _stop_after_drain(server: Server, scope: trio.CancelScope) -> None:
-    await server.wait_closed()
-    scope.cancel()
+def _handler(args: argparse.Namespace, config: Config, maildir: Maildir | None
+             ) -> SinkholeHandler:
+    fallback = None
+    if args.tls_fallback:
+        fallback = TLSFallback(*parse_fallback(args.tls_fallback))
+    verify = verify_settings(args, config.hostname)
+    return SinkholeHandler(config.hostname, maildir, tarpit=args.tarpit,
+                           tls_fallback=fallback, save_then_reject=args.save_then_reject,
+                           rules=load_rules_option(args.rules, dns=not args.no_dns,
+                                                   verify=verify),
+                           resolver=make_resolver(args), verify=verify,
+                           printer=Printer(args.print_style) if args.print_style else None)
+
+
+class _Stopper:
+    """The first signal (or the supervisor's death) shuts down gracefully; a second
+    signal exits at once."""
+
+    def __init__(self, server: Server, nursery: trio.Nursery, ops: Operations) -> None:
+        self._server, self._nursery, self._ops = server, nursery, ops
+        self._signals = 0
+
+    def signalled(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log_event("exit", signal=signal.Signals(signum).name)
+            os._exit(1)
+        self.stop(signal=signal.Signals(signum).name)
+
+    def stop(self, **why: str) -> None:
+        if self._server.shutting_down:
+            return
+        log_event("shutdown", **why)
+        self._ops.notifier.stopping()
+        self._server.shutdown()
+        self._nursery.start_soon(self._cancel_after_drain)
+
+    async def _cancel_after_drain(self) -> None:
+        await self._server.wait_closed()
+        self._nursery.cancel_scope.cancel()
+
+
+async def _watch_supervisor(fd: int, stopper: _Stopper) -> None:
+    await supervisor_gone(fd)
+    stopper.stop(reason="supervisor gone")
 
 
 def _fail(message: str) -> NoReturn:
@@ -129,36 +170,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hash-password"]:
         return hash_password_command(argv[1:])
+    block_signals()  # until their handlers are set: a SIGHUP now must not kill us
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format)
     if args.check:
         from .checking import check
         return check(args)
+    worker = worker_environment()
+    if worker is not None and not die_with_parent(worker.supervisor):
+        log_event("exit", reason="the supervisor died before this worker started")
+        return 0
     try:
-        config, maildir = build_config(args)
-        # A bad rules file is a configuration error, before binding.
-        load_rules_option(args.rules, dns=not args.no_dns,
-                          verify=verify_settings(args, config.hostname))
-        identity = resolve_user(args.user, args.group)
-        inherited = from_environment()
-        passed = listen_fds() if inherited is None else None  # systemd's sockets
-        supervisor = args.workers > 1 and inherited is None
-        # TRIO_SMTPD_SHARED_SOCKET=1 forces the fallback used where SO_REUSEPORT is missing;
-        # so do sockets from systemd and --user (workers could not bind them again).
-        reuse_port = REUSEPORT and not os.environ.get("TRIO_SMTPD_SHARED_SOCKET") and (
-            passed is None and not (identity and identity.drops))
-        sockets = inherited if inherited is not None else passed.listeners if passed else (
-            bind_listeners(args, reserve_only=supervisor and reuse_port))
-        endpoint = metrics_socket(args.metrics_listen, passed)
-        become(identity, maildir)  # every socket is bound: give up root now
-        if supervisor:
-            log_event("listening", addresses=[item.address for item in sockets],
-                      workers=args.workers, pid=os.getpid())
-            return supervise(args.workers, argv, sockets, reuse_port=reuse_port,
-                             service=Supervision(endpoint, args.workers))
-        return trio.run(run, args, config, maildir, sockets, Operations(endpoint))
+        return _start(args, argv, worker)
     except ConfigError as exc:
         _fail(str(exc))
+
+
+def _start(args: argparse.Namespace, argv: list[str], worker: Worker | None) -> int:
+    """Bind (or take systemd's or the supervisor's sockets), give up root, then serve or
+    supervise."""
+    config, maildir = build_config(args, share=worker.count if worker else 1)
+    # A bad rules file is a configuration error, before binding.
+    load_rules_option(args.rules, dns=not args.no_dns,
+                      verify=verify_settings(args, config.hostname))
+    identity = resolve_user(args.user, args.group)
+    inherited = from_environment()
+    passed = listen_fds() if inherited is None else None  # systemd's sockets
+    if args.workers > 1 and worker is None:
+        # One socket shared by every worker where there is no SO_REUSEPORT (or
+        # TRIO_SMTPD_SHARED_SOCKET=1 says so), and for sockets systemd passed.
+        shared = not REUSEPORT or bool(os.environ.get("TRIO_SMTPD_SHARED_SOCKET"))
+        groups = ([passed.listeners] * args.workers if passed else
+                  bind_listeners(args, workers=args.workers, shared=shared))
+        endpoint = metrics_socket(args.metrics_listen, passed)
+        become(identity, maildir)  # every socket is bound: give up root now
+        log_event("listening", addresses=[item.address for item in groups[0]],
+                  workers=args.workers, pid=os.getpid())
+        return supervise(args.workers, argv, groups,
+                         service=Supervision(endpoint, args.workers))
+    sockets = inherited if inherited is not None else (
+        passed.listeners if passed else bind_listeners(args)[0])
+    endpoint = metrics_socket(args.metrics_listen, passed)
+    become(identity, maildir)
+    return trio.run(run, args, config, maildir, sockets, worker, Operations(endpoint))
 
 
 if __name__ == "__main__":

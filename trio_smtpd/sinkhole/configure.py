@@ -11,15 +11,14 @@ import ipaddress
 import math
 import socket
 import ssl
-from functools import partial
 
-import trio
-
-from .. import Config, Credentials, PlainCredentials, Timeouts
+from .. import Config, Timeouts
+from .._ratelimit import RateLimit
 from .._settings import Authenticator
 from ..dns import Resolver, parse_nameserver
 from ..maildir import Maildir
 from ..verify import KINDS
+from .authguard import AuthGuard
 from .handler import SinkholeHandler
 from .logs import log_event
 from .options import (
@@ -28,9 +27,9 @@ from .options import (
     MAX_DNS_TIMEOUT,
     MAX_VERIFY_TIMEOUT,
 )
-from .passwords import AuthFileError, load_auth_file, verify_password
+from .passwords import AuthFileError, load_auth_file
 from .rules import RulesError, RuleSet, load_rules
-from .sockets import BoundSocket, Kind, bind
+from .sockets import BoundSocket, Kind, bind, bind_group
 from .tlsfallback import parse_fallback
 from .verifying import VerifySettings
 
@@ -54,14 +53,33 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def build_config(args: argparse.Namespace, *, create_maildir: bool = True
+_UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+# Durations that must be more than 0, and those that may be 0.
+_POSITIVE = ("timeout", "data_timeout", "tls_timeout", "write_timeout")
+_AT_LEAST_0 = ("tarpit", "shutdown_grace", "auth_delay")
+
+
+def parse_rate(text: str, option: str) -> tuple[int, float]:
+    """``N/UNIT`` (UNIT: second, minute or hour; N alone: per minute) -> (N, seconds)."""
+    count, _, unit = text.partition("/")
+    period = _UNITS.get(unit.strip().lower() or "minute")
+    if not count.strip().isdigit() or int(count) < 1 or period is None:
+        raise ConfigError(f"{option} {text!r}: expected N/UNIT, N at least 1 and UNIT one "
+                          "of second, minute, hour")
+    return int(count), period
+
+
+def build_config(args: argparse.Namespace, *, share: int = 1, create_maildir: bool = True
                  ) -> tuple[Config, Maildir | None]:
     """The server's config and the Maildir (created, unless ``create_maildir`` is False:
-    ``--check`` changes nothing)."""
+    ``--check`` changes nothing). ``share``: this process serves one worker's share of the
+    connections (``--max-connections`` divided among ``--workers``)."""
     _check_numbers(args)
     check_dns_options(args)
     verify_settings(args, "")
     tls = _tls_context(args)
+    rate = parse_rate(args.max_connection_rate, "--max-connection-rate") if (
+        args.max_connection_rate) else None
     config = Config(
         hostname=args.hostname or socket.gethostname(),
         lmtp=args.lmtp,
@@ -69,9 +87,13 @@ def build_config(args: argparse.Namespace, *, create_maildir: bool = True
         authenticator=_authenticator(args),
         max_message_size=args.max_message_size,
         max_recipients=args.max_recipients,
-        max_connections=args.max_connections,
-        max_connections_per_ip=args.max_connections,
-        timeouts=Timeouts(command=args.timeout),
+        max_connections=-(-args.max_connections // share),
+        max_connections_per_ip=args.max_connections_per_ip,
+        max_connection_rate=rate[0] if rate else None,
+        connection_rate_period=rate[1] if rate else 60.0,
+        timeouts=Timeouts(command=args.timeout, data_block=args.data_timeout,
+                          tls_handshake=args.tls_timeout, write=args.write_timeout,
+                          shutdown_grace=args.shutdown_grace),
     )
     return config, _maildir(args, create_maildir)
 
@@ -82,13 +104,17 @@ def _check_numbers(args: argparse.Namespace) -> None:
     if args.print_style and args.workers > 1:
         # Whole messages from several processes would interleave on one output.
         raise ConfigError("--print and --print-raw need a single process (--workers 1)")
-    if args.max_message_size < 1 or args.max_recipients < 1 or args.max_connections < 1:
-        raise ConfigError("--max-message-size, --max-recipients and --max-connections "
-                          "must be positive")
-    if not (math.isfinite(args.timeout) and args.timeout > 0):
-        raise ConfigError("--timeout must be a positive number of seconds")
-    if not (math.isfinite(args.tarpit) and args.tarpit >= 0):
-        raise ConfigError("--tarpit must be a number of seconds, at least 0")
+    if min(args.max_message_size, args.max_recipients, args.max_connections,
+           args.max_connections_per_ip) < 1:
+        raise ConfigError("--max-message-size, --max-recipients, --max-connections and "
+                          "--max-connections-per-ip must be positive")
+    for name in _POSITIVE + _AT_LEAST_0:
+        value = getattr(args, name)
+        if not (math.isfinite(value) and (value > 0 if name in _POSITIVE else value >= 0)):
+            least = "more than 0" if name in _POSITIVE else "at least 0"
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number of "
+                              f"seconds, {least} (not {value})")
+    parse_rate(args.max_auth_failures, "--max-auth-failures")
     if args.tls_fallback:
         try:
             parse_fallback(args.tls_fallback)
@@ -122,7 +148,9 @@ def _authenticator(args: argparse.Namespace) -> Authenticator | None:
         users = load_auth_file(args.auth_file)
     except AuthFileError as exc:
         raise ConfigError(str(exc)) from None
-    return partial(_authenticate, users)
+    return AuthGuard(users, delay=args.auth_delay,
+                     budget=RateLimit(*parse_rate(args.max_auth_failures,
+                                                  "--max-auth-failures")))
 
 
 def _maildir(args: argparse.Namespace, create: bool = True) -> Maildir | None:
@@ -225,29 +253,27 @@ def install_sni(default: ssl.SSLContext, certificates: list[tuple[str, ssl.SSLCo
     default.sni_callback = choose
 
 
-async def _authenticate(users: dict[str, str], credentials: Credentials) -> str | None:
-    if not isinstance(credentials, PlainCredentials):
-        return None
-    encoded = users.get(credentials.username)
-    if encoded is None:
-        return None
-    # scrypt is deliberately slow: keep it off the event loop.
-    ok = await trio.to_thread.run_sync(verify_password, credentials.password, encoded)
-    return credentials.username if ok else None
-
-
-def bind_listeners(args: argparse.Namespace, *, reserve_only: bool = False) -> list[BoundSocket]:
-    """Bind every listening socket now, so a port in use is a configuration error.
-
-    ``reserve_only``: bind with SO_REUSEPORT without listening, for workers to share.
-    """
-    bound: list[BoundSocket] = []
+def bind_listeners(args: argparse.Namespace, *, workers: int = 1, shared: bool = False
+                   ) -> list[list[BoundSocket]]:
+    """Bind every listening socket now, so a port in use is a configuration error; one
+    list of sockets per worker (see ``sockets``: a group per address, or, ``shared``, the
+    same sockets for every worker)."""
+    bound: list[list[BoundSocket]] = [[] for _ in range(workers)]
     try:
         for kind, (host, port) in planned_listeners(args):
-            bound += bind(kind, host, port, reuse_port=reserve_only, listen=not reserve_only)
+            if workers == 1 or shared:
+                sockets = bind(kind, host, port)
+                for worker in bound:
+                    worker += sockets
+            else:
+                group = bind_group(kind, host, port, workers,
+                                   by_address=args.worker_routing == "address")
+                for worker, sockets in zip(bound, group, strict=True):
+                    worker += sockets
     except OSError as exc:
-        for item in bound:
-            item.sock.close()
+        for worker in bound:
+            for item in worker:
+                item.sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None
     return bound
 

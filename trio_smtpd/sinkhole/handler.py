@@ -87,7 +87,9 @@ class SinkholeHandler:
         async for decision in session:
             await self._decide(session, decision, client)
         await client.incoming.drop()  # (the client left mid-message)
-        if session.tls_failed and fallback is not None and ip is not None:
+        # Only a handshake that got a ClientHello and then failed says the client's TLS
+        # does not work with ours; one abandoned earlier may be someone on the path.
+        if session.info.tls_failed_after_hello and fallback is not None and ip is not None:
             fallback.record_failure(ip)
         await connect_logged.wait()  # (bounded by the DNS deadline) connect before close
         log_event("close", session=info.id, peer=peer_text(info.peer), helo=info.helo,

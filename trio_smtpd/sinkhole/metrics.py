@@ -67,7 +67,8 @@ class SinkholeMetrics(Metrics):
         self.registry: CollectorRegistry | None = None
         if MULTIPROC_ENV not in os.environ:
             self.registry = _with_process_collectors(registry or CollectorRegistry())
-        self.worker = os.environ.get(WORKER_ENV, "0")
+        # (TRIO_SMTPD_WORKER is "slot/count", set by the supervisor: see workers.py)
+        self.worker = os.environ.get(WORKER_ENV, "0").partition("/")[0]
         self._define(self.registry)
 
     def _define(self, registry: CollectorRegistry | None) -> None:
@@ -208,7 +209,7 @@ class WorkerMetrics:
                            registry=self.registry)
 
     def environment(self, slot: int) -> dict[str, str]:
-        return {MULTIPROC_ENV: self.path, WORKER_ENV: str(slot)}
+        return {MULTIPROC_ENV: self.path}
 
     def exited(self, slot: int, pid: int) -> None:
         """A worker died: its live gauges go (its counters stay, they are history)."""

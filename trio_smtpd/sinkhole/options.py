@@ -43,6 +43,11 @@ def _listening(parser: argparse.ArgumentParser) -> None:
     add("--workers", type=int, default=1, metavar="N",
         help="worker processes sharing the listeners; a supervisor restarts any that dies "
              "(default 1: no supervisor)")
+    add("--worker-routing", choices=("address", "connection"), default="address",
+        help="with --workers: 'address' brings every client address to one worker, so "
+             "that per-address limits hold across workers (Linux; the default); "
+             "'connection' lets the kernel spread connections, for a few busy clients "
+             "such as a local MTA over LMTP (per-address limits are then per worker)")
     add("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP")
     add("--hostname", default=None, metavar="NAME",
         help="name in the greeting and Received headers (default: this host's name)")
@@ -61,6 +66,12 @@ def _tls(parser: argparse.ArgumentParser) -> None:
     add("--auth-file", metavar="FILE",
         help="enables AUTH PLAIN/LOGIN (only over TLS): lines of user:hash, each hash made "
              "by 'trio-smtpd hash-password'")
+    add("--auth-delay", type=float, default=1.0, metavar="SECONDS",
+        help="wait this long before answering a failed AUTH, doubled for each recent "
+             "failure from the same address, up to 30 s (default 1)")
+    add("--max-auth-failures", default="10/hour", metavar="N/UNIT",
+        help="failed AUTH attempts allowed per client address per second, minute or hour; "
+             "past it AUTH is answered 454 without checking (default 10/hour)")
 
 
 def _limits(parser: argparse.ArgumentParser) -> None:
@@ -70,9 +81,25 @@ def _limits(parser: argparse.ArgumentParser) -> None:
     add("--max-recipients", type=int, default=100, metavar="N",
         help="recipients per transaction; more get 452 (default 100, RFC 5321)")
     add("--timeout", type=float, default=300.0, metavar="SECONDS",
-        help="idle time allowed between commands before 421 (default 300, RFC 5321)")
+        help="time allowed for each command line before 421 (default 300, RFC 5321)")
+    add("--data-timeout", type=float, default=180.0, metavar="SECONDS",
+        help="time allowed for each read of message data (DATA or BDAT) before 421 "
+             "(default 180, RFC 5321)")
+    add("--tls-timeout", type=float, default=60.0, metavar="SECONDS",
+        help="time allowed for a TLS handshake, implicit or after STARTTLS (default 60)")
+    add("--write-timeout", type=float, default=300.0, metavar="SECONDS",
+        help="time allowed to a client that does not read our replies (default 300)")
+    add("--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
+        help="on SIGTERM, time given to transactions in progress to finish (default 30)")
     add("--max-connections", type=int, default=1000, metavar="N",
-        help="concurrent connections; more are answered 421 (default 1000)")
+        help="concurrent connections, shared among --workers; more are answered 421 "
+             "(default 1000)")
+    add("--max-connections-per-ip", type=int, default=50, metavar="N",
+        help="concurrent connections from one address; more are answered 421 (default 50, "
+             "as Postfix's anvil)")
+    add("--max-connection-rate", default=None, metavar="N/UNIT",
+        help="new connections one address may open per second, minute or hour (N alone: "
+             "per minute); more are answered 421 (default: no limit)")
     add("--tarpit", type=float, default=0.0, metavar="SECONDS",
         help="wait this long before each batch of replies to every client (default 0)")
 

@@ -4,8 +4,11 @@ Format of a hash (one ``user:hash`` per line in the auth file)::
 
     scrypt$<log2 N>$<r>$<p>$<salt, base64>$<key, base64>
 
-``trio-smtpd hash-password`` makes them. Verifying takes tens of milliseconds of CPU by
-design, so the server does it in a worker thread, off the event loop.
+``trio-smtpd hash-password`` makes them. Verifying takes tens of milliseconds of CPU and
+32 MiB by design, so the server does it in a worker thread, off the event loop (see
+``authguard``). A name that is not in the file is checked against ``dummy_hash(users)``,
+made with the file's own parameters, so that it costs the same as a real one: timing
+does not tell which user names exist.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections import Counter
 from pathlib import Path
 
-__all__ = ["AuthFileError", "hash_password", "load_auth_file", "verify_password"]
+__all__ = ["AuthFileError", "dummy_hash", "hash_password", "load_auth_file",
+           "verify_password"]
 
 _LOG2_N, _R, _P = 15, 8, 1
 _MAXMEM = 64 * 2**20
@@ -27,9 +32,13 @@ class AuthFileError(ValueError):
 
 
 def hash_password(password: str, *, log2_n: int = _LOG2_N) -> str:
+    return _encode(password, log2_n, _R, _P)
+
+
+def _encode(password: str, log2_n: int, r: int, p: int) -> str:
     salt = secrets.token_bytes(16)
-    key = _scrypt(password, salt, log2_n, _R, _P)
-    return "$".join(["scrypt", str(log2_n), str(_R), str(_P), _b64(salt), _b64(key)])
+    key = _scrypt(password, salt, log2_n, r, p)
+    return "$".join(["scrypt", str(log2_n), str(r), str(p), _b64(salt), _b64(key)])
 
 
 def verify_password(password: str, encoded: str) -> bool:
@@ -39,6 +48,15 @@ def verify_password(password: str, encoded: str) -> bool:
     expected = base64.b64decode(key)
     actual = _scrypt(password, base64.b64decode(salt), int(log2_n), int(r), int(p))
     return hmac.compare_digest(actual, expected)
+
+
+def dummy_hash(users: dict[str, str]) -> str:
+    """A hash of a random password, with the parameters most of ``users`` have (the
+    default ones for an empty file): what an unknown user name is checked against."""
+    common = Counter(tuple(int(part) for part in encoded.split("$")[1:4])
+                     for encoded in users.values()).most_common(1)
+    log2_n, r, p = common[0][0] if common else (_LOG2_N, _R, _P)
+    return _encode(secrets.token_urlsafe(16), log2_n, r, p)
 
 
 def load_auth_file(path: str | Path) -> dict[str, str]:

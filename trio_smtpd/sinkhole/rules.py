@@ -35,6 +35,10 @@ that local part at any domain; ``@domain`` exactly that domain; ``@.domain`` any
 subdomain of it, not the domain itself. A matcher must be known in its rule's phase:
 ``helo`` from helo on, ``sender`` from mail, ``recipient`` from rcpt (at data and message
 it holds if any recipient matches). ``save-then-reject`` is for the message phase only.
+
+A file without any rule is refused, at start and on reload, unless it says so with
+``rule = []``: an empty file is more often a mistake (a truncated write, a wrong path)
+than a policy.
 """
 
 from __future__ import annotations
@@ -172,7 +176,11 @@ def load_rules(path: str | Path) -> RuleSet:
     unknown = set(document) - {"rule"}
     if unknown:
         raise RulesError(f"{path}: unknown top-level keys {sorted(unknown)}")
-    entries = document.get("rule", [])
+    if "rule" not in document:
+        # A file truncated to nothing (or never written) must not silently drop the
+        # policy: "no rules" has to be said.
+        raise RulesError(f"{path}: no rules; write 'rule = []' if that is what you mean")
+    entries = document["rule"]
     if not isinstance(entries, list):
         raise RulesError(f"{path}: 'rule' must be an array of tables ([[rule]])")
     rules = []

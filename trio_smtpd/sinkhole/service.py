@@ -140,7 +140,7 @@ class Supervision:
 
     def environment(self, slot: int) -> dict[str, str]:
         """What worker ``slot`` is started with."""
-        extra = {_WORKER: str(slot)}
+        extra: dict[str, str] = {}  # (the supervisor names the slot: see workers.py)
         if self._relay is not None:
             extra["NOTIFY_SOCKET"] = "@" + self._relay_name
         if self._metrics is not None:

@@ -1,12 +1,18 @@
 """``--workers N``: a supervisor process and N worker processes sharing the listeners.
 
-The supervisor reserves the listening addresses (see ``sockets``: SO_REUSEPORT where the
-system has it, one inherited socket elsewhere), starts each worker as
-``python -m trio_smtpd`` with the same options (less ``--workers``), restarts a worker
-that dies (with a growing delay if it keeps dying), and on SIGTERM/SIGINT forwards
-SIGTERM so every worker shuts down gracefully; a second signal kills them at once.
-Workers run in their own session so that a terminal's Ctrl-C reaches only the
-supervisor, which then forwards exactly one SIGTERM.
+The supervisor binds the listening sockets (see ``sockets``: with SO_REUSEPORT, one
+socket per worker in a group routed by client address; elsewhere one shared socket),
+starts each worker as ``python -m trio_smtpd`` with the same options (less
+``--workers``) and its own sockets, restarts a worker that dies (with a growing delay if
+it keeps dying) on the same sockets, and on SIGTERM/SIGINT forwards SIGTERM so every
+worker shuts down gracefully; a second signal kills them at once. Workers run in their
+own session so that a terminal's Ctrl-C reaches only the supervisor, which then forwards
+exactly one SIGTERM.
+
+Workers are started with SIGTERM, SIGINT and SIGHUP blocked (they unblock them once their
+handlers are set), and die with the supervisor: see ``lifecycle``. Each is told its slot
+(``TRIO_SMTPD_WORKER=slot/count``: it serves its share of ``--max-connections``) and the
+supervisor's pid and liveness pipe (``TRIO_SMTPD_SUPERVISOR=pid:fd``).
 """
 
 from __future__ import annotations
@@ -18,13 +24,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import FrameType
 
+from .lifecycle import signals_blocked, unblock_signals, watches
 from .logs import log_event
 from .service import Supervision
-from .sockets import REUSEPORT, BoundSocket, reuseport_environment, to_environment
+from .sockets import BoundSocket, to_environment
 
-__all__ = ["supervise", "worker_argv"]
+__all__ = ["SUPERVISOR_ENV", "WORKER_ENV", "Worker", "supervise", "worker_argv",
+           "worker_environment"]
+
+WORKER_ENV = "TRIO_SMTPD_WORKER"
+SUPERVISOR_ENV = "TRIO_SMTPD_SUPERVISOR"
 
 _POLL = 0.2
 _MAX_BACKOFF = 10.0
@@ -44,19 +56,34 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "trio_smtpd", *out]
 
 
-def supervise(count: int, argv: Sequence[str], sockets: list[BoundSocket],
-              *, reuse_port: bool = REUSEPORT, service: Supervision | None = None) -> int:
-    """Run the workers; ``sockets`` are reserved (reuse_port) or listening (shared).
-    ``service``: metrics and systemd notifications for the whole group."""
+@dataclass(frozen=True)
+class Worker:
+    """What a worker process is told about its place."""
+
+    slot: int
+    count: int
+    supervisor: int  # its pid
+    liveness: int | None  # the read end of the supervisor's liveness pipe
+
+
+def worker_environment() -> Worker | None:
+    """This process's place as a worker, or None when it is on its own."""
+    place, supervisor = os.environ.get(WORKER_ENV), os.environ.get(SUPERVISOR_ENV)
+    if not place or not supervisor:
+        return None
+    slot, _, count = place.partition("/")
+    pid, _, fd = supervisor.partition(":")
+    return Worker(int(slot), int(count), int(pid), int(fd) if fd else None)
+
+
+def supervise(count: int, argv: Sequence[str], sockets: list[list[BoundSocket]], *,
+              service: Supervision | None = None) -> int:
+    """Run the workers, worker ``k`` on ``sockets[k]`` (the same list for every worker
+    when they share one socket per address). ``service``: metrics and systemd
+    notifications for the whole group."""
     service = service or Supervision(None)
-    fds: tuple[int, ...] = ()
-    if reuse_port:
-        env = {**os.environ, **reuseport_environment(sockets)}
-    else:
-        env = {**os.environ, **to_environment(sockets)}
-        fds = tuple(item.sock.fileno() for item in sockets)
     try:
-        return _Supervisor(count, worker_argv(argv), env, fds, service).run()
+        return _Supervisor(count, worker_argv(argv), sockets, service).run()
     finally:
         service.close()
 
@@ -64,10 +91,12 @@ def supervise(count: int, argv: Sequence[str], sockets: list[BoundSocket],
 class _Supervisor:
     """The supervisor's loop: signals in, workers started, watched and restarted."""
 
-    def __init__(self, count: int, command: list[str], env: dict[str, str],
-                 fds: tuple[int, ...], service: Supervision) -> None:
-        self._command, self._env, self._fds = command, env, fds
+    def __init__(self, count: int, command: list[str], sockets: list[list[BoundSocket]],
+                 service: Supervision) -> None:
+        self._command, self._sockets, self._count = command, sockets, count
         self._service = service
+        # The liveness pipe: workers watch the read end; only we hold the write end.
+        self._liveness = os.pipe() if "pipe" in watches() else None
         self._signals: list[int] = []
         self._reloads: list[int] = []
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -77,18 +106,19 @@ class _Supervisor:
         self._backoff = [0.0] * count
         self._started = [time.monotonic()] * count
         self._stopping = False
+        unblock_signals()  # (main() blocked them; the workers started with them blocked)
 
     def run(self) -> int:
         while True:
             if self._reloads:
                 self._reloads.clear()
-                self._send_all(signal.SIGHUP)
                 self._service.reloading()
+                self._send_all(signal.SIGHUP)
             if self._signals and not self._stopping:
                 self._stopping = True
-                self._service.stopping()
                 log_event("shutdown", signal=signal.Signals(self._signals[0]).name,
                           workers=len(self._workers))
+                self._service.stopping()
                 self._send_all(signal.SIGTERM)
             if self._stopping and len(self._signals) > 1:
                 log_event("exit", signal=signal.Signals(self._signals[-1]).name)
@@ -124,8 +154,18 @@ class _Supervisor:
         self._started[slot] = time.monotonic()
 
     def _start(self, slot: int) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(self._command, env=self._env | self._service.environment(slot),
-                                   pass_fds=self._fds, start_new_session=True)
+        sockets = self._sockets[slot]
+        fds = [item.sock.fileno() for item in sockets]
+        pipe = ""
+        if self._liveness is not None:
+            pipe = str(self._liveness[0])
+            fds.append(self._liveness[0])
+        env = {**os.environ, **to_environment(sockets), WORKER_ENV: f"{slot}/{self._count}",
+               SUPERVISOR_ENV: f"{os.getpid()}:{pipe}", **self._service.environment(slot)}
+        # Started with the signals blocked: they stay so until its handlers are set.
+        with signals_blocked():
+            process = subprocess.Popen(self._command, env=env, pass_fds=fds,
+                                       start_new_session=True)
         log_event("worker-start", worker=slot, pid=process.pid)
         return process
 

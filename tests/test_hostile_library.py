@@ -1,0 +1,215 @@
+"""Issue 17 through the library: the connection rate limit, authenticators that refuse
+with their own reply and see who asks, and TLS handshakes told apart by whether a
+ClientHello arrived (an SNI name CPython cannot decode included)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+
+import trio_smtpd
+from tests.tlshello import NON_ASCII, client_hello
+from trio_smtpd import Config, Credentials, Reply, Server, Session, serve
+from trio_smtpd._ratelimit import RateLimit
+from trio_smtpd.testing import TestClient, open_client
+
+# --------------------------------------------------------------------------- RateLimit
+
+
+def test_rate_allows_a_burst_then_the_steady_rate() -> None:
+    rate = RateLimit(3, 60.0)
+    assert [rate.take("a", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert rate.take("b", 0.0)  # each key has its own budget
+    assert not rate.take("a", 19.0)  # a token comes back every 20 s
+    assert rate.take("a", 20.0)
+    assert not rate.take("a", 20.0)
+    assert rate.used("a", 80.0) == pytest.approx(0.0)  # a full period later, all back
+
+
+def test_rate_spend_counts_past_the_budget() -> None:
+    rate = RateLimit(2, 3600.0)
+    assert rate.allows("a", 0.0)
+    assert [rate.spend("a", 0.0) for _ in range(4)] == [1.0, 2.0, 3.0, 4.0]
+    assert rate.used("a", 0.0) == 4.0
+    assert not rate.allows("a", 3600.0)  # two whole periods to pay back four
+    assert rate.allows("a", 5400.0)
+
+
+def test_rate_memory_is_bounded() -> None:
+    rate = RateLimit(1, 60.0, max_keys=100)
+    for n in range(1000):
+        rate.take(f"192.0.2.{n}", 0.0)
+    assert len(rate) == 100
+    # Keys idle for a whole period are dropped as soon as they are the oldest.
+    rate.take("late", 61.0)
+    rate.take("later", 62.0)
+    assert len(rate) < 100
+
+
+@pytest.mark.parametrize("args", [(0, 60.0), (1, 0.0), (1, float("inf")), (1, float("nan"))])
+def test_rate_refuses_nonsense(args: tuple[int, float]) -> None:
+    with pytest.raises(ValueError):
+        RateLimit(*args)
+
+
+def test_config_connection_rate_is_checked() -> None:
+    with pytest.raises(ValueError):
+        Config(max_connection_rate=0)
+    with pytest.raises(ValueError):
+        Config(connection_rate_period=float("nan"))
+
+
+# --------------------------------------------------------------------------- the rate, served
+
+
+@asynccontextmanager
+async def tcp(config: Config, **kw: Any) -> AsyncIterator[Server]:
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(partial(serve, config, 0, host="127.0.0.1",
+                                                     **kw))
+        yield server
+        server.shutdown()
+
+
+async def first_reply(port: int, source: str) -> trio_smtpd.Reply:
+    sock = trio.socket.socket()
+    await sock.bind((source, 0))
+    await sock.connect(("127.0.0.1", port))
+    client = TestClient(trio.SocketStream(sock))
+    try:
+        with trio.fail_after(10):
+            return await client.reply()
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.usefixtures("both_transports")
+async def test_connection_rate_per_address() -> None:
+    async with tcp(Config(hostname="mx.test", max_connection_rate=3)) as server:
+        assert server.port
+        codes = [(await first_reply(server.port, "127.0.0.2")).code for _ in range(4)]
+        assert codes == [220, 220, 220, 421]  # closed at once: the rate, not the count
+        refused = await first_reply(server.port, "127.0.0.2")
+        assert refused.lines == ["4.7.0 Too many new connections from your address, slow down"]
+        assert (await first_reply(server.port, "127.0.0.3")).code == 220
+
+
+# --------------------------------------------------------------------------- AUTH
+
+
+async def test_authenticator_sees_the_client_and_may_answer_its_own_refusal() -> None:
+    seen: list[Credentials] = []
+
+    async def authenticator(credentials: Credentials) -> str | Reply | None:
+        seen.append(credentials)
+        if credentials.username == "throttled":
+            return Reply(454, "Too many failures from your address", "4.7.0")
+        if credentials.username == "odd":
+            return Reply(250, "a refusal must be 4xx or 5xx")
+        return None
+
+    config = Config(hostname="mx.test", authenticator=authenticator, auth_requires_tls=False)
+    async with open_client(config) as client:
+        await client.command("EHLO c")
+        own = await client.command("AUTH PLAIN AHRocm90dGxlZABwdw==")  # throttled / pw
+        assert (own.code, own.lines) == (454, ["4.7.0 Too many failures from your address"])
+        assert (await client.command("AUTH PLAIN AHVzZXIAcHc=")).code == 535  # user / pw
+        odd = await client.command("AUTH PLAIN AG9kZABwdw==")  # odd / pw
+        assert (odd.code, odd.lines) == (454, ["4.7.0 Temporary authentication failure"])
+    assert all(c.info is not None and c.info.id for c in seen)
+    assert len({c.info.id for c in seen if c.info}) == 1
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@asynccontextmanager
+async def tls_server(server_tls: ssl.SSLContext) -> AsyncIterator[tuple[Server, list[
+        trio_smtpd.SessionInfo]]]:
+    infos: list[trio_smtpd.SessionInfo] = []
+
+    async def handler(session: Session) -> None:
+        async for decision in session:
+            decision.accept()
+        infos.append(session.info)
+
+    async with tcp(Config(hostname="mx.test", tls=server_tls), handler=handler,
+                   tls_port=0) as server:
+        yield server, infos
+
+
+async def starttls(port: int) -> trio.SocketStream:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    client = TestClient(stream)
+    await client.reply()
+    await client.command("EHLO c")
+    assert (await client.command("STARTTLS")).code == 220
+    return stream
+
+
+async def until_closed(stream: trio.abc.Stream) -> None:
+    with trio.fail_after(10):
+        try:
+            while await stream.receive_some(4096):
+                pass
+        except trio.BrokenResourceError:
+            pass
+    await stream.aclose()
+
+
+async def wait_for(infos: list[trio_smtpd.SessionInfo], count: int) -> None:
+    with trio.fail_after(10):
+        while len(infos) < count:
+            await trio.sleep(0.01)
+
+
+@pytest.mark.usefixtures("both_transports")
+async def test_only_a_handshake_past_its_clienthello_counts_as_failed(
+        server_tls: ssl.SSLContext) -> None:
+    async with tls_server(server_tls) as (server, infos):
+        assert server.port
+        # Gone right after the 220: no ClientHello.
+        await (await starttls(server.port)).aclose()
+        # Bytes that are no ClientHello at all.
+        garbage = await starttls(server.port)
+        await garbage.send_all(b"definitely not a TLS ClientHello\r\n" * 20)
+        await until_closed(garbage)
+        # A real ClientHello, then the client refuses our certificate.
+        distrust = await starttls(server.port)
+        client = trio.SSLStream(distrust, ssl.create_default_context(),
+                                server_hostname="mx.test")
+        with pytest.raises(trio.BrokenResourceError):
+            await client.do_handshake()
+        await distrust.aclose()
+        await wait_for(infos, 3)
+    assert [info.tls_failed_after_hello for info in infos] == [False, False, True]
+
+
+async def test_a_non_ascii_sni_name_is_one_log_line_not_a_traceback(
+        server_tls: ssl.SSLContext, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "trio_smtpd")
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    async with tls_server(server_tls) as (server, infos):
+        assert server.port
+        stream = await starttls(server.port)
+        await stream.send_all(client_hello(NON_ASCII))
+        await until_closed(stream)
+        # The same on the implicit TLS port.
+        tls_port = server.listeners[-1].socket.getsockname()[1]  # type: ignore[attr-defined]
+        implicit = await trio.open_tcp_stream("127.0.0.1", tls_port)
+        await implicit.send_all(client_hello(NON_ASCII))
+        await until_closed(implicit)
+        await wait_for(infos, 1)
+    assert unraisable == []
+    assert caplog.text.count("not ASCII") == 2
+    assert infos[0].tls_failed_after_hello
