@@ -1,7 +1,9 @@
-"""Shared fixtures: real TLS material made by trustme, and the sinkhole as a subprocess."""
+"""Shared fixtures: real TLS material made by trustme, and the sinkhole as a subprocess;
+and a check, around every test, that it leaves no process and no listening socket behind."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -10,12 +12,52 @@ import ssl
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import trustme
+
+from tests.processes import kill_all, listening_sockets, processes_with, wait_gone
+
+#: Every process the tests start inherits this variable, whatever becomes of its parent.
+RUN_VARIABLE = "TRIO_SMTPD_TEST_RUN"
+RUN_ID = uuid.uuid4().hex
+os.environ[RUN_VARIABLE] = RUN_ID
+#: Each sinkhole's processes (the supervisor and its workers) carry one of their own.
+SINKHOLE_VARIABLE = "TRIO_SMTPD_TEST_SINKHOLE"
+#: How long processes a test stopped may take to exit before they count as left behind.
+EXIT_GRACE = 10.0
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_running() -> Iterator[None]:
+    """Fail the test that leaves a process it started, or a listening socket, behind.
+
+    Autouse, so it is set up before and torn down after every other fixture of the test:
+    what those fixtures stop in their teardown does not count as left behind.
+    """
+    before = set(processes_with(RUN_VARIABLE, RUN_ID))
+    own_before = set(listening_sockets({os.getpid()}))
+    yield
+    started = processes_with(RUN_VARIABLE, RUN_ID)
+    left = wait_gone(set(started) - before, EXIT_GRACE)
+    problems = []
+    if left:
+        sockets = {pid: sorted(listening_sockets({pid}).values()) for pid in left}
+        kill_all(left)  # so that one leak does not also fail the tests after it
+        problems += [f"process {pid} still running ({started[pid]}), listening on "
+                     f"{sockets[pid] or 'nothing'}" for pid in sorted(left)]
+    own = set(listening_sockets({os.getpid()})) - own_before
+    if own:
+        gc.collect()  # a listener nobody refers to any more is closed by its finaliser
+        own_now = listening_sockets({os.getpid()})
+        problems += [f"listening socket {address} left open in the test process"
+                     for inode, address in sorted(own_now.items()) if inode in own]
+    if problems:
+        pytest.fail("the test left behind:\n" + "\n".join(problems), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +114,8 @@ class Sinkhole:
     process: subprocess.Popen[str]
     maildir: Path
     log_path: Path
+    #: The value of SINKHOLE_VARIABLE in the environment of its processes.
+    marker: str = ""
     ports: list[int] = field(default_factory=list)
 
     @property
@@ -111,13 +155,18 @@ def start_sinkhole(tmp_path: Path, *args: str, listen: int = 1,
     argv += [a for _ in range(listen) for a in ("--listen", "127.0.0.1:0")]
     argv += [a for _ in range(tls_listen) for a in ("--tls-listen", "127.0.0.1:0")]
     argv += list(args)
+    marker = uuid.uuid4().hex
+    env = {**os.environ, SINKHOLE_VARIABLE: marker}
     with log_path.open("w") as log_file:
-        process = subprocess.Popen(argv, stderr=log_file, stdout=subprocess.DEVNULL, text=True)
-    sinkhole = Sinkhole(process, maildir, log_path)
+        process = subprocess.Popen(argv, stderr=log_file, stdout=subprocess.DEVNULL, text=True,
+                                   env=env)
+    sinkhole = Sinkhole(process, maildir, log_path, marker)
     deadline = time.monotonic() + 30
     while not sinkhole.events("listening"):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
+            process.wait(10)
+            kill_all(set(processes_with(SINKHOLE_VARIABLE, marker)))
             raise AssertionError(f"sinkhole did not start: {log_path.read_text()}")
         time.sleep(0.02)
     addresses = sinkhole.events("listening")[0]["addresses"]
@@ -140,3 +189,6 @@ def sinkhole_factory(tmp_path: Path) -> Iterator[object]:
         if sinkhole.process.poll() is None:
             sinkhole.process.kill()
             sinkhole.process.wait(10)
+        # Killing the supervisor does not stop its workers: they are in sessions of their
+        # own and would go on listening. Every process carrying this sinkhole's marker goes.
+        kill_all(set(processes_with(SINKHOLE_VARIABLE, sinkhole.marker)))
