@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -124,3 +125,43 @@ def test_a_failed_directory_fsync_fails_the_commits_it_covers(
     with pytest.raises(OSError) as info:
         writer._commit()
     assert info.value.errno == errno.EIO
+
+
+async def test_commit_order_is_fsync_rename_fsync_directory_then_return(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 250 may only follow a commit that returned; a message is durable only if its data
+    # was fsynced before the rename made it visible, and the rename itself (the directory)
+    # was fsynced after it. A crash between any two of these steps must lose nothing
+    # that was acknowledged.
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    body = b"Subject: durable\r\n\r\n" + b"x" * 5000 + b"\r\n"
+    steps: list[tuple[str, ...]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        # What the descriptor is, and how much of the message it holds, right now.
+        info = os.fstat(fd)
+        held = str(info.st_size) if stat.S_ISREG(info.st_mode) else "directory"
+        steps.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), held))
+        real_fsync(fd)
+
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        steps.append(("rename", os.fspath(src), os.fspath(dst)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    writer = maildir.open()
+    await writer.write(body)
+    name = await writer.commit(then=lambda: steps.append(("then",)))
+    steps.append(("returned",))
+    tmp, new = str(tmp_path / "tmp" / name), str(tmp_path / "new" / name)
+    assert steps == [
+        ("fsync", tmp, str(len(body))),  # the whole message, while still in tmp/
+        ("rename", tmp, new),
+        ("fsync", str(tmp_path / "new"), "directory"),
+        ("then",),
+        ("returned",),
+    ]
+    assert (tmp_path / "new" / name).read_bytes() == body
