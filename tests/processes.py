@@ -12,6 +12,7 @@ Linux only: everything is read from /proc, so the check needs no dependency.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -66,10 +67,8 @@ def wait_gone(pids: set[int], timeout: float) -> set[int]:
 def kill_all(pids: set[int], timeout: float = 10) -> set[int]:
     """SIGKILL each of ``pids``; return those still alive after ``timeout``."""
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return wait_gone(pids, timeout)
 
 
