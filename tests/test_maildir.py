@@ -73,6 +73,18 @@ def test_create_fails_on_unwritable_directory(tmp_path: Path) -> None:
             Maildir(tmp_path / "mail").create()
 
 
+class CountingCondition(threading.Condition):
+    """A condition variable that counts the calls to wait(): how many threads queued."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1  # under the condition's lock, which wait() requires
+        return super().wait(timeout)
+
+
 def test_concurrent_commits_share_directory_fsyncs(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     # Every sync() must return after an fsync that began after it was called; while one
@@ -90,6 +102,8 @@ def test_concurrent_commits_share_directory_fsyncs(tmp_path: Path,
 
     monkeypatch.setattr(maildir_module, "_fsync_directory", slow_fsync)
     group = maildir_module._GroupSync(tmp_path)
+    waiting = CountingCondition()
+    group._changed = waiting
     calls: list[tuple[int, int]] = []  # (called, returned) ticks of each sync()
 
     def caller() -> None:
@@ -100,12 +114,16 @@ def test_concurrent_commits_share_directory_fsyncs(tmp_path: Path,
     threads = [threading.Thread(target=caller) for _ in range(20)]
     for thread in threads:
         thread.start()
-    time.sleep(0.2)  # one fsync is under way, the others wait for the next
+    # One fsync is under way (held by the gate) once the 19 others wait for the next.
+    deadline = time.monotonic() + 10
+    while waiting.waits < 19:
+        assert time.monotonic() < deadline, f"{waiting.waits} threads waiting"
+        time.sleep(0.01)
     gate.set()
     for thread in threads:
         thread.join(5)
     assert len(calls) == 20
-    assert len(fsyncs) < 10
+    assert len(fsyncs) == 2  # the held one, and one shared by all who waited for it
     for called, returned in calls:
         assert any(called < start and end < returned for start, end in fsyncs)
 
