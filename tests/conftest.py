@@ -94,8 +94,24 @@ def cert_files(server_cert: trustme.LeafCert, ca: trustme.CA,
     return cert, key, ca_file
 
 
+#: The external programs the running test asked for (see _interop_is_marked).
+_programs_used: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _interop_is_marked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that runs an external program must say so with ``@pytest.mark.interop``,
+    so that ``-m interop`` / ``-m 'not interop'`` select exactly that tier."""
+    _programs_used.clear()
+    yield
+    if _programs_used and request.node.get_closest_marker("interop") is None:
+        pytest.fail(f"uses {', '.join(_programs_used)} but is not marked interop",
+                    pytrace=False)
+
+
 def require_program(name: str) -> str:
     """The path of an external client program; missing ones fail loudly in CI."""
+    _programs_used.append(name)
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}")
                                   else None)
     if path is None:

@@ -85,6 +85,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.interop
 def test_haproxy_send_proxy_v2_in_front_of_two_instances(
         sinkhole_factory: Factory, tmp_path: Path) -> None:
     haproxy = require_program("haproxy")

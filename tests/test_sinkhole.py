@@ -152,6 +152,7 @@ def test_size_and_recipient_limits(sinkhole_factory: Factory) -> None:
     assert entry["outcome"] == "refused" and str(entry["reply"]).startswith("552 5.3.4")
 
 
+@pytest.mark.interop
 def test_swaks_starttls_auth_pipelining(sinkhole_factory: Factory,
                                         cert_files: tuple[Path, Path, Path],
                                         tmp_path: Path) -> None:
@@ -176,6 +177,7 @@ def test_swaks_starttls_auth_pipelining(sinkhole_factory: Factory,
     assert "with ESMTPSA" in ours[-1]
 
 
+@pytest.mark.interop
 def test_smtp_source_load(sinkhole_factory: Factory) -> None:
     smtp_source = require_program("smtp-source")
     sinkhole = sinkhole_factory()
