@@ -20,7 +20,13 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.processes import kill_all, listening_sockets, processes_with, wait_gone
+from tests.processes import (
+    kill_all,
+    listening_sockets,
+    processes_with,
+    socket_inodes,
+    wait_gone,
+)
 
 #: Every process the tests start inherits this variable, whatever becomes of its parent.
 RUN_VARIABLE = "TRIO_SMTPD_TEST_RUN"
@@ -40,7 +46,7 @@ def _nothing_left_running() -> Iterator[None]:
     what those fixtures stop in their teardown does not count as left behind.
     """
     before = set(processes_with(RUN_VARIABLE, RUN_ID))
-    own_before = set(listening_sockets({os.getpid()}))
+    own_before = socket_inodes(os.getpid())
     yield
     started = processes_with(RUN_VARIABLE, RUN_ID)
     left = wait_gone(set(started) - before, EXIT_GRACE)
@@ -50,12 +56,14 @@ def _nothing_left_running() -> Iterator[None]:
         kill_all(left)  # so that one leak does not also fail the tests after it
         problems += [f"process {pid} still running ({started[pid]}), listening on "
                      f"{sockets[pid] or 'nothing'}" for pid in sorted(left)]
-    own = set(listening_sockets({os.getpid()})) - own_before
-    if own:
-        gc.collect()  # a listener nobody refers to any more is closed by its finaliser
-        own_now = listening_sockets({os.getpid()})
-        problems += [f"listening socket {address} left open in the test process"
-                     for inode, address in sorted(own_now.items()) if inode in own]
+    # Only sockets the test opened and left open are looked up among the listening ones.
+    if socket_inodes(os.getpid()) - own_before:
+        gc.collect()  # a socket nobody refers to any more is closed by its finaliser
+        new = socket_inodes(os.getpid()) - own_before
+        if new:
+            problems += [f"listening socket {address} left open in the test process"
+                         for inode, address in sorted(listening_sockets({os.getpid()}).items())
+                         if inode in new]
     if problems:
         pytest.fail("the test left behind:\n" + "\n".join(problems), pytrace=False)
 

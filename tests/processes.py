@@ -72,7 +72,8 @@ def kill_all(pids: set[int], timeout: float = 10) -> set[int]:
     return wait_gone(pids, timeout)
 
 
-def _socket_inodes(pid: int) -> set[int]:
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets ``pid`` holds (cheap: no /proc/net table is read)."""
     inodes = set()
     try:
         fds = os.listdir(PROC / str(pid) / "fd")
@@ -123,11 +124,14 @@ def _listening() -> dict[int, str]:
 
 
 def listening_sockets(pids: set[int]) -> dict[int, str]:
-    """The listening sockets that ``pids`` hold: inode -> address."""
+    """The listening sockets that ``pids`` hold: inode -> address.
+
+    Reads the whole /proc/net tables, which can be long on a busy machine: call it only
+    when there is something to look for."""
     listening = _listening()
     held: dict[int, str] = {}
     for pid in pids:
-        for inode in _socket_inodes(pid):
+        for inode in socket_inodes(pid):
             if inode in listening:
                 held[inode] = listening[inode]
     return held
