@@ -707,3 +707,36 @@ def test_the_compiled_grammar(repertoire: str) -> None:
     assert grammar.label.fullmatch("-ab-") and not grammar.label.fullmatch("a.b")
     assert grammar.dcontent.fullmatch("IPv6:::1") and grammar.dcontent.fullmatch("")
     assert not grammar.dcontent.fullmatch("a[b") and not grammar.dcontent.fullmatch("a\\b")
+
+
+@pytest.mark.parametrize(("path", "utf8", "reply"), [
+    # Where the problem is decides between 501 and 553: non-ASCII after the problem does
+    # not make it an SMTPUTF8 matter.
+    ("<a..\u00e9@b.c>", False,
+     "501 5.1.3 Syntax error in recipient address: local part contains consecutive dots"),
+    ("a\u00e9@b.c", False, "501 5.1.3 Syntax error in recipient address: address must be "
+                           "enclosed in angle brackets <...>"),
+    ("<@a.example,@b.example:a..b@c.d>", True,
+     "501 5.1.3 Syntax error in recipient address: local part contains consecutive dots"),
+    ("<@a.example,@xn--a\u00e9.example:x@y.z>", True,
+     "501 5.1.3 Syntax error in recipient address: source route domain label "
+     "'xn--a\u00e9' is not a valid IDNA label"),
+    ("<@a.example,", False, "501 5.1.3 Syntax error in recipient address: unexpected end "
+                            "of source route (each hop starts with '@')"),
+    ("<a@[\xa0]>", True,
+     "501 5.1.3 Syntax error in recipient address: invalid character '\\xa0' in address "
+     "literal"),
+    ("<a@[\ue000]>", True,
+     "501 5.1.3 Syntax error in recipient address: invalid character '\\ue000' in address "
+     "literal"),
+])
+def test_diagnosis_at_the_right_place(path: str, utf8: bool, reply: str) -> None:
+    with pytest.raises(ReplyError) as info:
+        parse_forward_path(path, utf8=utf8)
+    assert str(info.value.reply) == reply
+
+
+def test_the_loose_label_takes_upper_case() -> None:
+    for repertoire in ("", address_module._NON_ASCII):
+        label = address_module._Grammar(repertoire).label
+        assert label.fullmatch("-AB-") and label.fullmatch("Zz9")

@@ -361,3 +361,92 @@ def test_lmtp_needs_one_reply_per_accepted_recipient() -> None:
     conn.respond()
     assert conn.data_to_send() == (b"250 2.1.5 <d@e.f> delivered\r\n"
                                    b"250 2.1.5 <g@h.i> delivered\r\n")
+
+
+# ------------------------------------------------------------------ BDAT refusals and limits
+
+
+def test_refusals_of_the_server_are_not_client_errors() -> None:
+    # A chunk refused for size, or by the application, does not count towards
+    # max_bad_commands; a BDAT out of sequence does.
+    size = ready(ProtocolConfig(max_bad_commands=1, max_message_size=5))
+    size.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n")
+    for _ in range(3):
+        assert size.lines(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nBDAT 6\r\n123456")[-1] \
+            == "552 5.3.4 Message exceeds fixed maximum message size"
+    assert size.lines(b"NOOP\r\n") == ["250 2.0.0 OK"]
+
+    refuse = answer_with({DataStart: Reply(550, "not from you", "5.7.1")})
+    app = Engine(ProtocolConfig(max_bad_commands=1), refuse)  # type: ignore[arg-type]
+    app.start()
+    app.send(b"EHLO c\r\n")
+    for _ in range(3):
+        assert app.lines(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nBDAT 3\r\nabc")[-1] \
+            == "550 5.7.1 not from you"
+    assert app.lines(b"NOOP\r\n") == ["250 2.0.0 OK"]
+
+    sequence = ready(ProtocolConfig(max_bad_commands=1))
+    assert sequence.lines(b"BDAT 3\r\nabc") == ["503 5.5.1 Need MAIL command first"]
+    assert sequence.lines(b"BDAT 3\r\nabc") == ["421 4.7.0 Too many errors, closing connection"]
+
+
+def test_a_first_chunk_over_the_limit_starts_no_message() -> None:
+    engine = ready(ProtocolConfig(max_message_size=5))
+    engine.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n")
+    assert engine.lines(b"BDAT 6 LAST\r\n123456") == [
+        "552 5.3.4 Message exceeds fixed maximum message size"]
+    assert engine.of_type(DataStart) == [] and engine.of_type(MessageAborted) == []
+
+
+def test_bdat_when_chunking_is_off_leaves_the_transaction_alone() -> None:
+    engine = ready(ProtocolConfig(chunking=False))
+    engine.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n")
+    assert engine.lines(b"BDAT 3\r\nabc") == ["502 5.5.1 BDAT not implemented"]
+    assert engine.lines(b"DATA\r\n") == ["354 End data with <CR><LF>.<CR><LF>"]
+
+
+def test_a_refused_session_consumes_bdat_chunks_and_answers_only_quit() -> None:
+    refuse = answer_with({Connect: Reply(554, "no service", "5.7.1")})
+    engine = Engine(ProtocolConfig(hostname="mx.test"), refuse)  # type: ignore[arg-type]
+    assert engine.start() == b"554 5.7.1 no service\r\n"
+    play(engine, [
+        (b"BDAT x\r\n", ["503 5.5.1 No service here; only QUIT is accepted"]),
+        (b"BDAT 4\r\nNOOPNOOP\r\n", ["503 5.5.1 No service here; only QUIT is accepted",
+                                     "503 5.5.1 No service here; only QUIT is accepted"]),
+        (b"QUIT\r\n", ["221 2.0.0 mx.test closing connection"]),
+    ])
+
+
+def test_binarymime_needs_chunking_and_requiretls_needs_tls() -> None:
+    off = ready(ProtocolConfig(chunking=False, binarymime=True))
+    assert off.lines(b"MAIL FROM:<a@b.c> BODY=BINARYMIME\r\n") == [
+        "555 5.5.4 BODY=BINARYMIME not offered"]
+    # The same connection before and after STARTTLS: what is offered follows TLS.
+    engine = ready(ProtocolConfig(tls_available=True))
+    assert engine.lines(b"MAIL FROM:<a@b.c> REQUIRETLS\r\n") == [
+        "555 5.5.4 Parameter REQUIRETLS not offered"]
+    engine.send(b"STARTTLS\r\n")
+    engine.conn.tls_established()
+    engine.send(b"EHLO c\r\n")
+    assert engine.lines(b"MAIL FROM:<a@b.c> REQUIRETLS\r\n") == ["250 2.1.0 Sender OK"]
+
+
+@pytest.mark.parametrize("method", [b"DATA\r\n", b"BDAT 3\r\nabc"])
+def test_data_start_refused_at_400_or_accepted_with_its_own_354(method: bytes) -> None:
+    later = answer_with({DataStart: Reply(400, "not now", "4.0.0")})
+    engine = ready(ProtocolConfig(), later)  # type: ignore[arg-type]
+    engine.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n")
+    assert engine.lines(method) == ["400 4.0.0 not now"]
+    assert engine.lines(b"NOOP\r\n") == ["250 2.0.0 OK"]
+    if method == b"DATA\r\n":
+        own = answer_with({DataStart: Reply(354, "Go ahead")})
+        engine = ready(ProtocolConfig(), own)  # type: ignore[arg-type]
+        engine.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n")
+        assert engine.lines(method) == ["354 Go ahead"]
+
+
+def test_lmtp_per_recipient_failures_at_400() -> None:
+    conn = lmtp_at_end_of_message()
+    conn.respond_per_recipient([Reply(400, "not now", "4.0.0"), None])
+    assert conn.data_to_send() == (b"400 4.0.0 not now\r\n"
+                                   b"250 2.1.5 <g@h.i> delivered\r\n")
