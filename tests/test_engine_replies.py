@@ -14,7 +14,7 @@ import pytest
 
 from tests.engine import Engine, ready
 from trio_smtpd._config import ProtocolConfig
-from trio_smtpd._connection import ServerConnection, UsageError
+from trio_smtpd._connection import NEED_DATA, ServerConnection, UsageError
 from trio_smtpd._events import (
     AuthResponse,
     AuthStart,
@@ -450,3 +450,8 @@ def test_lmtp_per_recipient_failures_at_400() -> None:
     conn.respond_per_recipient([Reply(400, "not now", "4.0.0"), None])
     assert conn.data_to_send() == (b"400 4.0.0 not now\r\n"
                                    b"250 2.1.5 <g@h.i> delivered\r\n")
+
+
+def test_need_data_reads_as_its_name() -> None:
+    # What a driver's debug log shows when the engine waits for bytes.
+    assert repr(NEED_DATA) == "NEED_DATA"
