@@ -455,3 +455,94 @@ def test_lmtp_per_recipient_failures_at_400() -> None:
 def test_need_data_reads_as_its_name() -> None:
     # What a driver's debug log shows when the engine waits for bytes.
     assert repr(NEED_DATA) == "NEED_DATA"
+
+
+def test_why_each_connection_closed() -> None:
+    def reason(engine: Engine) -> str:
+        [closed] = engine.of_type(ConnectionClosed)
+        return closed.reason  # type: ignore[attr-defined,no-any-return]
+
+    quit_ = ready()
+    quit_.send(b"QUIT\r\n")
+    assert reason(quit_) == "QUIT"
+    errors = ready(ProtocolConfig(max_bad_commands=0))
+    errors.send(b"FOO\r\n")
+    assert reason(errors) == "ERRORS"
+    eof = ready()
+    eof.send(b"", eof=True)
+    assert reason(eof) == "EOF"
+    busy = Engine(ProtocolConfig(), answer_with(  # type: ignore[arg-type]
+        {Mail: Reply(421, "shutting down", "4.3.2")}))
+    busy.start()
+    assert busy.lines(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\n")[-1] == "421 4.3.2 shutting down"
+    assert reason(busy) == "CLOSING"
+    guesses = ready(ProtocolConfig(auth_mechanisms=("PLAIN",), max_auth_failures=0),
+                    tls_active=True)
+    assert guesses.lines(b"AUTH PLAIN AGEAYg==\r\n") == [
+        "421 4.7.0 Too many authentication failures"]
+    assert reason(guesses) == "AUTH_FAILURES"
+
+
+def test_nothing_happens_after_the_close() -> None:
+    conn = ServerConnection(ProtocolConfig())
+    conn.receive_data(b"EHLO c\r\nQUIT\r\n")
+    assert isinstance(until(conn, ConnectionClosed), ConnectionClosed)
+    conn.receive_data(b"")  # the client hangs up in turn: no second ConnectionClosed
+    assert conn.next_event() is NEED_DATA
+    assert conn.next_event() is NEED_DATA
+
+
+def test_the_transaction_as_the_engine_shows_it() -> None:
+    conn = ServerConnection(ProtocolConfig())
+    assert (conn.sender, conn.mail_params, conn.recipients, conn.recipient_count,
+            conn.in_transaction) == (None, None, (), 0, False)
+    conn.receive_data(b"EHLO c\r\nMAIL FROM:<a@b.c> SIZE=10\r\nRCPT TO:<d@e.f>\r\nNOOP\r\n")
+    until(conn, Rcpt)
+    conn.respond()
+    assert str(conn.sender) == "a@b.c" and conn.mail_params is not None
+    assert conn.mail_params.size == 10 and conn.recipient_count == 1 and conn.in_transaction
+    conn.receive_data(b"RSET\r\n")
+    until(conn, Reset)
+    assert (conn.sender, conn.mail_params, conn.recipients, conn.recipient_count,
+            conn.in_transaction) == (None, None, (), 0, False)
+
+
+def test_sasl_response_lines_are_taken_exactly() -> None:
+    # Only the CRLF is removed: a trailing space makes the base64 invalid, and a final
+    # "X" is part of it.
+    config = ProtocolConfig(auth_mechanisms=("PLAIN",))
+    engine = ready(config, challenge_then("success"), tls_active=True)  # type: ignore[arg-type]
+    play(engine, [(b"AUTH PLAIN\r\n", ["334 Z28gb24="]),
+                  (b"YWFX \r\n", ["501 5.5.2 Invalid base64 in authentication response"]),
+                  (b"AUTH PLAIN\r\n", ["334 Z28gb24="]),
+                  (b"YWFX\r\n", ["235 2.7.0 Authentication successful"])])
+    assert engine.of_type(AuthResponse)[0].data == b"aaW"  # type: ignore[attr-defined]
+
+
+def test_mail_and_rcpt_lines_may_exceed_512_octets() -> None:
+    # RFC 1870/3461/4954 raise the limit for MAIL and RCPT parameters, not for others.
+    engine = ready()
+    long_orcpt = "rfc822;" + "a" * 60 + "@" + ".".join(["b" * 60] * 8)
+    assert engine.lines(f"MAIL FROM:<a@b.c> ENVID={'e' * 90}\r\n".encode()) == [
+        "250 2.1.0 Sender OK"]
+    rcpt = f"RCPT TO:<d@e.f> ORCPT={long_orcpt}\r\n".encode()
+    assert len(rcpt) > 512
+    assert engine.lines(rcpt) == ["250 2.1.5 Recipient OK"]
+    assert engine.lines(b"NOOP " + b"x" * 510 + b"\r\n") == ["500 5.5.2 Line too long"]
+
+
+def test_parameters_after_helo_are_refused_whatever_they_are() -> None:
+    engine = ready(hello=b"HELO c\r\n")
+    assert engine.lines(b"MAIL FROM:<a@b.c> X\r\n") == [
+        "555 5.5.4 Parameters need EHLO, not HELO"]
+    assert engine.lines("MAIL FROM:<a@b.c> \u2003\r\n".encode()) == [  # not a space
+        "555 5.5.4 Parameters need EHLO, not HELO"]
+    assert engine.lines(b"MAIL FROM:<a@b.c>  \r\n") == ["250 2.1.0 Sender OK"]
+
+
+def test_auth_answers_need_an_auth_exchange() -> None:
+    conn = ServerConnection(ProtocolConfig())
+    for answer in (lambda: conn.auth_challenge(b"x"), lambda: conn.auth_success("a"),
+                   lambda: conn.auth_failure()):
+        with pytest.raises(UsageError, match=r"^no AUTH exchange is pending$"):
+            answer()
