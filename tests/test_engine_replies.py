@@ -546,3 +546,16 @@ def test_auth_answers_need_an_auth_exchange() -> None:
                    lambda: conn.auth_failure()):
         with pytest.raises(UsageError, match=r"^no AUTH exchange is pending$"):
             answer()
+
+
+def test_no_partial_line_is_left_after_a_close() -> None:
+    # The server layer times a client by the partial line it is sending: a connection
+    # closed in the middle of an overlong line has none left.
+    conn = ServerConnection(ProtocolConfig())
+    conn.receive_data(b"EHLO c\r\n" + b"x" * 4000)
+    until(conn, Hello)
+    conn.respond()
+    assert conn.next_event() is NEED_DATA and conn.partial_line  # discarding the long line
+    conn.close_with(Reply(421, "bye", "4.4.2"))
+    assert isinstance(conn.next_event(), ConnectionClosed)
+    assert not conn.partial_line
