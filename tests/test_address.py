@@ -740,3 +740,9 @@ def test_the_loose_label_takes_upper_case() -> None:
     for repertoire in ("", address_module._NON_ASCII):
         label = address_module._Grammar(repertoire).label
         assert label.fullmatch("-AB-") and label.fullmatch("Zz9")
+
+
+def test_undecodable_octets_without_smtputf8_are_an_smtputf8_matter() -> None:
+    with pytest.raises(ReplyError) as info:
+        parse_forward_path("<a\udc80@b.c>", utf8=False)
+    assert str(info.value.reply) == "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8"

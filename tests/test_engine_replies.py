@@ -559,3 +559,9 @@ def test_no_partial_line_is_left_after_a_close() -> None:
     conn.close_with(Reply(421, "bye", "4.4.2"))
     assert isinstance(conn.next_event(), ConnectionClosed)
     assert not conn.partial_line
+
+
+def test_lmtp_greets_as_lmtp_and_tls_is_off_by_default() -> None:
+    assert Engine(ProtocolConfig(hostname="mx.test", lmtp=True)).start() == (
+        b"220 mx.test LMTP trio_smtpd ready\r\n")
+    assert ServerConnection(ProtocolConfig()).tls_active is False
