@@ -721,6 +721,10 @@ def test_the_compiled_grammar(repertoire: str) -> None:
     ("<@a.example,@xn--a\u00e9.example:x@y.z>", True,
      "501 5.1.3 Syntax error in recipient address: source route domain label "
      "'xn--a\u00e9' is not a valid IDNA label"),
+    ("<@a.example.,@b.example:x@y.z>", False,
+     "501 5.1.3 Syntax error in recipient address: source route domain ends with a dot"),
+    ("<@,@b.example:x@y.z>", False,
+     "501 5.1.3 Syntax error in recipient address: empty source route domain"),
     ("<@a.example,", False, "501 5.1.3 Syntax error in recipient address: unexpected end "
                             "of source route (each hop starts with '@')"),
     ("<a@[\xa0]>", True,

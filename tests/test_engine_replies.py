@@ -376,13 +376,14 @@ def test_refusals_of_the_server_are_not_client_errors() -> None:
             == "552 5.3.4 Message exceeds fixed maximum message size"
     assert size.lines(b"NOOP\r\n") == ["250 2.0.0 OK"]
 
-    refuse = answer_with({DataStart: Reply(550, "not from you", "5.7.1")})
+    # (503 is one of the codes that count when the engine itself answers them.)
+    refuse = answer_with({DataStart: Reply(503, "not in this order", "5.5.1")})
     app = Engine(ProtocolConfig(max_bad_commands=1), refuse)  # type: ignore[arg-type]
     app.start()
     app.send(b"EHLO c\r\n")
     for _ in range(3):
         assert app.lines(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nBDAT 3\r\nabc")[-1] \
-            == "550 5.7.1 not from you"
+            == "503 5.5.1 not in this order"
     assert app.lines(b"NOOP\r\n") == ["250 2.0.0 OK"]
 
     sequence = ready(ProtocolConfig(max_bad_commands=1))
