@@ -58,6 +58,22 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def mutate(session: nox.Session) -> None:
+    """Mutation testing of the sans-I/O core and maildir.py (mutmut; not run in CI).
+
+    Settings are in pyproject.toml's [tool.mutmut]: which modules, which (fast, socket-
+    free) tests. Niced and one mutant at a time, to leave the machine to its users.
+    Then prints the score, counting the mutants tests/MUTANTS.md lists as equivalent
+    out, and any survivor that is neither killed nor listed there. ``nox -s mutate --
+    NAME...`` re-runs only those mutants (mutmut remembers the others' results).
+    """
+    session.install("-e", ".[test]", "mutmut==3.8.1")
+    session.run("nice", "-n", "15", "mutmut", "run", "--max-children", "1", *session.posargs,
+                external=True)
+    session.run("python", "tests/mutation_score.py")
+
+
+@nox.session(python=PYTHON)
 def fuzz(session: nox.Session) -> None:
     """Coverage-guided fuzzing (atheris) of the engine and the address/parameter parsers."""
     session.install("-e", ".", "atheris")

@@ -1,7 +1,9 @@
-"""Shared fixtures: real TLS material made by trustme, and the sinkhole as a subprocess."""
+"""Shared fixtures: real TLS material made by trustme, and the sinkhole as a subprocess;
+and a check, around every test, that it leaves no process and no listening socket behind."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -10,7 +12,9 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +24,71 @@ import pytest
 import trustme
 
 from tests.dnsserver import SilentServer, Unbound, start_unbound
+from tests.processes import (
+    kill_all,
+    listening_sockets,
+    processes_with,
+    socket_inodes,
+    wait_gone,
+)
 
-# pytester runs pytest on generated projects (the tests of the pytest plugin); hygiene
-# checks that no child process and no listening socket is left behind by any test.
-pytest_plugins = ["pytester", "tests.hygiene"]
+#: Every process the tests start inherits this variable, whatever becomes of its parent.
+RUN_VARIABLE = "TRIO_SMTPD_TEST_RUN"
+RUN_ID = uuid.uuid4().hex
+os.environ[RUN_VARIABLE] = RUN_ID
+#: Each sinkhole's processes (the supervisor and its workers) carry one of their own.
+SINKHOLE_VARIABLE = "TRIO_SMTPD_TEST_SINKHOLE"
+#: How long processes a test stopped may take to exit before they count as left behind.
+EXIT_GRACE = 10.0
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_running() -> Iterator[None]:
+    """Fail the test that leaves a process it started, a thread or a listening socket
+    behind.
+
+    Autouse, so it is set up before and torn down after every other fixture of the test:
+    what those fixtures stop in their teardown does not count as left behind.
+    """
+    before = set(processes_with(RUN_VARIABLE, RUN_ID))
+    own_before = socket_inodes(os.getpid())
+    threads_before = set(threading.enumerate())
+    yield
+    started = processes_with(RUN_VARIABLE, RUN_ID)
+    left = wait_gone(set(started) - before, EXIT_GRACE)
+    problems = []
+    if left:
+        sockets = {pid: sorted(listening_sockets({pid}).values()) for pid in left}
+        kill_all(left)  # so that one leak does not also fail the tests after it
+        problems += [f"process {pid} still running ({started[pid]}), listening on "
+                     f"{sockets[pid] or 'nothing'}" for pid in sorted(left)]
+    # Only sockets the test opened and left open are looked up among the listening ones.
+    if socket_inodes(os.getpid()) - own_before:
+        gc.collect()  # a socket nobody refers to any more is closed by its finaliser
+        new = socket_inodes(os.getpid()) - own_before
+        if new:
+            problems += [f"listening socket {address} left open in the test process"
+                         for inode, address in sorted(listening_sockets({os.getpid()}).items())
+                         if inode in new]
+    problems += [f"thread {thread.name!r} still running"
+                 for thread in _threads_left(threads_before)]
+    if problems:
+        pytest.fail("the test left behind:\n" + "\n".join(problems), pytrace=False)
+
+
+def _threads_left(before: set[threading.Thread]) -> list[threading.Thread]:
+    """Threads started since ``before`` that do not end within ``EXIT_GRACE``. Trio's
+    idle worker threads are not counted: trio keeps them for reuse and ends them itself."""
+    deadline = time.monotonic() + EXIT_GRACE
+    new = [thread for thread in threading.enumerate()
+           if thread not in before and not thread.name.startswith("Trio thread")]
+    for thread in new:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [thread for thread in new if thread.is_alive()]
+
+
+# pytester runs pytest on generated projects (the tests of the pytest plugin).
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(params=["direct", "stream"])
@@ -71,8 +136,36 @@ def cert_files(server_cert: trustme.LeafCert, ca: trustme.CA,
     return cert, key, ca_file
 
 
+#: Fixtures that run an external program for the tests that use them (set up once, so
+#: _interop_is_marked sees the program only in the first such test): those tests are
+#: interop tests too.
+PROGRAM_FIXTURES = frozenset({"dns_server", "auth_dns"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROGRAM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.interop)
+
+
+#: The external programs the running test asked for (see _interop_is_marked).
+_programs_used: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _interop_is_marked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that runs an external program must say so with ``@pytest.mark.interop``,
+    so that ``-m interop`` / ``-m 'not interop'`` select exactly that tier."""
+    _programs_used.clear()
+    yield
+    if _programs_used and request.node.get_closest_marker("interop") is None:
+        pytest.fail(f"uses {', '.join(_programs_used)} but is not marked interop",
+                    pytrace=False)
+
+
 def require_program(name: str, package: str | None = None) -> str:
     """The path of an external client program; missing ones fail loudly in CI."""
+    _programs_used.append(name)
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}")
                                   else None)
     if path is None:
@@ -118,6 +211,8 @@ class Sinkhole:
     process: subprocess.Popen[str]
     maildir: Path
     log_path: Path
+    #: The value of SINKHOLE_VARIABLE in the environment of its processes.
+    marker: str = ""
     ports: list[int] = field(default_factory=list)
 
     @property
@@ -170,15 +265,18 @@ def start_sinkhole(tmp_path: Path, *args: str, listen: int = 1, tls_listen: int 
         if max_files is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
 
+    marker = uuid.uuid4().hex
     with log_path.open("w") as log_file:
         process = subprocess.Popen(argv, stderr=log_file, stdout=subprocess.DEVNULL, text=True,
-                                   env={**os.environ, **(env or {})},
+                                   env={**os.environ, **(env or {}), SINKHOLE_VARIABLE: marker},
                                    preexec_fn=limit_files if max_files else None)
-    sinkhole = Sinkhole(process, maildir, log_path)
+    sinkhole = Sinkhole(process, maildir, log_path, marker)
     deadline = time.monotonic() + 30
     while not sinkhole.events("listening"):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
+            process.wait(10)
+            kill_all(set(processes_with(SINKHOLE_VARIABLE, marker)))
             raise AssertionError(f"sinkhole did not start: {log_path.read_text()}")
         time.sleep(0.02)
     addresses = sinkhole.events("listening")[0]["addresses"]
@@ -201,14 +299,6 @@ def sinkhole_factory(tmp_path: Path) -> Iterator[object]:
         if sinkhole.process.poll() is None:
             sinkhole.process.kill()
             sinkhole.process.wait(10)
-        # Workers of a supervisor killed above (or by the test) would live on: end them.
-        for event in sinkhole.events("worker-start"):
-            _kill_worker(int(str(event["pid"])))
-
-
-def _kill_worker(pid: int) -> None:
-    try:
-        if b"trio_smtpd" in Path(f"/proc/{pid}/cmdline").read_bytes():  # (not a reused pid)
-            os.kill(pid, signal.SIGKILL)
-    except OSError:  # (gone already)
-        pass
+        # Workers die with their supervisor (PR_SET_PDEATHSIG), but a test may have broken
+        # that on purpose: every process carrying this sinkhole's marker goes.
+        kill_all(set(processes_with(SINKHOLE_VARIABLE, sinkhole.marker)))

@@ -568,3 +568,185 @@ def test_mailbox_round_trip(case: tuple[bool, str, str, str]) -> None:
         with pytest.raises(ReplyError) as info:
             parse_mailbox(text, utf8=False)
         assert (info.value.reply.code, info.value.reply.enhanced) == (553, "5.6.7")
+
+
+# ------------------------------------------------------------------ exact diagnostics
+# What the client is told is part of the behaviour: each problem has its own words, and
+# the enhanced code says whose address it was (5.1.7 sender, 5.1.3 recipient).
+
+RECIPIENT_PROBLEMS = [
+    ("a@b.c", "address must be enclosed in angle brackets <...>"),
+    ("<>", "the null path <> is only allowed for the sender"),
+    ("<@r.example>", "source route must be followed by ':' and a mailbox"),
+    ("<@r.example,r2.example:a@b.c>",
+     "invalid character 'r' in source route (each hop starts with '@')"),
+    ("<@r.example,@:a@b.c>", "empty source route domain"),
+    ("<a@b.c", "missing closing '>'"),
+    ("<a>", "missing '@' and domain"),
+    ('<"abc@b.c>', "unterminated quoted string in local part"),
+    ("<.a@b.c>", "local part starts with a dot"),
+    ("<a..b@b.c>", "local part contains consecutive dots"),
+    ("<a.@b.c>", "local part ends with a dot"),
+    ("<@r.example:", "empty local part"),
+    ("<a @b.c>", "space in local part (allowed only inside a quoted string)"),
+    ("<a\x01@b.c>", "control character U+0001 in local part"),
+    ("<a\x1f@b.c>", "control character U+001F in local part"),
+    ("<a@[1.2.3.4>", "unterminated address literal (missing ']')"),
+    ("<a@[]>", "empty address literal []"),
+    ("<a@>", "empty domain"),
+    ("<a@b,c>", "invalid character ',' in domain"),
+    ("<a@b_c.d>", "invalid character '_' in domain"),
+    ("<a@b..c>", "domain contains consecutive dots"),
+    ("<a@b.c.>", "domain ends with a dot"),
+    ("<a@-b.c>", "domain label '-b' starts or ends with a hyphen"),
+    ("<a@b.c>x", "unexpected 'x' after '>' (parameters follow a space)"),
+    ("<a@b.c>>", "unexpected '>' after '>' (parameters follow a space)"),
+    ("<a@" + "x" * 64 + ".c>", "domain label longer than 63 octets"),
+    ("<a@[IPv6:1::2::3]>", "invalid IPv6 address literal [IPv6:1::2::3]"),
+]
+
+
+@pytest.mark.parametrize(("path", "problem"), RECIPIENT_PROBLEMS)
+def test_each_recipient_problem_is_named(path: str, problem: str) -> None:
+    with pytest.raises(ReplyError) as info:
+        parse_forward_path(path, utf8=True)
+    assert str(info.value.reply) == f"501 5.1.3 Syntax error in recipient address: {problem}"
+
+
+def test_sender_problems_carry_the_sender_code() -> None:
+    with pytest.raises(ReplyError) as info:
+        parse_reverse_path("<>x", utf8=False)
+    assert str(info.value.reply) == ("501 5.1.7 Syntax error in sender address: unexpected "
+                                     "'x' after '>' (parameters follow a space)")
+    with pytest.raises(ReplyError) as info:
+        parse_reverse_path("<a@[]>", utf8=False)
+    assert str(info.value.reply) == ("501 5.1.7 Syntax error in sender address: empty "
+                                     "address literal []")
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("a", "missing '@' and domain"),
+    ("a@", "empty domain"),
+    ("a@b.c>", "invalid character '>' in domain"),
+    ("<a@b.c>", "invalid character '<' in local part"),
+])
+def test_bare_mailbox_problems(text: str, problem: str) -> None:
+    with pytest.raises(ReplyError) as info:
+        parse_mailbox(text, utf8=False)
+    assert str(info.value.reply) == f"501 5.1.3 Syntax error in mailbox: {problem}"
+
+
+@pytest.mark.parametrize(("char", "problem"), [
+    ("\x7f", "control character U+007F"), ("\x85", "control character U+0085"),
+    ("\x9f", "control character U+009F"), ("\ud800", "invalid UTF-8"),
+    ("\udc80", "invalid UTF-8"), ("\udfff", "invalid UTF-8"), (None, None),
+])
+def test_controls_and_undecodable_octets_in_utf8_addresses(char: str | None,
+                                                            problem: str | None) -> None:
+    # C1 controls (U+0080-U+009F) and lone surrogates (undecodable octets) are refused;
+    # their neighbours U+00A0 and U+E000 are ordinary characters.
+    if char is None:
+        for fine in ("\xa0", "\ue000"):
+            assert parse_forward_path(f"<a{fine}@b.c>", utf8=True)[0].local_part == "a" + fine
+        return
+    with pytest.raises(ReplyError) as info:
+        parse_forward_path(f"<a{char}@b.c>", utf8=True)
+    assert str(info.value.reply) == (f"501 5.1.3 Syntax error in recipient address: "
+                                     f"{problem} in local part")
+
+
+@pytest.mark.parametrize(("literal", "valid"), [
+    ("IPv6:1:2:3:4:5:6:7:8", True), ("IPv6:1:2:3:4:5:6:7", False),
+    ("IPv6:1:2:3:4:5:6::", True), ("IPv6:1:2:3:4:5::6", True),
+    ("IPv6::1:2:3:4:5:6:7", False), ("IPv6:1::2:3:4:5:6:7", False),
+    ("IPv6:1:2:3:4:5:6:7::8", False), ("IPv6:1:2:3:4:5:6:1.2.3.4", True),
+    ("IPv6:1:2:3:4:5::1.2.3.4", False), ("IPv6:1:2:3:4::1.2.3.4", True),
+])
+def test_ipv6_literal_group_counts(literal: str, valid: bool) -> None:
+    # RFC 5321 4.1.3: 8 groups, or at most 6 beside "::"; with an IPv4 tail 6 groups, or at
+    # most 4 beside "::".
+    if valid:
+        assert parse_forward_path(f"<a@[{literal}]>", utf8=False)[0].domain == f"[{literal}]"
+    else:
+        with pytest.raises(ReplyError, match=r"invalid IPv6 address literal"):
+            parse_forward_path(f"<a@[{literal}]>", utf8=False)
+
+
+def test_source_routes_are_dropped_whatever_their_length() -> None:
+    assert parse_forward_path("<@r1.example,@r2.example,@r3.example:a@b.c>",
+                              utf8=False) == (Address("a", "b.c"), "")
+
+
+@pytest.mark.parametrize("repertoire", ["ascii", "utf8"])
+def test_the_compiled_grammar(repertoire: str) -> None:
+    # The grammar is compiled once, at import; compiling it again here is what lets
+    # mutation testing see a change to it (mutants are switched on after import).
+    grammar = address_module._Grammar(
+        "" if repertoire == "ascii" else address_module._NON_ASCII)
+    utf8 = repertoire == "utf8"
+    mailboxes = {
+        "a@b.c": True, "A.Z@B.C": True, f"z{ATEXT_SPECIALS}0@x.y": True,
+        '"a b\\"c"@x.y': True, '"a"b"@x.y': False, "a@[127.0.0.1]": True,
+        "a@[IPv6:::1]": True, "a@b-c.d": True, "a@B9.c": True, "a..b@c.d": False,
+        ".a@b.c": False, "a.@b.c": False, "a@-b.c": False, "a@b-.c": False,
+        "a@b..c": False, "a b@c.d": False, "a@[]": False, "a@[a[b]": False,
+        "@b.c": False, "a@": False, "a@b_c.d": False, "é@x.y": utf8, "a@é.example": utf8,
+        '"é"@x.y': utf8,
+    }
+    for text, matches in mailboxes.items():
+        assert (grammar.mailbox.fullmatch(text) is not None) == matches, text
+    paths = {"<a@b.c>": True, "<@r1.example,@r2.example:a@b.c>": True,
+             "<@r1.example:>": False, "a@b.c": False, "<@r1.example,r2.example:a@b.c>": False}
+    for text, matches in paths.items():
+        assert (grammar.path.fullmatch(text) is not None) == matches, text
+    route = grammar.path.fullmatch("<@r1.example,@r2.example:a@b.c>")
+    assert route is not None and route["route"] == "@r1.example,@r2.example"
+    assert grammar.atom.fullmatch("a+b") and not grammar.atom.fullmatch("a.b")
+    assert grammar.qcontent.fullmatch('a b\\"') and not grammar.qcontent.fullmatch('"')
+    assert not grammar.qcontent.fullmatch("\t")
+    assert grammar.label.fullmatch("-ab-") and not grammar.label.fullmatch("a.b")
+    assert grammar.dcontent.fullmatch("IPv6:::1") and grammar.dcontent.fullmatch("")
+    assert not grammar.dcontent.fullmatch("a[b") and not grammar.dcontent.fullmatch("a\\b")
+
+
+@pytest.mark.parametrize(("path", "utf8", "reply"), [
+    # Where the problem is decides between 501 and 553: non-ASCII after the problem does
+    # not make it an SMTPUTF8 matter.
+    ("<a..\u00e9@b.c>", False,
+     "501 5.1.3 Syntax error in recipient address: local part contains consecutive dots"),
+    ("a\u00e9@b.c", False, "501 5.1.3 Syntax error in recipient address: address must be "
+                           "enclosed in angle brackets <...>"),
+    ("<@a.example,@b.example:a..b@c.d>", True,
+     "501 5.1.3 Syntax error in recipient address: local part contains consecutive dots"),
+    ("<@a.example,@xn--a\u00e9.example:x@y.z>", True,
+     "501 5.1.3 Syntax error in recipient address: source route domain label "
+     "'xn--a\u00e9' is not a valid IDNA label"),
+    ("<@a.example.,@b.example:x@y.z>", False,
+     "501 5.1.3 Syntax error in recipient address: source route domain ends with a dot"),
+    ("<@,@b.example:x@y.z>", False,
+     "501 5.1.3 Syntax error in recipient address: empty source route domain"),
+    ("<@a.example,", False, "501 5.1.3 Syntax error in recipient address: unexpected end "
+                            "of source route (each hop starts with '@')"),
+    ("<a@[\xa0]>", True,
+     "501 5.1.3 Syntax error in recipient address: invalid character '\\xa0' in address "
+     "literal"),
+    ("<a@[\ue000]>", True,
+     "501 5.1.3 Syntax error in recipient address: invalid character '\\ue000' in address "
+     "literal"),
+])
+def test_diagnosis_at_the_right_place(path: str, utf8: bool, reply: str) -> None:
+    with pytest.raises(ReplyError) as info:
+        parse_forward_path(path, utf8=utf8)
+    assert str(info.value.reply) == reply
+
+
+def test_the_loose_label_takes_upper_case() -> None:
+    for repertoire in ("", address_module._NON_ASCII):
+        label = address_module._Grammar(repertoire).label
+        assert label.fullmatch("-AB-") and label.fullmatch("Zz9")
+
+
+def test_undecodable_octets_without_smtputf8_are_an_smtputf8_matter() -> None:
+    with pytest.raises(ReplyError) as info:
+        parse_forward_path("<a\udc80@b.c>", utf8=False)
+    assert str(info.value.reply) == "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8"

@@ -130,6 +130,62 @@ def test_message_size_at_and_past_limit() -> None:
     assert engine.codes(b"NOOP\r\n") == [250]
 
 
+# Every size limit at exactly the limit and one octet past it: a check off by one
+# (``>=``, or ``> limit + 1``) must fail here, not only by luck in a property test.
+LIMIT = 1000
+TOO_BIG = "552 5.3.4 Message exceeds fixed maximum message size"
+
+
+def stuffed_message(size: int) -> bytes:
+    """DATA for a message of exactly ``size`` octets (its final CRLF included), most of
+    its lines dot-stuffed: the limit is on the message, not on the octets on the wire."""
+    stuffed = b".." + b"x" * 96 + b"\r\n"  # 100 octets on the wire, 99 in the message
+    count = (size - 2) // 99
+    last = b"y" * (size - 99 * count - 2) + b"\r\n"
+    return stuffed * count + last + b".\r\n"
+
+
+@pytest.mark.parametrize(("size", "reply"), [(LIMIT, "250 2.0.0 Message accepted"),
+                                             (LIMIT + 1, TOO_BIG)])
+def test_data_at_and_one_octet_past_the_size_limit(size: int, reply: str) -> None:
+    engine = in_data(ProtocolConfig(max_message_size=LIMIT))
+    assert engine.lines(stuffed_message(size)) == [reply]
+    if size == LIMIT:
+        assert ends(engine)[0].size == LIMIT == len(engine.body())
+    else:
+        assert ends(engine) == []
+    assert engine.codes(b"NOOP\r\n") == [250]
+
+
+@pytest.mark.parametrize(("chunks", "replies"), [
+    ([LIMIT], ["250 2.0.0 Message accepted"]),
+    ([LIMIT + 1], [TOO_BIG]),
+    ([LIMIT - 1, 1], ["250 2.0.0 999 octets received", "250 2.0.0 Message accepted"]),
+    ([LIMIT, 1], ["250 2.0.0 1000 octets received", TOO_BIG]),
+])
+def test_bdat_at_and_one_octet_past_the_size_limit(chunks: list[int],
+                                                   replies: list[str]) -> None:
+    engine = ready(ProtocolConfig(max_message_size=LIMIT))
+    engine.send(ENVELOPE)
+    out = []
+    for n, size in enumerate(chunks):
+        last = b" LAST" if n == len(chunks) - 1 else b""
+        out += engine.lines(b"BDAT %d%s\r\n" % (size, last) + b"z" * size)
+    assert out == replies
+    accepted = replies[-1].startswith("250")
+    assert [e.size for e in ends(engine)] == ([sum(chunks)] if accepted else [])
+    assert engine.codes(b"NOOP\r\n") == [250]  # the refused chunk was consumed, not read
+
+
+@pytest.mark.parametrize(("size", "reply"), [
+    (LIMIT, "250 2.1.0 Sender OK"),
+    (LIMIT + 1, "552 5.3.4 Message size exceeds fixed maximum message size"),
+])
+def test_size_parameter_at_and_one_past_the_limit(size: int, reply: str) -> None:
+    engine = ready(ProtocolConfig(max_message_size=LIMIT))
+    assert engine.lines(b"MAIL FROM:<a@b.c> SIZE=%d\r\n" % size) == [reply]
+
+
 def test_rejected_message_and_lmtp_replies() -> None:
     def decide(conn: ServerConnection, decision: Request) -> None:
         if isinstance(decision, EndOfMessage):

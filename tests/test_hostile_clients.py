@@ -65,6 +65,18 @@ def converse(sock: socket.socket, data: bytes, replies: int) -> list[bytes]:
     return out
 
 
+def wait_for_a_free_slot(port: int, timeout: float = 10) -> None:
+    """Poll until a new connection is greeted (220) rather than refused (421)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.create_connection(("127.0.0.1", port), timeout=GREETING_TIMEOUT) as sock:
+            greeting = sock.recv(200)
+        if greeting.startswith(b"220"):
+            return
+        assert greeting.startswith(b"421 4.7.0") and time.monotonic() < deadline, greeting
+        time.sleep(0.02)
+
+
 def normal_transaction(port: int) -> list[bytes]:
     with connect(port) as sock:
         return converse(sock, b"EHLO normal\r\nMAIL FROM:<a@example.org>\r\n"
@@ -104,7 +116,7 @@ def test_slowloris_clients_time_out_while_normal_clients_are_served(
     for thread in trickers:
         thread.start()
     try:
-        time.sleep(1)
+        sinkhole.wait_for("connect", 200)
         # 200 trickling clients are connected; a normal client is still served.
         replies = normal_transaction(sinkhole.port)
         assert replies[4].startswith(b"250 2.0.0 queued as")
@@ -132,7 +144,8 @@ def test_connection_flood_past_the_limit(sinkhole_factory: Factory) -> None:
     assert refused == 100
     for sock in held:
         sock.close()
-    time.sleep(0.5)
+    sinkhole.wait_for("close", 50)  # the server has seen every held client go
+    wait_for_a_free_slot(sinkhole.port)
     assert normal_transaction(sinkhole.port)[4].startswith(b"250")  # recovered
     assert sinkhole.process.poll() is None
 
@@ -156,10 +169,13 @@ def test_ten_thousand_sequential_connections_leak_nothing(sinkhole_factory: Fact
             worker.join(120)
 
     run(1000)  # warm up: imports, caches, allocator pools
-    time.sleep(0.5)
+    sinkhole.wait_for("close", 1000)
     fds, rss = open_fds(pid), rss_kb(pid)
     run(10000)
-    time.sleep(0.5)
+    sinkhole.wait_for("close", 11000, timeout=60)
+    deadline = time.monotonic() + 10  # the last few sockets close just after their log line
+    while open_fds(pid) > fds + 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert open_fds(pid) <= fds + 2
     assert rss_kb(pid) < rss + 4096  # no growth worth the name: < 4 MiB for 10,000
 
@@ -254,7 +270,7 @@ def test_clients_vanishing_mid_data_and_mid_bdat_leave_nothing(
     sinkhole = sinkhole_factory()
     pid = sinkhole.process.pid
     normal_transaction(sinkhole.port)
-    time.sleep(0.3)
+    sinkhole.wait_for("close")
     baseline = open_fds(pid)
     for n in range(50):
         sock = connect(sinkhole.port)

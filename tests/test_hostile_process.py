@@ -285,6 +285,7 @@ def haproxy_config_from_the_docs() -> str:
     return text[start:text.index("```", start)]
 
 
+@pytest.mark.interop
 def test_haproxy_stick_tables_enforce_the_limits_in_front_of_two_hosts(
         sinkhole_factory: Factory, tmp_path: Path) -> None:
     haproxy = require_program("haproxy")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
+import stat
 import threading
 import time
 from pathlib import Path
@@ -72,6 +74,18 @@ def test_create_fails_on_unwritable_directory(tmp_path: Path) -> None:
             Maildir(tmp_path / "mail").create()
 
 
+class CountingCondition(threading.Condition):
+    """A condition variable that counts the calls to wait(): how many threads queued."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1  # under the condition's lock, which wait() requires
+        return super().wait(timeout)
+
+
 def test_concurrent_commits_share_directory_fsyncs(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     # Every sync() must return after an fsync that began after it was called; while one
@@ -89,6 +103,8 @@ def test_concurrent_commits_share_directory_fsyncs(tmp_path: Path,
 
     monkeypatch.setattr(maildir_module, "_fsync_directory", slow_fsync)
     group = maildir_module._GroupSync(tmp_path)
+    waiting = CountingCondition()
+    group._changed = waiting
     calls: list[tuple[int, int]] = []  # (called, returned) ticks of each sync()
 
     def caller() -> None:
@@ -99,12 +115,16 @@ def test_concurrent_commits_share_directory_fsyncs(tmp_path: Path,
     threads = [threading.Thread(target=caller) for _ in range(20)]
     for thread in threads:
         thread.start()
-    time.sleep(0.2)  # one fsync is under way, the others wait for the next
+    # One fsync is under way (held by the gate) once the 19 others wait for the next.
+    deadline = time.monotonic() + 10
+    while waiting.waits < 19:
+        assert time.monotonic() < deadline, f"{waiting.waits} threads waiting"
+        time.sleep(0.01)
     gate.set()
     for thread in threads:
         thread.join(5)
     assert len(calls) == 20
-    assert len(fsyncs) < 10
+    assert len(fsyncs) == 2  # the held one, and one shared by all who waited for it
     for called, returned in calls:
         assert any(called < start and end < returned for start, end in fsyncs)
 
@@ -148,3 +168,185 @@ async def test_prepend_before_and_after_the_buffer_is_flushed(
     name = await large.commit()
     assert (tmp_path / "new" / name).read_bytes() == b"A: 2\r\n" + body + b"tail"
     assert large.size == len(body) + 10 and os.listdir(tmp_path / "tmp") == []
+
+
+async def test_commit_order_is_fsync_rename_fsync_directory_then_return(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 250 may only follow a commit that returned; a message is durable only if its data
+    # was fsynced before the rename made it visible, and the rename itself (the directory)
+    # was fsynced after it. A crash between any two of these steps must lose nothing
+    # that was acknowledged.
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    body = b"Subject: durable\r\n\r\n" + b"x" * 5000 + b"\r\n"
+    steps: list[tuple[str, ...]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        # What the descriptor is, and how much of the message it holds, right now.
+        info = os.fstat(fd)
+        held = str(info.st_size) if stat.S_ISREG(info.st_mode) else "directory"
+        steps.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), held))
+        real_fsync(fd)
+
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        steps.append(("rename", os.fspath(src), os.fspath(dst)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    writer = maildir.open()
+    await writer.write(body)
+    name = await writer.commit(then=lambda: steps.append(("then",)))
+    steps.append(("returned",))
+    tmp, new = str(tmp_path / "tmp" / name), str(tmp_path / "new" / name)
+    assert steps == [
+        ("fsync", tmp, str(len(body))),  # the whole message, while still in tmp/
+        ("rename", tmp, new),
+        ("fsync", str(tmp_path / "new"), "directory"),
+        ("then",),
+        ("returned",),
+    ]
+    assert (tmp_path / "new" / name).read_bytes() == body
+
+
+# What a Maildir promises beyond delivery itself: names readers can parse, files only we
+# can read, nothing clobbered, nothing left in tmp/, and a commit that a cancellation
+# cannot interrupt halfway.
+
+
+def test_file_names_carry_time_microseconds_and_an_encoded_host(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trio_smtpd.maildir as maildir_module
+
+    monkeypatch.setattr(maildir_module.socket, "gethostname", lambda: "mx/1:a")
+    monkeypatch.setattr(maildir_module.time, "time", lambda: 1700000000.999999)
+    name = Maildir(tmp_path).unique_name()
+    # time.MusecPpidQcountRrandom.host, with "/" and ":" in the host written as octal.
+    # (.999999: the microseconds are truncated, never rounded up to a whole second)
+    pattern = rf"1700000000\.M999999P{os.getpid()}Q\d+R[0-9a-f]{{16}}\.mx\\0571\\072a"
+    assert re.fullmatch(pattern, name), name
+
+
+def test_create_is_idempotent_and_private(tmp_path: Path) -> None:
+    maildir = Maildir(tmp_path / "mail")
+    maildir.create()
+    maildir.create()  # an existing Maildir is fine
+    for sub in ("tmp", "new", "cur"):
+        assert stat.S_IMODE(os.stat(tmp_path / "mail" / sub).st_mode) == 0o700
+    assert os.listdir(tmp_path / "mail" / "tmp") == []  # the writability probe is gone
+
+
+async def test_messages_are_private_and_sizes_add_up(tmp_path: Path) -> None:
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    writer = maildir.open()
+    for part in (b"one ", b"two ", b"three"):
+        await writer.write(part)
+    assert writer.size == len(b"one two three")
+    name = await writer.commit()
+    assert (tmp_path / "new" / name).read_bytes() == b"one two three"
+    assert stat.S_IMODE(os.stat(tmp_path / "new" / name).st_mode) == 0o600
+
+
+async def test_writes_reach_the_file_once_the_buffer_is_full(tmp_path: Path) -> None:
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    writer = maildir.open()
+    writer.BUFFER = 10
+    tmp = tmp_path / "tmp" / writer.name
+    await writer.write(b"123456789")
+    assert not tmp.exists()  # 9 octets: still buffered
+    await writer.write(b"0")
+    assert tmp.read_bytes() == b"1234567890"  # 10: written
+    await writer.write(b"abcdefghi")
+    assert tmp.read_bytes() == b"1234567890"  # the buffer starts again from empty
+    await writer.write(b"j")
+    assert tmp.read_bytes() == b"1234567890abcdefghij"
+    assert writer.size == 20
+    name = await writer.commit()
+    assert (tmp_path / "new" / name).read_bytes() == b"1234567890abcdefghij"
+
+
+async def test_a_finished_writer_refuses_more(tmp_path: Path) -> None:
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    writer = maildir.open()
+    await writer.commit()
+    message = r"^message already committed or aborted$"
+    with pytest.raises(ValueError, match=message):
+        await writer.write(b"x")
+    with pytest.raises(ValueError, match=message):
+        await writer.commit()
+
+
+async def test_an_existing_file_is_never_overwritten(tmp_path: Path) -> None:
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    writer = maildir.open()
+    writer.BUFFER = 1
+    (tmp_path / "tmp" / writer.name).write_bytes(b"someone else's")
+    with pytest.raises(FileExistsError):
+        await writer.write(b"ours")
+    assert (tmp_path / "tmp" / writer.name).read_bytes() == b"someone else's"
+
+
+async def test_aborting_after_a_write_closes_and_removes_the_file(tmp_path: Path) -> None:
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    writer = maildir.open()
+    writer.BUFFER = 1
+    await writer.write(b"partial")
+    fds = len(os.listdir("/proc/self/fd"))
+    await writer.abort()
+    assert len(os.listdir("/proc/self/fd")) == fds - 1
+    assert os.listdir(tmp_path / "tmp") == [] and os.listdir(tmp_path / "new") == []
+
+
+async def test_a_failed_commit_leaves_nothing_and_raises(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    writer = maildir.open()
+    await writer.write(b"doomed")
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OSError) as info:
+        await writer.commit()
+    assert info.value.errno == errno.EIO
+    assert os.listdir(tmp_path / "tmp") == [] and os.listdir(tmp_path / "new") == []
+
+
+async def test_a_failing_then_is_kept_and_the_message_stored(tmp_path: Path) -> None:
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    writer = maildir.open()
+    await writer.write(b"stored anyway")
+    problem = RuntimeError("sidecar failed")
+
+    def then() -> None:
+        raise problem
+
+    name = await writer.commit(then=then)
+    assert writer.then_error is problem
+    assert (tmp_path / "new" / name).read_bytes() == b"stored anyway"
+
+
+async def test_cancellation_does_not_interrupt_a_commit_or_an_abort(tmp_path: Path) -> None:
+    # Once a commit has begun, finishing the rename matters more than the cancel; an abort
+    # must still remove its file. Both run in already-cancelled scopes here.
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    committed, aborted = maildir.open(), maildir.open()
+    aborted.BUFFER = 1
+    await committed.write(b"keep me")
+    await aborted.write(b"drop me")
+    names = []
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        names.append(await committed.commit())
+        await aborted.abort()
+    assert len(names) == 1 and os.listdir(tmp_path / "new") == names
+    assert os.listdir(tmp_path / "tmp") == []

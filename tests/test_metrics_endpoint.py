@@ -31,6 +31,7 @@ def promtool_finds_no_problem(exposition: str) -> None:
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
+@pytest.mark.interop
 def test_counters_move_by_what_the_traffic_did(
         sinkhole_factory: Factory, cert_files: tuple[Path, Path, Path],
         client_tls: ssl.SSLContext, dns_server: Unbound, tmp_path: Path) -> None:
@@ -125,6 +126,7 @@ def test_healthz_says_503_once_the_server_stops_accepting(sinkhole_factory: Fact
     assert len(sinkhole.stored()) == 1
 
 
+@pytest.mark.interop
 def test_workers_report_through_one_endpoint_with_a_label_each(
         sinkhole_factory: Factory) -> None:
     metrics = free_port()

@@ -454,3 +454,34 @@ def test_xtext_decode_raises_only_reply_error(text: str) -> None:
         xtext_decode(text)
     except ReplyError as exc:
         assert exc.reply.code == 501
+
+
+@pytest.mark.parametrize(("encoded", "address"), [
+    ("a\\x{100}@example.com", "a\u0100@example.com"),  # the first point written with 3 digits
+    ("a\\x{E000}@example.com", "a\ue000@example.com"),  # the first point after surrogates
+])
+def test_orcpt_utf8_boundaries_accepted(encoded: str, address: str) -> None:
+    orcpt = parse_rcpt_params(f" ORCPT=utf-8;{encoded}", ALL).orcpt
+    assert orcpt is not None and orcpt.address == address
+
+
+@pytest.mark.parametrize("encoded", [
+    "a\\x{0100}@example.com",  # a leading zero is not canonical
+    "a\\x{DFFF}@example.com",  # the last surrogate
+])
+def test_orcpt_utf8_boundaries_refused(encoded: str) -> None:
+    with pytest.raises(ReplyError) as exc:
+        parse_rcpt_params(f" ORCPT=utf-8;{encoded}", ALL)
+    assert reply_of(exc) == (501, "5.5.4", "Malformed ORCPT value")
+
+
+@pytest.mark.parametrize("parse", [parse_mail_params, parse_rcpt_params])
+def test_only_spaces_mean_no_parameters(parse: object) -> None:
+    # A tab is not a separator (RFC 5321 uses SP), and an "X" is a parameter, not padding.
+    assert callable(parse)
+    with pytest.raises(ReplyError) as exc:
+        parse("\t", ALL)
+    assert reply_of(exc) == (501, "5.5.4", "Malformed parameter keyword")
+    with pytest.raises(ReplyError) as exc:
+        parse(" X", ALL)
+    assert reply_of(exc) == (555, "5.5.4", "Unrecognized parameter X")

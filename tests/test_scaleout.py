@@ -54,10 +54,15 @@ def test_workers_share_the_port_restart_and_stop_gracefully(
     victim = min(first)
     os.kill(victim, signal.SIGKILL)
     sinkhole.wait_for("worker-start", 3)
-    assert victim not in worker_pids(sinkhole) - first
+    # Exactly one new process, in the dead worker's slot; the dead one is not it.
+    [replacement] = worker_pids(sinkhole) - first
+    slots = {int(str(e["pid"])): e["worker"] for e in sinkhole.events("worker-start")}
+    assert slots[replacement] == slots[victim]
     exits = sinkhole.events("worker-exit")
     assert [int(str(e["pid"])) for e in exits] == [victim]
     sinkhole.wait_for("listening", 4)
+    # The one that started listening since is the replacement.
+    assert int(str(sinkhole.events("listening")[3]["pid"])) == replacement
     for n in range(20, 30):
         send(sinkhole.port, f"m{n}")
     assert len(stored_ids(sinkhole)) == 30
@@ -80,6 +85,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.interop
 def test_haproxy_send_proxy_v2_in_front_of_two_instances(
         sinkhole_factory: Factory, tmp_path: Path) -> None:
     haproxy = require_program("haproxy")

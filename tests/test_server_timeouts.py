@@ -252,39 +252,41 @@ async def test_cancelling_serve_is_graceful(autojump_clock: trio.testing.MockClo
 
 
 def test_smtplib_sees_421_on_shutdown() -> None:
-    # The same through a real client over TCP, without the mock clock.
-    async def main() -> int:
+    # The same through a real client over TCP, without the mock clock. The client reads
+    # the reply the server sends unasked; a close without one raises, failing the test.
+    async def main() -> tuple[int, bytes]:
         async with trio.open_nursery() as nursery:
             server = await nursery.start(partial(serve, Config(hostname="mx.test"), 0,
                                                  host="127.0.0.1"))
             port = server.port
+            greeted = trio.Event()
 
-            def idle_client() -> int:
+            def idle_client() -> tuple[int, bytes]:
                 client = smtplib.SMTP("127.0.0.1", port, timeout=10)
-                client.ehlo("c")
-                shut.wait(10)
                 try:
-                    return client.noop()[0]
-                except smtplib.SMTPServerDisconnected:
-                    return 421
+                    client.ehlo("c")
+                    trio.from_thread.run_sync(greeted.set)
+                    shut.wait(10)
+                    return client.getreply()
                 finally:
                     client.close()
 
             shut = threading.Event()
             async with trio.open_nursery() as clients:
-                result: list[int] = []
+                result: list[tuple[int, bytes]] = []
 
                 async def run() -> None:
                     result.append(await trio.to_thread.run_sync(idle_client))
 
                 clients.start_soon(run)
-                await trio.sleep(0.3)
+                with trio.fail_after(10):
+                    await greeted.wait()  # the session is idle, between commands
                 server.shutdown()
                 await server.wait_closed()
                 shut.set()
             return result[0]
 
-    assert trio.run(main) == 421
+    assert trio.run(main) == (421, b"4.3.2 Service shutting down, try again later")
 
 
 async def test_tarpit_delays_only_the_chosen_client(

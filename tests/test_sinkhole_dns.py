@@ -284,6 +284,7 @@ def test_a_silent_dns_server_costs_one_timeout_and_gives_unknown(
     assert silent_dns.received == asked
 
 
+@pytest.mark.interop
 def test_a_silent_server_for_one_zone_holds_up_no_other_session(
         sinkhole_factory: Factory, silent_dns: SilentServer, tmp_path: Path) -> None:
     # unbound forwards slow.test to a server that never answers and serves the rest.

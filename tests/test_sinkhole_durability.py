@@ -10,13 +10,15 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
+import trio.testing
 
 from tests.conftest import Sinkhole
 from trio_smtpd import Config, serve
 from trio_smtpd.maildir import Maildir, MaildirWriter
 from trio_smtpd.sinkhole.handler import SinkholeHandler
-from trio_smtpd.testing import MemoryListener, TestClient
+from trio_smtpd.testing import ClientReply, MemoryListener, TestClient
 
 Factory = Callable[..., Sinkhole]
 TRAILER = b"-- end of message --\r\n"
@@ -118,4 +120,72 @@ async def test_disk_work_does_not_block_other_connections(tmp_path: Path) -> Non
             final = await writer_client.reply()
             assert final.code == 250 and "queued as" in final.lines[0]
             assert len(os.listdir(tmp_path / "mail" / "new")) == 1
+            server.shutdown()
+
+
+class HeldFsyncs:
+    """``os.fsync`` replaced by one that waits, call by call, for the test to let it go."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []  # what each fsync was of, in order
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Semaphore(0)
+        self._real = os.fsync
+
+    def __call__(self, fd: int) -> None:
+        self.calls.append(os.readlink(f"/proc/self/fd/{fd}"))
+        self.entered.release()
+        assert self.release.acquire(timeout=10)
+        self._real(fd)
+
+    async def wait_entered(self) -> None:
+        assert await trio.to_thread.run_sync(self.entered.acquire, True, 10)
+
+
+async def test_no_250_while_an_fsync_is_held(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # Through the sinkhole's own handler and a real server: while either fsync of a
+    # message (its file, then new/ after the rename) has not returned, the client must
+    # not hold a 250, because a crash at that moment could still lose the message.
+    maildir = Maildir(tmp_path / "mail")
+    maildir.create()
+    fsyncs = HeldFsyncs()
+    monkeypatch.setattr(os, "fsync", fsyncs)
+    listener = MemoryListener()
+    replies: list[ClientReply] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(partial(
+                serve, Config(hostname="mx.test"),
+                handler=SinkholeHandler("mx.test", maildir), listeners=[listener]))
+            client = TestClient(await listener.connect())
+            await client.reply()
+            for line in ["EHLO a", "MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "DATA"]:
+                await client.command(line)
+            await client.send(b"Subject: held\r\n\r\nbody\r\n.\r\n")
+
+            answered = trio.Event()
+
+            async def read_final_reply() -> None:
+                replies.append(await client.reply())
+                answered.set()
+
+            nursery.start_soon(read_final_reply)
+            await fsyncs.wait_entered()  # the message file's fsync
+            # Every task has run as far as it can: a reply not waiting for this fsync
+            # would have reached the client by now.
+            await trio.testing.wait_all_tasks_blocked()
+            assert fsyncs.calls[0].startswith(str(tmp_path / "mail" / "tmp") + "/")
+            assert replies == []
+            fsyncs.release.release()
+            await fsyncs.wait_entered()  # new/'s, after the rename
+            await trio.testing.wait_all_tasks_blocked()
+            assert fsyncs.calls[1] == str(tmp_path / "mail" / "new")
+            assert len(os.listdir(tmp_path / "mail" / "new")) == 1  # renamed, not yet durable
+            assert replies == []
+            fsyncs.release.release()
+            await answered.wait()
+            [name] = os.listdir(tmp_path / "mail" / "new")
+            assert (replies[0].code, replies[0].lines) == (250, [f"2.0.0 queued as {name}"])
+            assert len(fsyncs.calls) == 2
             server.shutdown()

@@ -210,6 +210,7 @@ def test_spf_rules_decide_at_mail(sinkhole_factory: Factory, auth_dns: Unbound,
     assert len(temp) == 1 and temp[0]["reply"].startswith("451 4.4.3")
 
 
+@pytest.mark.interop
 def test_dkim_from_independent_signers(sinkhole_factory: Factory, auth_dns: Unbound,
                                        keys: Keys, tmp_path: Path) -> None:
     sinkhole = verifying_sinkhole(sinkhole_factory, auth_dns, tmp_path)
@@ -238,6 +239,7 @@ def test_dkim_from_independent_signers(sinkhole_factory: Factory, auth_dns: Unbo
             assert copy.auth["dkim"] == []
 
 
+@pytest.mark.interop
 def test_opendkim_signatures_verify_where_sha1_is_allowed(auth_dns: Unbound,
                                                           keys: Keys) -> None:
     # OpenDKIM's opendkim-testmsg signs with rsa-sha1 only (c=relaxed/simple), which
@@ -269,6 +271,7 @@ DMARC_CASES = [  # (From, DKIM signing domain or None, MAIL FROM, result, policy
 ]
 
 
+@pytest.mark.interop
 def test_dmarc_alignment_and_policy(sinkhole_factory: Factory, auth_dns: Unbound,
                                     keys: Keys, tmp_path: Path) -> None:
     sinkhole = verifying_sinkhole(sinkhole_factory, auth_dns, tmp_path)
@@ -290,6 +293,7 @@ def test_dmarc_alignment_and_policy(sinkhole_factory: Factory, auth_dns: Unbound
                                                                       "quarantine")
 
 
+@pytest.mark.interop
 def test_dmarc_reject_rule(sinkhole_factory: Factory, auth_dns: Unbound, keys: Keys,
                            tmp_path: Path) -> None:
     rules = ('[[rule]]\nname = "badsig"\nphase = "message"\naction = "tempfail"\n'
@@ -318,6 +322,7 @@ def stored_one(sinkhole: Sinkhole) -> Stored:
     return copy
 
 
+@pytest.mark.interop
 def test_arc_chain_sealed_by_mail_dkim(sinkhole_factory: Factory, auth_dns: Unbound,
                                        keys: Keys, tmp_path: Path) -> None:
     sinkhole = verifying_sinkhole(sinkhole_factory, auth_dns, tmp_path)
@@ -338,6 +343,7 @@ def test_arc_chain_sealed_by_mail_dkim(sinkhole_factory: Factory, auth_dns: Unbo
                            "smtp.mailfrom=alice@arc.test"]  # someone else's: kept
 
 
+@pytest.mark.interop
 def test_one_authentication_results_of_ours_reads_back_as_recorded(
         sinkhole_factory: Factory, auth_dns: Unbound, keys: Keys, tmp_path: Path) -> None:
     sinkhole = verifying_sinkhole(sinkhole_factory, auth_dns, tmp_path)
@@ -365,6 +371,7 @@ def test_one_authentication_results_of_ours_reads_back_as_recorded(
     assert copy.meta["sha256"] == __import__("hashlib").sha256(data).hexdigest()
 
 
+@pytest.mark.interop
 def test_a_silent_dns_gives_temperror_not_a_stalled_session(
         sinkhole_factory: Factory, silent_dns: SilentServer, keys: Keys,
         tmp_path: Path) -> None:
@@ -415,6 +422,7 @@ def test_verify_option_errors_exit_2(args: tuple[str, ...], tmp_path: Path) -> N
     assert result.stderr.startswith("trio-smtpd: ") and len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.interop
 def test_a_large_message_is_verified_and_stored_whole(
         sinkhole_factory: Factory, auth_dns: Unbound, keys: Keys, tmp_path: Path) -> None:
     # Over the Maildir writer's 1 MiB buffer: the body is on disk before the results are

@@ -24,6 +24,7 @@ Factory = Callable[..., Sinkhole]
 MESSAGE = b"From: a@example.org\r\nSubject: activated\r\n\r\nhello\r\n"
 
 
+@pytest.mark.interop
 def test_socket_activation_serves_the_passed_sockets(tmp_path: Path) -> None:
     activate = require_program("systemd-socket-activate", "systemd")
     port, metrics = free_port(), free_port()
@@ -133,6 +134,7 @@ def test_notifier_speaks_to_an_abstract_socket_and_is_quiet_without_one() -> Non
     quiet.ready()  # nothing to send to: nothing happens
 
 
+@pytest.mark.interop
 def test_the_contrib_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = require_program("systemd-analyze", "systemd")
     contrib = Path(__file__).parent.parent / "contrib" / "systemd"
