@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -75,6 +76,19 @@ async def test_hashing_runs_at_most_two_at_once_in_its_own_pool(
     assert most == HASHING_THREADS
 
 
+@pytest.fixture
+def inline_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hash in trio's thread: on the autojump clock, time would jump while a hashing
+    thread works (every task is then waiting), moving the delays being measured."""
+    async def run_here(function: Callable[..., bool], *args: object,
+                       limiter: trio.CapacityLimiter | None = None) -> bool:
+        await trio.lowlevel.checkpoint()
+        return function(*args)
+
+    monkeypatch.setattr(authguard.trio.to_thread, "run_sync", run_here)
+
+
+@pytest.mark.usefixtures("inline_hashing")
 async def test_delays_double_and_the_budget_runs_out(
         autojump_clock: trio.testing.MockClock) -> None:
     guard = AuthGuard(USERS, delay=1.0, budget=RateLimit(7, 3600.0))
@@ -91,6 +105,7 @@ async def test_delays_double_and_the_budget_runs_out(
     assert await guard(credentials("alice", "s3cret")) == "alice"
 
 
+@pytest.mark.usefixtures("inline_hashing")
 async def test_one_attempt_at_a_time_per_address(
         autojump_clock: trio.testing.MockClock) -> None:
     guard = AuthGuard(USERS, delay=10.0)
