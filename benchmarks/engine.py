@@ -20,7 +20,7 @@ import trio_smtpd
 from trio_smtpd import Server, Session, SessionInfo
 from trio_smtpd import _events as events
 from trio_smtpd._config import ProtocolConfig
-from trio_smtpd._connection import NEED_DATA, ServerConnection
+from trio_smtpd._connection import NEED_DATA, PAUSED, ServerConnection
 from trio_smtpd._transport import EOF, Outcome
 
 BODY = b"".join(b"Line %d of the message body, some sixty octets of text here.\r\n" % n
@@ -34,7 +34,9 @@ def engine_per_message(count: int) -> float:
 
     def pump() -> None:
         while (event := conn.next_event()) is not NEED_DATA:
-            if isinstance(event, events.Request):
+            if event is PAUSED:
+                conn.data_to_send()
+            elif isinstance(event, events.Request):
                 conn.respond(None)
 
     pump()

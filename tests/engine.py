@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trio_smtpd._config import ProtocolConfig
-from trio_smtpd._connection import NEED_DATA, ServerConnection
+from trio_smtpd._connection import NEED_DATA, PAUSED, ServerConnection
 from trio_smtpd._events import (
     AuthResponse,
     AuthStart,
@@ -49,17 +49,21 @@ class Engine:
             self.conn.receive_data(data)
         if eof:
             self.conn.receive_data(b"")
+        replies = bytearray()
         while True:
             event = self.conn.next_event()
             if event is NEED_DATA:
                 break
+            if event is PAUSED:  # replies to take before it goes on
+                replies += self.conn.data_to_send()
+                continue
             assert isinstance(event, Event)
             self.events.append(event)
             if isinstance(event, Request):
                 self.decide(self.conn, event)
             if isinstance(event, ConnectionClosed):
                 break
-        return self.conn.data_to_send()
+        return bytes(replies + self.conn.data_to_send())
 
     def lines(self, data: bytes, **kw: bool) -> list[str]:
         return self.send(data, **kw).decode().splitlines()

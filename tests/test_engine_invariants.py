@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_smtpd._config import ProtocolConfig
-from trio_smtpd._connection import NEED_DATA, Mode, ServerConnection
+from trio_smtpd._connection import NEED_DATA, PAUSED, Mode, ServerConnection
 from trio_smtpd._events import (
     AuthResponse,
     AuthStart,
@@ -72,6 +72,9 @@ class Driver:
             event = conn.next_event()
             if event is NEED_DATA:
                 break
+            if event is PAUSED:
+                self.out += conn.data_to_send()
+                continue
             assert isinstance(event, Event)
             self.check(event)
             self.events.append(event)

@@ -8,7 +8,14 @@ import pytest
 
 from tests.engine import Engine, ready
 from trio_smtpd._config import ProtocolConfig
-from trio_smtpd._connection import NEED_DATA, Mode, ServerConnection, UsageError
+from trio_smtpd._connection import (
+    NEED_DATA,
+    PAUSED,
+    UNSENT_REPLY_LIMIT,
+    Mode,
+    ServerConnection,
+    UsageError,
+)
 from trio_smtpd._events import (
     AuthResponse,
     AuthStart,
@@ -55,6 +62,37 @@ def test_gigabyte_line_without_newline_is_bounded() -> None:
         assert engine.conn.buffered <= 2**20
     assert engine.conn.data_to_send() == b""
     assert engine.lines(b"\r\nNOOP\r\n") == ["500 5.5.2 Line too long", "250 2.0.0 OK"]
+
+
+def test_the_engine_stops_taking_commands_while_its_replies_are_unsent() -> None:
+    # A client pipelining HELP (6 octets, answered with about 120) that never reads:
+    # what one read holds would become a megabyte of replies. RFC 2920 3.1 lets the
+    # server stop reading instead; the engine stops at a bound and waits to be drained.
+    engine = ready()
+    one_reply = len(engine.send(b"HELP\r\n"))
+    engine.conn.receive_data(b"HELP\r\n" * 10000)
+    assert engine.conn.next_event() is PAUSED
+    assert engine.conn.next_event() is PAUSED  # (until the replies are taken)
+    unsent = engine.conn.data_to_send()
+    assert UNSENT_REPLY_LIMIT <= len(unsent) < UNSENT_REPLY_LIMIT + one_reply
+    assert engine.conn.buffered > 9000 * 6  # the rest is waiting, not parsed
+    total = len(unsent)
+    while (event := engine.conn.next_event()) is PAUSED:
+        total += len(engine.conn.data_to_send())
+    assert event is NEED_DATA and engine.conn.buffered == 0
+    total += len(engine.conn.data_to_send())
+    assert total == 10000 * one_reply  # every command answered once, none lost
+
+
+def test_a_paused_engine_still_ends_the_session_at_end_of_file() -> None:
+    engine = ready()
+    engine.conn.receive_data(b"HELP\r\n" * 10000 + b"QUIT\r\n")
+    engine.conn.receive_data(b"")
+    assert engine.conn.next_event() is PAUSED
+    replies = engine.send(b"")  # (the harness drains and goes on, as a driver must)
+    assert replies.splitlines()[-1].startswith(b"221 2.0.0")
+    assert sum(line.startswith(b"214 ") for line in replies.splitlines()) == 10000
+    assert isinstance(engine.events[-1], ConnectionClosed)
 
 
 def test_recipient_limit_at_and_past() -> None:

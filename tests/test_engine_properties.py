@@ -41,6 +41,7 @@ from hypothesis.stateful import (
 
 from trio_smtpd.core import (
     NEED_DATA,
+    PAUSED,
     AuthResponse,
     AuthStart,
     BodyStart,
@@ -185,6 +186,8 @@ class Driver:
             self.check_buffer()
             if event is NEED_DATA:
                 break
+            if event is PAUSED:  # (drained above)
+                continue
             assert isinstance(event, Event)
             self.handle(event)
         self.check_buffer(at_rest=True)

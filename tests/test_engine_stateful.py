@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from trio_smtpd._config import ProtocolConfig
-from trio_smtpd._connection import NEED_DATA, Mode, ServerConnection
+from trio_smtpd._connection import NEED_DATA, PAUSED, Mode, ServerConnection
 from trio_smtpd._events import (
     BodyStart,
     ConnectionClosed,
@@ -43,6 +43,9 @@ class EngineMachine(RuleBasedStateMachine):
             event = self.conn.next_event()
             if event is NEED_DATA:
                 break
+            if event is PAUSED:
+                self.count_replies()
+                continue
             assert isinstance(event, Event)
             assert not self.closed, f"{event} after the connection closed"
             if isinstance(event, MessageData):
@@ -62,6 +65,9 @@ class EngineMachine(RuleBasedStateMachine):
                         self.in_message = True
             if isinstance(event, ConnectionClosed):
                 self.closed = True
+        self.count_replies()
+
+    def count_replies(self) -> None:
         out = self.conn.data_to_send()
         self.replies += sum(1 for line in out.split(b"\r\n")[:-1] if line[3:4] != b"-")
 

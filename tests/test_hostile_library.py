@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import trio_smtpd
 from tests.tlshello import NON_ASCII, client_hello
 from trio_smtpd import Config, Credentials, Reply, Server, Session, serve
 from trio_smtpd._ratelimit import RateLimit
-from trio_smtpd.testing import TestClient, open_client
+from trio_smtpd.core import UNSENT_REPLY_LIMIT
+from trio_smtpd.testing import MemoryListener, TestClient, open_client
 
 # --------------------------------------------------------------------------- RateLimit
 
@@ -213,3 +215,48 @@ async def test_a_non_ascii_sni_name_is_one_log_line_not_a_traceback(
     assert unraisable == []
     assert caplog.text.count("not ASCII") == 2
     assert infos[0].tls_failed_after_hello
+
+
+# --------------------------------------------------------------------------- backpressure
+
+
+async def test_a_client_that_does_not_read_is_not_read_from() -> None:
+    # Pipelined HELP that is never read: one read of commands used to become a megabyte
+    # of replies held by the session. Now the session stops taking commands once
+    # UNSENT_REPLY_LIMIT octets of replies are waiting, and goes on as they are read.
+    commands: list[str] = []
+
+    class Commands:
+        wants_data = False
+
+        def received(self, line: str) -> None:
+            commands.append(line)
+
+        def sent(self, reply: bytes) -> None: ...
+        def data(self, chunk: bytes) -> None: ...
+        def refused(self, command: str, reply: Reply) -> None: ...
+
+    async def handler(session: Session) -> None:
+        async for decision in session:
+            session.observer = Commands()
+            decision.accept()
+
+    count = 20000
+    listener = MemoryListener(lockstep=True)  # no buffer between us and the client
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve, Config(hostname="mx.test"),
+                                             listeners=[listener], handler=handler))
+        client = TestClient(await listener.connect())
+        assert (await client.reply()).code == 220
+        one_reply = sum(len(line) + 6 for line in (await client.command("HELP")).lines)
+        commands.clear()
+        nursery.start_soon(client.send, b"HELP\r\n" * count)
+        await trio.testing.wait_all_tasks_blocked()
+        # The first read held over 10000 commands; a bound's worth were taken.
+        bound = UNSENT_REPLY_LIMIT / one_reply
+        assert bound <= len(commands) <= bound + 1, (len(commands), bound)
+        for _ in range(count):
+            assert (await client.reply()).code == 214
+        assert len(commands) == count
+        assert (await client.command("QUIT")).code == 221
+        server.shutdown()

@@ -3,8 +3,9 @@ count, one address cannot take every slot, memory per connection is small and co
 back, AUTH costs attackers rather than us, and every wait has a deadline the operator
 sets.
 
-Each test failed on the code before issue 17 (see SECURITY.md for the figures). Tests
-marked xfail(strict) wait for a change in the session layer, described in their reason.
+Each test failed on the code before issue 17 (see SECURITY.md for the figures); the
+last two, a client that does not read and trickled message data, until the session
+layer gained output backpressure and per-record data deadlines.
 """
 
 from __future__ import annotations
@@ -137,10 +138,6 @@ def wait_idle(pid: int, timeout: float = 30) -> None:
             return
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs output backpressure in the session layer (_connection.py/_exchange.py, the "
-    "lead's): the engine must stop taking commands while more than a small bound (say "
-    "64 KiB) of replies is unsent, and resume once they are sent"))
 def test_a_client_that_does_not_read_stops_us_reading(sinkhole_factory: Factory) -> None:
     # The report: HELP (6 bytes) answers 119 bytes, so a client pipelining HELP that
     # never reads queues ~1.3 MB of replies per 64 KB we read; 250 such clients cost
@@ -352,10 +349,6 @@ def test_durations_must_be_finite_and_not_negative(option: str, tmp_path: Path) 
         assert line.startswith(f"trio-smtpd: {option} must be a finite number of seconds")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs a per-record deadline for message data in the session layer (_exchange.py, "
-    "the lead's): each line of DATA (and each 1000 octets of a BDAT chunk) must arrive "
-    "within Timeouts.data_block of its start, as commands already must"))
 def test_trickling_message_data_is_cut(sinkhole_factory: Factory) -> None:
     # The report: 1 byte every 2 s in DATA was never cut (only by the 1 h session cap).
     sinkhole = sinkhole_factory("--data-timeout", "1")

@@ -362,3 +362,100 @@ async def test_command_timeout_runs_from_the_start_of_the_line(
         reply = await last_reply_then_closed(client)
         assert reply.code == 421
         assert trio.current_time() - start < Timeouts().command + 120
+
+
+# A deadline for each record of message data (a line of DATA, or 1000 octets), from its
+# first byte, as commands already have one per line: Timeouts.data_block on each read
+# alone let a client trickling a byte at a time hold a session in DATA for its whole cap.
+
+
+@asynccontextmanager
+async def accepting_server(config: Config) -> AsyncIterator[MemoryListener]:
+    """A server whose application accepts every message."""
+    async with memory_server(config) as (server, listener), trio.open_nursery() as nursery:
+        async def accept_all() -> None:
+            async for tx in server.transactions():
+                tx.accept()
+
+        nursery.start_soon(accept_all)
+        yield listener
+        nursery.cancel_scope.cancel()
+
+
+async def open_data(listener: MemoryListener, *, bdat: int | None = None) -> TestClient:
+    client = TestClient(await listener.connect())
+    await client.reply()
+    for line in ["EHLO c", "MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>"]:
+        assert (await client.command(line)).code == 250
+    if bdat is None:
+        assert (await client.command("DATA")).code == 354
+    else:
+        await client.send(f"BDAT {bdat} LAST\r\n".encode())
+    return client
+
+
+async def trickle(client: TestClient, data: bytes, every: float) -> None:
+    """Send ``data`` a byte at a time, ``every`` seconds apart, until the server hangs up."""
+    with trio.move_on_after(3600):
+        for byte in data:
+            try:
+                await client.send(bytes([byte]))
+            except trio.BrokenResourceError:
+                return
+            await trio.sleep(every)
+
+
+@pytest.mark.parametrize("bdat", [None, 5000])
+async def test_trickled_message_data_is_cut(autojump_clock: trio.testing.MockClock,
+                                            bdat: int | None) -> None:
+    config = Config(hostname="mx.test", timeouts=Timeouts(data_block=60))
+    async with memory_server(config) as (_, listener):
+        client = await open_data(listener, bdat=bdat)
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle, client, b"Subject: a byte every 20 s" * 40, 20)
+            reply = await last_reply_then_closed(client)
+            nursery.cancel_scope.cancel()
+        assert (reply.code, reply.lines) == (421, ["4.4.2 Timeout, closing connection"])
+        # Each byte came well within 60 s of the last, but no record was ever finished.
+        assert 60 <= trio.current_time() - start < 60 + 20
+
+
+async def test_slow_but_steady_data_is_not_cut(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # Each line (DATA) or 1000 octets (BDAT) within data_block of the last: however long
+    # the whole takes, the message is taken.
+    config = Config(hostname="mx.test", timeouts=Timeouts(data_block=60, session=100000))
+    async with accepting_server(config) as listener:
+        client = await open_data(listener)
+        start = trio.current_time()
+        for n in range(10):
+            await client.send(f"Line {n}\r\n".encode())
+            await trio.sleep(50)
+        await client.send(b".\r\n")
+        assert (await client.reply()).code == 250
+        bdat = await open_data(listener, bdat=5000)
+        for _ in range(5):  # one 5000-octet line, 1000 octets every 50 s
+            await bdat.send(b"x" * 1000)
+            await trio.sleep(50)
+        assert (await bdat.reply()).code == 250
+        assert trio.current_time() - start > 700  # (far longer than any one deadline)
+        await client.aclose()
+        await bdat.aclose()
+
+
+async def test_a_command_after_a_long_message_gets_the_whole_command_timeout(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # The end of a message and the start of the next command in one read: the command's
+    # timeout runs from then, not from the DATA command long before.
+    config = Config(hostname="mx.test", timeouts=Timeouts(data_block=60, session=100000))
+    async with accepting_server(config) as listener:
+        client = await open_data(listener)
+        for n in range(10):  # 500 s of message, longer than the command timeout
+            await client.send(f"Line {n}\r\n".encode())
+            await trio.sleep(50)
+        await client.send(b".\r\nQU")
+        assert (await client.reply()).code == 250
+        await trio.sleep(Timeouts().command / 2)
+        await client.send(b"IT\r\n")
+        assert (await client.reply()).code == 221

@@ -2,10 +2,12 @@
 
 Theory of operation (in the manner of h11): the caller feeds received bytes in with
 ``receive_data()`` and pulls ``next_event()`` until it returns ``NEED_DATA``; every event
-that is a ``Decision`` must be answered (``respond()``, or the AUTH calls) before the next
+that is a ``Request`` must be answered (``respond()``, or the AUTH calls) before the next
 one is pulled. Replies accumulate in an output buffer that the caller drains with
 ``data_to_send()``; draining only when ``next_event()`` says ``NEED_DATA`` flushes the
-replies of a pipelined group together (RFC 2920 3.2).
+replies of a pipelined group together (RFC 2920 3.2). ``PAUSED`` instead says that
+``UNSENT_REPLY_LIMIT`` octets of replies are waiting: send them, then pull again without
+reading (the engine takes no more commands meanwhile, however many it holds).
 
 Everything that affects protocol state lives here: sequencing (RFC 5321 4.1.4), limits,
 STARTTLS and AUTH state changes, DATA/BDAT framing, LMTP's per-recipient replies. The
@@ -51,7 +53,8 @@ from ._params import EnabledExtensions, MailParams, parse_mail_params, parse_rcp
 from ._replies import Reply, ReplyError
 from ._xclient import ATTRIBUTES, parse_xclient
 
-__all__ = ["NEED_DATA", "NeedData", "ServerConnection", "UsageError"]
+__all__ = ["NEED_DATA", "PAUSED", "UNSENT_REPLY_LIMIT", "NeedData", "Paused",
+           "ServerConnection", "UsageError"]
 
 
 class NeedData:
@@ -64,6 +67,24 @@ class NeedData:
 
 
 NEED_DATA = NeedData()
+
+
+class Paused:
+    """Sentinel type: the engine takes no more commands until its replies are taken."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PAUSED"
+
+
+PAUSED = Paused()
+
+#: Octets of unsent replies past which the engine stops taking commands (``PAUSED``): a
+#: client that pipelines commands and never reads the answers would otherwise have one
+#: read's worth of commands turned into many times as much in replies. RFC 2920 3.1
+#: lets a server stop reading; the client then blocks on its own sends.
+UNSENT_REPLY_LIMIT = 65536
 
 
 class UsageError(RuntimeError):
@@ -275,7 +296,7 @@ class ServerConnection:
         """Octets received but not yet consumed (bounded by the line limits)."""
         return len(self._buffer)
 
-    def next_event(self) -> Event | NeedData:
+    def next_event(self) -> Event | NeedData | Paused:
         if self._pending is not None:
             raise UsageError(f"answer {type(self._pending).__name__} before the next event")
         while True:
@@ -297,6 +318,10 @@ class ServerConnection:
                 produced = self._step_data()
             elif mode is Mode.BDAT:
                 produced = self._step_bdat()
+            elif len(self._out) >= UNSENT_REPLY_LIMIT:
+                # (Replies answer commands, or the chunks commands announce: checking
+                # before each command line is enough to bound them.)
+                return PAUSED
             else:
                 produced = self._step_line()
             if produced is NEED_DATA:
@@ -352,10 +377,11 @@ class ServerConnection:
             raise UsageError(
                 f"{len(replies)} replies for {len(self._recipients)} accepted recipients"
             )
+        for reply in replies:  # all of them before any goes out
+            _check(reply, (250,), "message")
         self._pending = None
         for rcpt, reply in zip(self._recipients, replies, strict=True):
-            default = Reply(250, f"<{rcpt.address}> delivered", "2.1.5")
-            self._send(_check(reply, (250,), "message") or default)
+            self._send(reply or Reply(250, f"<{rcpt.address}> delivered", "2.1.5"))
         self._clear_transaction()
 
     def auth_challenge(self, challenge: bytes) -> None:
@@ -399,8 +425,9 @@ class ServerConnection:
         """Send a last reply (421 on timeout or shutdown) and close, whatever the state."""
         if self.mode is Mode.CLOSED:
             return
-        if self.mode in (Mode.DATA, Mode.BDAT) or self._pending is not None:
-            self._queued = None
+        # Nothing produced but not yet pulled reaches the caller: above all not a message
+        # decision whose client is being told 421 (it would send the message again).
+        self._queued = None
         self._pending = None
         self._verb = ""
         self._send(reply)
@@ -1021,9 +1048,17 @@ class ServerConnection:
         return keywords
 
     def _commands_offered(self) -> list[str]:
-        return [verb for verb in _HANDLERS
-                if ((verb == "LHLO") == self.config.lmtp or verb not in ("HELO", "EHLO", "LHLO"))
-                and (verb != "XCLIENT" or self.config.xclient)]
+        config = self.config
+        withheld = {"LHLO"} if not config.lmtp else {"HELO", "EHLO"}
+        if not config.chunking:
+            withheld.add("BDAT")
+        if not config.tls_available or self.tls_active:
+            withheld.add("STARTTLS")
+        if not self.offered_auth_mechanisms:
+            withheld.add("AUTH")
+        if not config.xclient:
+            withheld.add("XCLIENT")
+        return [verb for verb in _HANDLERS if verb not in withheld]
 
 
 # Decision type -> how to apply its answer (AUTH decisions have calls of their own).

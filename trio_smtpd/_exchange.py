@@ -2,9 +2,10 @@
 
 ``Exchange.next_event()`` returns the engine's next event, doing the I/O in between: it
 sends the replies the engine has made (after the tarpit delay, if any), then reads with
-the deadline that fits what the client owes us: a command line (RFC 5321 4.5.3.2.7, from
-the start of the line, so trickling bytes does not stretch it), a piece of message data
-(4.5.3.2.5), the rest of the session's time cap. A client that misses a deadline is told
+the deadline that fits what the client owes us: a command line (RFC 5321 4.5.3.2.7), a
+record of message data (a line of DATA, or 1000 octets: 4.5.3.2.5's "data block"), the
+rest of the session's time cap. Each deadline runs from the record's first byte, so a
+client trickling bytes cannot stretch it. A client that misses a deadline is told
 421 and the connection is closed; so is every session at shutdown, at the right moment:
 an idle client at once, a client in a transaction at its next command after the
 transaction, so that no reply ever arrives unprompted behind a 250.
@@ -20,7 +21,7 @@ import trio
 
 from . import _events as core
 from ._appdeadline import AppDeadline
-from ._connection import NEED_DATA, ServerConnection
+from ._connection import NEED_DATA, PAUSED, Mode, ServerConnection
 from ._info import TLSInfo
 from ._metrics import Metrics
 from ._replies import Reply
@@ -36,6 +37,11 @@ log = logging.getLogger("trio_smtpd")
 # What one read may take: what a connection's buffer once held stays allocated while it
 # lives, so with many connections in DATA at once this is the bound that counts.
 _RECEIVE_SIZE = 65536
+# A record (what must arrive within one deadline) ends at a line end, or after this many
+# octets: a long line, or a BDAT chunk (which has no lines), gets a deadline per part.
+_RECORD = 1000
+# (Reading an enum member is slow enough to show in a session's cost.)
+_DATA, _BDAT = Mode.DATA, Mode.BDAT
 # At shutdown, how long a client that just finished its transaction gets for its next
 # command (QUIT, usually) before it is told 421 unprompted.
 _LAST_COMMAND = 10.0
@@ -69,9 +75,9 @@ class ExchangeTimeouts:
 class Exchange:
     """The protocol engine and the client's transport, for one connection."""
 
-    __slots__ = ("_app", "_closing", "_line_deadline", "_log_id", "_session_end", "_waiting",
-                 "closed", "conn", "ending", "reply_delay", "timeouts",
-                 "transaction_answered", "transport")
+    __slots__ = ("_app", "_closing", "_log_id", "_record_deadline", "_record_mode",
+                 "_record_octets", "_session_end", "_waiting", "closed", "conn", "ending",
+                 "reply_delay", "timeouts", "transaction_answered", "transport")
 
     def __init__(self, conn: ServerConnection, transport: Transport,
                  timeouts: ExchangeTimeouts, session_end: float, log_id: str,
@@ -86,7 +92,12 @@ class Exchange:
         #: The tarpit: seconds to wait before each batch of replies.
         self.reply_delay = 0.0
         self.closed = False
-        self._line_deadline = math.inf
+        # The record the client is sending (a command line, or a line or 1000 octets of
+        # message data): the mode it began in (None once it is complete), its deadline,
+        # and in message data the octets of it received so far.
+        self._record_mode: Mode | None = None
+        self._record_deadline = math.inf
+        self._record_octets = 0
         self._closing: Reply | None = None  # set at shutdown
         self._waiting = False  # in receive(), waiting on the client
         #: Set when a transaction's final reply goes out; until the client says more, a
@@ -102,7 +113,7 @@ class Exchange:
         conn = self.conn
         while not self.closed:
             event = conn.next_event()
-            if event is not NEED_DATA:
+            if event is not NEED_DATA and event is not PAUSED:
                 if type(event) is _CLOSED:
                     self._ended(event)
                     await self.close()
@@ -111,6 +122,12 @@ class Exchange:
             now = trio.current_time()
             rest = self._send_nowait()
             if rest and not await self._flush(rest, now):
+                continue
+            if event is PAUSED:
+                # The engine holds more commands: no reading until they are answered.
+                # (Let the other sessions run meanwhile, as a read would.)
+                self._app.lift()
+                await trio.lowlevel.checkpoint()
                 continue
             deadline = self._deadline(now)
             # An application deadline that would fire first is lifted; so is any before a
@@ -130,8 +147,21 @@ class Exchange:
                 await self.close(self._why_closing(result is WOKEN))
                 continue
             self.transaction_answered = False
-            conn.receive_data(b"" if result is EOF else result)  # type: ignore[arg-type]
+            if result is EOF:
+                conn.receive_data(b"")
+            else:
+                self._count(result)  # type: ignore[arg-type]
+                conn.receive_data(result)  # type: ignore[arg-type]
         return None
+
+    def _count(self, data: bytes) -> None:
+        """Note whether ``data`` completes the record under way (the next read then
+        starts a new one, with a new deadline)."""
+        octets = self._record_octets + len(data)
+        if octets >= _RECORD or (b"\n" in data and self._record_mode is not _BDAT):
+            self._record_mode = None
+        else:
+            self._record_octets = octets
 
     def _send_nowait(self) -> bytes | memoryview:
         """Send the engine's replies as far as that needs no wait (replies are small:
@@ -220,17 +250,18 @@ class Exchange:
         if self._closing is not None and not (conn.reading_body or conn.in_transaction
                                               or conn.partial_line):
             conn.close_on_next_command(self._closing)
-        if conn.reading_body:
-            # RFC 5321 4.5.3.2.5: a limit on each read of the data, not on the whole.
-            deadline = now + timeouts.data_block
-        else:
-            # The command timeout runs from the start of a line, not from its last byte:
-            # a client trickling a byte at a time (slowloris) is still cut off.
-            if not conn.partial_line:
-                self._line_deadline = now + timeouts.command
-                if self._closing is not None:
-                    self._line_deadline = now + min(timeouts.command, _LAST_COMMAND)
-            deadline = self._line_deadline
+        mode = conn.mode
+        if mode is not self._record_mode:  # this read begins a record
+            self._record_mode = mode
+            self._record_octets = 0
+            if mode is _DATA or mode is _BDAT:
+                limit = timeouts.data_block
+            elif self._closing is not None:
+                limit = min(timeouts.command, _LAST_COMMAND)
+            else:
+                limit = timeouts.command
+            self._record_deadline = now + limit
+        deadline = self._record_deadline
         return deadline if deadline < self._session_end else self._session_end
 
     def _ended(self, event: core.ConnectionClosed) -> None:

@@ -38,9 +38,11 @@ class Timeouts:
     with a temporary failure.
     """
 
-    #: Waiting for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes).
+    #: Waiting for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes), from the
+    #: first byte of its line.
     command: float = 300.0
-    #: Waiting for each read of message data (RFC 5321 4.5.3.2.5: 3 minutes).
+    #: Waiting for each record of message data (RFC 5321 4.5.3.2.5: 3 minutes), from its
+    #: first byte: a line of DATA, or 1000 octets (of a long line, or of a BDAT chunk).
     data_block: float = 180.0
     #: The application deciding about a message (RFC 5321 4.5.3.2.6, the client's
     #: DATA termination wait: 10 minutes); then 451.

@@ -7,13 +7,24 @@ Use it to drive SMTP from any I/O framework, or to test protocol behaviour byte 
         event = conn.next_event()
         if event is NEED_DATA:
             send(conn.data_to_send()); conn.receive_data(recv())
+        elif event is PAUSED:       # many replies unsent: send them before reading more
+            send(conn.data_to_send())
         elif isinstance(event, Request):
             conn.respond()          # or conn.respond(Reply(550, "no", "5.7.1"))
 """
 
 from ._address import Address, parse_forward_path, parse_mailbox, parse_reverse_path
 from ._config import ProtocolConfig
-from ._connection import NEED_DATA, Mode, NeedData, ServerConnection, UsageError
+from ._connection import (
+    NEED_DATA,
+    PAUSED,
+    UNSENT_REPLY_LIMIT,
+    Mode,
+    NeedData,
+    Paused,
+    ServerConnection,
+    UsageError,
+)
 from ._events import (
     AuthResponse,
     AuthStart,
@@ -39,6 +50,8 @@ from ._replies import Reply, ReplyError, ReplyTextError
 
 __all__ = [
     "NEED_DATA",
+    "PAUSED",
+    "UNSENT_REPLY_LIMIT",
     "Address",
     "AuthResponse",
     "AuthStart",
@@ -56,6 +69,7 @@ __all__ = [
     "NeedData",
     "Observer",
     "OriginalRecipient",
+    "Paused",
     "ProtocolConfig",
     "RcptCommand",
     "RcptParams",

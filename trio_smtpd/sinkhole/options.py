@@ -83,8 +83,8 @@ def _limits(parser: argparse.ArgumentParser) -> None:
     add("--timeout", type=float, default=300.0, metavar="SECONDS",
         help="time allowed for each command line before 421 (default 300, RFC 5321)")
     add("--data-timeout", type=float, default=180.0, metavar="SECONDS",
-        help="time allowed for each read of message data (DATA or BDAT) before 421 "
-             "(default 180, RFC 5321)")
+        help="time allowed for each line, or 1000 octets, of message data (DATA or "
+             "BDAT), from its first byte, before 421 (default 180, RFC 5321)")
     add("--tls-timeout", type=float, default=60.0, metavar="SECONDS",
         help="time allowed for a TLS handshake, implicit or after STARTTLS (default 60)")
     add("--write-timeout", type=float, default=300.0, metavar="SECONDS",
