@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 import trio_smtpd
+from tests.tcp import connect
 from tests.tlshello import NON_ASCII, client_hello
 from trio_smtpd import Config, Credentials, Reply, Server, Session, serve
 from trio_smtpd._ratelimit import RateLimit
@@ -260,3 +261,76 @@ async def test_a_client_that_does_not_read_is_not_read_from() -> None:
         assert len(commands) == count
         assert (await client.command("QUIT")).code == 221
         server.shutdown()
+
+
+# --------------------------------------------------------------------------- security log
+
+
+def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The fields of each ``event`` the library logged (see trio_smtpd/_securitylog.py)."""
+    return [record.smtp for record in caplog.records  # type: ignore[attr-defined]
+            if getattr(record, "smtp_event", None) == event]
+
+
+async def test_failed_handshakes_are_logged_with_the_client_and_the_facts(
+        server_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "trio_smtpd")
+    async with tls_server(server_tls) as (server, infos):
+        assert server.port
+        garbage = await starttls(server.port)
+        starttls_peer = garbage.socket.getsockname()
+        await garbage.send_all(b"definitely not a TLS ClientHello\r\n" * 20)
+        await until_closed(garbage)
+        implicit_port = server.listeners[-1].socket.getsockname()[1]  # type: ignore[attr-defined]
+        implicit = await trio.open_tcp_stream("127.0.0.1", implicit_port)
+        implicit_peer = implicit.socket.getsockname()
+        client = trio.SSLStream(implicit, ssl.create_default_context(),
+                                server_hostname="mx.test")  # does not trust our CA
+        with pytest.raises(trio.BrokenResourceError):
+            await client.do_handshake()
+        await implicit.aclose()
+        with trio.fail_after(10):
+            while len(logged(caplog, "tls_failed")) < 2:
+                await trio.sleep(0.01)
+    first, second = logged(caplog, "tls_failed")
+    assert first["peer"] == tuple(starttls_peer) and first["mode"] == "starttls"
+    assert (first["reason"], first["after_hello"]) == ("protocol error", False)
+    assert first["session"] == infos[0].id
+    assert second["peer"] == tuple(implicit_peer) and second["mode"] == "implicit"
+    # (trio's client closes without sending its alert: to us, the client went away.)
+    assert (second["reason"], second["after_hello"]) == ("client gone", True)
+    text = [r.getMessage() for r in caplog.records if getattr(r, "smtp_event", None)]
+    assert f"with 127.0.0.1:{starttls_peer[1]} failed before any ClientHello" in text[0]
+
+
+async def test_failed_auth_is_logged_with_the_user_name_the_client_gave(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "trio_smtpd")
+
+    async def nobody(credentials: Credentials) -> str | Reply | None:
+        return None
+
+    config = Config(hostname="mx.test", authenticator=nobody, auth_requires_tls=False)
+    async with tcp(config) as server:
+        client = await connect(server)
+        await client.command("EHLO c")
+        assert (await client.command("AUTH PLAIN AGFsaWNlAHB3")).code == 535  # alice / pw
+        assert (await client.command("AUTH PLAIN YWxpY2U=")).code == 501  # no NULs
+        peer = client.stream.socket.getsockname()  # type: ignore[attr-defined]
+        await client.aclose()
+    wrong, malformed = logged(caplog, "auth_failed")
+    assert wrong == {"session": wrong["session"], "peer": tuple(peer), "mechanism": "PLAIN",
+                     "user": "alice", "code": 535,
+                     "reason": "'alice' refused by the authenticator"}
+    assert (malformed["user"], malformed["code"]) == (None, 501)
+
+
+async def test_a_connection_refused_by_a_limit_is_logged_with_its_client(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "trio_smtpd")
+    async with tcp(Config(hostname="mx.test", max_connection_rate=1)) as server:
+        assert server.port
+        assert (await first_reply(server.port, "127.0.0.4")).code == 220
+        assert (await first_reply(server.port, "127.0.0.4")).code == 421
+    [refused] = logged(caplog, "connection_refused")
+    assert refused["peer"][0] == "127.0.0.4" and refused["limit"] == "max_connection_rate"

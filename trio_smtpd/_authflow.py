@@ -20,6 +20,7 @@ from ._info import SessionInfo, TLSInfo
 from ._mechanisms import Challenge, Context, Exchange, Failure, Mechanism, Step, Success
 from ._metrics import Metrics
 from ._replies import Reply
+from ._securitylog import format_peer, log_security_event
 from ._settings import Authenticator, Config
 
 __all__ = ["AuthFlow", "Authenticator"]
@@ -72,12 +73,20 @@ class AuthFlow:
             return None
         self._exchange = None
         if isinstance(result, Failure):
-            log.info("session %s: AUTH failed: %s", self._log_id, result.reason)
+            self._log_failure(result)
             if self._metrics is not None:
                 self._metrics.auth(self._mechanism, _result_of(result))
             conn.auth_failure(result.reply)
             return None
         return Auth(result.credentials.mechanism, result.identity, result.credentials)
+
+    def _log_failure(self, failure: Failure) -> None:
+        peer, code = self._info.peer, (failure.reply.code if failure.reply else 535)
+        log_security_event(
+            "auth_failed", "session %s: AUTH %s from %s failed (%d): %s", self._log_id,
+            self._mechanism, format_peer(peer), code, failure.reason, session=self._log_id,
+            peer=peer, mechanism=self._mechanism, user=failure.user, code=code,
+            reason=failure.reason)
 
     async def _run(self, exchange: Exchange, response: bytes | None) -> Step:
         """One step, within the decision time limit; 454 if it fails or is late."""

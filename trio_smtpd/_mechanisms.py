@@ -69,10 +69,12 @@ class Success(NamedTuple):
 
 
 class Failure(NamedTuple):
-    """The exchange failed: ``reason`` is logged, ``reply`` sent (None: 535 5.7.8)."""
+    """The exchange failed: ``reason`` is logged, ``reply`` sent (None: 535 5.7.8);
+    ``user`` is the name the client gave, if it got that far."""
 
     reason: str
     reply: Reply | None = None
+    user: str | None = None
 
 
 Step = Challenge | Success | Failure
@@ -162,7 +164,7 @@ class _PasswordExchange:
                              "refusal")  # (AuthFlow logs it and answers 454)
         if identity is None or isinstance(identity, Reply):
             return Failure(f"{credentials.username!r} refused by the authenticator",
-                           identity)
+                           identity, credentials.username)
         return Success(identity, credentials)
 
 

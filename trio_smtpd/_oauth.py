@@ -70,14 +70,14 @@ class _TokenExchange:
     def __init__(self, validate: TokenValidator, error: bytes) -> None:
         self._validate = validate
         self._error = error
-        self._refused: str | None = None
+        self._refused: Failure | None = None
 
     def parse(self, text: str) -> TokenCredentials | Failure:
         raise NotImplementedError
 
     async def step(self, response: bytes | None) -> Step:
         if self._refused is not None:
-            return Failure(self._refused)  # (whatever the acknowledgement was)
+            return self._refused  # (whatever the acknowledgement was)
         if response is None:
             return Challenge(b"")
         text = text_of(response, "token message")
@@ -88,7 +88,8 @@ class _TokenExchange:
             return credentials
         identity = await self._validate(credentials)
         if identity is None:
-            self._refused = f"token for {credentials.username!r} refused by the validator"
+            self._refused = Failure(f"token for {credentials.username!r} refused by the "
+                                    "validator", user=credentials.username)
             return Challenge(self._error)
         return Success(identity, credentials)
 

@@ -228,7 +228,7 @@ class ScramServer:
             return Failure("SCRAM proof of the wrong size")
         client_key = bytes(a ^ b for a, b in zip(client_proof, signature, strict=True))
         if not hmac.compare_digest(hashlib.sha256(client_key).digest(), keys.stored_key):
-            return Failure(f"wrong SCRAM proof for {self.username!r}")
+            return Failure(f"wrong SCRAM proof for {self.username!r}", user=self.username)
         return b"v=" + base64.b64encode(_hmac(keys.server_key, auth_message))
 
 
@@ -301,9 +301,11 @@ class _ScramExchange:
         if stage == 1:
             final = server.client_final(response)
             if isinstance(final, Failure):
-                return final if self._known else Failure(f"no SCRAM user {server.username!r}")
+                return final if self._known else Failure(f"no SCRAM user {server.username!r}",
+                                                         user=server.username)
             if server.authzid and server.authzid != server.username:
-                return Failure(f"SCRAM authzid {server.authzid!r} is not the user")
+                return Failure(f"SCRAM authzid {server.authzid!r} is not the user",
+                               user=server.username)
             return Challenge(final)  # RFC 4954 4: the client answers it with an empty line
         if response:
             return Failure("SCRAM expected an empty response to the server's signature",

@@ -34,6 +34,7 @@ from ._metrics import Metrics, counting_observer, limit_name
 from ._proxy import ProxiedStream, ProxyHeaderError, socket_addresses
 from ._ratelimit import RateLimit
 from ._replies import Reply
+from ._securitylog import format_peer, log_security_event
 from ._session import Session, forward_transactions
 from ._sessionconfig import for_connection, varies
 from ._settings import Config
@@ -228,7 +229,7 @@ class Server:
         assert self._nursery is not None
         metrics = self.config.metrics
         if refusal is not None:
-            log.info("refused a connection from %s: %s", peer, refusal.text)
+            _log_refusal(peer, refusal)
             if metrics is not None:
                 metrics.connection_refused(limit_name(refusal))
             _refuse(accepted, refusal, self._nursery)
@@ -311,7 +312,7 @@ class Server:
         if stream.peer is not None:
             refusal = self._limits.admit_address(stream.peer[0])
             if refusal is not None:
-                log.info("refused a connection from %s: %s", stream.peer, refusal.text)
+                _log_refusal(stream.peer, refusal)
                 if self.config.metrics is not None:
                     self.config.metrics.connection_refused(limit_name(refusal))
                 await _refuse_stream(stream, refusal)
@@ -374,6 +375,11 @@ def _count_closed(metrics: Metrics, outcome: str, seconds: float,
     if isinstance(session, Session) and session.transaction is not None:
         metrics.transaction(session.transaction, "aborted")
     metrics.session_closed(outcome, seconds)
+
+
+def _log_refusal(peer: tuple[str, int] | None, refusal: Reply) -> None:
+    log_security_event("connection_refused", "refused a connection from %s: %s",
+                       format_peer(peer), refusal.text, peer=peer, limit=limit_name(refusal))
 
 
 def _refuse(accepted: Accepted, reply: Reply, nursery: trio.Nursery) -> None:

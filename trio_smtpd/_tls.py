@@ -27,6 +27,7 @@ import trio
 from ._certificates import server_end_point, subject_text
 from ._info import SessionInfo, TLSInfo
 from ._metrics import Metrics, handshake_failure
+from ._securitylog import format_peer, log_security_event
 from ._tlsfailure import TLSFailure, classify
 
 __all__ = ["handshake", "record_server_names", "tls_info", "use_session_info"]
@@ -73,29 +74,30 @@ async def handshake(stream: trio.SSLStream[trio.abc.Stream], timeout: float,
                 return None
             except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
                 failure = classify(exc)
-                log.info("session %s: TLS handshake failed %s (%s): %r", session_id,
-                         _stage(attempt), failure.reason, exc)
-                _failed(attempt)
+                _failed(attempt, failure, session_id, mode)
                 if metrics is not None:
                     metrics.tls_handshake(mode, None, handshake_failure(exc.__cause__ or exc))
                 return failure
-        log.info("session %s: TLS handshake timed out %s", session_id, _stage(attempt))
-        _failed(attempt)
+        failure = classify(None)
+        _failed(attempt, failure, session_id, mode)
         if metrics is not None:
             metrics.tls_handshake(mode, None, "timeout")
-        return classify(None)
+        return failure
     finally:
         _attempt.reset(token)
 
 
-def _stage(attempt: _Attempt) -> str:
-    return "after the ClientHello" if attempt.hello else "before any ClientHello"
-
-
-def _failed(attempt: _Attempt) -> None:
+def _failed(attempt: _Attempt, failure: TLSFailure, session_id: str, mode: str) -> None:
+    """Log the failure, and note in the session whether a ClientHello had come."""
     info = _session_info.get()
     if attempt.hello and info is not None:
         info.tls_failed_after_hello = True
+    peer = info.peer if info is not None else None
+    stage = "after the ClientHello" if attempt.hello else "before any ClientHello"
+    log_security_event("tls_failed", "session %s: TLS handshake with %s failed %s (%s): %s",
+                       session_id, format_peer(peer), stage, failure.reason, failure.detail,
+                       session=session_id, peer=peer, mode=mode, reason=failure.reason,
+                       detail=failure.detail, after_hello=attempt.hello)
 
 
 def tls_info(stream: trio.SSLStream[trio.abc.Stream]) -> TLSInfo:
