@@ -11,7 +11,7 @@ import pytest
 import trio
 
 import trio_smtpd
-from tests.engine import Engine
+from tests.engine import Engine, ready
 from tests.tcp import connect, tcp_server
 from trio_smtpd import Config, Connect, Message, Reply, Session, Transcript, UsageError
 from trio_smtpd.core import AuthResponse, AuthStart, ProtocolConfig, Request, ServerConnection
@@ -116,6 +116,31 @@ def test_transcripts_escape_what_could_split_or_disguise_a_line() -> None:
     assert lines[1:] == []  # bodies only when asked
     Transcript(lines.append, "1", bodies=True).data(b"x\xffy\r\n")
     assert lines[1].endswith(" 1 <| x\\xffy")
+    # Replies echo the client's text (a HELO name, an address): escaped as well.
+    transcript.sent("250 mx greets a\u202eb\x1bc\r\n".encode())
+    assert lines[2].endswith(" 1 > 250 mx greets a\\u202eb\\x1bc")
+
+
+def test_a_refused_message_is_told_at_the_size_the_client_sent() -> None:
+    recorder = Recorder()
+    engine = ready(ProtocolConfig(max_message_size=100))
+    engine.conn.observer = recorder
+    engine.codes(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n" + b"x" * 120 + b"\r\n")
+    assert engine.codes(b"y" * 500 + b"\r\n.\r\n") == [552]
+    assert recorder.lines[-1] == "[message data: 624 octets]"  # not 122: all of it
+
+
+def test_plaintext_discarded_after_starttls_is_told() -> None:
+    # CVE-2011-0411 class: commands pipelined behind STARTTLS are dropped; an operator
+    # wants to know someone tried.
+    recorder = Recorder()
+    engine = ready(ProtocolConfig(tls_available=True))
+    engine.conn.observer = recorder
+    engine.codes(b"STARTTLS\r\nMAIL FROM:<evil@x.y>\r\n")
+    assert recorder.lines[-2:] == ["STARTTLS", "[22 octets after STARTTLS discarded]"]
+    engine.conn.tls_established()
+    engine.codes(b"EHLO c\r\nSTARTTLS\r\n")  # (refused: TLS is on) nothing to tell
+    assert not any("discarded" in line for line in recorder.lines[-2:])
 
 
 def test_greeting_text_lines_and_time() -> None:

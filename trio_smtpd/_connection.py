@@ -670,7 +670,11 @@ class ServerConnection:
         self._send(Reply(220, "Ready to start TLS", "2.0.0"))
         # CVE-2011-0411 class: anything pipelined behind STARTTLS was sent in plaintext
         # and must not be read as if it came through TLS.
-        self._buffer.clear()
+        if self._buffer:
+            if self.observer is not None:
+                self.observer.received(f"[{len(self._buffer)} octets after STARTTLS "
+                                       "discarded]")
+            self._buffer.clear()
         event = self._reset("STARTTLS")
         if event is not None:
             self._queue(event)

@@ -31,7 +31,11 @@ def _line_too_long_reply(limit: int) -> Reply:
 
 
 class DotReader:
-    """Reads one DATA body; ``read()`` is called whenever the buffer has grown."""
+    """Reads one DATA body; ``read()`` is called whenever the buffer has grown.
+
+    ``size`` counts the message's octets, dot-unstuffed; once the message is refused,
+    every octet the client goes on to send counts too (the size it sent, for logs).
+    """
 
     __slots__ = (
         "_at_line_start",
@@ -65,6 +69,7 @@ class DotReader:
                 # One unfinished line is already over the limit: drop it but keep its last
                 # octet, which may be the CR of the CRLF that ends it.
                 self._fail(_line_too_long_reply(self._max_line))
+                self.size += len(buf) - 1
                 del buf[:-1]
                 self._at_line_start = False
             return b""
@@ -85,15 +90,10 @@ class DotReader:
     def _accept(self, content: bytes) -> bytes:
         at_line_start = self._at_line_start
         self._at_line_start = content.endswith(b"\r\n")
-        if self.error is not None:
-            return b""
-        if not self._keep_bare:
-            crlf = content.count(b"\r\n")
-            if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
-                self._fail(REPLY_BARE_EOL)
-                return b""
-        if has_long_line(content, self._max_line):
-            self._fail(_line_too_long_reply(self._max_line))
+        refusal = self.error or self._refusal(content)
+        if refusal is not None:
+            self._fail(refusal)
+            self.size += len(content)  # (a refused message: what the client sent)
             return b""
         # Dot-unstuffing: a line that starts with "." lost that first "." (RFC 5321 4.5.2).
         if at_line_start and content.startswith(b"."):
@@ -104,6 +104,16 @@ class DotReader:
             self._fail(REPLY_TOO_BIG)
             return b""
         return content
+
+    def _refusal(self, content: bytes) -> Reply | None:
+        """Why these complete lines refuse the message, if they do."""
+        if not self._keep_bare:
+            crlf = content.count(b"\r\n")
+            if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
+                return REPLY_BARE_EOL
+        if has_long_line(content, self._max_line):
+            return _line_too_long_reply(self._max_line)
+        return None
 
     def _fail(self, reply: Reply) -> None:
         if self.error is None:

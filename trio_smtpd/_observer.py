@@ -25,8 +25,10 @@ class Observer(Protocol):
 
     def received(self, line: str) -> None:
         """A line from the client: a command as sent (non-UTF-8 bytes escaped), with an
-        AUTH exchange's secrets replaced by ``[redacted]``; or, in brackets, a summary
-        such as ``[message data: 1234 octets]``."""
+        AUTH exchange's secrets replaced by ``[redacted]``; or, in brackets, a summary:
+        ``[message data: 1234 octets]`` (a refused message: the octets the client sent),
+        ``[22 octets after STARTTLS discarded]`` (plaintext pipelined behind STARTTLS,
+        dropped unread: CVE-2011-0411's attack, or a broken client)."""
 
     def data(self, chunk: bytes) -> None:
         """Message data, as the engine hands it on (only if ``wants_data``)."""

@@ -9,9 +9,9 @@ protocol line, in the manner of the Go smtpd's connection log::
     2026-12-01T18:02:11.512+00:00 4f2a.7 < [message data: 1482 octets]
 
 AUTH secrets never reach it; message bodies are summarised unless ``bodies=True``, when
-each line of data is written too (marked ``<|``). What the client sent is escaped so that
-a transcript line is always one line: control characters, and Unicode line and format
-controls, become ``\\xNN``/``\\uNNNN``.
+each line of data is written too (marked ``<|``). What the client sent, and the replies
+(which echo it), are escaped so that a transcript line is always one line: control
+characters, and Unicode line and format controls, become ``\\xNN``/``\\uNNNN``.
 """
 
 from __future__ import annotations
@@ -64,10 +64,10 @@ class Transcript:
                                                                   "backslashreplace")))
 
     def sent(self, reply: bytes) -> None:
-        """Each line of a reply."""
+        """Each line of a reply, escaped: replies echo the client's text."""
         for line in reply.decode("utf-8", "replace").split("\r\n"):
             if line:
-                self._line(">", line)
+                self._line(">", escape(line))
 
     def refused(self, command: str, reply: Reply) -> None:
         """Nothing more: the reply itself is in the transcript already."""
