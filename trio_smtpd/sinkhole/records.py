@@ -15,6 +15,7 @@ from ..maildir import Maildir
 from .dnsfacts import Listing, Wants
 from .logs import log_event
 from .lookups import ClientLookups
+from .safety import json_safe
 
 __all__ = ["log_aborted", "log_connect", "log_listing", "log_transaction", "metadata_writer",
            "peer_text"]
@@ -47,7 +48,7 @@ def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
         try:
             path.parent.mkdir(mode=0o700, exist_ok=True)
             temporary = path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(record, ensure_ascii=False) + "\n")
+            temporary.write_text(json_safe(json.dumps(record, ensure_ascii=False)) + "\n")
             temporary.rename(path)
         except OSError as exc:
             log.error("session %s: writing metadata for %s failed: %s", session.id, name,

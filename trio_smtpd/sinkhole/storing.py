@@ -77,8 +77,9 @@ class MessageStore:
             return Incoming()
         # Looked up since connect: by now this rarely waits.
         client_name = await lookups.confirmed_name()
-        incoming = Incoming(self.maildir.open(), None, hashlib.sha256())
-        await incoming.write(trace_headers(tx, self.hostname, client_name))
+        writer = self.maildir.open()
+        incoming = Incoming(writer, None, hashlib.sha256())
+        await incoming.write(trace_headers(tx, self.hostname, client_name, writer.name))
         async for chunk in session.body():
             assert incoming.digest is not None
             incoming.digest.update(chunk)  # of the message as received, for the metadata
