@@ -14,7 +14,7 @@ matchers all hold decides; no matching rule means accept. ::
     recipient = ["trap@"]
     sender_file = "senders.txt"      # patterns one per line (relative to the rules file)
     recipient_file = "traps.txt"
-    helo = ["*.dynamic.example", "localhost"]   # case-insensitive globs
+    helo = ["*.dynamic.example", ".example.net"]   # host patterns (.addresses)
     ip = ["192.0.2.0/24", "2001:db8::/32"]
     tls = true
     authenticated = false
@@ -27,18 +27,17 @@ that fails makes its matcher UNKNOWN; a rule's ``unknown`` key says what then:
 ``"tempfail"`` (the default: answer 451 4.4.3, never accept on a guess), ``"match"``
 (act as if it matched) or ``"nomatch"`` (go on to the next rule).
 
-Address patterns: ``<>`` the null sender; ``user@domain`` exactly (domain compared
-case-insensitively, local part as written, as RFC 5321 says local parts are); ``user@``
-that local part at any domain; ``@domain`` exactly that domain; ``@.domain`` any
-subdomain of it, not the domain itself. A matcher must be known in its rule's phase:
-``helo`` from helo on, ``sender`` from mail, ``recipient`` from rcpt (at data and message
-it holds if any recipient matches). ``save-then-reject`` is for the message phase only.
+Address patterns (sinksmtp's, compared on a canonical form: :mod:`.addresses`): ``<>``
+the null sender; ``user@domain``; ``user@`` that local part at any domain; ``@domain``
+exactly that domain; ``@.domain`` that domain and its subdomains; ``@`` any address.
+A matcher must be known in its rule's phase: ``helo`` from helo on, ``sender`` from mail,
+``recipient`` from rcpt (at data and message it holds if any recipient matches).
+``save-then-reject`` is for the message phase only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import ipaddress
 import re
 import tomllib
@@ -49,6 +48,7 @@ from typing import Any, Literal
 
 from .._networks import Network, address_in
 from .._replies import Reply, ReplyTextError
+from .addresses import address_patterns, host_pattern
 from .dnsfacts import Wants
 from .dnsrules import DNS_MATCHERS, KNOWN_FROM, dns_matcher, wants_of
 from .logic import Key, Pending, Truth, Unknown, all_of, any_of, negate
@@ -270,19 +270,17 @@ def _matcher(key: str, value: Any, phase: Phase, base: Path) -> Matcher:
         networks = [_network(v) for v in value]
         return lambda facts, p: facts.ip is not None and address_in(facts.ip, networks)
     if key == "helo":
-        globs = [v.lower() for v in value]
-        return lambda facts, p: facts.helo is not None and any(
-            fnmatch.fnmatchcase(facts.helo.lower(), g) for g in globs)
+        helo_matches = host_pattern(value)
+        return lambda facts, p: facts.helo is not None and helo_matches(facts.helo)
     if key == "sender":
-        address_patterns = [_address_pattern(v) for v in value]
-        return lambda facts, p: facts.sender is not None and any(
-            pattern(facts.sender) for pattern in address_patterns)
+        sender_matches = address_patterns(value)
+        return lambda facts, p: facts.sender is not None and sender_matches(facts.sender)
     if key == "recipient":
-        rcpt_patterns = [_address_pattern(v) for v in value]
+        rcpt_matches = address_patterns(value)
 
         def recipient(facts: Facts, p: Phase) -> bool:
             candidates = (facts.recipient,) if p == "rcpt" else facts.recipients
-            return any(c is not None and pat(c) for c in candidates for pat in rcpt_patterns)
+            return any(c is not None and rcpt_matches(c) for c in candidates)
 
         return recipient
     raise AssertionError(key)  # every name in _MATCHERS is handled above
@@ -293,30 +291,3 @@ def _network(text: str) -> Network:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise RulesError(f"bad IP address or network {text!r}") from None
-
-
-def _address_pattern(pattern: str) -> Callable[[str], bool]:
-    """Compile one sinksmtp-style address pattern (see the module docstring)."""
-    if pattern == "<>":
-        return lambda address: address == ""
-    local, at, domain = pattern.rpartition("@")
-    if not at:
-        raise RulesError(f"address pattern {pattern!r} needs an '@' (or is '<>')")
-    domain = domain.lower()
-    if not local and not domain:
-        raise RulesError(f"address pattern {pattern!r} is empty")
-
-    def matches(address: str) -> bool:
-        a_local, a_at, a_domain = address.rpartition("@")
-        if not a_at:
-            return False
-        a_domain = a_domain.lower()
-        if local and a_local != local:
-            return False
-        if not domain:
-            return True
-        if domain.startswith("."):
-            return a_domain.endswith(domain)
-        return a_domain == domain
-
-    return matches
