@@ -81,6 +81,17 @@ def require_program(name: str) -> str:
     return path
 
 
+@pytest.fixture
+def tls_and_auth(cert_files: tuple[Path, Path, Path], tmp_path: Path) -> list[str]:
+    """Sinkhole options for STARTTLS and AUTH, with the user alice (password s3cret)."""
+    from trio_smtpd.sinkhole.passwords import hash_password
+
+    cert, key, _ = cert_files
+    users = tmp_path / "users"
+    users.write_text(f"alice:{hash_password('s3cret', log2_n=10)}\n")
+    return ["--tls-cert", str(cert), "--tls-key", str(key), "--auth-file", str(users)]
+
+
 @pytest.fixture(scope="session")
 def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unbound]:
     """A real DNS server (unbound) on loopback, serving tests/dnsserver.py's zone."""

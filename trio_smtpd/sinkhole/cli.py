@@ -28,6 +28,8 @@ from .configure import (
     reload_rules,
 )
 from .handler import SinkholeHandler
+from .libraryevents import PeerNotingListener
+from .libraryevents import install as structure_library_events
 from .logs import configure_logging, log_event
 from .options import build_parser
 from .passwords import hash_password
@@ -68,7 +70,7 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
     for item in sockets:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(item.sock))
         if item.kind == "tls":
-            tls_listeners.append(listener)
+            tls_listeners.append(PeerNotingListener(listener))
         elif item.kind == "proxy":
             listeners.append(ProxyProtocolListener(listener, args.proxy_trusted))
         else:
@@ -118,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return hash_password_command(argv[1:])
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format)
+    structure_library_events()
     try:
         config, maildir = build_config(args)
         # A bad rules file is a configuration error, before binding.

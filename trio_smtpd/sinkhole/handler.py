@@ -5,6 +5,7 @@ DNS facts about the client (``lookups.ClientLookups``) start at connect, in the
 session's own nursery; a decision waits only for the facts its rules name. The
 ``connect`` log line is written once the facts it reports are known (at most
 ``--dns-timeout`` after the connection arrived), without holding up the greeting.
+Every refusal is logged by the session's watch (:mod:`.watch`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .records import log_connect, log_listing, log_transaction, peer_text
 from .rules import Facts, Pending, Phase, RuleSet, Verdict
 from .storing import Incoming, MessageStore
 from .tlsfallback import TLSFallback
+from .watch import refusing, watch_session
 
 __all__ = ["SinkholeHandler"]
 
@@ -80,6 +82,7 @@ class SinkholeHandler:
         connect_logged = log_connect(lookups, self.rules.wants if self.rules else Wants(),
                                      session=info.id, peer=peer_text(info.peer),
                                      starttls=None if session.offer_starttls else "withheld")
+        watch_session(session, None)
         client = _Client(lookups)
         async for decision in session:
             await self._decide(session, decision, client)
@@ -114,6 +117,7 @@ class SinkholeHandler:
 
     async def _refuse(self, session: Session, decision: Decision, verdict: Verdict,
                       phase: Phase | None, client: _Client) -> None:
+        refusing(session, verdict.rule)
         _answer_refusal(decision, verdict)
         if isinstance(decision, Message):
             await client.incoming.drop()  # refused outright: nothing is kept

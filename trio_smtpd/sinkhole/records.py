@@ -57,14 +57,17 @@ def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
     return write
 
 
-def log_aborted(tx: Transaction) -> None:
+def log_aborted(tx: Transaction, size: int | None = None) -> None:
+    """``size``: of the message as the client sent it, where the engine knows better
+    than the transaction (which counts only what it was handed)."""
     reply = tx.abort_reply
     log_transaction(tx, "refused" if reply else "abandoned", str(reply) if reply else None,
-                     None)
+                     None, size=size)
 
 
 def log_transaction(tx: Transaction, outcome: str, reply: str | None,
-                     name: str | None, rule: str | None = None) -> None:
+                     name: str | None, rule: str | None = None, *,
+                     size: int | None = None) -> None:
     log_event(
         "message",
         session=tx.info.id,
@@ -75,7 +78,7 @@ def log_transaction(tx: Transaction, outcome: str, reply: str | None,
         auth=tx.info.authenticated_as,
         sender=str(tx.sender) if tx.sender else "",
         recipients=[str(r.address) for r in tx.recipients],
-        size=tx.size,
+        size=tx.size if size is None else size,
         outcome=outcome,
         reply=reply,
         file=name,

@@ -21,6 +21,7 @@ from .printing import Printer
 from .records import log_aborted, log_transaction, metadata_writer
 from .rules import Verdict
 from .trace import trace_headers
+from .watch import message_size
 
 if TYPE_CHECKING:
     from hashlib import _Hash as Hash  # the stubs' name for a hash object
@@ -73,7 +74,7 @@ class MessageStore:
                 if self.printer is not None:
                     self.printer.keep(tx, chunk)
             if tx.aborted:
-                log_aborted(tx)
+                log_aborted(tx, message_size(session, tx))
             return Incoming()
         # Looked up since connect: by now this rarely waits.
         client_name = await lookups.confirmed_name()
@@ -88,7 +89,7 @@ class MessageStore:
             await incoming.write(chunk)
         if tx.aborted:
             await incoming.drop()
-            log_aborted(tx)
+            log_aborted(tx, message_size(session, tx))
         return incoming
 
     async def finish(self, decision: Message, incoming: Incoming, verdict: Verdict | None,

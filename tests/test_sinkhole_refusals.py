@@ -1,0 +1,143 @@
+"""Every refusal is one log line with the client's address, whoever made it; AUTH and TLS
+failures are structured events. All through the real program."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import Sinkhole
+from tests.wire import Wire
+
+Factory = Callable[..., Sinkhole]
+
+BODY = b"Subject: hi\r\n\r\nbody\r\n"
+
+
+def refused(sinkhole: Sinkhole) -> list[tuple[object, ...]]:
+    return [(e["command"], e["code"], e["enhanced"], e["ip"]) for e in
+            sinkhole.events("refused")]
+
+
+def test_every_engine_refusal_is_one_line(sinkhole_factory: Factory) -> None:
+    sinkhole = sinkhole_factory("--max-message-size", "1000", "--max-recipients", "2")
+    with Wire(sinkhole.port) as client:
+        assert client.command("EHLO client.test").startswith(b"250")
+        assert client.command("MAIL FROM:<a@b.example> SIZE=2000000").startswith(b"552")
+        assert client.command("MAIL FROM:a@b.example").startswith(b"501")  # no brackets
+        assert client.command("RCPT TO:<c@d.example>").startswith(b"503")  # no MAIL yet
+        assert client.command("MAIL FROM:<a@b.example>").startswith(b"250")
+        for recipient in ("c@d.example", "e@d.example"):
+            assert client.command(f"RCPT TO:<{recipient}>").startswith(b"250")
+        assert client.command("RCPT TO:<f@d.example>").startswith(b"452")
+        assert client.command("DATA").startswith(b"354")
+        client.send(b"Subject: smuggled\r\n\r\na\n.\nMAIL FROM:<x@y.example>\r\n.\r\n")
+        assert client.reply().startswith(b"550 5.6.0")
+        assert client.command("MAIL FROM:<a@b.example>").startswith(b"250")
+        assert client.command("RCPT TO:<c@d.example>").startswith(b"250")
+        assert client.command("DATA").startswith(b"354")
+        client.send((b"x" * 498 + b"\r\n") * 4 + b".\r\n")  # 2000 octets, limit 1000
+        assert client.reply().startswith(b"552 5.3.4")
+        assert client.command("MAIL FROM:<a@b.example>").startswith(b"250")
+        assert client.command("RCPT TO:<c@d.example>").startswith(b"250")
+        client.send(b"BDAT 2500 LAST\r\n" + b"y" * 2500)
+        assert client.reply().startswith(b"552 5.3.4")
+    sinkhole.wait_for("close")
+    assert refused(sinkhole) == [
+        ("MAIL", 552, "5.3.4", "127.0.0.1"), ("MAIL", 501, "5.1.7", "127.0.0.1"),
+        ("RCPT", 503, "5.5.1", "127.0.0.1"), ("RCPT", 452, "4.5.3", "127.0.0.1"),
+        ("DATA", 550, "5.6.0", "127.0.0.1"), ("DATA", 552, "5.3.4", "127.0.0.1"),
+        ("BDAT", 552, "5.3.4", "127.0.0.1")]
+    events = sinkhole.events("refused")
+    assert all(e["session"] == events[0]["session"] and str(e["peer"]).startswith(
+        "127.0.0.1:") and e["reason"] for e in events)
+    # A message refused for its size is logged with the size the client sent (over the
+    # limit), not what was handed on before the refusal.
+    too_big = [e for e in sinkhole.events("message") if str(e["reply"]).startswith("552")]
+    assert [e["size"] for e in too_big] == [events[5]["size"]]
+    assert int(str(events[5]["size"])) > 1000
+    assert events[6]["size"] == 2500
+
+
+def test_a_connection_over_the_limit_is_one_line(sinkhole_factory: Factory) -> None:
+    sinkhole = sinkhole_factory("--max-connections", "1")
+    with Wire(sinkhole.port), socket.create_connection(("127.0.0.1", sinkhole.port),
+                                                       timeout=10) as second:
+        assert second.recv(100).startswith(b"421 4.7.0")
+    sinkhole.wait_for("refused")
+    [event] = sinkhole.events("refused")
+    assert (event["command"], event["code"], event["ip"]) == ("CONNECT", 421, "127.0.0.1")
+    assert not sinkhole.events("log")
+
+
+def failed_logins(port: int, client_tls: ssl.SSLContext, attempts: int) -> None:
+    with Wire(port) as client:
+        assert client.command("EHLO client.test").startswith(b"250")
+        client.starttls(client_tls)
+        assert client.command("EHLO client.test").startswith(b"250")
+        for _ in range(attempts):
+            assert client.command("AUTH LOGIN").startswith(b"334")
+            assert client.command("YWxpY2U=").startswith(b"334")  # alice
+            assert client.command("d3Jvbmc=").startswith(b"535")  # wrong
+
+
+def test_auth_and_tls_failures_are_structured(sinkhole_factory: Factory,
+                                              tls_and_auth: list[str],
+                                              client_tls: ssl.SSLContext) -> None:
+    sinkhole = sinkhole_factory(*tls_and_auth, tls_listen=1)
+    failed_logins(sinkhole.port, client_tls, 1)
+    with Wire(sinkhole.port) as client:  # a STARTTLS whose handshake fails
+        assert client.command("EHLO client.test").startswith(b"250")
+        assert client.command("STARTTLS").startswith(b"220")
+        client.send(b"EHLO not a ClientHello\r\n")
+        assert client.sock.recv(100) == b""
+    with socket.create_connection(("127.0.0.1", sinkhole.ports[1]), timeout=10) as sock:
+        sock.sendall(b"EHLO plaintext on the TLS port\r\n")  # implicit TLS
+        assert sock.recv(100) == b""
+    sinkhole.wait_for("close", 2)
+    sinkhole.wait_for("tls-failed", 2)
+    [auth] = sinkhole.events("refused")
+    assert (auth["command"], auth["code"], auth["ip"]) == ("AUTH", 535, "127.0.0.1")
+    assert (auth["mechanism"], auth["user"]) == ("LOGIN", "alice")
+    starttls, implicit = sinkhole.events("tls-failed")
+    for event, during in ((starttls, "starttls"), (implicit, "connect")):
+        assert (event["ip"], event["during"]) == ("127.0.0.1", during)
+        assert str(event["peer"]).startswith("127.0.0.1:") and event["reason"]
+    assert "wrong version number" in str(implicit["reason"])  # OpenSSL's words
+    # The library's free-text lines about them are replaced, not repeated.
+    free_text = [e["message"] for e in sinkhole.events("log")]
+    assert not [m for m in free_text if "AUTH" in str(m) or "TLS" in str(m)], free_text
+
+
+def test_refusals_in_the_text_log(tmp_path: Path) -> None:
+    log_path = tmp_path / "text.log"
+    argv = [sys.executable, "-m", "trio_smtpd", "--log-format", "text", "--no-dns",
+            "--maildir", str(tmp_path / "maildir"), "--listen", "127.0.0.1:0",
+            "--hostname", "mx.test"]
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(argv, stderr=log_file)
+    try:
+        deadline = time.monotonic() + 30
+        while " listening " not in log_path.read_text():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        port = int(log_path.read_text().split("addresses=127.0.0.1:", 1)[1].split()[0])
+        with Wire(port) as client:
+            assert client.command("EHLO a\u2028b").startswith(b"250")
+            assert client.command("MAIL FROM:<a@b.example> SIZE=99999999999").startswith(
+                b"552")
+        while " close " not in log_path.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        process.terminate()
+        process.wait(30)
+    text = log_path.read_text()
+    [line] = [ln for ln in text.splitlines() if " refused " in ln]
+    assert " ip=127.0.0.1 command=MAIL code=552 enhanced=5.3.4 reason=\"Message size " in line
+    assert "\u2028" not in text and ' helo="a\\u2028b" ' in text
