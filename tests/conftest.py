@@ -73,8 +73,9 @@ def require_program(name: str) -> str:
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}")
                                   else None)
     if path is None:
-        message = (f"{name} is not installed (Debian package "
-                   f"{'postfix' if name.startswith('smtp-') else name}; .ci/run installs it)")
+        package = ("postfix" if name.startswith("smtp-") else
+                   "fail2ban" if name.startswith("fail2ban-") else name)
+        message = f"{name} is not installed (Debian package {package}; .ci/run installs it)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

@@ -1,8 +1,10 @@
 """Every refusal is one log line with the client's address, whoever made it; AUTH and TLS
-failures are structured events. All through the real program."""
+failures are structured events; fail2ban's filter matches the failed AUTHs. All through
+the real program."""
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import subprocess
@@ -11,11 +13,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import Sinkhole
+from tests.conftest import Sinkhole, require_program
 from tests.wire import Wire
 
 Factory = Callable[..., Sinkhole]
 
+CONTRIB = Path(__file__).parent.parent / "contrib" / "fail2ban"
 BODY = b"Subject: hi\r\n\r\nbody\r\n"
 
 
@@ -141,3 +144,32 @@ def test_refusals_in_the_text_log(tmp_path: Path) -> None:
     [line] = [ln for ln in text.splitlines() if " refused " in ln]
     assert " ip=127.0.0.1 command=MAIL code=552 enhanced=5.3.4 reason=\"Message size " in line
     assert "\u2028" not in text and ' helo="a\\u2028b" ' in text
+
+
+def test_fail2ban_filter_matches_the_failed_logins(sinkhole_factory: Factory,
+                                                   tls_and_auth: list[str],
+                                                   client_tls: ssl.SSLContext,
+                                                   tmp_path: Path) -> None:
+    fail2ban_regex = require_program("fail2ban-regex")
+    sinkhole = sinkhole_factory(*tls_and_auth)
+    failed_logins(sinkhole.port, client_tls, 2)
+    failed_logins(sinkhole.port, client_tls, 1)
+    with Wire(sinkhole.port) as client:  # other refusals, and a success, do not count
+        assert client.command("EHLO client.test").startswith(b"250")
+        assert client.command("AUTH PLAIN AGFsaWNlAHMzY3JldA==").startswith(b"538")
+        client.starttls(client_tls)
+        assert client.command("EHLO client.test").startswith(b"250")
+        assert client.command("AUTH PLAIN AGFsaWNlAHMzY3JldA==").startswith(b"235")
+        assert client.command("RCPT TO:<x@y.example>").startswith(b"503")
+    sinkhole.wait_for("close", 3)
+    log = tmp_path / "copy.log"  # as the program wrote it, the listening line and all
+    log.write_bytes(sinkhole.log_path.read_bytes())
+    result = subprocess.run([fail2ban_regex, "-o", "ip", str(log),
+                             str(CONTRIB / "filter.d" / "trio-smtpd.conf")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split() == ["127.0.0.1"] * 3, result.stdout
+    # The jail names that filter.
+    jail = (CONTRIB / "jail.d" / "trio-smtpd.conf").read_text()
+    assert "\nfilter   = trio-smtpd\n" in jail and "\nenabled  = true\n" in jail
+    assert json.loads(log.read_text().splitlines()[0])["event"] == "listening"
