@@ -1,8 +1,9 @@
 """sinksmtp's features, each through the real ``trio-smtpd`` program: rule patterns that
-cannot be dodged."""
+cannot be dodged, --smtplog."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,3 +53,25 @@ sender = ["spammer@evil.example"]
                           "a@spamtrap.example", "a@deep.sub.spamtrap.example"):
             assert code(client.command(f"RCPT TO:<{recipient}>")) == 550, recipient
         assert code(client.command("RCPT TO:<ceo2@example.com>")) == 250
+
+
+def test_smtplog_is_a_transcript_without_auth_secrets(sinkhole_factory: Factory,
+                                                      tls_and_auth: list[str],
+                                                      client_tls: ssl.SSLContext,
+                                                      tmp_path: Path) -> None:
+    transcript = tmp_path / "smtp.log"
+    sinkhole = sinkhole_factory(*tls_and_auth, "--smtplog", str(transcript))
+    secret = "AGFsaWNlAHMzY3JldA=="  # base64 of \0alice\0s3cret
+    with Wire(sinkhole.port) as client:
+        assert client.command("EHLO client.test").startswith(b"250")
+        client.starttls(client_tls)
+        assert client.command("EHLO client.test").startswith(b"250")
+        assert client.command(f"AUTH PLAIN {secret}").startswith(b"235")
+        assert client.message("alice@example.org", ["b@example.net"], BODY).startswith(b"250")
+    sinkhole.wait_for("close")
+    text = transcript.read_text()
+    session = sinkhole.events("close")[0]["session"]
+    assert f" {session} > 220 mx.test ESMTP" in text
+    assert f" {session} < AUTH PLAIN [redacted]\n" in text
+    assert f" {session} < [message data: {len(BODY)} octets]\n" in text
+    assert secret not in text and "s3cret" not in text

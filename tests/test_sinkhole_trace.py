@@ -1,10 +1,11 @@
 """What the sinkhole writes about a message cannot be forged by the client: trace
-headers, the metadata sidecar and log lines, through the real program."""
+headers, the metadata sidecar, log lines and the transcript, through the real program."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.conftest import Sinkhole
 from tests.test_sinkhole import headers_and_body
@@ -42,8 +43,10 @@ def test_forged_helo_lands_only_in_postfix_safe_form(sinkhole_factory: Factory) 
         assert received.count("by ") == 1  # ours: "\tby mx.test"
 
 
-def test_unicode_separators_are_never_written_raw(sinkhole_factory: Factory) -> None:
-    sinkhole = sinkhole_factory()
+def test_unicode_separators_are_never_written_raw(sinkhole_factory: Factory,
+                                                  tmp_path: Path) -> None:
+    transcript = tmp_path / "smtp.log"
+    sinkhole = sinkhole_factory("--smtplog", str(transcript))
     helo = "evil" + "".join(SEPARATORS) + "Received: forged"
     sender = '"a\u2028b"@example.org'
     recipient = '"x\u202ey\u2029"@example.net'
@@ -62,6 +65,7 @@ def test_unicode_separators_are_never_written_raw(sinkhole_factory: Factory) -> 
         "trace headers": trace,
         "JSON log": sinkhole.log_path.read_bytes().decode(),
         "sidecar": next((sinkhole.maildir / "meta").iterdir()).read_bytes().decode(),
+        "transcript": transcript.read_bytes().decode(),
     }
     for where, text in written.items():
         for character in SEPARATORS:
@@ -95,3 +99,21 @@ def test_trace_details_lmtp_smtputf8(sinkhole_factory: Factory) -> None:
     file_name = reply.split()[-1].decode()
     assert f"\n\tid {file_name}\n" in received  # the file's id, as the client was told
     assert received.endswith(" +0000 (UTC)")
+
+
+def test_a_trap_takes_what_senders_send_unless_strict(sinkhole_factory: Factory) -> None:
+    lenient = sinkhole_factory()
+    with Wire(lenient.port) as client:
+        assert client.command(b"EHLO caf\xe9.example").startswith(b"250")  # Latin-1
+        assert client.message("a@example.org", ["b@example.net"], BODY).startswith(b"250")
+        assert client.command("HELO old.example").startswith(b"250")
+        assert client.command("MAIL FROM:<a@example.org> BODY=8BITMIME").startswith(b"250")
+    lenient.wait_for("close")
+    [entry] = lenient.events("message")
+    assert entry["helo"] == "caf\\xe9.example"  # the byte, escaped
+    assert received_of(lenient.stored()[0]).startswith("Received: from caf?xe9.example ")
+    strict = sinkhole_factory("--strict")
+    with Wire(strict.port) as client:
+        assert client.command(b"EHLO caf\xe9.example").startswith(b"500")
+        assert client.command("HELO old.example").startswith(b"250")
+        assert client.command("MAIL FROM:<a@example.org> BODY=8BITMIME").startswith(b"555")

@@ -36,6 +36,7 @@ from .passwords import hash_password
 from .printing import Printer
 from .sockets import REUSEPORT, BoundSocket, from_environment
 from .tlsfallback import TLSFallback, parse_fallback
+from .trapoptions import handler_settings
 from .workers import supervise
 
 __all__ = ["main"]
@@ -82,7 +83,8 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
                               tls_fallback=fallback, save_then_reject=args.save_then_reject,
                               rules=load_rules_option(args.rules, dns=not args.no_dns),
                               resolver=make_resolver(args),
-                              printer=Printer(args.print_style) if args.print_style else None)
+                              printer=Printer(args.print_style) if args.print_style else None,
+                              **handler_settings(args))
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve, config, handler=handler,
                                              listeners=listeners, tls_listeners=tls_listeners))

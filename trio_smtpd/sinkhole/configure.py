@@ -26,6 +26,7 @@ from .passwords import AuthFileError, load_auth_file, verify_password
 from .rules import RulesError, RuleSet, load_rules
 from .sockets import BoundSocket, Kind, bind
 from .tlsfallback import parse_fallback
+from .trapoptions import check_trap_options, lenient_protocol
 
 __all__ = ["ConfigError", "bind_listeners", "build_config", "load_rules_option",
            "make_resolver", "reload_rules"]
@@ -61,7 +62,12 @@ def build_config(args: argparse.Namespace) -> tuple[Config, Maildir | None]:
         max_connections=args.max_connections,
         max_connections_per_ip=args.max_connections,
         timeouts=Timeouts(command=args.timeout),
+        protocol=lenient_protocol(args),
     )
+    try:
+        check_trap_options(args)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return config, _maildir(args)
 
 

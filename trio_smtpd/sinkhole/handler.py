@@ -11,6 +11,7 @@ Every refusal is logged by the session's watch (:mod:`.watch`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -55,6 +56,8 @@ class SinkholeHandler:
     resolver: Resolver | None = None
     #: --print/--print-raw: each message that arrived in full, on standard output.
     printer: Printer | None = None
+    #: --smtplog: writes one transcript line (AUTH secrets redacted).
+    smtplog: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         self._store = MessageStore(self.maildir, self.hostname, self.save_then_reject,
@@ -82,7 +85,7 @@ class SinkholeHandler:
         connect_logged = log_connect(lookups, self.rules.wants if self.rules else Wants(),
                                      session=info.id, peer=peer_text(info.peer),
                                      starttls=None if session.offer_starttls else "withheld")
-        watch_session(session, None)
+        watch_session(session, self.smtplog)
         client = _Client(lookups)
         async for decision in session:
             await self._decide(session, decision, client)

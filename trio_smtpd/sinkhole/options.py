@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
+from .trapoptions import add_trap_options
 
 __all__ = ["DEFAULT_DNS_TIMEOUT", "MAX_DNS_TIMEOUT", "build_parser"]
 
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for add_group in (_listening, _tls, _limits, _policy, _dns, _output):
         add_group(parser)
+    add_trap_options(parser)
     return parser
 
 
