@@ -405,3 +405,29 @@ def test_connect_refusal_then_only_quit(sinkhole_factory: Factory, tmp_path: Pat
         sock.sendall(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nQUIT\r\n")
         # RFC 5321 3.1: after a 554 greeting every command but QUIT gets 503.
         assert [reader.readline()[:3] for _ in range(3)] == [b"503", b"503", b"221"]
+
+
+def test_rule_files_include_each_other_but_not_themselves(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    rules(tmp_path, 'include = ["sub/a.toml"]\n[[rule]]\nname = "own"\nphase = "mail"\n'
+                    'action = "reject"\n')
+    (tmp_path / "sub" / "a.toml").write_text('[[rule]]\nname = "included"\nphase = "mail"\n'
+                                             'action = "tempfail"\n')
+    verdict = load_rules(tmp_path / "rules.toml").decide("mail", Facts(sender=""))
+    assert verdict is not None and verdict.rule == "included"  # where the include stands
+    (tmp_path / "sub" / "a.toml").write_text('include = "../rules.toml"\n')
+    with pytest.raises(RulesError, match="included by itself"):
+        load_rules(tmp_path / "rules.toml")
+    (tmp_path / "sub" / "a.toml").write_text('include = "missing.toml"\n')
+    with pytest.raises(RulesError, match=r"missing\.toml"):
+        load_rules(tmp_path / "rules.toml")
+
+
+def test_a_rule_without_phase_is_asked_from_its_first_phase_on(tmp_path: Path) -> None:
+    ruleset = load_rules(rules(tmp_path, '[[rule]]\naction = "reject"\n[rule.match]\n'
+                                         'sender = ["a@b.example"]\ntls = false\n'))
+    facts = Facts(sender="a@b.example", recipient="c@d.example")
+    # tls counts from MAIL on (clients say EHLO before STARTTLS), as in sinksmtp.
+    assert [ruleset.decide(phase, facts) is not None for phase in
+            ("connect", "helo", "mail", "rcpt", "data", "message")] == [
+        False, False, True, True, True, True]

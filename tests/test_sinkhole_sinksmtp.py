@@ -1,5 +1,6 @@
 """sinksmtp's features, each through the real ``trio-smtpd`` program: rule patterns that
-cannot be dodged, --smtplog."""
+cannot be dodged, --smtplog, rules without a phase, several rule files and include,
+pattern files."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+from tests import dnsserver as z
 from tests.conftest import Sinkhole
+from tests.dnsserver import Unbound
 from tests.wire import Wire
 
 Factory = Callable[..., Sinkhole]
@@ -75,3 +78,77 @@ def test_smtplog_is_a_transcript_without_auth_secrets(sinkhole_factory: Factory,
     assert f" {session} < AUTH PLAIN [redacted]\n" in text
     assert f" {session} < [message data: {len(BODY)} octets]\n" in text
     assert secret not in text and "s3cret" not in text
+
+
+def test_rule_files_include_phaseless_rules_and_pattern_files(sinkhole_factory: Factory,
+                                                              tmp_path: Path) -> None:
+    write(tmp_path / "helos.txt", "# bad HELO names\n.dialup.example\nbad-*.example\n")
+    write(tmp_path / "nets.txt", "127.0.0.9\n127.0.1.0/24\n")
+    write(tmp_path / "common.toml", """
+[[rule]]
+name = "bad helo"
+action = "reject"
+reply = "550 5.7.1 bad helo"
+[rule.match]
+helo_file = "helos.txt"
+""")
+    first = write(tmp_path / "first.toml", """
+include = "common.toml"
+
+[[rule]]
+name = "from fbi to joe"
+action = "reject"
+reply = "550 5.7.1 not from you to him"
+[rule.match]
+sender = ["info@fbi.example"]
+recipient = ["joe@example.com"]
+""")
+    second = write(tmp_path / "second.toml", """
+[[rule]]
+name = "bad network"
+action = "tempfail"
+reply = "451 4.7.1 not from there"
+[rule.match]
+ip_file = "nets.txt"
+
+[[rule]]
+name = "overridden"
+phase = "rcpt"
+action = "accept"
+[rule.match]
+recipient = ["joe@example.com"]
+""")
+    sinkhole = sinkhole_factory("--rules", str(first), "--rules", str(second))
+    with Wire(sinkhole.port, "127.0.0.9") as client:  # no phase: asked from connect on
+        assert client.greeting.startswith(b"421 4.7.1 not from there")
+    with Wire(sinkhole.port, "127.0.1.5") as client:
+        assert client.greeting.startswith(b"421")
+    with Wire(sinkhole.port) as client:
+        assert code(client.command("EHLO host.dialup.example")) == 550
+        assert code(client.command("EHLO dialup.example")) == 550
+        assert code(client.command("EHLO bad-pc.example")) == 550
+        assert code(client.command("EHLO fine.example")) == 250
+        # Rules about the sender and a recipient wait for RCPT, and the rule from the
+        # earlier file comes first.
+        assert code(client.command("MAIL FROM:<info@fbi.example>")) == 250
+        assert client.command("RCPT TO:<joe@example.com>").startswith(b"550 5.7.1 not from")
+        assert code(client.command("RCPT TO:<ann@example.com>")) == 250
+
+
+def test_host_pattern_file(sinkhole_factory: Factory, dns_server: Unbound,
+                           tmp_path: Path) -> None:
+    write(tmp_path / "hosts.txt", "# from the DNS zone of the tests\n.good.test\n")
+    rules = write(tmp_path / "rules.toml", """
+[[rule]]
+name = "known hosts"
+phase = "helo"
+action = "reject"
+reply = "550 5.7.1 known host"
+[rule.match]
+host_file = "hosts.txt"
+""")
+    sinkhole = sinkhole_factory("--rules", str(rules), "--dns-server", dns_server.address)
+    with Wire(sinkhole.port, z.GOOD) as client:  # good.test, forward-confirmed
+        assert client.command("EHLO x.test").startswith(b"550 5.7.1 known host")
+    with Wire(sinkhole.port, z.NODNS) as client:
+        assert code(client.command("EHLO x.test")) == 250

@@ -233,8 +233,8 @@ def bind_listeners(args: argparse.Namespace, *, reserve_only: bool = False) -> l
     return bound
 
 
-def load_rules_option(path: str | None, *, dns: bool) -> RuleSet | None:
-    if path is None:
+def load_rules_option(path: list[str] | None, *, dns: bool) -> RuleSet | None:
+    if not path:
         return None
     try:
         return _rules_for(path, dns)
@@ -242,16 +242,16 @@ def load_rules_option(path: str | None, *, dns: bool) -> RuleSet | None:
         raise ConfigError(str(exc)) from None
 
 
-def _rules_for(path: str, dns: bool) -> RuleSet:
+def _rules_for(path: list[str], dns: bool) -> RuleSet:
     rules = load_rules(path)
     if not dns and rules.wants:
-        raise RulesError(f"{path}: rules use DNS facts (host, dns, dnsbl, dbl, source, "
-                         "sender_has, recipient_has), but --no-dns is set")
+        raise RulesError(f"{', '.join(path)}: rules use DNS facts (host, dns, dnsbl, dbl, "
+                         "source, sender_has, recipient_has), but --no-dns is set")
     return rules
 
 
-def reload_rules(path: str | None, handler: SinkholeHandler, *, dns: bool) -> None:
-    if path is None:
+def reload_rules(path: list[str] | None, handler: SinkholeHandler, *, dns: bool) -> None:
+    if not path:
         log_event("rules-reload", outcome="no --rules file")
         return
     try:

@@ -254,7 +254,7 @@ def wants_of(spec: object) -> Wants:
         elif key in ("any", "all") and isinstance(value, list):
             for item in value:
                 wants |= wants_of(item)
-        elif key in ("host", "dns", "source"):
+        elif key in ("host", "dns", "source", "host_file", "source_file"):
             wants |= Wants(rdns=True)
         elif key == "dnsbl":
             wants |= Wants(dnsbl=frozenset(_zones(key, value)))

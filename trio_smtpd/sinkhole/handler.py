@@ -114,6 +114,8 @@ class SinkholeHandler:
         else:
             accept_reply = verdict.reply if verdict is not None else None
             decision.accept(text=accept_reply.text if accept_reply else None)
+            if isinstance(decision, Mail):  # (the transaction exists from DATA on)
+                client.sender = str(decision.sender) if decision.sender else ""
             if isinstance(decision, DataStart):
                 client.incoming = await self._store.receive(session, decision.transaction,
                                                             client.lookups)
@@ -159,6 +161,7 @@ class _Client:
 
     lookups: ClientLookups
     helo_verb: str | None = None  # of the latest HELO/EHLO/LHLO
+    sender: str | None = None  # of the MAIL accepted last ("" for <>), for rules at RCPT
     #: The message being received, if any.
     incoming: Incoming = field(default_factory=Incoming)
 
@@ -171,6 +174,8 @@ def _facts(session: Session, decision: Decision, client: _Client) -> Facts:
         sender = str(decision.sender) if decision.sender else ""
     elif tx is not None:
         sender = str(tx.sender) if tx.sender else ""
+    else:  # at RCPT: the sender of the MAIL accepted
+        sender = client.sender
     return Facts(
         ip=info.peer[0] if info.peer else None,
         tls=info.tls is not None,

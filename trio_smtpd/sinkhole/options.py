@@ -77,9 +77,10 @@ def _limits(parser: argparse.ArgumentParser) -> None:
 
 def _policy(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument_group("what to do with mail").add_argument
-    add("--rules", metavar="FILE",
+    add("--rules", action="append", metavar="FILE",
         help="policy rules (TOML; see docs/sinkhole.md): the first matching rule of each "
-             "phase decides; SIGHUP reloads them, keeping the old ones if the file is bad")
+             "phase decides; repeatable, earlier files first; SIGHUP reloads them, keeping "
+             "the old ones if a file is bad")
     add("--save-then-reject", action="store_true",
         help="store and log each message, then refuse it with 554 naming its file, so the "
              "sender believes delivery failed (sinksmtp's -M)")

@@ -5,7 +5,8 @@ matchers all hold decides; no matching rule means accept. ::
 
     [[rule]]
     name = "traps"                   # optional; shown in logs
-    phase = "rcpt"                   # connect | helo | mail | rcpt | data | message
+    phase = "rcpt"                   # connect | helo | mail | rcpt | data | message;
+                                     # none: every phase from the first that has its facts
     action = "reject"                # accept | reject | tempfail | save-then-reject
     reply = "550 5.1.1 No such user" # optional; code, optional enhanced code, text
     delay = 5.0                      # optional tarpit seconds for this client from now on
@@ -15,6 +16,7 @@ matchers all hold decides; no matching rule means accept. ::
     sender_file = "senders.txt"      # patterns one per line (relative to the rules file)
     recipient_file = "traps.txt"
     helo = ["*.dynamic.example", ".example.net"]   # host patterns (.addresses)
+    helo_file = "helos.txt"          # also ip_file, host_file, source_file
     ip = ["192.0.2.0/24", "2001:db8::/32"]
     tls = true
     authenticated = false
@@ -30,9 +32,10 @@ that fails makes its matcher UNKNOWN; a rule's ``unknown`` key says what then:
 Address patterns (sinksmtp's, compared on a canonical form: :mod:`.addresses`): ``<>``
 the null sender; ``user@domain``; ``user@`` that local part at any domain; ``@domain``
 exactly that domain; ``@.domain`` that domain and its subdomains; ``@`` any address.
-A matcher must be known in its rule's phase: ``helo`` from helo on, ``sender`` from mail,
-``recipient`` from rcpt (at data and message it holds if any recipient matches).
-``save-then-reject`` is for the message phase only.
+Several files and ``include``: :mod:`.rulefiles`. A matcher must be known in its rule's
+phase: ``helo`` from helo on, ``sender`` from mail, ``recipient`` from rcpt (at data and
+message it holds if any recipient matches). ``save-then-reject`` is for the message phase
+only. Rules without a phase: :mod:`.ruleoptions`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,12 +54,16 @@ from .addresses import address_patterns, host_pattern
 from .dnsfacts import Wants
 from .dnsrules import DNS_MATCHERS, KNOWN_FROM, dns_matcher, wants_of
 from .logic import Key, Pending, Truth, Unknown, all_of, any_of, negate
+from .rulefiles import RulesError, rule_entries
+from .ruleoptions import earliest_phase
 
 __all__ = ["Facts", "Pending", "RuleSet", "RulesError", "Verdict", "load_rules"]
 
 Phase = Literal["connect", "helo", "mail", "rcpt", "data", "message"]
 Action = Literal["accept", "reject", "tempfail", "save-then-reject"]
 PHASES: tuple[Phase, ...] = ("connect", "helo", "mail", "rcpt", "data", "message")
+_RANK = {phase: rank for rank, phase in enumerate(PHASES)}
+_PHASE_NAMED: dict[str, Phase] = {phase: phase for phase in PHASES}
 ACTIONS: tuple[Action, ...] = ("accept", "reject", "tempfail", "save-then-reject")
 # The first phase in which each fact is known.
 _KNOWN_FROM = {"ip": "connect", "tls": "connect", "authenticated": "connect",
@@ -70,10 +76,6 @@ DNS_TEMPFAIL = Reply(451, "Temporary DNS failure; try again later", "4.4.3")
 _UNKNOWN = ("tempfail", "match", "nomatch")
 _REPLY = re.compile(r"([2-5][0-9][0-9])(?: ([245]\.[0-9]{1,3}\.[0-9]{1,3}))?(?: (.*))?")
 _RULE_KEYS = {"name", "phase", "action", "reply", "delay", "match", "unknown"}
-
-
-class RulesError(ValueError):
-    """The rules file cannot be used; the message names the file, the rule and why."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,10 @@ class _Rule:
     matches: Matcher
     unknown: str = "tempfail"
     wants: Wants = field(default_factory=Wants)
+    every: bool = False  # no phase given: asked in every phase from ``phase`` on
+
+    def asked_in(self, phase: Phase) -> bool:
+        return phase == self.phase or (self.every and _RANK[phase] > _RANK[self.phase])
 
     def verdict(self) -> Verdict:
         return Verdict(self.action, self.reply or _DEFAULT_REPLIES.get(self.action),
@@ -139,7 +145,7 @@ class RuleSet:
         for them, then ask again. Evaluation itself never waits and has no effects.
         """
         for rule in self._rules:
-            if rule.phase != phase:
+            if not rule.asked_in(phase):
                 continue
             truth = rule.matches(facts, phase)
             if isinstance(truth, Pending):
@@ -155,27 +161,17 @@ class RuleSet:
         return None
 
 
-def load_rules(path: str | Path) -> RuleSet:
-    path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise RulesError(f"{path}: {exc}") from None
-    unknown = set(document) - {"rule"}
-    if unknown:
-        raise RulesError(f"{path}: unknown top-level keys {sorted(unknown)}")
-    entries = document.get("rule", [])
-    if not isinstance(entries, list):
-        raise RulesError(f"{path}: 'rule' must be an array of tables ([[rule]])")
+def load_rules(path: str | Path | Sequence[str | Path]) -> RuleSet:
+    """The rules of one or more files (see :mod:`.rulefiles`), in priority order."""
     rules = []
-    for index, entry in enumerate(entries, 1):
+    for file, index, entry in rule_entries(path):
         label = f"rule {index}"
         if isinstance(entry, dict) and isinstance(entry.get("name"), str):
             label = f"rule {index} ({entry['name']})"
         try:
-            rules.append(_parse_rule(entry, index, path.parent))
+            rules.append(_parse_rule(entry, index, file.parent))
         except (RulesError, ValueError, TypeError) as exc:
-            raise RulesError(f"{path}: {label}: {exc}") from None
+            raise RulesError(f"{file}: {label}: {exc}") from None
     return RuleSet(rules)
 
 
@@ -186,10 +182,13 @@ def _parse_rule(entry: object, index: int, base: Path) -> _Rule:
     if unknown:
         raise RulesError(f"unknown keys {sorted(unknown)}")
     phase, action = entry.get("phase"), entry.get("action")
-    if phase not in PHASES:
-        raise RulesError(f"phase must be one of {', '.join(PHASES)}")
+    if phase not in (*PHASES, None):
+        raise RulesError(f"phase must be one of {', '.join(PHASES)} (or none at all)")
     if action not in ACTIONS:
         raise RulesError(f"action must be one of {', '.join(ACTIONS)}")
+    every = phase is None
+    if phase is None:
+        phase = _PHASE_NAMED[earliest_phase(entry.get("match", {}), action, _KNOWN_FROM)]
     if action == "save-then-reject" and phase != "message":
         raise RulesError("save-then-reject needs the message: use phase = \"message\"")
     delay = entry.get("delay", 0.0)
@@ -203,7 +202,7 @@ def _parse_rule(entry: object, index: int, base: Path) -> _Rule:
     matcher = _compile(match, phase, base)
     name = entry.get("name")
     return _Rule(name if isinstance(name, str) else f"rule {index}", phase, action, reply,
-                 float(delay), matcher, unknown, wants_of(match))
+                 float(delay), matcher, unknown, wants_of(match), every=every)
 
 
 def _parse_reply(text: object, action: str) -> Reply:
@@ -234,7 +233,8 @@ def _compile(spec: object, phase: Phase, base: Path) -> Matcher:
 
 
 _MATCHERS = {"not", "any", "all", "tls", "authenticated", "ip", "helo", "sender",
-             "recipient", "sender_file", "recipient_file", *DNS_MATCHERS}
+             "recipient", "sender_file", "recipient_file", "helo_file", "ip_file",
+             "host_file", "source_file", *DNS_MATCHERS}
 
 
 def _matcher(key: str, value: Any, phase: Phase, base: Path) -> Matcher:
@@ -263,6 +263,8 @@ def _matcher(key: str, value: Any, phase: Phase, base: Path) -> Matcher:
         except (OSError, UnicodeDecodeError) as exc:
             raise RulesError(f"cannot read {key} {value!r}: {exc}") from None
         patterns = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+        if not patterns:  # as sinksmtp: an empty file matches nothing
+            return lambda facts, p: False
         return _matcher(key.removesuffix("_file"), patterns, phase, base)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise RulesError(f"'{key}' takes a list of strings")
