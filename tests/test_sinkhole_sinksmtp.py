@@ -1,9 +1,11 @@
 """sinksmtp's features, each through the real ``trio-smtpd`` program: rule patterns that
-cannot be dodged, --smtplog, rules without a phase, several rule files and include,
-pattern files."""
+cannot be dodged, --smtplog, do-nothing clients, rules without a phase, several rule
+files and include, pattern files, note, savedir, MAIL FROM:<> refused at RCPT, and a
+greeting per local address (--conncfg)."""
 
 from __future__ import annotations
 
+import signal
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 from tests import dnsserver as z
 from tests.conftest import Sinkhole
 from tests.dnsserver import Unbound
+from tests.test_sinkhole import headers_and_body
 from tests.wire import Wire
 
 Factory = Callable[..., Sinkhole]
@@ -78,6 +81,51 @@ def test_smtplog_is_a_transcript_without_auth_secrets(sinkhole_factory: Factory,
     assert f" {session} < AUTH PLAIN [redacted]\n" in text
     assert f" {session} < [message data: {len(BODY)} octets]\n" in text
     assert secret not in text and "s3cret" not in text
+
+
+def test_do_nothing_clients_are_refused_at_connect(sinkhole_factory: Factory,
+                                                   tmp_path: Path) -> None:
+    rules = write(tmp_path / "rules.toml", """
+[[rule]]
+name = "known yakker"
+phase = "helo"
+action = "accept"
+make_yakker = true
+[rule.match]
+helo = ["ylmf-pc"]
+""")
+    sinkhole = sinkhole_factory("--dncount", "2", "--dndur", "1h", "--minphase", "from",
+                                "--rules", str(rules))
+
+    sessions = 0
+
+    def visit(source: str, *commands: str) -> bytes:
+        """One session; returns its greeting once the server has finished with it."""
+        nonlocal sessions
+        with Wire(sinkhole.port, source) as client:
+            for command in commands:
+                assert code(client.command(command)) == 250
+        sessions += 1
+        sinkhole.wait_for("close", sessions)
+        return client.greeting
+
+    # Two sessions that get nowhere (EHLO is not enough with --minphase from).
+    assert visit("127.0.0.2", "EHLO idle.test").startswith(b"220")
+    assert visit("127.0.0.2").startswith(b"220")
+    assert visit("127.0.0.2").startswith(b"421 4.7.0")  # now refused at connect
+    # Reaching MAIL clears an address's count; other addresses are not affected.
+    assert visit("127.0.0.3", "EHLO busy.test").startswith(b"220")
+    assert visit("127.0.0.3", "EHLO busy.test", "MAIL FROM:<a@b.example>").startswith(b"220")
+    assert visit("127.0.0.3").startswith(b"220")
+    assert visit("127.0.0.3").startswith(b"220")  # one since MAIL: not yet (now two)
+    # make_yakker: one session is enough, whatever it did.
+    assert visit("127.0.0.4", "EHLO ylmf-pc", "MAIL FROM:<a@b.example>").startswith(b"220")
+    assert visit("127.0.0.4").startswith(b"421 4.7.0")
+    yakkers = sinkhole.events("yakker")
+    assert [(e["ip"], e["outcome"]) for e in yakkers] == [
+        ("127.0.0.2", "added"), ("127.0.0.3", "added"), ("127.0.0.4", "made one by a rule")]
+    refusals = [e for e in sinkhole.events("refused") if e["command"] == "CONNECT"]
+    assert [(e["ip"], e["code"]) for e in refusals] == [("127.0.0.2", 421), ("127.0.0.4", 421)]
 
 
 def test_rule_files_include_phaseless_rules_and_pattern_files(sinkhole_factory: Factory,
@@ -152,3 +200,100 @@ host_file = "hosts.txt"
         assert client.command("EHLO x.test").startswith(b"550 5.7.1 known host")
     with Wire(sinkhole.port, z.NODNS) as client:
         assert code(client.command("EHLO x.test")) == 250
+
+
+def test_note_and_savedir(sinkhole_factory: Factory, tmp_path: Path) -> None:
+    rules = write(tmp_path / "rules.toml", """
+[[rule]]
+name = "vip"
+phase = "mail"
+action = "accept"
+note = "mail from the boss"
+savedir = "boss-mail"
+[rule.match]
+sender = ["@boss.example"]
+""")
+    sinkhole = sinkhole_factory("--rules", str(rules), "--discard")
+    with Wire(sinkhole.port) as client:
+        assert client.message("big@boss.example", ["me@example.net"], BODY,
+                              ehlo="c.test").startswith(b"250")
+        assert client.message("other@example.org", ["me@example.net"], BODY).startswith(
+            b"250")  # the savedir stays for the session, as in sinksmtp
+    with Wire(sinkhole.port) as client:
+        assert client.message("other@example.org", ["me@example.net"], BODY,
+                              ehlo="c.test").startswith(b"250 2.0.0 discarded")
+    sinkhole.wait_for("close", 2)
+    saved = sorted((tmp_path / "boss-mail" / "new").iterdir())
+    assert len(saved) == 2 and not (sinkhole.maildir / "new").exists()
+    [note] = sinkhole.events("note")
+    assert (note["rule"], note["note"], note["phase"]) == ("vip", "mail from the boss", "mail")
+    assert str(note["peer"]).startswith("127.0.0.1:")
+
+
+def test_null_sender_refusal_moves_to_rcpt(sinkhole_factory: Factory, tmp_path: Path) -> None:
+    rules = write(tmp_path / "rules.toml", """
+[[rule]]
+name = "no bounces"
+phase = "mail"
+action = "reject"
+reply = "550 5.7.1 no bounces here"
+[rule.match]
+sender = ["<>"]
+""")
+    sinkhole = sinkhole_factory("--rules", str(rules))
+    with Wire(sinkhole.port) as client:
+        assert client.command("EHLO c.test").startswith(b"250")
+        assert code(client.command("MAIL FROM:<>")) == 250  # never refused here
+        for recipient in ("a@example.net", "b@example.net"):
+            assert client.command(f"RCPT TO:<{recipient}>").startswith(b"550 5.7.1 no bounces")
+        assert code(client.command("RSET")) == 250
+        assert code(client.command("MAIL FROM:<a@example.org>")) == 250
+        assert code(client.command("RCPT TO:<a@example.net>")) == 250
+    sinkhole.wait_for("close")
+    [deferred] = [e for e in sinkhole.events("policy") if e.get("deferred")]
+    assert (deferred["rule"], deferred["phase"], deferred["deferred"]) == (
+        "no bounces", "mail", "rcpt")
+    assert [(e["command"], e["rule"]) for e in sinkhole.events("refused")] == [
+        ("RCPT", "no bounces"), ("RCPT", "no bounces")]
+
+
+def test_greeting_and_certificate_per_local_address(
+        sinkhole_factory: Factory, cert_files: tuple[Path, Path, Path],
+        client_tls: ssl.SSLContext, tmp_path: Path) -> None:
+    cert, key, _ = cert_files
+    conncfg = write(tmp_path / "conncfg", f"""
+# LOCAL          settings
+127.0.0.2        hostname=second.test cert={cert} key={key}
+127.0.0.0/8:1    hostname=never.test
+127.0.0.3        hostname=third.test
+""")
+    sinkhole = sinkhole_factory("--tls-cert", str(cert), "--tls-key", str(key), "--conncfg",
+                                str(conncfg), "--listen", "127.0.0.2:0", "--listen",
+                                "127.0.0.3:0")
+    default, second, third = sinkhole.ports
+
+    def greeting_and_ehlo(address: str, port: int) -> tuple[bytes, bytes]:
+        with Wire(port, host=address) as client:  # to that address of ours
+            return client.greeting, client.command("EHLO c.test")
+
+    greeting, ehlo = greeting_and_ehlo("127.0.0.1", default)  # no line: the command line
+    assert greeting.startswith(b"220 mx.test ESMTP") and b"STARTTLS" in ehlo
+    greeting, ehlo = greeting_and_ehlo("127.0.0.2", second)
+    assert greeting.startswith(b"220 second.test ESMTP") and b"STARTTLS" in ehlo
+    assert ehlo.startswith(b"250-second.test greets c.test")
+    greeting, ehlo = greeting_and_ehlo("127.0.0.3", third)  # no certificate: no STARTTLS
+    assert greeting.startswith(b"220 third.test ESMTP") and b"STARTTLS" not in ehlo
+    with Wire(second, host="127.0.0.2") as client:
+        assert client.message("a@example.org", ["b@example.net"], BODY,
+                              ehlo="c.test").startswith(b"250")
+    assert "\n\tby second.test (trio_smtpd)\n" in headers_and_body(sinkhole.stored()[0])[0][-1]
+    # SIGHUP reads it again; a bad file keeps the previous settings.
+    write(conncfg, "127.0.0.3 hostname=renamed.test\n")
+    sinkhole.process.send_signal(signal.SIGHUP)
+    sinkhole.wait_for("conncfg-reload")
+    assert greeting_and_ehlo("127.0.0.3", third)[0].startswith(b"220 renamed.test ESMTP")
+    write(conncfg, "not-an-address hostname=x\n")
+    sinkhole.process.send_signal(signal.SIGHUP)
+    sinkhole.wait_for("conncfg-reload", 2)
+    assert "failed" in str(sinkhole.events("conncfg-reload")[1]["outcome"])
+    assert greeting_and_ehlo("127.0.0.3", third)[0].startswith(b"220 renamed.test ESMTP")

@@ -36,7 +36,7 @@ from .passwords import hash_password
 from .printing import Printer
 from .sockets import REUSEPORT, BoundSocket, from_environment
 from .tlsfallback import TLSFallback, parse_fallback
-from .trapoptions import handler_settings
+from .trapoptions import handler_settings, reload_conncfg
 from .workers import supervise
 
 __all__ = ["main"]
@@ -96,6 +96,7 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     reload_rules(args.rules, handler, dns=not args.no_dns)
+                    reload_conncfg(args, handler)
                     continue
                 if server.shutting_down:
                     log_event("exit", signal=signal.Signals(signum).name)

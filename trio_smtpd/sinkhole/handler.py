@@ -5,7 +5,10 @@ DNS facts about the client (``lookups.ClientLookups``) start at connect, in the
 session's own nursery; a decision waits only for the facts its rules name. The
 ``connect`` log line is written once the facts it reports are known (at most
 ``--dns-timeout`` after the connection arrived), without holding up the greeting.
-Every refusal is logged by the session's watch (:mod:`.watch`).
+
+Every refusal is logged by the session's watch (:mod:`.watch`); sinksmtp's habits beyond
+the rules (a refused ``MAIL FROM:<>`` answered at RCPT, rule notes and savedirs,
+do-nothing clients, settings per local address) are in :mod:`.tracking`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import trio
 from .. import Connect, DataStart, Decision, Hello, Mail, Message, Rcpt, Session
 from ..dns import Resolver
 from ..maildir import Maildir
+from .conncfg import ConnConfig
 from .dnsfacts import Wants
 from .logs import log_event
 from .lookups import ClientLookups
@@ -28,7 +32,9 @@ from .records import log_connect, log_listing, log_transaction, peer_text
 from .rules import Facts, Pending, Phase, RuleSet, Verdict
 from .storing import Incoming, MessageStore
 from .tlsfallback import TLSFallback
+from .tracking import SessionTrack
 from .watch import refusing, watch_session
+from .yakkers import Yakkers
 
 __all__ = ["SinkholeHandler"]
 
@@ -58,6 +64,10 @@ class SinkholeHandler:
     printer: Printer | None = None
     #: --smtplog: writes one transcript line (AUTH secrets redacted).
     smtplog: Callable[[str], None] | None = None
+    #: --dncount/--dndur/--minphase: do-nothing clients, refused at connect.
+    yakkers: Yakkers | None = None
+    #: --conncfg: host name and certificate by local address; replaced on SIGHUP.
+    conncfg: ConnConfig | None = None
 
     def __post_init__(self) -> None:
         self._store = MessageStore(self.maildir, self.hostname, self.save_then_reject,
@@ -85,11 +95,11 @@ class SinkholeHandler:
         connect_logged = log_connect(lookups, self.rules.wants if self.rules else Wants(),
                                      session=info.id, peer=peer_text(info.peer),
                                      starttls=None if session.offer_starttls else "withheld")
-        watch_session(session, self.smtplog)
-        client = _Client(lookups)
+        client = _Client(lookups, SessionTrack(watch_session(session, self.smtplog)))
         async for decision in session:
             await self._decide(session, decision, client)
         await client.incoming.drop()  # (the client left mid-message)
+        client.track.finish(session, self.yakkers)
         if session.tls_failed and fallback is not None and ip is not None:
             fallback.record_failure(ip)
         await connect_logged.wait()  # (bounded by the DNS deadline) connect before close
@@ -100,10 +110,14 @@ class SinkholeHandler:
     async def _decide(self, session: Session, decision: Decision, client: _Client) -> None:
         if isinstance(decision, Hello):
             client.helo_verb = decision.verb
+        if isinstance(decision, Connect) and client.track.connect(session, decision,
+                                                                  self.conncfg, self.yakkers):
+            return
         phase: Phase | None = "message" if isinstance(decision, Message) else _PHASES.get(
             type(decision))
         verdict = None if phase is None else await self._verdict(session, phase, decision,
                                                                  client)
+        verdict = client.track.adjust(phase, decision, verdict)
         if verdict is not None and verdict.action in ("reject", "tempfail"):
             await self._refuse(session, decision, verdict, phase, client)
         elif isinstance(decision, Message):
@@ -118,7 +132,8 @@ class SinkholeHandler:
                 client.sender = str(decision.sender) if decision.sender else ""
             if isinstance(decision, DataStart):
                 client.incoming = await self._store.receive(session, decision.transaction,
-                                                            client.lookups)
+                                                            client.lookups, client.track.savedir)
+        client.track.answered(phase, decision)
 
     async def _refuse(self, session: Session, decision: Decision, verdict: Verdict,
                       phase: Phase | None, client: _Client) -> None:
@@ -160,6 +175,7 @@ class _Client:
     """What a session's decisions need beyond the session itself."""
 
     lookups: ClientLookups
+    track: SessionTrack
     helo_verb: str | None = None  # of the latest HELO/EHLO/LHLO
     sender: str | None = None  # of the MAIL accepted last ("" for <>), for rules at RCPT
     #: The message being received, if any.

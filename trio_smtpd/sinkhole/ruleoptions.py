@@ -8,18 +8,61 @@
   in plaintext before it starts TLS or authenticates. ``save-then-reject`` is always a
   ``message`` rule. An ``accept`` rule without a phase keeps accepting in every later
   phase (put such rules last, or give them a phase), as sinksmtp documents.
+* ``note = "text"`` (sinksmtp's ``with note``): a ``note`` log line each time the rule
+  matches, whatever its action.
+* ``savedir = "dir"`` (``with savedir``): messages of this session from then on are
+  stored in that Maildir (created at load; relative to the rules file), even with
+  ``--discard``.
+* ``make_yakker = true`` (``with make-yakker``): when the session ends, its client
+  counts as a do-nothing client at once (see :mod:`.yakkers`; needs ``--dncount``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-__all__ = ["earliest_phase"]
+from ..maildir import Maildir
 
+__all__ = ["OPTION_KEYS", "RuleOptions", "earliest_phase", "parse_options"]
+
+OPTION_KEYS = frozenset({"note", "savedir", "make_yakker"})
 PHASES = ("connect", "helo", "mail", "rcpt", "data", "message")
 # sinksmtp's minimum phases where they differ from when a fact first exists.
 _WITHOUT_PHASE = {"tls": "mail", "authenticated": "mail"}
 _DBL_SOURCES = {"host": "connect", "helo": "helo", "sender": "mail", "any": "mail"}
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    note: str | None = None
+    #: Where this session's messages go from the moment the rule matched.
+    savedir: Maildir | None = None
+    make_yakker: bool = False
+
+
+def parse_options(entry: Mapping[str, Any], base: Path) -> RuleOptions | None:
+    """The rule's options, checked; None if it has none. Raises ValueError."""
+    note, savedir, yakker = entry.get("note"), entry.get("savedir"), entry.get("make_yakker",
+                                                                              False)
+    if note is not None and (not isinstance(note, str) or not note.isprintable()):
+        raise ValueError("note must be one line of printable text")
+    if not isinstance(yakker, bool):
+        raise ValueError("make_yakker must be true or false")
+    maildir = None
+    if savedir is not None:
+        if not isinstance(savedir, str) or not savedir:
+            raise ValueError("savedir takes a directory name")
+        maildir = Maildir(base / savedir)
+        try:
+            maildir.create()
+        except OSError as exc:
+            raise ValueError(f"cannot use savedir {savedir!r}: {exc}") from None
+    if note is None and maildir is None and not yakker:
+        return None
+    return RuleOptions(note, maildir, yakker)
 
 
 def earliest_phase(match: object, action: str, known_from: Mapping[str, str]) -> str:

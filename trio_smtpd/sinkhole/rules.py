@@ -10,6 +10,7 @@ matchers all hold decides; no matching rule means accept. ::
     action = "reject"                # accept | reject | tempfail | save-then-reject
     reply = "550 5.1.1 No such user" # optional; code, optional enhanced code, text
     delay = 5.0                      # optional tarpit seconds for this client from now on
+    note = "text"                    # optional: note, savedir, make_yakker (.ruleoptions)
     [rule.match]                     # every matcher listed must hold
     sender = ["<>", "user@example.org", "user@", "@example.org", "@.example.org"]
     recipient = ["trap@"]
@@ -35,7 +36,7 @@ exactly that domain; ``@.domain`` that domain and its subdomains; ``@`` any addr
 Several files and ``include``: :mod:`.rulefiles`. A matcher must be known in its rule's
 phase: ``helo`` from helo on, ``sender`` from mail, ``recipient`` from rcpt (at data and
 message it holds if any recipient matches). ``save-then-reject`` is for the message phase
-only. Rules without a phase: :mod:`.ruleoptions`.
+only. Rules without a phase, ``note``, ``savedir``, ``make_yakker``: :mod:`.ruleoptions`.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from .dnsfacts import Wants
 from .dnsrules import DNS_MATCHERS, KNOWN_FROM, dns_matcher, wants_of
 from .logic import Key, Pending, Truth, Unknown, all_of, any_of, negate
 from .rulefiles import RulesError, rule_entries
-from .ruleoptions import earliest_phase
+from .ruleoptions import OPTION_KEYS, RuleOptions, earliest_phase, parse_options
 
 __all__ = ["Facts", "Pending", "RuleSet", "RulesError", "Verdict", "load_rules"]
 
@@ -75,7 +76,7 @@ _DEFAULT_REPLIES = {"reject": Reply(550, "Rejected by policy", "5.7.1"),
 DNS_TEMPFAIL = Reply(451, "Temporary DNS failure; try again later", "4.4.3")
 _UNKNOWN = ("tempfail", "match", "nomatch")
 _REPLY = re.compile(r"([2-5][0-9][0-9])(?: ([245]\.[0-9]{1,3}\.[0-9]{1,3}))?(?: (.*))?")
-_RULE_KEYS = {"name", "phase", "action", "reply", "delay", "match", "unknown"}
+_RULE_KEYS = {"name", "phase", "action", "reply", "delay", "match", "unknown", *OPTION_KEYS}
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class Verdict:
     delay: float
     rule: str  # the rule's name, or "rule N"
     unknown: bool = False  # decided by the rule's ``unknown`` setting: DNS did not answer
+    options: RuleOptions | None = None  # note, savedir, make_yakker
 
 
 Matcher = Callable[[Facts, Phase], Truth]
@@ -117,6 +119,7 @@ class _Rule:
     matches: Matcher
     unknown: str = "tempfail"
     wants: Wants = field(default_factory=Wants)
+    options: RuleOptions | None = None
     every: bool = False  # no phase given: asked in every phase from ``phase`` on
 
     def asked_in(self, phase: Phase) -> bool:
@@ -124,7 +127,7 @@ class _Rule:
 
     def verdict(self) -> Verdict:
         return Verdict(self.action, self.reply or _DEFAULT_REPLIES.get(self.action),
-                       self.delay, self.label)
+                       self.delay, self.label, options=self.options)
 
 
 class RuleSet:
@@ -202,7 +205,8 @@ def _parse_rule(entry: object, index: int, base: Path) -> _Rule:
     matcher = _compile(match, phase, base)
     name = entry.get("name")
     return _Rule(name if isinstance(name, str) else f"rule {index}", phase, action, reply,
-                 float(delay), matcher, unknown, wants_of(match), every=every)
+                 float(delay), matcher, unknown, wants_of(match), parse_options(entry, base),
+                 every)
 
 
 def _parse_reply(text: object, action: str) -> Reply:

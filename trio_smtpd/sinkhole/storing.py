@@ -3,7 +3,8 @@ then committed (fsynced into ``new/``) or dropped, and the answer and log line f
 
 250 is answered only after the file is fsynced into ``new/``. A write error answers 452
 (disk full) or 451 and is logged; the server keeps running. With ``--discard`` nothing is
-stored: the body is only counted.
+stored: the body is only counted. A rule's ``savedir`` stores the session's messages in
+another Maildir.
 """
 
 from __future__ import annotations
@@ -66,10 +67,12 @@ class MessageStore:
     #: --print/--print-raw: keeps each body for printing once it is in.
     printer: Printer | None = None
 
-    async def receive(self, session: Session, tx: Transaction,
-                      lookups: ClientLookups) -> Incoming:
-        """Stream the body in; keep reading even after a write error."""
-        if self.maildir is None:
+    async def receive(self, session: Session, tx: Transaction, lookups: ClientLookups,
+                      maildir: Maildir | None = None) -> Incoming:
+        """Stream the body in (into ``maildir``, a rule's savedir, if given); keep
+        reading even after a write error."""
+        maildir = maildir or self.maildir
+        if maildir is None:
             async for chunk in session.body():  # (the transaction counts the size)
                 if self.printer is not None:
                     self.printer.keep(tx, chunk)
@@ -78,9 +81,10 @@ class MessageStore:
             return Incoming()
         # Looked up since connect: by now this rarely waits.
         client_name = await lookups.confirmed_name()
-        writer = self.maildir.open()
+        writer = maildir.open()
         incoming = Incoming(writer, None, hashlib.sha256())
-        await incoming.write(trace_headers(tx, self.hostname, client_name, writer.name))
+        await incoming.write(trace_headers(tx, session.config.hostname, client_name,
+                                           writer.name))
         async for chunk in session.body():
             assert incoming.digest is not None
             incoming.digest.update(chunk)  # of the message as received, for the metadata
@@ -117,7 +121,7 @@ class MessageStore:
                       lookups: ClientLookups) -> str | None:
         """fsync the message into ``new/`` (and its sidecar after it); its file name."""
         writer = incoming.writer
-        if incoming.error is not None or writer is None or self.maildir is None:
+        if incoming.error is not None or writer is None:
             return None
         assert incoming.digest is not None
         # The sidecar records every DNS fact: one still being looked up (started at MAIL,
@@ -125,7 +129,7 @@ class MessageStore:
         await lookups.settle()
         # Written in the commit's worker thread, after the message is durable: one trip
         # to a thread per message.
-        metadata = metadata_writer(self.maildir, writer.name, tx, incoming.digest.hexdigest(),
+        metadata = metadata_writer(writer.maildir, writer.name, tx, incoming.digest.hexdigest(),
                                    verdict.rule if verdict is not None else None,
                                    lookups.summary())
         try:

@@ -4,6 +4,9 @@ the handler uses.
 * ``--smtplog FILE``: every session's transcript (the library's ``Transcript``: one
   escaped line per command and reply, AUTH secrets redacted), appended to FILE (``-``:
   standard output);
+* ``--dncount N``, ``--dndur DURATION``, ``--minphase PHASE``: do-nothing clients
+  (:mod:`.yakkers`);
+* ``--conncfg FILE``: host name and certificate per local address (:mod:`.conncfg`);
 * ``--strict``: the library's strict defaults instead of the trap's leniency. By
   default the sinkhole takes what real senders send and Postfix accepts: ESMTP
   parameters on MAIL and RCPT after HELO (not only EHLO), and a HELO name that is not
@@ -19,9 +22,16 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core import ProtocolConfig
+from .conncfg import ConnConfigError, load_conncfg
+from .handler import SinkholeHandler
+from .logs import log_event
 from .safety import escape
+from .yakkers import ALIASES, MINPHASES, Yakkers, parse_duration
 
-__all__ = ["add_trap_options", "check_trap_options", "handler_settings", "lenient_protocol"]
+__all__ = ["add_trap_options", "check_trap_options", "handler_settings", "lenient_protocol",
+           "reload_conncfg"]
+
+DEFAULT_DNDUR = "8h"
 
 
 def add_trap_options(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +39,18 @@ def add_trap_options(parser: argparse.ArgumentParser) -> None:
     add("--smtplog", metavar="FILE",
         help="append every session's transcript to FILE ('-': standard output), AUTH "
              "secrets redacted")
+    add("--dncount", type=int, default=0, metavar="N",
+        help="refuse (421 at connect) an address whose last N sessions, each within "
+             "--dndur of the one before, got nowhere (default 0: off)")
+    add("--dndur", default=DEFAULT_DNDUR, metavar="DURATION",
+        help="window of --dncount, and how long such an address is refused "
+             f"(3600, 90s, 30m, 8h; default {DEFAULT_DNDUR})")
+    add("--minphase", default="helo", metavar="PHASE",
+        help="what a session must reach not to count for --dncount: "
+             f"{', '.join(MINPHASES)} (default helo)")
+    add("--conncfg", metavar="FILE",
+        help="host name and certificate by local address, in sinksmtp's -conncfg format; "
+             "SIGHUP reloads it")
     add("--strict", action="store_true",
         help="refuse ESMTP parameters after HELO and HELO names that are not UTF-8, as "
              "RFC 5321 has it (by default both are taken, as Postfix does)")
@@ -36,6 +58,9 @@ def add_trap_options(parser: argparse.ArgumentParser) -> None:
 
 def check_trap_options(args: argparse.Namespace) -> None:
     """Raises ValueError (one line) for a bad combination or a file that cannot be used."""
+    if args.dncount < 0:
+        raise ValueError("--dncount must be 0 (off) or more")
+    Yakkers(max(args.dncount, 1), _dndur(args), _minphase(args))
     if args.smtplog and args.smtplog == "-" and args.print_style:
         raise ValueError("--smtplog - and --print/--print-raw both want standard output")
     if args.smtplog and args.smtplog != "-":
@@ -44,6 +69,25 @@ def check_trap_options(args: argparse.Namespace) -> None:
                 pass
         except OSError as exc:
             raise ValueError(f"cannot write --smtplog {args.smtplog}: {exc}") from None
+    if args.conncfg:
+        load_conncfg(args.conncfg)
+
+
+def _dndur(args: argparse.Namespace) -> float:
+    try:
+        seconds = parse_duration(args.dndur)
+    except ValueError as exc:
+        raise ValueError(f"--dndur: {exc}") from None
+    if seconds < 1:
+        raise ValueError("--dndur must be at least one second")
+    return seconds
+
+
+def _minphase(args: argparse.Namespace) -> str:
+    phase = str(args.minphase).lower()
+    if ALIASES.get(phase, phase) not in MINPHASES:
+        raise ValueError(f"--minphase must be one of {', '.join(MINPHASES)}")
+    return phase
 
 
 def lenient_protocol(args: argparse.Namespace) -> ProtocolConfig:
@@ -54,7 +98,10 @@ def lenient_protocol(args: argparse.Namespace) -> ProtocolConfig:
 
 def handler_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The handler's fields for these options (the log file opened here, per process)."""
-    return {"smtplog": _transcript_writer(args.smtplog)}
+    return {"smtplog": _transcript_writer(args.smtplog),
+            "yakkers": Yakkers(args.dncount, _dndur(args), _minphase(args))
+            if args.dncount else None,
+            "conncfg": load_conncfg(args.conncfg) if args.conncfg else None}
 
 
 def _transcript_writer(path: str | None) -> Callable[[str], None] | None:
@@ -70,3 +117,16 @@ def _transcript_writer(path: str | None) -> Callable[[str], None] | None:
             stream.write(escape(line) + "\n")
 
     return write
+
+
+def reload_conncfg(args: argparse.Namespace, handler: SinkholeHandler) -> None:
+    """SIGHUP: read ``--conncfg`` again; a bad file keeps the previous settings."""
+    if not args.conncfg:
+        return
+    try:
+        handler.conncfg = load_conncfg(args.conncfg)
+    except ConnConfigError as exc:
+        log_event("conncfg-reload", outcome="failed, previous settings kept", error=str(exc))
+        return
+    log_event("conncfg-reload", outcome="loaded")
+
