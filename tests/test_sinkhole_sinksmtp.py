@@ -1,10 +1,13 @@
 """sinksmtp's features, each through the real ``trio-smtpd`` program: rule patterns that
 cannot be dodged, --smtplog, do-nothing clients, rules without a phase, several rule
-files and include, pattern files, note, savedir, MAIL FROM:<> refused at RCPT, and a
-greeting per local address (--conncfg)."""
+files and include, pattern files, note, savedir, --save-hash, MAIL FROM:<> refused at
+RCPT, and a greeting per local address (--conncfg)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import signal
 import ssl
 from collections.abc import Callable
@@ -228,6 +231,44 @@ sender = ["@boss.example"]
     [note] = sinkhole.events("note")
     assert (note["rule"], note["note"], note["phase"]) == ("vip", "mail from the boss", "mail")
     assert str(note["peer"]).startswith("127.0.0.1:")
+
+
+def test_save_hash_names_files_and_never_stores_twice(sinkhole_factory: Factory,
+                                                      tmp_path: Path) -> None:
+    results = {}
+    for kind in ("msg", "full", "all"):
+        sinkhole = sinkhole_factory("--save-hash", kind, "--maildir", str(tmp_path / kind))
+        sinkhole.maildir = tmp_path / kind
+        replies = []
+        for recipient in ("a@example.net", "a@example.net", "b@example.net"):
+            with Wire(sinkhole.port) as client:
+                replies.append(client.message("s@example.org", [recipient], BODY,
+                                              ehlo="c.test"))
+        assert all(r.startswith(b"250 2.0.0 queued as ") for r in replies)
+        names = [r.split()[-1].decode() for r in replies]
+        files = sorted(os.listdir(sinkhole.maildir / "new"))
+        assert sorted(set(names)) == files
+        results[kind] = names
+        for name in files:
+            stored = (sinkhole.maildir / "new" / name).read_bytes()
+            received = headers_and_body(stored)[0][-1]
+            assert f"\n\tid {name}\n" in received  # the header names the file it is in
+            meta = json.loads((sinkhole.maildir / "meta" / f"{name}.json").read_text())
+            assert meta["file"] == name
+            assert meta["body_sha256"] == hashlib.sha256(b"the body\r\n").hexdigest()
+        sinkhole.stop()
+    message_hash = hashlib.sha256(BODY).hexdigest()
+    assert results["msg"] == [message_hash] * 3  # one message, stored once
+    assert results["full"][0] == results["full"][1] != results["full"][2]
+    assert len(set(results["all"])) == 3
+    # A copy a reader moved to cur/ is not stored again either.
+    new, cur = tmp_path / "msg" / "new", tmp_path / "msg" / "cur"
+    (new / message_hash).rename(cur / f"{message_hash}:2,S")
+    again = sinkhole_factory("--save-hash", "msg", "--maildir", str(tmp_path / "msg"))
+    with Wire(again.port) as client:
+        assert client.message("s@example.org", ["a@example.net"], BODY, ehlo="c.test"
+                              ).startswith(b"250 2.0.0 queued as " + message_hash.encode())
+    assert os.listdir(new) == [] and os.listdir(tmp_path / "msg" / "tmp") == []
 
 
 def test_null_sender_refusal_moves_to_rcpt(sinkhole_factory: Factory, tmp_path: Path) -> None:

@@ -68,10 +68,12 @@ class SinkholeHandler:
     yakkers: Yakkers | None = None
     #: --conncfg: host name and certificate by local address; replaced on SIGHUP.
     conncfg: ConnConfig | None = None
+    #: --save-hash: msg, full or all.
+    save_hash: str | None = None
 
     def __post_init__(self) -> None:
         self._store = MessageStore(self.maildir, self.hostname, self.save_then_reject,
-                                   self.printer)
+                                   self.printer, self.save_hash)
 
     async def __call__(self, session: Session) -> None:
         client = session.info.peer[0] if session.info.peer else None

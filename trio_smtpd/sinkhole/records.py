@@ -24,7 +24,8 @@ log = logging.getLogger("trio_smtpd.sinkhole")
 
 
 def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
-                     rule: str | None, dns: dict[str, Any] | None) -> Callable[[], None]:
+                     rule: str | None, dns: dict[str, Any] | None,
+                     extra: dict[str, Any] | None = None) -> Callable[[], None]:
     """A sidecar ``meta/<file>.json`` beside the Maildir: what sinksmtp records.
 
     Written after the message is durable and without an fsync of its own: losing a
@@ -40,7 +41,7 @@ def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
         "sender": str(tx.sender) if tx.sender else "",
         "recipients": [str(r.address) for r in tx.recipients],
         "size": tx.size, "sha256": sha256, "rule": rule,
-        "received": tx.received.isoformat(), "dns": dns,
+        "received": tx.received.isoformat(), "dns": dns, **(extra or {}),
     }
     path = maildir.path / "meta" / f"{name}.json"
 

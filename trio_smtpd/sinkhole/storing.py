@@ -4,28 +4,24 @@ then committed (fsynced into ``new/``) or dropped, and the answer and log line f
 250 is answered only after the file is fsynced into ``new/``. A write error answers 452
 (disk full) or 451 and is logged; the server keeps running. With ``--discard`` nothing is
 stored: the body is only counted. A rule's ``savedir`` stores the session's messages in
-another Maildir.
+another Maildir; ``--save-hash`` names files by their hash (:mod:`.hashstore`).
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .. import Message, Session, Transaction
 from ..maildir import Maildir, MaildirWriter
+from .hashstore import HashedWriter, MessageDigest, name_by_hash, open_writer
 from .lookups import ClientLookups
 from .printing import Printer
 from .records import log_aborted, log_transaction, metadata_writer
 from .rules import Verdict
 from .trace import trace_headers
 from .watch import message_size
-
-if TYPE_CHECKING:
-    from hashlib import _Hash as Hash  # the stubs' name for a hash object
 
 __all__ = ["Incoming", "MessageStore"]
 
@@ -36,9 +32,9 @@ log = logging.getLogger("trio_smtpd.sinkhole")
 class Incoming:
     """A message being received: where it goes, and what went wrong so far."""
 
-    writer: MaildirWriter | None = None
+    writer: MaildirWriter | HashedWriter | None = None
     error: OSError | None = None
-    digest: Hash | None = field(default=None, repr=False)
+    digest: MessageDigest | None = field(default=None, repr=False)
 
     async def write(self, data: bytes) -> None:
         """Write on, unless an earlier write failed (the body is still read to its end)."""
@@ -66,6 +62,8 @@ class MessageStore:
     save_then_reject: bool = False
     #: --print/--print-raw: keeps each body for printing once it is in.
     printer: Printer | None = None
+    #: --save-hash: msg, full or all (None: Maildir's unique names).
+    save_hash: str | None = None
 
     async def receive(self, session: Session, tx: Transaction, lookups: ClientLookups,
                       maildir: Maildir | None = None) -> Incoming:
@@ -81,8 +79,8 @@ class MessageStore:
             return Incoming()
         # Looked up since connect: by now this rarely waits.
         client_name = await lookups.confirmed_name()
-        writer = maildir.open()
-        incoming = Incoming(writer, None, hashlib.sha256())
+        writer = open_writer(maildir, self.save_hash)
+        incoming = Incoming(writer, None, MessageDigest())
         await incoming.write(trace_headers(tx, session.config.hostname, client_name,
                                            writer.name))
         async for chunk in session.body():
@@ -127,11 +125,13 @@ class MessageStore:
         # The sidecar records every DNS fact: one still being looked up (started at MAIL,
         # say, by a fast client's pipelined command) is worth its short wait.
         await lookups.settle()
+        name_by_hash(writer, tx, incoming.digest, lookups.summary())
         # Written in the commit's worker thread, after the message is durable: one trip
         # to a thread per message.
         metadata = metadata_writer(writer.maildir, writer.name, tx, incoming.digest.hexdigest(),
                                    verdict.rule if verdict is not None else None,
-                                   lookups.summary())
+                                   lookups.summary(),
+                                   {"body_sha256": incoming.digest.body_hexdigest()})
         try:
             return await writer.commit(then=metadata)
         except OSError as exc:

@@ -6,6 +6,7 @@ the handler uses.
   standard output);
 * ``--dncount N``, ``--dndur DURATION``, ``--minphase PHASE``: do-nothing clients
   (:mod:`.yakkers`);
+* ``--save-hash msg|full|all``: files named by their hash (:mod:`.hashstore`);
 * ``--conncfg FILE``: host name and certificate per local address (:mod:`.conncfg`);
 * ``--strict``: the library's strict defaults instead of the trap's leniency. By
   default the sinkhole takes what real senders send and Postfix accepts: ESMTP
@@ -24,6 +25,7 @@ from typing import Any
 from ..core import ProtocolConfig
 from .conncfg import ConnConfigError, load_conncfg
 from .handler import SinkholeHandler
+from .hashstore import SAVE_HASHES
 from .logs import log_event
 from .safety import escape
 from .yakkers import ALIASES, MINPHASES, Yakkers, parse_duration
@@ -48,6 +50,9 @@ def add_trap_options(parser: argparse.ArgumentParser) -> None:
     add("--minphase", default="helo", metavar="PHASE",
         help="what a session must reach not to count for --dncount: "
              f"{', '.join(MINPHASES)} (default helo)")
+    add("--save-hash", choices=SAVE_HASHES, default=None,
+        help="name stored files by the hash of the message (msg), of it and its envelope "
+             "(full), or of everything (all); the same file is never stored twice")
     add("--conncfg", metavar="FILE",
         help="host name and certificate by local address, in sinksmtp's -conncfg format; "
              "SIGHUP reloads it")
@@ -101,7 +106,8 @@ def handler_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"smtplog": _transcript_writer(args.smtplog),
             "yakkers": Yakkers(args.dncount, _dndur(args), _minphase(args))
             if args.dncount else None,
-            "conncfg": load_conncfg(args.conncfg) if args.conncfg else None}
+            "conncfg": load_conncfg(args.conncfg) if args.conncfg else None,
+            "save_hash": args.save_hash}
 
 
 def _transcript_writer(path: str | None) -> Callable[[str], None] | None:
