@@ -431,3 +431,11 @@ def test_a_rule_without_phase_is_asked_from_its_first_phase_on(tmp_path: Path) -
     assert [ruleset.decide(phase, facts) is not None for phase in
             ("connect", "helo", "mail", "rcpt", "data", "message")] == [
         False, False, True, True, True, True]
+
+
+def test_the_rules_examples_of_the_docs_load(tmp_path: Path) -> None:
+    text = (Path(__file__).parent.parent / "docs" / "sinkhole.md").read_text()
+    examples = [block.split("```", 1)[0] for block in text.split("```toml\n")[1:]]
+    assert len(examples) >= 2
+    for example in examples:
+        assert len(load_rules(rules(tmp_path, example))) >= 1
