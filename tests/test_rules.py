@@ -307,6 +307,9 @@ def test_sighup_reaches_every_worker(sinkhole_factory: Factory, tmp_path: Path) 
     sinkhole.wait_for("rules-reload", 2)  # one line from each worker
     assert sinkhole.process.poll() is None  # the supervisor is still there
     assert {e["outcome"] for e in sinkhole.events("rules-reload")} == {"loaded"}
+    # Stopped as a whole: the fixture's SIGKILL would reach the supervisor only, and
+    # leave both workers running for good.
+    assert sinkhole.stop() == 0
 
 
 MORE_POLICY = """
