@@ -169,7 +169,8 @@ def require_program(name: str, package: str | None = None) -> str:
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}")
                                   else None)
     if path is None:
-        package = package or ("postfix" if name.startswith("smtp-") else name)
+        package = package or ("postfix" if name.startswith("smtp-") else
+                              "fail2ban" if name.startswith("fail2ban-") else name)
         _missing(f"{name} is not installed (Debian package {package}; .ci/run installs it)")
     return str(path)
 
@@ -186,6 +187,17 @@ def _missing(message: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture
+def tls_and_auth(cert_files: tuple[Path, Path, Path], tmp_path: Path) -> list[str]:
+    """Sinkhole options for STARTTLS and AUTH, with the user alice (password s3cret)."""
+    from trio_smtpd.sinkhole.passwords import hash_password
+
+    cert, key, _ = cert_files
+    users = tmp_path / "users"
+    users.write_text(f"alice:{hash_password('s3cret', log2_n=10)}\n")
+    return ["--tls-cert", str(cert), "--tls-key", str(key), "--auth-file", str(users)]
 
 
 @pytest.fixture(scope="session")

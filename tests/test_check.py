@@ -38,8 +38,9 @@ def test_a_good_configuration_is_described_without_binding_anything(
         port = held.getsockname()[1]
         result = check("--listen", f"127.0.0.1:{port}", "--tls-listen", "[::1]:4650",
                        "--tls-cert", str(cert), "--tls-key", str(key), "--auth-file",
-                       str(users), "--rules", str(rules), "--no-dns", "--metrics-listen",
-                       "127.0.0.1:9125", "--maildir", str(tmp_path / "mail"),
+                       str(users), "--rules", str(rules), "--rules", str(rules),
+                       "--no-dns", "--metrics-listen", "127.0.0.1:9125", "--maildir",
+                       str(tmp_path / "mail"), "--smtplog", str(tmp_path / "smtp.log"),
                        "--hostname", "mx.test", "--workers", "2", *AS_ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
@@ -50,7 +51,10 @@ def test_a_good_configuration_is_described_without_binding_anything(
     assert ["maildir", str(tmp_path / "mail"), "(will", "be", "created)"] in lines
     assert ["hostname", "mx.test", "(SMTP,", "STARTTLS,", "AUTH)"] in lines
     assert ["workers", "2"] in lines
-    assert not (tmp_path / "mail").exists()  # nothing created either
+    assert ["rules", f"{rules},", str(rules)] in lines
+    # Nothing created either (the transcript file neither: as root, --user could not
+    # have opened it).
+    assert not (tmp_path / "mail").exists() and not (tmp_path / "smtp.log").exists()
 
 
 def test_every_problem_is_reported_and_the_status_is_2(tmp_path: Path) -> None:

@@ -114,7 +114,13 @@ def test_per_address_limits_hold_across_workers(sinkhole_factory: Factory) -> No
             rate.append(sock.recv(100)[:3])
             sock.sendall(b"QUIT\r\n")
     assert rate == [b"220"] * 8 + [b"421"] * 2
-    assert any("slow down" in str(e.get("message")) for e in sinkhole.events("log"))
+    refusals = [(e["limit"], e["ip"], e["reason"]) for e in sinkhole.events("refused")
+                if e["command"] == "CONNECT"]
+    assert sorted(refusals) == sorted(
+        [("max_connections_per_ip", f"127.0.4.{n + 2}",
+          "Too many connections from your address") for n in range(4) for _ in range(3)]
+        + [("max_connection_rate", "127.0.4.20",
+            "Too many new connections from your address, slow down")] * 2)
     # Every session of one address was served by one worker (the id's prefix is its pid).
     by_address: dict[str, set[str]] = {}
     for entry in sinkhole.events("close"):

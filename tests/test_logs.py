@@ -47,3 +47,22 @@ def test_event_lines_go_to_the_configured_stream_in_order() -> None:
     logs.configure_logging("text", stream)
     logs.log_event("close", session="1.1", helo="mx test", tls=None)
     assert stream.getvalue().splitlines()[-1].endswith(' close session=1.1 helo="mx test"')
+
+
+# Anything a client chose, with what could split or disguise a line.
+hostile = st.text(st.sampled_from(["a", "ü", " ", '"', "=", "\\", "\n", "\r", "\x00", "\x7f",
+                                   "\x85", "\u2028", "\u2029", "\u202e", "\u200b", "\ufeff"]))
+
+
+@given(hostile)
+def test_no_value_splits_or_hides_in_a_line(value: str) -> None:
+    json_line = logs._format(True, 0.0, "message", {"helo": value, "recipients": [value]})
+    text_line = logs._format(False, 0.0, "message", {"helo": value, "size": 1})
+    for line in (json_line, text_line):
+        # As line-based readers (Python's splitlines, JavaScript, log viewers) see it.
+        assert len(line.splitlines()) == 1 and line.isprintable()
+    decoded = json.loads(json_line)
+    assert decoded["helo"] == value and decoded["recipients"] == [value]  # exact values
+    assert text_line.endswith(" size=1")  # the value did not swallow the next field
+    helo = text_line.split(" helo=", 1)[1].rsplit(" size=", 1)[0]
+    assert (json.loads(helo) if helo.startswith('"') else helo) == value

@@ -49,11 +49,23 @@ action = "{action}"
 @pytest.mark.parametrize(("pattern", "address", "hit"), [
     ("<>", "", True), ("<>", "a@b.c", False),
     ("user@example.org", "user@example.org", True), ("user@example.org", "user@EXAMPLE.org", True),
-    ("user@example.org", "User@example.org", False), ("user@example.org", "user@x.org", False),
+    # sinksmtp lower-cases addresses and patterns alike before comparing them.
+    ("user@example.org", "User@example.org", True), ("user@example.org", "user@x.org", False),
     ("user@", "user@anything.test", True), ("user@", "other@anything.test", False),
     ("@example.org", "x@example.org", True), ("@example.org", "x@sub.example.org", False),
     ("@.example.org", "x@sub.example.org", True), ("@.example.org", "x@a.b.example.org", True),
-    ("@.example.org", "x@example.org", False), ("@.example.org", "x@badexample.org", False),
+    # sinksmtp: "@.b.com matches the domain b.com and any subdomains of it".
+    ("@.example.org", "x@example.org", True), ("@.example.org", "x@badexample.org", False),
+    # "@ matches any address with a local part and a domain", not <>.
+    ("@", "x@example.org", True), ("@", "", False),
+    # Equivalent spellings of one address: quoted, quoted-pair, A-label or U-label.
+    ("trap@", '"trap"@x.y', True), ("trap@", '"tr\\ap"@x.y', True),
+    ("ceo@example.com", '"ceo"@example.com', True),
+    ("ceo@example.com", '"ceo "@example.com', False),
+    ("@xn--bcher-kva.example", "a@bücher.example", True),
+    ("@bücher.example", "a@XN--BCHER-KVA.example", True),
+    ("@.bücher.example", "a@mail.xn--bcher-kva.example.", True),
+    ("postmaster@", "Postmaster", True), ("@", "Postmaster", False),
 ])
 def test_sender_patterns(tmp_path: Path, pattern: str, address: str, hit: bool) -> None:
     decide = one(tmp_path, "mail", f"sender = [{pattern!r}]".replace("'", '"'))
@@ -308,6 +320,8 @@ def test_sighup_reaches_every_worker(sinkhole_factory: Factory, tmp_path: Path) 
     sinkhole.wait_for("rules-reload", 2)  # one line from each worker
     assert sinkhole.process.poll() is None  # the supervisor is still there
     assert {e["outcome"] for e in sinkhole.events("rules-reload")} == {"loaded"}
+    # The supervisor's SIGTERM, forwarded, stops the workers and then itself, cleanly.
+    assert sinkhole.stop() == 0
 
 
 MORE_POLICY = """
@@ -406,3 +420,37 @@ def test_connect_refusal_then_only_quit(sinkhole_factory: Factory, tmp_path: Pat
         sock.sendall(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nQUIT\r\n")
         # RFC 5321 3.1: after a 554 greeting every command but QUIT gets 503.
         assert [reader.readline()[:3] for _ in range(3)] == [b"503", b"503", b"221"]
+
+
+def test_rule_files_include_each_other_but_not_themselves(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    rules(tmp_path, 'include = ["sub/a.toml"]\n[[rule]]\nname = "own"\nphase = "mail"\n'
+                    'action = "reject"\n')
+    (tmp_path / "sub" / "a.toml").write_text('[[rule]]\nname = "included"\nphase = "mail"\n'
+                                             'action = "tempfail"\n')
+    verdict = load_rules(tmp_path / "rules.toml").decide("mail", Facts(sender=""))
+    assert verdict is not None and verdict.rule == "included"  # where the include stands
+    (tmp_path / "sub" / "a.toml").write_text('include = "../rules.toml"\n')
+    with pytest.raises(RulesError, match="included by itself"):
+        load_rules(tmp_path / "rules.toml")
+    (tmp_path / "sub" / "a.toml").write_text('include = "missing.toml"\n')
+    with pytest.raises(RulesError, match=r"missing\.toml"):
+        load_rules(tmp_path / "rules.toml")
+
+
+def test_a_rule_without_phase_is_asked_from_its_first_phase_on(tmp_path: Path) -> None:
+    ruleset = load_rules(rules(tmp_path, '[[rule]]\naction = "reject"\n[rule.match]\n'
+                                         'sender = ["a@b.example"]\ntls = false\n'))
+    facts = Facts(sender="a@b.example", recipient="c@d.example")
+    # tls counts from MAIL on (clients say EHLO before STARTTLS), as in sinksmtp.
+    assert [ruleset.decide(phase, facts) is not None for phase in
+            ("connect", "helo", "mail", "rcpt", "data", "message")] == [
+        False, False, True, True, True, True]
+
+
+def test_the_rules_examples_of_the_docs_load(tmp_path: Path) -> None:
+    text = (Path(__file__).parent.parent / "docs" / "sinkhole.md").read_text()
+    examples = [block.split("```", 1)[0] for block in text.split("```toml\n")[1:]]
+    assert len(examples) >= 2
+    for example in examples:
+        assert len(load_rules(rules(tmp_path, example))) >= 1

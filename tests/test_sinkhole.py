@@ -51,12 +51,15 @@ def test_smtplib_message_lands_byte_exact(sinkhole_factory: Factory) -> None:
     ours, message = headers_and_body(stored)
     assert message == BODY
     assert ours[0] == "Return-Path: <a@example.org>"
-    assert ours[1] == "X-Original-To: <b@example.net>"
+    assert ours[1] == "X-Original-To: b@example.net"  # bare, as Postfix writes it
     received = ours[2]
     assert received.startswith("Received: from client.test (unknown [127.0.0.1])")
     assert "by mx.test (trio_smtpd)" in received and "with ESMTP" in received
     assert "for <b@example.net>" in received
     [entry] = sinkhole.events("message")
+    # The id is the stored file's, the one the client was told; the date is in UTC.
+    assert f"\n\tid {entry['file']}\n" in received
+    assert received.endswith(" +0000 (UTC)")
     assert entry["sender"] == "a@example.org" and entry["recipients"] == ["b@example.net"]
     assert entry["outcome"] == "accepted" and entry["size"] == len(BODY)
     assert entry["file"] in os.listdir(sinkhole.maildir / "new")
@@ -99,7 +102,7 @@ def test_lmtp_per_recipient_replies(sinkhole_factory: Factory) -> None:
     ours, message = headers_and_body(stored)
     assert message == BODY
     assert "with LMTP" in ours[-1]
-    assert ours[1:3] == ["X-Original-To: <b@example.net>", "X-Original-To: <c@example.net>"]
+    assert ours[1:3] == ["X-Original-To: b@example.net", "X-Original-To: c@example.net"]
 
 
 def test_starttls_and_auth_with_trustme_certificate(

@@ -54,7 +54,7 @@ def check(args: argparse.Namespace) -> int:
                     f"{', AUTH' if config.authenticator else ''})")
         plan.append(f"maildir       {_maildir_state(maildir)}")
         if args.rules:
-            plan.append(f"rules         {args.rules}")
+            plan.append(f"rules         {', '.join(args.rules)}")
 
     identity: list[Identity | None] = []
 

@@ -29,6 +29,7 @@ from .configure import (
     verify_settings,
 )
 from .handler import SinkholeHandler
+from .libraryevents import install as structure_library_events
 from .lifecycle import block_signals, die_with_parent, supervisor_gone, unblock_signals
 from .logs import configure_logging, log_event
 from .memory import give_back_memory
@@ -41,6 +42,7 @@ from .service import Operations, Supervision, metrics_socket
 from .sockets import REUSEPORT, BoundSocket, from_environment
 from .systemd import listen_fds
 from .tlsfallback import TLSFallback, parse_fallback
+from .trapoptions import handler_settings, reload_conncfg
 from .workers import Worker, supervise, worker_environment
 
 __all__ = ["main"]
@@ -108,6 +110,7 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
                 if signum == signal.SIGHUP:
                     ops.notifier.reloading()
                     reload_rules(args.rules, handler, dns=not args.no_dns)
+                    reload_conncfg(args, handler)
                     ops.notifier.ready("rules reloaded")
                 else:
                     stopper.signalled(signum)
@@ -120,12 +123,17 @@ def _handler(args: argparse.Namespace, config: Config, maildir: Maildir | None
     if args.tls_fallback:
         fallback = TLSFallback(*parse_fallback(args.tls_fallback))
     verify = verify_settings(args, config.hostname)
+    try:
+        trap = handler_settings(args)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return SinkholeHandler(config.hostname, maildir, tarpit=args.tarpit,
                            tls_fallback=fallback, save_then_reject=args.save_then_reject,
                            rules=load_rules_option(args.rules, dns=not args.no_dns,
                                                    verify=verify),
                            resolver=make_resolver(args), verify=verify,
-                           printer=Printer(args.print_style) if args.print_style else None)
+                           printer=Printer(args.print_style) if args.print_style else None,
+                           **trap)
 
 
 class _Stopper:
@@ -173,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     block_signals()  # until their handlers are set: a SIGHUP now must not kill us
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format)
+    structure_library_events()
     if args.check:
         from .checking import check
         return check(args)

@@ -31,6 +31,7 @@ from .passwords import AuthFileError, load_auth_file
 from .rules import RulesError, RuleSet, load_rules
 from .sockets import BoundSocket, Kind, bind, bind_group
 from .tlsfallback import parse_fallback
+from .trapoptions import check_trap_options, lenient_protocol
 from .verifying import VerifySettings
 
 __all__ = ["ConfigError", "bind_listeners", "build_config", "load_rules_option",
@@ -94,7 +95,12 @@ def build_config(args: argparse.Namespace, *, share: int = 1, create_maildir: bo
         timeouts=Timeouts(command=args.timeout, data_block=args.data_timeout,
                           tls_handshake=args.tls_timeout, write=args.write_timeout,
                           shutdown_grace=args.shutdown_grace),
+        protocol=lenient_protocol(args),
     )
+    try:
+        check_trap_options(args)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return config, _maildir(args, create_maildir)
 
 
@@ -294,9 +300,9 @@ def planned_listeners(args: argparse.Namespace) -> list[tuple[Kind, tuple[str, i
     ]
 
 
-def load_rules_option(path: str | None, *, dns: bool,
+def load_rules_option(path: list[str] | None, *, dns: bool,
                       verify: VerifySettings | None = None) -> RuleSet | None:
-    if path is None:
+    if not path:
         return None
     try:
         return _rules_for(path, dns, verify)
@@ -304,20 +310,21 @@ def load_rules_option(path: str | None, *, dns: bool,
         raise ConfigError(str(exc)) from None
 
 
-def _rules_for(path: str, dns: bool, verify: VerifySettings | None) -> RuleSet:
-    rules = load_rules(path)
+def _rules_for(paths: list[str], dns: bool, verify: VerifySettings | None) -> RuleSet:
+    rules = load_rules(paths)
+    named = ", ".join(paths)
     if not dns and rules.wants:
-        raise RulesError(f"{path}: rules use DNS facts (host, dns, dnsbl, dbl, source, "
+        raise RulesError(f"{named}: rules use DNS facts (host, dns, dnsbl, dbl, source, "
                          "sender_has, recipient_has), but --no-dns is set")
     missing = rules.verify - (verify.kinds if verify is not None else frozenset())
     if missing:
-        raise RulesError(f"{path}: rules use {', '.join(sorted(missing))} results, which "
+        raise RulesError(f"{named}: rules use {', '.join(sorted(missing))} results, which "
                          "are not checked (--no-dns, --no-verify or --verify)")
     return rules
 
 
-def reload_rules(path: str | None, handler: SinkholeHandler, *, dns: bool) -> None:
-    if path is None:
+def reload_rules(path: list[str] | None, handler: SinkholeHandler, *, dns: bool) -> None:
+    if not path:
         log_event("rules-reload", outcome="no --rules file")
         return
     try:

@@ -8,16 +8,17 @@ need, so that they start before anyone waits for them.
 
 Host patterns (``host``, ``source``): ``name.example`` that name; ``.example`` that
 domain and every name under it (sinksmtp's form); a pattern with ``*``, ``?`` or ``[``
-a glob (``*.dyn.example``). Case and a final dot do not matter.
+a glob (``*.dyn.example``). Case, a final dot and the IDN form (A- or U-labels) do not
+matter (:func:`.addresses.host_pattern`).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from .addresses import host_pattern
 from .dnsfacts import (
     DNS_CLASSES,
     RDNS,
@@ -92,22 +93,6 @@ def _zones(key: str, value: object) -> list[str]:
         if not _ZONE.fullmatch(zone):
             raise ValueError(f"'{key}': {zone!r} is not a DNS zone name")
     return zones
-
-
-def host_pattern(patterns: list[str]) -> Callable[[str], bool]:
-    globs = [p.lower().removesuffix(".") for p in patterns]
-
-    def matches(name: str) -> bool:
-        name = name.lower().removesuffix(".")
-        for glob in globs:
-            if glob.startswith("."):
-                if name == glob[1:] or name.endswith(glob):
-                    return True
-            elif fnmatch.fnmatchcase(name, glob):  # a plain name matches only itself
-                return True
-        return False
-
-    return matches
 
 
 def _fact(facts: FactsView, key: Key) -> object:
@@ -269,7 +254,7 @@ def wants_of(spec: object) -> Wants:
         elif key in ("any", "all") and isinstance(value, list):
             for item in value:
                 wants |= wants_of(item)
-        elif key in ("host", "dns", "source"):
+        elif key in ("host", "dns", "source", "host_file", "source_file"):
             wants |= Wants(rdns=True)
         elif key == "dnsbl":
             wants |= Wants(dnsbl=frozenset(_zones(key, value)))

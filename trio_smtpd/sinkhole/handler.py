@@ -5,11 +5,16 @@ DNS facts about the client (``lookups.ClientLookups``) start at connect, in the
 session's own nursery; a decision waits only for the facts its rules name. The
 ``connect`` log line is written once the facts it reports are known (at most
 ``--dns-timeout`` after the connection arrived), without holding up the greeting.
+
+Every refusal is logged by the session's watch (:mod:`.watch`); sinksmtp's habits beyond
+the rules (a refused ``MAIL FROM:<>`` answered at RCPT, rule notes and savedirs,
+do-nothing clients, settings per local address) are in :mod:`.tracking`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -18,6 +23,7 @@ import trio
 from .. import Connect, DataStart, Decision, Hello, Mail, Message, Rcpt, Session, Transaction
 from ..dns import Resolver
 from ..maildir import Maildir
+from .conncfg import ConnConfig
 from .dnsfacts import Wants
 from .logs import log_event
 from .lookups import ClientLookups
@@ -26,7 +32,10 @@ from .records import log_connect, log_listing, log_transaction, peer_text
 from .rules import Facts, Pending, Phase, RuleSet, Verdict
 from .storing import Incoming, MessageStore
 from .tlsfallback import TLSFallback
+from .tracking import SessionTrack
 from .verifying import MessageChecks, VerifySettings, start_spf
+from .watch import refusing, watch_session
+from .yakkers import Yakkers
 
 __all__ = ["SinkholeHandler"]
 
@@ -56,10 +65,18 @@ class SinkholeHandler:
     printer: Printer | None = None
     #: --verify/--no-verify: which authentication checks each message gets (needs DNS).
     verify: VerifySettings | None = None
+    #: --smtplog: writes one transcript line (AUTH secrets redacted).
+    smtplog: Callable[[str], None] | None = None
+    #: --dncount/--dndur/--minphase: do-nothing clients, refused at connect.
+    yakkers: Yakkers | None = None
+    #: --conncfg: host name and certificate by local address; replaced on SIGHUP.
+    conncfg: ConnConfig | None = None
+    #: --save-hash: msg, full or all.
+    save_hash: str | None = None
 
     def __post_init__(self) -> None:
         self._store = MessageStore(self.maildir, self.hostname, self.save_then_reject,
-                                   self.printer)
+                                   self.printer, self.save_hash)
 
     async def __call__(self, session: Session) -> None:
         client = session.info.peer[0] if session.info.peer else None
@@ -83,10 +100,11 @@ class SinkholeHandler:
         connect_logged = log_connect(lookups, self.rules.wants if self.rules else Wants(),
                                      session=info.id, peer=peer_text(info.peer),
                                      starttls=None if session.offer_starttls else "withheld")
-        client = _Client(lookups)
+        client = _Client(lookups, SessionTrack(watch_session(session, self.smtplog)))
         async for decision in session:
             await self._decide(session, decision, client)
         await client.incoming.drop()  # (the client left mid-message)
+        client.track.finish(session, self.yakkers)
         # Only a handshake that got a ClientHello and then failed says the client's TLS
         # does not work with ours; one abandoned earlier may be someone on the path.
         if session.info.tls_failed_after_hello and fallback is not None and ip is not None:
@@ -104,10 +122,14 @@ class SinkholeHandler:
                       session.info.helo)
         elif isinstance(decision, Message) and client.incoming.checks is not None:
             await client.incoming.checks.finish()  # (the message rules may use them)
+        if isinstance(decision, Connect) and client.track.connect(session, decision,
+                                                                  self.conncfg, self.yakkers):
+            return
         phase: Phase | None = "message" if isinstance(decision, Message) else _PHASES.get(
             type(decision))
         verdict = None if phase is None else await self._verdict(session, phase, decision,
                                                                  client)
+        verdict = client.track.adjust(phase, decision, verdict)
         if verdict is not None and verdict.action in ("reject", "tempfail"):
             await self._refuse(session, decision, verdict, phase, client)
         elif isinstance(decision, Message):
@@ -118,13 +140,18 @@ class SinkholeHandler:
         else:
             accept_reply = verdict.reply if verdict is not None else None
             decision.accept(text=accept_reply.text if accept_reply else None)
+            if isinstance(decision, Mail):  # (the transaction exists from DATA on)
+                client.sender = str(decision.sender) if decision.sender else ""
             if isinstance(decision, DataStart):
                 client.incoming = await self._store.receive(
                     session, decision.transaction, client.lookups,
-                    self._checks(session, decision.transaction, client.lookups))
+                    self._checks(session, decision.transaction, client.lookups),
+                    client.track.savedir)
+        client.track.answered(phase, decision)
 
     async def _refuse(self, session: Session, decision: Decision, verdict: Verdict,
                       phase: Phase | None, client: _Client) -> None:
+        refusing(session, verdict.rule)
         _answer_refusal(decision, verdict)
         if isinstance(decision, Message):
             await client.incoming.drop()  # refused outright: nothing is kept
@@ -171,7 +198,9 @@ class _Client:
     """What a session's decisions need beyond the session itself."""
 
     lookups: ClientLookups
+    track: SessionTrack
     helo_verb: str | None = None  # of the latest HELO/EHLO/LHLO
+    sender: str | None = None  # of the MAIL accepted last ("" for <>), for rules at RCPT
     #: The message being received, if any.
     incoming: Incoming = field(default_factory=Incoming)
 
@@ -184,6 +213,8 @@ def _facts(session: Session, decision: Decision, client: _Client) -> Facts:
         sender = str(decision.sender) if decision.sender else ""
     elif tx is not None:
         sender = str(tx.sender) if tx.sender else ""
+    else:  # at RCPT: the sender of the MAIL accepted
+        sender = client.sender
     return Facts(
         ip=info.peer[0] if info.peer else None,
         tls=info.tls is not None,

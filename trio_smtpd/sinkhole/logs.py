@@ -3,6 +3,11 @@
 ``--log-format json`` writes JSON lines (one object per line: ``time``, ``event`` and the
 event's fields); ``text`` writes ``time event key=value ...``. Library messages (TLS
 failures, timeouts, errors) go through the same handler.
+
+A value never splits a line nor hides in one: JSON lines write the Unicode line and format
+controls as ``\\u`` escapes (:func:`.safety.json_safe`), and the text form quotes (as a
+JSON string, every non-ASCII character escaped) any value that is not plain printable
+text or holds a space, quote, ``=`` or backslash.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import sys
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+from .safety import json_safe
 
 __all__ = ["configure_logging", "log_event"]
 
@@ -68,7 +75,7 @@ def _timestamp(created: float) -> str:
 def _format(json_lines: bool, created: float, event: str, fields: dict[str, Any]) -> str:
     now = _timestamp(created)
     if json_lines:
-        return _JSON.encode({"time": now, "event": event, **fields})
+        return json_safe(_JSON.encode({"time": now, "event": event, **fields}))
     parts = [now, event]
     parts += [f"{key}={_text(value)}" for key, value in fields.items() if value is not None]
     return " ".join(parts)
@@ -95,7 +102,8 @@ def _text(value: Any) -> str:
     if isinstance(value, list):
         value = ",".join(map(str, value))
     text = str(value)
-    return json.dumps(text) if (not text or any(c in text for c in ' "=\n')) else text
+    plain = text.isprintable() and not any(c in text for c in ' "=\\')
+    return text if text and plain else json.dumps(text)
 
 
 def configure_logging(style: Literal["text", "json"], stream: Any = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
+from .trapoptions import add_trap_options
 
 __all__ = ["DEFAULT_DNS_TIMEOUT", "DEFAULT_VERIFY_TIMEOUT", "MAX_DNS_TIMEOUT",
            "MAX_VERIFY_TIMEOUT", "build_parser"]
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add_group in (_listening, _tls, _limits, _policy, _dns, _verify, _operations,
                       _output):
         add_group(parser)
+    add_trap_options(parser)
     return parser
 
 
@@ -106,9 +108,10 @@ def _limits(parser: argparse.ArgumentParser) -> None:
 
 def _policy(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument_group("what to do with mail").add_argument
-    add("--rules", metavar="FILE",
+    add("--rules", action="append", metavar="FILE",
         help="policy rules (TOML; see docs/sinkhole.md): the first matching rule of each "
-             "phase decides; SIGHUP reloads them, keeping the old ones if the file is bad")
+             "phase decides; repeatable, earlier files first; SIGHUP reloads them, keeping "
+             "the old ones if a file is bad")
     add("--save-then-reject", action="store_true",
         help="store and log each message, then refuse it with 554 naming its file, so the "
              "sender believes delivery failed (sinksmtp's -M)")

@@ -15,6 +15,7 @@ from ..maildir import Maildir
 from .dnsfacts import Listing, Wants
 from .logs import log_event
 from .lookups import ClientLookups
+from .safety import json_safe
 
 __all__ = ["log_aborted", "log_connect", "log_listing", "log_transaction", "metadata_writer",
            "peer_text"]
@@ -24,7 +25,8 @@ log = logging.getLogger("trio_smtpd.sinkhole")
 
 def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
                      rule: str | None, dns: dict[str, Any] | None,
-                     auth: dict[str, Any] | None = None) -> Callable[[], None]:
+                     auth: dict[str, Any] | None = None,
+                     extra: dict[str, Any] | None = None) -> Callable[[], None]:
     """A sidecar ``meta/<file>.json`` beside the Maildir: what sinksmtp records.
 
     Written after the message is durable and without an fsync of its own: losing a
@@ -43,6 +45,7 @@ def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
         "received": tx.received.isoformat(), "dns": dns,
         # SPF/DKIM/ARC/DMARC results (verifying.py); None if not checked
         "authentication_results": auth,
+        **(extra or {}),
     }
     path = maildir.path / "meta" / f"{name}.json"
 
@@ -50,7 +53,7 @@ def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
         try:
             path.parent.mkdir(mode=0o700, exist_ok=True)
             temporary = path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(record, ensure_ascii=False) + "\n")
+            temporary.write_text(json_safe(json.dumps(record, ensure_ascii=False)) + "\n")
             temporary.rename(path)
         except OSError as exc:
             log.error("session %s: writing metadata for %s failed: %s", session.id, name,
@@ -59,15 +62,18 @@ def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
     return write
 
 
-def log_aborted(tx: Transaction) -> None:
+def log_aborted(tx: Transaction, size: int | None = None) -> None:
+    """``size``: of the message as the client sent it, where the engine knows better
+    than the transaction (which counts only what it was handed)."""
     reply = tx.abort_reply
     log_transaction(tx, "refused" if reply else "abandoned", str(reply) if reply else None,
-                     None)
+                     None, size=size)
 
 
 def log_transaction(tx: Transaction, outcome: str, reply: str | None,
                      name: str | None, rule: str | None = None,
-                     auth: dict[str, Any] | None = None) -> None:
+                     auth: dict[str, Any] | None = None, *,
+                     size: int | None = None) -> None:
     log_event(
         "message",
         session=tx.info.id,
@@ -78,7 +84,7 @@ def log_transaction(tx: Transaction, outcome: str, reply: str | None,
         auth=tx.info.authenticated_as,
         sender=str(tx.sender) if tx.sender else "",
         recipients=[str(r.address) for r in tx.recipients],
-        size=tx.size,
+        size=tx.size if size is None else size,
         outcome=outcome,
         reply=reply,
         file=name,

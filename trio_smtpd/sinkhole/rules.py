@@ -5,16 +5,19 @@ matchers all hold decides; no matching rule means accept. ::
 
     [[rule]]
     name = "traps"                   # optional; shown in logs
-    phase = "rcpt"                   # connect | helo | mail | rcpt | data | message
+    phase = "rcpt"                   # connect | helo | mail | rcpt | data | message;
+                                     # none: every phase from the first that has its facts
     action = "reject"                # accept | reject | tempfail | save-then-reject
     reply = "550 5.1.1 No such user" # optional; code, optional enhanced code, text
     delay = 5.0                      # optional tarpit seconds for this client from now on
+    note = "text"                    # optional: note, savedir, make_yakker (.ruleoptions)
     [rule.match]                     # every matcher listed must hold
     sender = ["<>", "user@example.org", "user@", "@example.org", "@.example.org"]
     recipient = ["trap@"]
     sender_file = "senders.txt"      # patterns one per line (relative to the rules file)
     recipient_file = "traps.txt"
-    helo = ["*.dynamic.example", "localhost"]   # case-insensitive globs
+    helo = ["*.dynamic.example", ".example.net"]   # host patterns (.addresses)
+    helo_file = "helos.txt"          # also ip_file, host_file, source_file
     ip = ["192.0.2.0/24", "2001:db8::/32"]
     tls = true
     authenticated = false
@@ -29,25 +32,24 @@ that fails makes its matcher UNKNOWN; a rule's ``unknown`` key says what then:
 ``"tempfail"`` (the default: answer 451 4.4.3, never accept on a guess), ``"match"``
 (act as if it matched) or ``"nomatch"`` (go on to the next rule).
 
-Address patterns: ``<>`` the null sender; ``user@domain`` exactly (domain compared
-case-insensitively, local part as written, as RFC 5321 says local parts are); ``user@``
-that local part at any domain; ``@domain`` exactly that domain; ``@.domain`` any
-subdomain of it, not the domain itself. A matcher must be known in its rule's phase:
-``helo`` from helo on, ``sender`` from mail, ``recipient`` from rcpt (at data and message
-it holds if any recipient matches). ``save-then-reject`` is for the message phase only.
+Address patterns (sinksmtp's, compared on a canonical form: :mod:`.addresses`): ``<>``
+the null sender; ``user@domain``; ``user@`` that local part at any domain; ``@domain``
+exactly that domain; ``@.domain`` that domain and its subdomains; ``@`` any address.
+Several files and ``include``: :mod:`.rulefiles`. A matcher must be known in its rule's
+phase: ``helo`` from helo on, ``sender`` from mail, ``recipient`` from rcpt (at data and
+message it holds if any recipient matches). ``save-then-reject`` is for the message phase
+only. Rules without a phase, ``note``, ``savedir``, ``make_yakker``: :mod:`.ruleoptions`.
 
 A file without any rule is refused, at start and on reload, unless it says so with
-``rule = []``: an empty file is more often a mistake (a truncated write, a wrong path)
-than a policy.
+``rule = []`` (or includes others): an empty file is more often a mistake (a truncated
+write, a wrong path) than a policy.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import ipaddress
 import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,16 +57,21 @@ from typing import Any, Literal
 
 from .._networks import Network, address_in
 from .._replies import Reply, ReplyTextError
+from .addresses import address_patterns, host_pattern
 from .authrules import AUTH_KNOWN_FROM, AUTH_MATCHERS, auth_matcher, kinds_of
 from .dnsfacts import Wants
 from .dnsrules import DNS_MATCHERS, KNOWN_FROM, dns_matcher, wants_of
 from .logic import Key, Pending, Truth, Unknown, all_of, any_of, negate
+from .rulefiles import RulesError, rule_entries
+from .ruleoptions import OPTION_KEYS, RuleOptions, earliest_phase, parse_options
 
 __all__ = ["Facts", "Pending", "RuleSet", "RulesError", "Verdict", "load_rules"]
 
 Phase = Literal["connect", "helo", "mail", "rcpt", "data", "message"]
 Action = Literal["accept", "reject", "tempfail", "save-then-reject"]
 PHASES: tuple[Phase, ...] = ("connect", "helo", "mail", "rcpt", "data", "message")
+_RANK = {phase: rank for rank, phase in enumerate(PHASES)}
+_PHASE_NAMED: dict[str, Phase] = {phase: phase for phase in PHASES}
 ACTIONS: tuple[Action, ...] = ("accept", "reject", "tempfail", "save-then-reject")
 # The first phase in which each fact is known.
 _KNOWN_FROM = {"ip": "connect", "tls": "connect", "authenticated": "connect",
@@ -77,11 +84,7 @@ _DEFAULT_REPLIES = {"reject": Reply(550, "Rejected by policy", "5.7.1"),
 DNS_TEMPFAIL = Reply(451, "Temporary DNS failure; try again later", "4.4.3")
 _UNKNOWN = ("tempfail", "match", "nomatch")
 _REPLY = re.compile(r"([2-5][0-9][0-9])(?: ([245]\.[0-9]{1,3}\.[0-9]{1,3}))?(?: (.*))?")
-_RULE_KEYS = {"name", "phase", "action", "reply", "delay", "match", "unknown"}
-
-
-class RulesError(ValueError):
-    """The rules file cannot be used; the message names the file, the rule and why."""
+_RULE_KEYS = {"name", "phase", "action", "reply", "delay", "match", "unknown", *OPTION_KEYS}
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Verdict:
     delay: float
     rule: str  # the rule's name, or "rule N"
     unknown: bool = False  # decided by the rule's ``unknown`` setting: DNS did not answer
+    options: RuleOptions | None = None  # note, savedir, make_yakker
 
 
 Matcher = Callable[[Facts, Phase], Truth]
@@ -124,10 +128,15 @@ class _Rule:
     unknown: str = "tempfail"
     wants: Wants = field(default_factory=Wants)
     verify: frozenset[str] = frozenset()  # the checks its matchers use
+    options: RuleOptions | None = None
+    every: bool = False  # no phase given: asked in every phase from ``phase`` on
+
+    def asked_in(self, phase: Phase) -> bool:
+        return phase == self.phase or (self.every and _RANK[phase] > _RANK[self.phase])
 
     def verdict(self) -> Verdict:
         return Verdict(self.action, self.reply or _DEFAULT_REPLIES.get(self.action),
-                       self.delay, self.label)
+                       self.delay, self.label, options=self.options)
 
 
 class RuleSet:
@@ -151,7 +160,7 @@ class RuleSet:
         for them, then ask again. Evaluation itself never waits and has no effects.
         """
         for rule in self._rules:
-            if rule.phase != phase:
+            if not rule.asked_in(phase):
                 continue
             truth = rule.matches(facts, phase)
             if isinstance(truth, Pending):
@@ -167,31 +176,17 @@ class RuleSet:
         return None
 
 
-def load_rules(path: str | Path) -> RuleSet:
-    path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise RulesError(f"{path}: {exc}") from None
-    unknown = set(document) - {"rule"}
-    if unknown:
-        raise RulesError(f"{path}: unknown top-level keys {sorted(unknown)}")
-    if "rule" not in document:
-        # A file truncated to nothing (or never written) must not silently drop the
-        # policy: "no rules" has to be said.
-        raise RulesError(f"{path}: no rules; write 'rule = []' if that is what you mean")
-    entries = document["rule"]
-    if not isinstance(entries, list):
-        raise RulesError(f"{path}: 'rule' must be an array of tables ([[rule]])")
+def load_rules(path: str | Path | Sequence[str | Path]) -> RuleSet:
+    """The rules of one or more files (see :mod:`.rulefiles`), in priority order."""
     rules = []
-    for index, entry in enumerate(entries, 1):
+    for file, index, entry in rule_entries(path):
         label = f"rule {index}"
         if isinstance(entry, dict) and isinstance(entry.get("name"), str):
             label = f"rule {index} ({entry['name']})"
         try:
-            rules.append(_parse_rule(entry, index, path.parent))
+            rules.append(_parse_rule(entry, index, file.parent))
         except (RulesError, ValueError, TypeError) as exc:
-            raise RulesError(f"{path}: {label}: {exc}") from None
+            raise RulesError(f"{file}: {label}: {exc}") from None
     return RuleSet(rules)
 
 
@@ -202,10 +197,13 @@ def _parse_rule(entry: object, index: int, base: Path) -> _Rule:
     if unknown:
         raise RulesError(f"unknown keys {sorted(unknown)}")
     phase, action = entry.get("phase"), entry.get("action")
-    if phase not in PHASES:
-        raise RulesError(f"phase must be one of {', '.join(PHASES)}")
+    if phase not in (*PHASES, None):
+        raise RulesError(f"phase must be one of {', '.join(PHASES)} (or none at all)")
     if action not in ACTIONS:
         raise RulesError(f"action must be one of {', '.join(ACTIONS)}")
+    every = phase is None
+    if phase is None:
+        phase = _PHASE_NAMED[earliest_phase(entry.get("match", {}), action, _KNOWN_FROM)]
     if action == "save-then-reject" and phase != "message":
         raise RulesError("save-then-reject needs the message: use phase = \"message\"")
     delay = entry.get("delay", 0.0)
@@ -219,7 +217,8 @@ def _parse_rule(entry: object, index: int, base: Path) -> _Rule:
     matcher = _compile(match, phase, base)
     name = entry.get("name")
     return _Rule(name if isinstance(name, str) else f"rule {index}", phase, action, reply,
-                 float(delay), matcher, unknown, wants_of(match), kinds_of(match))
+                 float(delay), matcher, unknown, wants_of(match), kinds_of(match),
+                 parse_options(entry, base), every)
 
 
 def _parse_reply(text: object, action: str) -> Reply:
@@ -250,7 +249,8 @@ def _compile(spec: object, phase: Phase, base: Path) -> Matcher:
 
 
 _MATCHERS = {"not", "any", "all", "tls", "authenticated", "ip", "helo", "sender",
-             "recipient", "sender_file", "recipient_file", *DNS_MATCHERS, *AUTH_MATCHERS}
+             "recipient", "sender_file", "recipient_file", "helo_file", "ip_file",
+             "host_file", "source_file", *DNS_MATCHERS, *AUTH_MATCHERS}
 
 
 def _matcher(key: str, value: Any, phase: Phase, base: Path) -> Matcher:
@@ -280,6 +280,8 @@ def _matcher(key: str, value: Any, phase: Phase, base: Path) -> Matcher:
         except (OSError, UnicodeDecodeError) as exc:
             raise RulesError(f"cannot read {key} {value!r}: {exc}") from None
         patterns = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+        if not patterns:  # as sinksmtp: an empty file matches nothing
+            return lambda facts, p: False
         return _matcher(key.removesuffix("_file"), patterns, phase, base)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise RulesError(f"'{key}' takes a list of strings")
@@ -287,19 +289,17 @@ def _matcher(key: str, value: Any, phase: Phase, base: Path) -> Matcher:
         networks = [_network(v) for v in value]
         return lambda facts, p: facts.ip is not None and address_in(facts.ip, networks)
     if key == "helo":
-        globs = [v.lower() for v in value]
-        return lambda facts, p: facts.helo is not None and any(
-            fnmatch.fnmatchcase(facts.helo.lower(), g) for g in globs)
+        helo_matches = host_pattern(value)
+        return lambda facts, p: facts.helo is not None and helo_matches(facts.helo)
     if key == "sender":
-        address_patterns = [_address_pattern(v) for v in value]
-        return lambda facts, p: facts.sender is not None and any(
-            pattern(facts.sender) for pattern in address_patterns)
+        sender_matches = address_patterns(value)
+        return lambda facts, p: facts.sender is not None and sender_matches(facts.sender)
     if key == "recipient":
-        rcpt_patterns = [_address_pattern(v) for v in value]
+        rcpt_matches = address_patterns(value)
 
         def recipient(facts: Facts, p: Phase) -> bool:
             candidates = (facts.recipient,) if p == "rcpt" else facts.recipients
-            return any(c is not None and pat(c) for c in candidates for pat in rcpt_patterns)
+            return any(c is not None and rcpt_matches(c) for c in candidates)
 
         return recipient
     raise AssertionError(key)  # every name in _MATCHERS is handled above
@@ -310,30 +310,3 @@ def _network(text: str) -> Network:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise RulesError(f"bad IP address or network {text!r}") from None
-
-
-def _address_pattern(pattern: str) -> Callable[[str], bool]:
-    """Compile one sinksmtp-style address pattern (see the module docstring)."""
-    if pattern == "<>":
-        return lambda address: address == ""
-    local, at, domain = pattern.rpartition("@")
-    if not at:
-        raise RulesError(f"address pattern {pattern!r} needs an '@' (or is '<>')")
-    domain = domain.lower()
-    if not local and not domain:
-        raise RulesError(f"address pattern {pattern!r} is empty")
-
-    def matches(address: str) -> bool:
-        a_local, a_at, a_domain = address.rpartition("@")
-        if not a_at:
-            return False
-        a_domain = a_domain.lower()
-        if local and a_local != local:
-            return False
-        if not domain:
-            return True
-        if domain.startswith("."):
-            return a_domain.endswith(domain)
-        return a_domain == domain
-
-    return matches

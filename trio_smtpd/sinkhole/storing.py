@@ -5,28 +5,27 @@ then committed (fsynced into ``new/``) or dropped, and the answer and log line f
 (disk full) or 451 and is logged; the server keeps running. With ``--discard`` nothing is
 stored: the body is only counted. When messages are verified (``verifying.py``), the
 chunks pass through the checks on their way to the file, and the trace headers, with
-the results, are put in front once they are known.
+the results, are put in front once they are known. A rule's ``savedir`` stores the
+session's messages in another Maildir; ``--save-hash`` names files by their hash
+(:mod:`.hashstore`).
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .. import Message, Session, Transaction
 from ..maildir import Maildir, MaildirWriter
+from .hashstore import MessageDigest, name_by_hash, open_writer
 from .lookups import ClientLookups
 from .printing import Printer
 from .records import log_aborted, log_transaction, metadata_writer
 from .rules import Verdict
 from .trace import trace_headers
 from .verifying import MessageChecks
-
-if TYPE_CHECKING:
-    from hashlib import _Hash as Hash  # the stubs' name for a hash object
+from .watch import message_size
 
 __all__ = ["Incoming", "MessageStore"]
 
@@ -39,9 +38,11 @@ class Incoming:
 
     writer: MaildirWriter | None = None
     error: OSError | None = None
-    digest: Hash | None = field(default=None, repr=False)
+    digest: MessageDigest | None = field(default=None, repr=False)
     #: Its authentication checks, if messages are verified.
     checks: MessageChecks | None = None
+    #: The host name of the session's settings (``--conncfg``), for the trace headers.
+    hostname: str | None = None
 
     async def write(self, data: bytes) -> None:
         """Write on, unless an earlier write failed (the body is still read to its end)."""
@@ -69,24 +70,32 @@ class MessageStore:
     save_then_reject: bool = False
     #: --print/--print-raw: keeps each body for printing once it is in.
     printer: Printer | None = None
+    #: --save-hash: msg, full or all (None: Maildir's unique names).
+    save_hash: str | None = None
 
     async def receive(self, session: Session, tx: Transaction, lookups: ClientLookups,
-                      checks: MessageChecks | None = None) -> Incoming:
-        """Stream the body in; keep reading even after a write error."""
-        if self.maildir is None:
+                      checks: MessageChecks | None = None,
+                      maildir: Maildir | None = None) -> Incoming:
+        """Stream the body in (into ``maildir``, a rule's savedir, if given); keep
+        reading even after a write error."""
+        maildir = maildir or self.maildir
+        if maildir is None:
             async for chunk in session.body():  # (the transaction counts the size)
                 if self.printer is not None:
                     self.printer.keep(tx, chunk)
                 if checks is not None:
                     checks.feed(chunk)
             if tx.aborted:
-                log_aborted(tx)
+                log_aborted(tx, message_size(session, tx))
             return Incoming(checks=checks)
-        incoming = Incoming(self.maildir.open(), None, hashlib.sha256(), checks)
+        writer = open_writer(maildir, self.save_hash)
+        hostname = session.config.hostname
+        incoming = Incoming(writer, None, MessageDigest(), checks, hostname)
         if checks is None:
             # Looked up since connect: by now this rarely waits.
             client_name = await lookups.confirmed_name()
-            await incoming.write(trace_headers(tx, self.hostname, client_name))
+            await incoming.write(trace_headers(tx, hostname, client_name,
+                                               file_id=writer.name))
         async for chunk in session.body():
             assert incoming.digest is not None
             incoming.digest.update(chunk)  # of the message as received, for the metadata
@@ -97,7 +106,7 @@ class MessageStore:
             await incoming.write(checks.close())
         if tx.aborted:
             await incoming.drop()
-            log_aborted(tx)
+            log_aborted(tx, message_size(session, tx))
         return incoming
 
     async def finish(self, decision: Message, incoming: Incoming, verdict: Verdict | None,
@@ -126,23 +135,25 @@ class MessageStore:
                       lookups: ClientLookups) -> str | None:
         """fsync the message into ``new/`` (and its sidecar after it); its file name."""
         writer = incoming.writer
-        if incoming.error is not None or writer is None or self.maildir is None:
+        if incoming.error is not None or writer is None:
             return None
         assert incoming.digest is not None
         # The sidecar records every DNS fact: one still being looked up (started at MAIL,
         # say, by a fast client's pipelined command) is worth its short wait.
         await lookups.settle()
+        name_by_hash(writer, tx, incoming.digest, lookups.summary())
         # Written in the commit's worker thread, after the message is durable: one trip
         # to a thread per message.
         checks = incoming.checks
-        metadata = metadata_writer(self.maildir, writer.name, tx, incoming.digest.hexdigest(),
+        metadata = metadata_writer(writer.maildir, writer.name, tx, incoming.digest.hexdigest(),
                                    verdict.rule if verdict is not None else None,
-                                   lookups.summary(), checks.summary() if checks else None)
+                                   lookups.summary(), checks.summary() if checks else None,
+                                   {"body_sha256": incoming.digest.body_hexdigest()})
         try:
             if checks is not None:  # the trace headers, now that the results are known
-                await writer.prepend(trace_headers(tx, self.hostname,
-                                                   await lookups.confirmed_name(),
-                                                   checks.header()))
+                await writer.prepend(trace_headers(
+                    tx, incoming.hostname or self.hostname, await lookups.confirmed_name(),
+                    authentication_results=checks.header(), file_id=writer.name))
             return await writer.commit(then=metadata)
         except OSError as exc:
             incoming.error = exc

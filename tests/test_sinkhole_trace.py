@@ -1,0 +1,119 @@
+"""What the sinkhole writes about a message cannot be forged by the client: trace
+headers, the metadata sidecar, log lines and the transcript, through the real program."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import Sinkhole
+from tests.test_sinkhole import headers_and_body
+from tests.wire import Wire
+
+Factory = Callable[..., Sinkhole]
+
+BODY = b"Subject: trace\r\n\r\nbody\r\n"
+# What splits a line for some readers, or disguises it in a terminal.
+SEPARATORS = ("\u2028", "\u2029", "\u0085", "\u202e")
+
+
+def received_of(stored: bytes) -> str:
+    ours, _ = headers_and_body(stored)
+    [received] = [h for h in ours if h.startswith("Received:")]
+    return received
+
+
+def test_forged_helo_lands_only_in_postfix_safe_form(sinkhole_factory: Factory) -> None:
+    sinkhole = sinkhole_factory()
+    forged = "mail-ed1-f41.google.com ([209.85.208.41]) by mx.google.com"
+    with Wire(sinkhole.port) as client:
+        assert client.message("a@example.org", ["b@example.net"], BODY,
+                              ehlo=forged).startswith(b"250")
+        assert client.message("a@example.org", ["b@example.net"], BODY,
+                              ehlo='a)b(c <x>;"y"@z\\').startswith(b"250")
+    first, second = sorted((received_of(m) for m in sinkhole.stored()), reverse=True)
+    # Postfix's printable() and neuter(): one token, and our own clauses stay ours.
+    assert first.startswith("Received: from mail-ed1-f41.google.com??[209.85.208.41]??by?"
+                            "mx.google.com (unknown [127.0.0.1])\n\tby mx.test (trio_smtpd)")
+    assert second.startswith("Received: from a?b?c??x???y??z? (unknown [127.0.0.1])")
+    for received in (first, second):
+        # Only ours: the client clause, the software, the time zone.
+        assert received.count("(") == received.count(")") == 3
+        assert received.count("by ") == 1  # ours: "\tby mx.test"
+
+
+def test_unicode_separators_are_never_written_raw(sinkhole_factory: Factory,
+                                                  tmp_path: Path) -> None:
+    transcript = tmp_path / "smtp.log"
+    sinkhole = sinkhole_factory("--smtplog", str(transcript))
+    helo = "evil" + "".join(SEPARATORS) + "Received: forged"
+    sender = '"a\u2028b"@example.org'
+    recipient = '"x\u202ey\u2029"@example.net'
+    with Wire(sinkhole.port) as client:
+        assert client.command(f"EHLO {helo}").startswith(b"250")
+        assert client.command(f"MAIL FROM:<{sender}> SMTPUTF8").startswith(b"250")
+        assert client.command(f"RCPT TO:<{recipient}>").startswith(b"250")
+        assert client.command("DATA").startswith(b"354")
+        client.send(BODY + b".\r\n")
+        assert client.reply().startswith(b"250")
+    sinkhole.wait_for("close")
+    [stored] = sinkhole.stored()
+    ours, _ = headers_and_body(stored)
+    trace = "\n".join(ours)
+    written = {
+        "trace headers": trace,
+        "JSON log": sinkhole.log_path.read_bytes().decode(),
+        "sidecar": next((sinkhole.maildir / "meta").iterdir()).read_bytes().decode(),
+        "transcript": transcript.read_bytes().decode(),
+    }
+    for where, text in written.items():
+        for character in SEPARATORS:
+            assert character not in text, (where, character)
+    # Headers: the HELO neutered, the addresses escaped; the sidecar and log keep the
+    # exact values behind JSON escapes.
+    assert "from evil????Received:?forged (unknown [127.0.0.1])" in trace
+    assert 'Return-Path: <"a\\u2028b"@example.org>' in ours
+    assert 'X-Original-To: "x\\u202ey\\u2029"@example.net' in ours
+    meta = json.loads(written["sidecar"])
+    assert (meta["helo"], meta["sender"], meta["recipients"]) == (helo, sender, [recipient])
+    [entry] = sinkhole.events("message")
+    assert (entry["helo"], entry["sender"]) == (helo, sender)
+
+
+def test_trace_details_lmtp_smtputf8(sinkhole_factory: Factory) -> None:
+    sinkhole = sinkhole_factory("--lmtp")
+    with Wire(sinkhole.port) as client:
+        assert client.command("LHLO client.test").startswith(b"250")
+        assert client.command("MAIL FROM:<a@b\u00fccher.example> SMTPUTF8").startswith(b"250")
+        assert client.command("RCPT TO:<b@example.net>").startswith(b"250")
+        assert client.command("DATA").startswith(b"354")
+        client.send(BODY + b".\r\n")
+        reply = client.reply()
+        assert reply.startswith(b"250 2.0.0 queued as ")
+    [stored] = sinkhole.stored()
+    ours, _ = headers_and_body(stored)
+    assert ours[1] == "X-Original-To: b@example.net"
+    received = ours[2]
+    assert "\n\twith UTF8LMTP\n" in received  # RFC 6531's name for LMTP with SMTPUTF8
+    file_name = reply.split()[-1].decode()
+    assert f"\n\tid {file_name}\n" in received  # the file's id, as the client was told
+    assert received.endswith(" +0000 (UTC)")
+
+
+def test_a_trap_takes_what_senders_send_unless_strict(sinkhole_factory: Factory) -> None:
+    lenient = sinkhole_factory()
+    with Wire(lenient.port) as client:
+        assert client.command(b"EHLO caf\xe9.example").startswith(b"250")  # Latin-1
+        assert client.message("a@example.org", ["b@example.net"], BODY).startswith(b"250")
+        assert client.command("HELO old.example").startswith(b"250")
+        assert client.command("MAIL FROM:<a@example.org> BODY=8BITMIME").startswith(b"250")
+    lenient.wait_for("close")
+    [entry] = lenient.events("message")
+    assert entry["helo"] == "caf\\xe9.example"  # the byte, escaped
+    assert received_of(lenient.stored()[0]).startswith("Received: from caf?xe9.example ")
+    strict = sinkhole_factory("--strict")
+    with Wire(strict.port) as client:
+        assert client.command(b"EHLO caf\xe9.example").startswith(b"500")
+        assert client.command("HELO old.example").startswith(b"250")
+        assert client.command("MAIL FROM:<a@example.org> BODY=8BITMIME").startswith(b"555")

@@ -1,0 +1,170 @@
+"""Messages named by their hash (sinksmtp's ``-save-hash``), and the hashes in the sidecar.
+
+With ``--save-hash KIND`` a stored message's file name in ``new/`` is a SHA-256, in hex,
+of:
+
+* ``msg``: the message as received (the sidecar's ``sha256``);
+* ``full``: that and the envelope and client facts that do not change when a sender
+  sends the same message again: client address (not its port), our address, HELO name,
+  authenticated user, TLS version, confirmed DNS name, sender, recipients;
+* ``all``: ``full`` and what makes each delivery unique: session id, client port, and
+  the time received (to the second).
+
+A message whose name is taken already (in ``new/``, or moved to ``cur/`` by a reader,
+whatever its flags) is not stored again: the client gets the same 250 naming that file,
+and the first copy and its sidecar stay as they were. The ``Received:`` header names the
+file, as it always does: it is written with a placeholder of the same length, filled in
+once the hash is known, before the file is fsynced and linked into ``new/`` (a hard
+link, so that two deliveries of one message at once cannot overwrite each other). When
+messages are verified, the trace headers are put in front only at the end, once the
+results and so the name are known, and no placeholder is needed.
+
+Every sidecar also records ``body_sha256``, the hash of the body alone (after the first
+empty line), as sinksmtp's ``bodyhash``: null for a message with no empty line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from .. import Transaction
+from ..maildir import Maildir, MaildirWriter
+
+__all__ = ["SAVE_HASHES", "HashedWriter", "MessageDigest", "name_by_hash", "open_writer"]
+
+SAVE_HASHES = ("msg", "full", "all")
+
+
+class MessageDigest:
+    """SHA-256 of the whole message and of its body, fed chunk by chunk."""
+
+    def __init__(self) -> None:
+        self._whole = hashlib.sha256()
+        self._body: Any = None  # a hash object, once the header/body boundary is found
+        self._tail = b"\r\n"  # the last octets seen, for a boundary across chunks
+
+    def update(self, chunk: bytes) -> None:
+        self._whole.update(chunk)
+        if self._body is not None:
+            self._body.update(chunk)
+            return
+        seen = self._tail + chunk
+        end = seen.find(b"\r\n\r\n")
+        if end < 0:
+            self._tail = seen[-3:]
+            return
+        self._body = hashlib.sha256(seen[end + 4:])
+
+    def hexdigest(self) -> str:
+        return self._whole.hexdigest()
+
+    def body_hexdigest(self) -> str | None:
+        return None if self._body is None else self._body.hexdigest()
+
+
+def open_writer(maildir: Maildir, save_hash: str | None) -> MaildirWriter:
+    return maildir.open() if save_hash is None else HashedWriter(maildir, save_hash)
+
+
+def name_by_hash(writer: MaildirWriter, tx: Transaction, digest: MessageDigest,
+                 dns: dict[str, Any] | None) -> None:
+    """Give a hash-named message its name, now that everything it depends on is known."""
+    if not isinstance(writer, HashedWriter):
+        return
+    if writer.kind == "msg":
+        writer.name_it(digest.hexdigest())
+        return
+    info = tx.info
+    facts: dict[str, Any] = {
+        "ip": info.peer[0] if info.peer else None, "local": info.local, "helo": info.helo,
+        "auth": info.authenticated_as, "tls": info.tls.version if info.tls else None,
+        "confirmed": (dns or {}).get("confirmed"), "sender": str(tx.sender or ""),
+        "recipients": [str(r.address) for r in tx.recipients], "sha256": digest.hexdigest()}
+    if writer.kind == "all":
+        facts.update(session=info.id, port=info.peer[1] if info.peer else None,
+                     received=tx.received.replace(microsecond=0).isoformat())
+    encoded = json.dumps(facts, sort_keys=True, default=str).encode()
+    writer.name_it(hashlib.sha256(encoded).hexdigest())
+
+
+class HashedWriter(MaildirWriter):
+    """One message on its way into ``new/`` under its hash (see the module docstring).
+
+    Written, prepended to and aborted as any Maildir message (in ``tmp/`` under a unique
+    name); only the commit differs: the name is filled in, and the file is linked into
+    ``new/`` unless a message of that name is there already."""
+
+    def __init__(self, maildir: Maildir, kind: str) -> None:
+        super().__init__(maildir, maildir.unique_name())  # (its name in tmp/)
+        self.kind = kind
+        #: A placeholder until ``name_it()``: as long as a name, and unique.
+        self.name = secrets.token_hex(32)
+        #: True once committed if the same message was there already.
+        self.duplicate = False
+        self._placeholder = self.name.encode()
+        self._at: int | None = None  # where the placeholder is in the file
+
+    def name_it(self, name: str) -> None:
+        assert len(name) == len(self._placeholder)
+        self.name = name
+
+    async def write(self, data: bytes) -> None:
+        offset = self.size
+        await super().write(data)
+        if self._at is None and (found := data.find(self._placeholder)) >= 0:
+            self._at = offset + found
+
+    async def prepend(self, data: bytes) -> None:
+        await super().prepend(data)
+        if self._at is not None:
+            self._at += len(data)
+        elif (found := data.find(self._placeholder)) >= 0:
+            self._at = found
+
+    # This runs in a worker thread.
+
+    def _commit_then(self, then: Callable[[], None] | None) -> None:
+        """Write, fsync, link into ``new/`` unless there already; then ``then()``."""
+        try:
+            self._flush()
+            assert self._fd is not None
+            if self._at is not None:
+                os.pwrite(self._fd, self.name.encode(), self._at)
+            self._timed("file", partial(os.fsync, self._fd))
+            self.duplicate = not self._link()
+            if not self.duplicate:
+                # The Maildir's shared fsync of new/, as for every other message.
+                self._timed("directory", self.maildir._new_sync.sync)
+        finally:
+            self._discard()  # the name in tmp/ goes: linked into new/, or not wanted
+        if then is not None and not self.duplicate:
+            try:
+                then()
+            except Exception as exc:
+                self.then_error = exc
+
+    def _link(self) -> bool:
+        """Into ``new/`` (False: the name is taken there, or in ``cur/`` by a reader).
+        A hard link, unlike a rename, never replaces a file of that name."""
+        new, cur = self.maildir.path / "new", self.maildir.path / "cur"
+        if (cur / self.name).exists() or any(cur.glob(f"{self.name}:*")):
+            return False
+        try:
+            os.link(self._tmp, new / self.name)
+        except FileExistsError:
+            return False
+        return True
+
+    def _timed(self, what: str, action: Callable[[], object]) -> None:
+        """``action()``, its time told to the Maildir's ``on_fsync`` (metrics)."""
+        started = time.monotonic()
+        action()
+        if self.maildir.on_fsync is not None:
+            self.maildir.on_fsync(what, time.monotonic() - started)

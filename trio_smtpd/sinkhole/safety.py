@@ -1,0 +1,61 @@
+"""What a client said, made safe to write down: in a trace header, a log line, a sidecar.
+
+Everything a client sends is hostile. The protocol engine refuses ASCII control
+characters in commands, but RFC 6531 lets an SMTPUTF8 address (and a HELO name) carry
+any Unicode, including the line and paragraph separators (U+2028, U+2029), NEL (U+0085
+arrives escaped, as 8-bit HELO bytes do) and the bidirectional and other format controls
+(U+202E...) that split a line for some readers or disguise it in a terminal.
+
+* A HELO name goes into the ``Received:`` header only in Postfix's safe form: every
+  character that is not printable, and each of `` <>()\\";@``, becomes ``?`` (Postfix's
+  ``printable()`` and ``neuter()``), so no client can add a comment, a ``by`` clause or a
+  ``for`` clause of its own: ``EHLO foo bar()baz;`` is ``from foo?bar??baz?``. Non-ASCII
+  is kept only when the message is SMTPUTF8 (its header may then be UTF-8, RFC 6532).
+* An address in a header keeps its form (quoted local part and all) but its Unicode
+  line and format controls are escaped as ``\\uXXXX``.
+* A JSON line (log or sidecar) keeps the exact value but writes those characters as
+  ``\\uXXXX`` escapes, as ``ensure_ascii`` would, while leaving other non-ASCII readable:
+  a line-based reader never sees a line end inside a value.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .._transcript import escape
+
+__all__ = ["UNSAFE", "escape", "header_address", "json_safe", "safe_name"]
+
+# What could split or disguise a line: C0 and C1 controls, DEL, and the Unicode line,
+# paragraph, bidirectional and invisible format characters (the library's Transcript set).
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069"
+                    "\ufeff\ufff9-\ufffb]")
+# Postfix's NEUTER_CHARACTERS (smtpd.c), plus the backslash of an escaped 8-bit byte.
+_NEUTER = frozenset(' <>()\\";@')
+
+
+def safe_name(name: str, *, utf8: bool = False) -> str:
+    """A HELO (or DNS) name as Postfix writes it in ``Received:``: one token, nothing
+    that could close the clause it sits in."""
+    return "".join(c if _keeps(c, utf8) else "?" for c in name)
+
+
+def _keeps(c: str, utf8: bool) -> bool:
+    if c in _NEUTER:
+        return False
+    if c.isascii():
+        return "!" <= c <= "~"
+    return utf8 and c.isprintable() and UNSAFE.match(c) is None
+
+
+def header_address(address: str) -> str:
+    """An address for a trace header: as the client wrote it, controls escaped."""
+    return escape(address)
+
+
+def json_safe(encoded: str) -> str:
+    """JSON text (``ensure_ascii=False``) with every unsafe character as a ``\\u``
+    escape. Such characters can only be inside its strings, where the escape is valid."""
+    if UNSAFE.search(encoded) is None:
+        return encoded
+    return UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", encoded)
