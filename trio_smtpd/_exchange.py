@@ -22,7 +22,7 @@ import trio
 from . import _events as core
 from ._appdeadline import AppDeadline
 from ._connection import NEED_DATA, PAUSED, Mode, ServerConnection
-from ._info import TLSInfo
+from ._info import SessionInfo, TLSInfo
 from ._metrics import Metrics
 from ._replies import Reply
 from ._settings import Timeouts
@@ -204,7 +204,7 @@ class Exchange:
         finally:
             await self.transport.aclose()
 
-    async def start_tls(self, context: ssl.SSLContext,
+    async def start_tls(self, context: ssl.SSLContext, info: SessionInfo,
                         metrics: Metrics | None = None) -> TLSInfo | TLSFailure:
         """After STARTTLS: send the 220, do the handshake; why not (and closed) if it
         failed."""
@@ -212,7 +212,7 @@ class Exchange:
             return TLSFailure("client gone", "the client stopped reading before TLS")
         stream = trio.SSLStream(self.transport.stream(), context, server_side=True)
         self._app.lift()  # (the handshake is a wait on the client)
-        failure = await handshake(stream, self.timeouts.tls_handshake, self._log_id, metrics)
+        failure = await handshake(stream, self.timeouts.tls_handshake, info, metrics)
         if failure is not None:
             self.closed, self.ending = True, "tls_failed"
             await trio.aclose_forcefully(stream)
