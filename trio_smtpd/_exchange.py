@@ -120,6 +120,9 @@ class Exchange:
                     return None
                 return event  # type: ignore[return-value]
             now = trio.current_time()
+            # After a reply the client has to read it before it says more, unless it
+            # pipelines (then its next line has begun, or will come at once anyway).
+            expect_wait = conn.has_data_to_send and not conn.partial_line
             rest = self._send_nowait()
             if rest and not await self._flush(rest, now):
                 continue
@@ -137,7 +140,7 @@ class Exchange:
                 self._app.lift()
             self._waiting = True
             try:
-                result = await self.transport.receive(_RECEIVE_SIZE, deadline)
+                result = await self.transport.receive(_RECEIVE_SIZE, deadline, expect_wait)
             except TransportError as exc:
                 log.info("session %s: connection lost: %r", self._log_id, exc.__cause__)
                 result = EOF
