@@ -58,7 +58,8 @@ class ScriptedTransport:
     def __init__(self, chunks: list[bytes]) -> None:
         self._chunks = iter(chunks)
 
-    async def receive(self, max_bytes: int, deadline: float) -> bytes | Outcome:
+    async def receive(self, max_bytes: int, deadline: float,
+                      expect_wait: bool = False) -> bytes | Outcome:
         return next(self._chunks, EOF)
 
     async def send(self, data: bytes | memoryview, deadline: float) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import trio
 import trio.testing
@@ -13,6 +14,7 @@ from trio_smtpd._watchdog import Watchdog
 class Member:
     def __init__(self) -> None:
         self.watched_deadline = math.inf
+        self.queued_at = math.inf
         self.expired_at: list[float] = []
 
     def expire(self, now: float) -> None:
@@ -98,3 +100,48 @@ def test_stale_entries_do_not_pile_up() -> None:
     assert len(watchdog._heap) < 200
     watchdog.check(20_000.0)
     assert member.expired_at == [20_000.0]
+
+
+def test_a_deadline_moved_later_costs_no_heap_entry_and_still_holds() -> None:
+    member = Member()
+    watchdog = Watchdog()
+    for deadline in (10.0, 20.0, 30.0):  # a busy session: each command moves it on
+        watchdog.watch(member, deadline)
+        watchdog.unwatch(member)
+    watchdog.watch(member, 40.0)
+    assert len(watchdog._heap) == 1
+    watchdog.check(15.0)  # its entry for 10 comes up: looked at, queued again for 40
+    assert member.expired_at == [] and watchdog._heap == [(40.0, member)]
+    watchdog.check(39.9)
+    assert member.expired_at == []
+    watchdog.check(40.0)
+    assert member.expired_at == [40.0]
+
+
+def test_an_earlier_deadline_than_the_queued_one_is_kept() -> None:
+    member = Member()
+    watchdog = Watchdog()
+    watchdog.watch(member, 300.0)
+    watchdog.unwatch(member)
+    watchdog.watch(member, 5.0)  # (a shorter timeout: the last command at shutdown)
+    watchdog.check(5.0)
+    assert member.expired_at == [5.0]
+    watchdog.check(300.0)
+    assert member.expired_at == [5.0]  # its old entry is skipped
+
+
+def test_forgotten_members_are_not_kept() -> None:
+    # Connections that closed while their entries were queued: the heap lets them go.
+    watchdog = Watchdog()
+    gone = []
+    for n in range(1000):
+        member = Member()
+        watchdog.watch(member, 300.0 + n)
+        watchdog.forget(member)
+        gone.append(weakref.ref(member))
+    del member
+    alive = Member()
+    watchdog.watch(alive, 10_000.0)
+    watchdog.check(0.0)
+    assert watchdog._heap == [(10_000.0, alive)]
+    assert all(ref() is None for ref in gone)

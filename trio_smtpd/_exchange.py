@@ -22,7 +22,7 @@ import trio
 from . import _events as core
 from ._appdeadline import AppDeadline
 from ._connection import NEED_DATA, PAUSED, Mode, ServerConnection
-from ._info import TLSInfo
+from ._info import SessionInfo, TLSInfo
 from ._metrics import Metrics
 from ._replies import Reply
 from ._settings import Timeouts
@@ -120,6 +120,9 @@ class Exchange:
                     return None
                 return event  # type: ignore[return-value]
             now = trio.current_time()
+            # After a reply the client has to read it before it says more, unless it
+            # pipelines (then its next line has begun, or will come at once anyway).
+            expect_wait = conn.has_data_to_send and not conn.partial_line
             rest = self._send_nowait()
             if rest and not await self._flush(rest, now):
                 continue
@@ -137,7 +140,7 @@ class Exchange:
                 self._app.lift()
             self._waiting = True
             try:
-                result = await self.transport.receive(_RECEIVE_SIZE, deadline)
+                result = await self.transport.receive(_RECEIVE_SIZE, deadline, expect_wait)
             except TransportError as exc:
                 log.info("session %s: connection lost: %r", self._log_id, exc.__cause__)
                 result = EOF
@@ -204,7 +207,7 @@ class Exchange:
         finally:
             await self.transport.aclose()
 
-    async def start_tls(self, context: ssl.SSLContext,
+    async def start_tls(self, context: ssl.SSLContext, info: SessionInfo,
                         metrics: Metrics | None = None) -> TLSInfo | TLSFailure:
         """After STARTTLS: send the 220, do the handshake; why not (and closed) if it
         failed."""
@@ -212,7 +215,7 @@ class Exchange:
             return TLSFailure("client gone", "the client stopped reading before TLS")
         stream = trio.SSLStream(self.transport.stream(), context, server_side=True)
         self._app.lift()  # (the handshake is a wait on the client)
-        failure = await handshake(stream, self.timeouts.tls_handshake, self._log_id, metrics)
+        failure = await handshake(stream, self.timeouts.tls_handshake, info, metrics)
         if failure is not None:
             self.closed, self.ending = True, "tls_failed"
             await trio.aclose_forcefully(stream)

@@ -39,7 +39,7 @@ from ._session import Session, forward_transactions
 from ._sessionconfig import for_connection, varies
 from ._settings import Config
 from ._socket_transport import SocketTransport
-from ._tls import handshake, record_server_names, tls_info, use_session_info
+from ._tls import handshake, record_server_names, tls_info
 from ._transactions import TransactionQueue, Transactions
 from ._transport import StreamTransport, Transport
 from ._watchdog import Watchdog
@@ -293,7 +293,6 @@ class Server:
             counted = peer[0] if peer else None
         info = SessionInfo(id=f"{self._prefix}.{next(self._ids)}", peer=peer, local=local,
                            lmtp=self.config.lmtp, started=datetime.now(UTC))
-        use_session_info(info)  # (for what this task's TLS handshakes find out)
         opened = await self._transport(accepted, implicit_tls, info)
         if opened is None:
             return "tls_failed", counted
@@ -343,7 +342,7 @@ class Server:
         context = self.config.tls
         assert context is not None
         tls_stream = trio.SSLStream(stream, context, server_side=True)
-        if await handshake(tls_stream, self.config.timeouts.tls_handshake, info.id,
+        if await handshake(tls_stream, self.config.timeouts.tls_handshake, info,
                            self.config.metrics, "implicit"):
             await trio.aclose_forcefully(stream)
             return None

@@ -310,7 +310,8 @@ class Session:
             return await self._auth.step(self._exchange.conn, event, self.info.tls)
         if isinstance(event, core.StartTLS):
             assert self._config.tls is not None
-            tls = await self._exchange.start_tls(self._config.tls, self._config.metrics)
+            tls = await self._exchange.start_tls(self._config.tls, self.info,
+                                                 self._config.metrics)
             self.info.helo = None
             if isinstance(tls, TLSFailure):
                 self.tls_failed, self._fallback = True, _GONE  # (the session is over)

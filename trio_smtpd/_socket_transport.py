@@ -35,7 +35,7 @@ class SocketTransport:
     """A non-blocking plain socket, its calls tried before any wait."""
 
     __slots__ = ("_deadline", "_fd", "_fresh", "_pool", "_sock", "_state", "_watchdog",
-                 "_why", "watched_deadline")
+                 "_why", "queued_at", "watched_deadline")
 
     def __init__(self, sock: socket.socket, watchdog: Watchdog,
                  pool: IdlePool | None = None) -> None:
@@ -52,12 +52,15 @@ class SocketTransport:
         self._deadline = math.inf
         #: For the watchdog (see ``Watched``).
         self.watched_deadline = math.inf
+        self.queued_at = math.inf
 
-    async def receive(self, max_bytes: int, deadline: float) -> bytes | Outcome:
-        data = _recv_nowait(self._sock, max_bytes)
-        if data is not None:
-            await trio.lowlevel.checkpoint()  # the bytes were there: let others run too
-            return data or EOF
+    async def receive(self, max_bytes: int, deadline: float,
+                      expect_wait: bool = False) -> bytes | Outcome:
+        if not expect_wait:  # (else a try now would mostly be a wasted system call)
+            data = _recv_nowait(self._sock, max_bytes)
+            if data is not None:
+                await trio.lowlevel.checkpoint()  # the bytes were there: let others run
+                return data or EOF
         while True:
             pool = self._pool
             if self._fresh and pool is not None and pool.running:
@@ -116,7 +119,7 @@ class SocketTransport:
 
     async def aclose(self) -> None:
         self._end_wait(WOKEN)  # (only when another task closes us during a wait)
-        self._watchdog.unwatch(self)
+        self._watchdog.forget(self)
         self._sock.close()
 
     async def _wait(self, state: int, deadline: float) -> Outcome | None:

@@ -5,9 +5,9 @@ ClientHello arrived and then failed (its TLS cannot work with ours, and it may b
 offering it plaintext, as the sinkhole's ``--tls-fallback`` does), or a connection that
 ended before any ClientHello (the client gave up, or someone on the path cut it: no reason
 to believe anything about the client's TLS). ``SessionInfo.tls_failed_after_hello`` tells
-the first kind. Each connection task names its ``SessionInfo`` with
-``use_session_info()``; the handshake, and the SNI callback that sees the ClientHello
-arrive, run in that task and find it there (the SSL object passes nothing else through).
+the first kind: the SNI callback, which sees the ClientHello arrive, marks the handshake
+under way, found through a context variable of the task doing it (the SSL object passes
+nothing else through).
 
 CPython decodes a client's SNI name before it calls the context's ``sni_callback`` and,
 when the name is not ASCII, prints a traceback on stderr and fails the handshake. The
@@ -30,7 +30,7 @@ from ._metrics import Metrics, handshake_failure
 from ._securitylog import format_peer, log_security_event
 from ._tlsfailure import TLSFailure, classify
 
-__all__ = ["handshake", "record_server_names", "tls_info", "use_session_info"]
+__all__ = ["handshake", "record_server_names", "tls_info"]
 
 log = logging.getLogger("trio_smtpd")
 
@@ -49,20 +49,11 @@ class _Attempt:
 
 _attempt: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
     "trio_smtpd_tls_attempt", default=None)
-_session_info: contextvars.ContextVar[SessionInfo | None] = contextvars.ContextVar(
-    "trio_smtpd_session_info", default=None)
-
-
-def use_session_info(info: SessionInfo) -> None:
-    """This task's connection is ``info`` (for what its handshakes find out)."""
-    _session_info.set(info)
-
-
 async def handshake(stream: trio.SSLStream[trio.abc.Stream], timeout: float,
-                    session_id: str, metrics: Metrics | None = None,
+                    info: SessionInfo, metrics: Metrics | None = None,
                     mode: str = "starttls") -> TLSFailure | None:
-    """Do a server-side TLS handshake; a failure is logged and returned (and either way,
-    reported to ``metrics``)."""
+    """Do a server-side TLS handshake for the connection ``info``; a failure is logged,
+    noted in ``info`` and returned (and either way, reported to ``metrics``)."""
     attempt = _Attempt()
     token = _attempt.set(attempt)
     try:
@@ -74,12 +65,12 @@ async def handshake(stream: trio.SSLStream[trio.abc.Stream], timeout: float,
                 return None
             except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
                 failure = classify(exc)
-                _failed(attempt, failure, session_id, mode)
+                _failed(attempt, failure, info, mode)
                 if metrics is not None:
                     metrics.tls_handshake(mode, None, handshake_failure(exc.__cause__ or exc))
                 return failure
         failure = classify(None)
-        _failed(attempt, failure, session_id, mode)
+        _failed(attempt, failure, info, mode)
         if metrics is not None:
             metrics.tls_handshake(mode, None, "timeout")
         return failure
@@ -87,17 +78,16 @@ async def handshake(stream: trio.SSLStream[trio.abc.Stream], timeout: float,
         _attempt.reset(token)
 
 
-def _failed(attempt: _Attempt, failure: TLSFailure, session_id: str, mode: str) -> None:
+def _failed(attempt: _Attempt, failure: TLSFailure, info: SessionInfo, mode: str) -> None:
     """Log the failure, and note in the session whether a ClientHello had come."""
-    info = _session_info.get()
-    if attempt.hello and info is not None:
+    if attempt.hello:
         info.tls_failed_after_hello = True
-    peer = info.peer if info is not None else None
     stage = "after the ClientHello" if attempt.hello else "before any ClientHello"
     log_security_event("tls_failed", "session %s: TLS handshake with %s failed %s (%s): %s",
-                       session_id, format_peer(peer), stage, failure.reason, failure.detail,
-                       session=session_id, peer=peer, mode=mode, reason=failure.reason,
-                       detail=failure.detail, after_hello=attempt.hello)
+                       info.id, format_peer(info.peer), stage, failure.reason,
+                       failure.detail, session=info.id, peer=info.peer, mode=mode,
+                       reason=failure.reason, detail=failure.detail,
+                       after_hello=attempt.hello)
 
 
 def tls_info(stream: trio.SSLStream[trio.abc.Stream]) -> TLSInfo:

@@ -40,8 +40,11 @@ class TransportError(Exception):
 
 
 class Transport(Protocol):
-    async def receive(self, max_bytes: int, deadline: float) -> bytes | Outcome:
-        """Bytes from the client, or how the wait for them ended instead."""
+    async def receive(self, max_bytes: int, deadline: float,
+                      expect_wait: bool = False) -> bytes | Outcome:
+        """Bytes from the client, or how the wait for them ended instead. With
+        ``expect_wait`` (the client has just been answered and must read that before it
+        says more), a transport may wait before trying to read."""
 
     async def send(self, data: bytes | memoryview, deadline: float) -> bool:
         """Send all of ``data``; False if the deadline passed first."""
@@ -73,7 +76,8 @@ class StreamTransport:
         self._stream = stream
         self._receiving: trio.CancelScope | None = None
 
-    async def receive(self, max_bytes: int, deadline: float) -> bytes | Outcome:
+    async def receive(self, max_bytes: int, deadline: float,
+                      expect_wait: bool = False) -> bytes | Outcome:
         with trio.move_on_at(deadline) as self._receiving:
             try:
                 data = await self._stream.receive_some(max_bytes)

@@ -2,14 +2,18 @@
 
 A connection driven as a plain socket (``_socket_transport.py``) waits with trio's
 low-level ``wait_readable``/``wait_writable``, which take no deadline. Before such a wait
-it calls ``watch(self, deadline)``; once that time has passed, the watchdog calls its
-``expire(now)``, which ends the wait. Entering and leaving a cancel scope per wait would do
-the same at several times the cost of an SMTP round trip's own work (see
-benchmarks/README.md); here a wait costs a heap push, and a deadline fires at most
-``resolution`` seconds late.
+it calls ``watch(self, deadline)``, and ``unwatch(self)`` after; once a deadline has
+passed, the watchdog calls the member's ``expire(now)``, which ends the wait. Entering
+and leaving a cancel scope per wait would do the same at several times the cost of an SMTP
+round trip's own work (see benchmarks/README.md); a deadline fires at most ``resolution``
+seconds late.
 
-Deadlines live in a heap; one that was replaced before it fired is skipped when it comes
-up, and the heap is rebuilt when such stale entries make up most of it.
+Each member has at most one live entry in a heap of times to look at it. A new deadline
+later than that entry (each command of a busy session moves its deadline on) costs no
+heap operation at all: when the entry comes up, the member is looked at and, if its
+deadline has moved, queued again for then. Only a deadline earlier than the entry is
+pushed; the entry it replaces, and those of members that are gone (``forget()``), are
+skipped when they come up, and the heap is rebuilt when they make up most of it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ __all__ = ["Watchdog", "Watched"]
 class Watched(Protocol):
     #: The deadline this member is being watched for; ``math.inf`` when none.
     watched_deadline: float
+    #: When its live heap entry comes up (``math.inf``: none); kept by the watchdog.
+    queued_at: float
 
     def expire(self, now: float) -> None:
         """``watched_deadline`` has passed (it was reset to ``math.inf`` first)."""
@@ -46,18 +52,27 @@ class Watchdog:
 
     def watch(self, member: Watched, deadline: float) -> None:
         """Expire ``member`` at ``deadline`` (replacing any deadline it had)."""
-        if member.watched_deadline != math.inf:
-            self._stale += 1
         member.watched_deadline = deadline
-        if deadline == math.inf:
-            return
+        if deadline >= member.queued_at:
+            return  # (looked at by then anyway)
+        if member.queued_at != math.inf:
+            self._stale += 1
+        member.queued_at = deadline
         heapq.heappush(self._heap, (deadline, member))
         sleep = self._sleep
         if sleep is not None and deadline < sleep.deadline:
             sleep.deadline = max(deadline, self._last_check + self._resolution)
 
     def unwatch(self, member: Watched) -> None:
-        self.watch(member, math.inf)
+        """No deadline for ``member`` now (its entry stays, for its next wait)."""
+        member.watched_deadline = math.inf
+
+    def forget(self, member: Watched) -> None:
+        """``member`` is gone: its entry is dropped."""
+        member.watched_deadline = math.inf
+        if member.queued_at != math.inf:
+            member.queued_at = math.inf
+            self._stale += 1
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -75,17 +90,23 @@ class Watchdog:
         self._last_check = now
         heap = self._heap
         while heap and heap[0][0] <= now:
-            deadline, member = heapq.heappop(heap)
-            if member.watched_deadline != deadline:
+            queued, member = heapq.heappop(heap)
+            if member.queued_at != queued:
                 self._stale = max(0, self._stale - 1)
                 continue
-            member.watched_deadline = math.inf
-            member.expire(now)
+            deadline = member.watched_deadline
+            if deadline <= now:
+                member.queued_at = member.watched_deadline = math.inf
+                member.expire(now)
+            elif deadline != math.inf:  # moved on since: look again then
+                member.queued_at = deadline
+                heapq.heappush(heap, (deadline, member))
+            else:
+                member.queued_at = math.inf
         if self._stale > 64 and self._stale * 2 > len(heap):
             self._prune()
 
     def _prune(self) -> None:
-        self._heap = [entry for entry in self._heap
-                      if entry[1].watched_deadline == entry[0]]
+        self._heap = [entry for entry in self._heap if entry[1].queued_at == entry[0]]
         heapq.heapify(self._heap)
         self._stale = 0
