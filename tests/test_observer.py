@@ -193,3 +193,38 @@ async def test_a_handler_changes_its_connections_settings_at_connect(
         assert "SIZE 1000" in ehlo.lines and "STARTTLS" not in ehlo.lines
         assert (await client.command("MAIL FROM:<a@b.c> SIZE=1001")).code == 552
         await client.aclose()
+
+
+async def test_a_handler_changes_its_connections_auth_at_connect() -> None:
+    async def everyone(credentials: trio_smtpd.Credentials) -> str | None:
+        return "everyone"
+
+    async def only_bob(credentials: trio_smtpd.Credentials) -> str | None:
+        ok = isinstance(credentials, trio_smtpd.PlainCredentials) and (
+            credentials.username, credentials.password) == ("bob", "pw")
+        return "bob" if ok else None
+
+    async def handler(session: Session) -> None:
+        async for decision in session:
+            if isinstance(decision, Connect):
+                session.config = dataclasses.replace(
+                    session.config, auth_mechanisms=("LOGIN",), authenticator=only_bob)
+            decision.accept()
+
+    config = Config(hostname="mx.test", authenticator=everyone, auth_requires_tls=False,
+                    auth_mechanisms=("PLAIN", "LOGIN"))
+    async with tcp_server(config, handler) as server:
+        assert server.port is not None
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        client = trio_smtpd.testing.TestClient(stream)
+        await client.reply()
+        assert "AUTH LOGIN" in (await client.command("EHLO c")).lines
+        plain = base64.b64encode(b"\0alice\0x").decode()
+        assert (await client.command(f"AUTH PLAIN {plain}")).code == 504
+        assert (await client.command("AUTH LOGIN")).code == 334
+        assert (await client.command(base64.b64encode(b"alice").decode())).code == 334
+        assert (await client.command(base64.b64encode(b"x").decode())).code == 535
+        assert (await client.command("AUTH LOGIN")).code == 334
+        assert (await client.command(base64.b64encode(b"bob").decode())).code == 334
+        assert (await client.command(base64.b64encode(b"pw").decode())).code == 235
+        await client.aclose()

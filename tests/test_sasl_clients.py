@@ -261,6 +261,15 @@ async def test_external_with_a_trustme_client_certificate(
         codes, offered = await trio.to_thread.run_sync(
             smtp_auth, port, client_with_certificate(ca, "alice"), "EXTERNAL", external)
         assert offered == ["EXTERNAL"] and codes == [235]
+        # Asking for another identity than the certificate's: the validator refuses
+        # (535), and each refusal counts towards max_auth_failures.
+        def as_root(client: smtplib.SMTP) -> Callable[..., str]:
+            return lambda challenge=None: "root"
+
+        codes, _ = await trio.to_thread.run_sync(
+            partial(smtp_auth, port, client_with_certificate(ca, "alice"), "EXTERNAL",
+                    as_root, attempts=4))
+        assert codes == [535, 535, 535, 421]
         # Without a certificate: not offered, and not accepted.
         codes, offered = await trio.to_thread.run_sync(
             smtp_auth, port, client_tls, "EXTERNAL", external)
