@@ -31,11 +31,13 @@ from .options import (
 from .passwords import AuthFileError, load_auth_file, verify_password
 from .rules import RulesError, RuleSet, load_rules
 from .sockets import BoundSocket, Kind, bind
+from .stores import Store, open_store
+from .stores.schema import SchemaError
 from .tlsfallback import parse_fallback
 from .verifying import VerifySettings
 
 __all__ = ["ConfigError", "bind_listeners", "build_config", "load_rules_option",
-           "make_resolver", "reload_rules", "verify_settings"]
+           "make_resolver", "make_store", "reload_rules", "verify_settings"]
 
 
 class ConfigError(Exception):
@@ -292,3 +294,21 @@ def reload_rules(path: str | None, handler: SinkholeHandler, *, dns: bool) -> No
         return
     handler.rules = rules
     log_event("rules-reload", outcome="loaded", rules=len(rules))
+
+
+def make_store(args: argparse.Namespace, maildir: Maildir | None) -> Store | None:
+    """The store --store names, its schema checked (None: nothing is stored)."""
+    if not (math.isfinite(args.store_timeout) and 0 < args.store_timeout <= 600):
+        raise ConfigError("--store-timeout must be more than 0 and at most 600 seconds")
+    if args.store_body_limit < 0 or args.store_connections < 1:
+        raise ConfigError("--store-body-limit must be at least 0, --store-connections 1")
+    if maildir is None:
+        if args.store is not None:
+            raise ConfigError("--store needs somewhere to store: not with --discard, "
+                              "and with --print only alongside --maildir")
+        return None
+    try:
+        return open_store(args.store or "sqlite", maildir, body_limit=args.store_body_limit,
+                          timeout=args.store_timeout, connections=args.store_connections)
+    except (OSError, ValueError, SchemaError) as exc:
+        raise ConfigError(f"cannot use the store: {exc}") from None

@@ -24,6 +24,7 @@ from .lookups import ClientLookups
 from .printing import Printer
 from .records import log_connect, log_listing, log_transaction, peer_text
 from .rules import Facts, Pending, Phase, RuleSet, Verdict
+from .stores import Store
 from .storing import Incoming, MessageStore
 from .tlsfallback import TLSFallback
 from .verifying import MessageChecks, VerifySettings, start_spf
@@ -56,10 +57,12 @@ class SinkholeHandler:
     printer: Printer | None = None
     #: --verify/--no-verify: which authentication checks each message gets (needs DNS).
     verify: VerifySettings | None = None
+    #: --store: where messages go (None: the Maildir and its sidecars).
+    store: Store | None = None
 
     def __post_init__(self) -> None:
         self._store = MessageStore(self.maildir, self.hostname, self.save_then_reject,
-                                   self.printer)
+                                   self.printer, store=self.store)
 
     async def __call__(self, session: Session) -> None:
         client = session.info.peer[0] if session.info.peer else None

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import Message, Session, Transaction
-from ..maildir import Maildir, MaildirWriter
+from ..maildir import Maildir
 from .lookups import ClientLookups
 from .printing import Printer
-from .records import log_aborted, log_transaction, metadata_writer
+from .records import log_aborted, log_transaction, message_record
 from .rules import Verdict
+from .stores import MaildirStore, MessageWriter, Store
 from .trace import trace_headers
 from .verifying import MessageChecks
 
@@ -37,7 +38,7 @@ log = logging.getLogger("trio_smtpd.sinkhole")
 class Incoming:
     """A message being received: where it goes, and what went wrong so far."""
 
-    writer: MaildirWriter | None = None
+    writer: MessageWriter | None = None
     error: OSError | None = None
     digest: Hash | None = field(default=None, repr=False)
     #: Its authentication checks, if messages are verified.
@@ -69,11 +70,17 @@ class MessageStore:
     save_then_reject: bool = False
     #: --print/--print-raw: keeps each body for printing once it is in.
     printer: Printer | None = None
+    #: --store: where messages and their records go (None: the Maildir and sidecars).
+    store: Store | None = None
+
+    def __post_init__(self) -> None:
+        if self.store is None and self.maildir is not None:
+            self.store = MaildirStore(self.maildir)
 
     async def receive(self, session: Session, tx: Transaction, lookups: ClientLookups,
                       checks: MessageChecks | None = None) -> Incoming:
         """Stream the body in; keep reading even after a write error."""
-        if self.maildir is None:
+        if self.store is None:
             async for chunk in session.body():  # (the transaction counts the size)
                 if self.printer is not None:
                     self.printer.keep(tx, chunk)
@@ -82,7 +89,7 @@ class MessageStore:
             if tx.aborted:
                 log_aborted(tx)
             return Incoming(checks=checks)
-        incoming = Incoming(self.maildir.open(), None, hashlib.sha256(), checks)
+        incoming = Incoming(self.store.open(), None, hashlib.sha256(), checks)
         if checks is None:
             # Looked up since connect: by now this rarely waits.
             client_name = await lookups.confirmed_name()
@@ -126,24 +133,23 @@ class MessageStore:
                       lookups: ClientLookups) -> str | None:
         """fsync the message into ``new/`` (and its sidecar after it); its file name."""
         writer = incoming.writer
-        if incoming.error is not None or writer is None or self.maildir is None:
+        if incoming.error is not None or writer is None or self.store is None:
             return None
         assert incoming.digest is not None
         # The sidecar records every DNS fact: one still being looked up (started at MAIL,
         # say, by a fast client's pipelined command) is worth its short wait.
         await lookups.settle()
-        # Written in the commit's worker thread, after the message is durable: one trip
-        # to a thread per message.
+        # Stored with the message, durably, by the store (stores/).
         checks = incoming.checks
-        metadata = metadata_writer(self.maildir, writer.name, tx, incoming.digest.hexdigest(),
-                                   verdict.rule if verdict is not None else None,
-                                   lookups.summary(), checks.summary() if checks else None)
+        metadata = message_record(writer.name, tx, incoming.digest.hexdigest(),
+                                  verdict.rule if verdict is not None else None,
+                                  lookups.summary(), checks.summary() if checks else None)
         try:
             if checks is not None:  # the trace headers, now that the results are known
                 await writer.prepend(trace_headers(tx, self.hostname,
                                                    await lookups.confirmed_name(),
                                                    checks.header()))
-            return await writer.commit(then=metadata)
+            return await writer.commit(metadata)
         except OSError as exc:
             incoming.error = exc
             return None
