@@ -25,6 +25,7 @@ from .configure import (
     build_config,
     load_rules_option,
     make_resolver,
+    make_store,
     reload_rules,
     verify_settings,
 )
@@ -33,7 +34,9 @@ from .logs import configure_logging, log_event
 from .options import build_parser
 from .passwords import hash_password
 from .printing import Printer
+from .report import report_command
 from .sockets import REUSEPORT, BoundSocket, from_environment
+from .stores import Store
 from .tlsfallback import TLSFallback, parse_fallback
 from .workers import supervise
 
@@ -63,7 +66,7 @@ def hash_password_command(argv: Sequence[str]) -> int:
 
 
 async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
-              sockets: list[BoundSocket]) -> int:
+              sockets: list[BoundSocket], store: Store | None = None) -> int:
     listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
     tls_listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
     for item in sockets:
@@ -83,13 +86,14 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
                               rules=load_rules_option(args.rules, dns=not args.no_dns,
                                                       verify=verify),
                               resolver=make_resolver(args), verify=verify,
-                              printer=Printer(args.print_style) if args.print_style else None)
+                              printer=Printer(args.print_style) if args.print_style else None,
+                              store=store)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(partial(serve, config, handler=handler,
                                              listeners=listeners, tls_listeners=tls_listeners))
         log_event("listening", addresses=[item.address for item in sockets],
                   lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path),
-                  pid=os.getpid())
+                  pid=os.getpid(), store=None if store is None else store.description)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
                                        signal.SIGHUP) as signals:
             async for signum in signals:
@@ -102,6 +106,8 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
                 log_event("shutdown", signal=signal.Signals(signum).name)
                 server.shutdown()
                 nursery.start_soon(_stop_after_drain, server, nursery.cancel_scope)
+    if store is not None:
+        await store.aclose()
     return 0
 
 
@@ -119,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hash-password"]:
         return hash_password_command(argv[1:])
+    if argv[:1] == ["report"]:
+        return report_command(argv[1:])
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format)
     try:
@@ -126,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A bad rules file is a configuration error, before binding.
         load_rules_option(args.rules, dns=not args.no_dns,
                           verify=verify_settings(args, config.hostname))
+        store = make_store(args, maildir)  # a store that cannot be used: exit 2, now
         inherited = from_environment()
         supervisor = args.workers > 1 and inherited is None
         # TRIO_SMTPD_SHARED_SOCKET=1 forces the fallback used where SO_REUSEPORT is missing.
@@ -133,10 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sockets = inherited if inherited is not None else bind_listeners(
             args, reserve_only=supervisor and reuse_port)
         if supervisor:
+            if store is not None:
+                trio.run(store.aclose)  # (each worker opens its own)
             log_event("listening", addresses=[item.address for item in sockets],
                       workers=args.workers, pid=os.getpid())
             return supervise(args.workers, argv, sockets, reuse_port=reuse_port)
-        return trio.run(run, args, config, maildir, sockets)
+        return trio.run(run, args, config, maildir, sockets, store)
     except ConfigError as exc:
         _fail(str(exc))
 
