@@ -18,6 +18,7 @@ import pytest
 import trustme
 
 from tests.dnsserver import SilentServer, Unbound, start_unbound
+from tests.pgcluster import Cluster, find_bindir
 
 # pytester runs pytest on generated projects: the tests of the pytest plugin.
 pytest_plugins = ["pytester"]
@@ -98,6 +99,29 @@ def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unbound]:
     server = start_unbound(require_program("unbound"), tmp_path_factory.mktemp("unbound"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """A real PostgreSQL server of our own (initdb, pg_ctl) on a private loopback port and
+    socket directory, for the whole session: each test takes a database of its own."""
+    bindir = find_bindir()
+    if bindir is None:
+        _missing("PostgreSQL is not installed (Debian package postgresql; .ci/run installs it)")
+    assert bindir is not None
+    cluster = Cluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Cluster, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database in the session's PostgreSQL server."""
+    name = f"t{time.monotonic_ns()}_{request.node.name[:40]}".lower()
+    return postgres_cluster.create_database("".join(c if c.isalnum() else "_" for c in name))
 
 
 @pytest.fixture

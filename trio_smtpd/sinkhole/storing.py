@@ -22,7 +22,7 @@ from .lookups import ClientLookups
 from .printing import Printer
 from .records import log_aborted, log_transaction, message_record
 from .rules import Verdict
-from .stores import MaildirStore, MessageWriter, Store
+from .stores import MaildirStore, MessageWriter, Store, StoreError
 from .trace import trace_headers
 from .verifying import MessageChecks
 
@@ -158,6 +158,8 @@ class MessageStore:
 def _answer_write_error(decision: Message, error: OSError) -> None:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         decision.tempfail(452, "Insufficient system storage", "4.3.1")
+    elif isinstance(error, StoreError):  # (a database, or the index, that cannot write)
+        decision.tempfail(451, "Message store unavailable; try again later", "4.3.0")
     else:
         decision.tempfail(451, "Local error in processing", "4.3.0")
     log.error("session %s: storing the message failed: %s",
