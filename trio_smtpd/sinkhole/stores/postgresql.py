@@ -1,23 +1,27 @@
 """The PostgreSQL store, for fleets: many hosts (and ``--workers``) write one database.
 
-Each message is one transaction: its ``messages`` row (with the stored message in
+Each message is one statement, so one round trip and one transaction of its own (the
+connections are in autocommit mode): its ``messages`` row (with the stored message in
 ``body`` when it is at most ``--store-body-limit`` octets; otherwise the body goes to the
 Maildir as usual, fsynced first, and the row names its file and host), its recipients
-and its listings. 250 is answered once ``COMMIT`` has returned, which with PostgreSQL's
-default ``synchronous_commit = on`` means the commit is in the server's fsynced WAL.
-Rows get their ids from an identity column and nothing is read back and rewritten, so
-any number of writers can insert side by side; migrations take an advisory lock, so
-hosts starting together apply each one once.
+and its listings. 250 is answered once that statement has returned, which with
+PostgreSQL's default ``synchronous_commit = on`` means its commit is in the server's
+fsynced WAL. Rows get their ids from an identity column and nothing is read back and
+rewritten, so any number of writers can insert side by side; migrations take an
+advisory lock, so hosts starting together apply each one once.
 
 psycopg 3 has no trio support of its own. Its blocking API runs here in worker threads,
 at most ``--store-connections`` at a time (a trio ``CapacityLimiter``, the size of the
 connection pool, so no thread waits inside the pool), with ``psycopg_pool`` keeping the
-connections: it checks a connection before handing it out, replaces broken ones, and
-reconnects in the background when the database comes back. The alternative, driving
-psycopg's non-blocking libpq calls with ``trio.lowlevel.wait_readable`` /
-``wait_writable``, was measured (``benchmarks/pg_driver.py``, docs/sinkhole.md): it saves
-about as much CPU per message as a thread round trip costs, a few percent of what the
-sinkhole spends on a message, for a pool and reconnection logic of our own.
+connections: it replaces broken ones and reconnects in the background when the database
+comes back. The alternative, driving libpq's non-blocking calls with
+``trio.lowlevel.wait_readable``/``wait_writable``, was measured
+(``benchmarks/pg_driver.py``; figures in docs/sinkhole.md): the same throughput (the
+server's commits bound it), and less CPU per message, but the saving is mostly psycopg's
+own Python layer (parameter adaptation, cursors), which trio's waits only avoid by
+encoding parameters for libpq ourselves; the thread round trip itself is about 0.1 ms.
+Threads keep psycopg's public API and its pool; the store interface keeps the choice
+local to this module.
 
 Every wait is bounded by ``--store-timeout``: for a connection from the pool, for
 connecting, for a statement (``statement_timeout``), and, as a backstop for a database
@@ -65,12 +69,32 @@ _MIGRATION_LOCK = 0x7472696F2D736D74
 _DISK_FULL = "53100"
 
 _PLACEHOLDERS = ", ".join("%s::jsonb" if c == "metadata" else "%s" for c in MESSAGE_COLUMNS)
-_INSERT_MESSAGE = (f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
-                   f"VALUES ({_PLACEHOLDERS}) RETURNING id")
-_INSERT_RECIPIENT = (f"INSERT INTO recipients ({', '.join(RECIPIENT_COLUMNS)}) "
-                     "VALUES (%s, %s, %s, %s)")
-_INSERT_LISTING = (f"INSERT INTO listings ({', '.join(LISTING_COLUMNS)}) "
-                   "VALUES (%s, %s, %s, %s, %s, %s)")
+#: A message, its recipients and its listings in one statement, so in one round trip and
+#: one transaction of its own (the connections are in autocommit mode): the parameters
+#: are the message's columns, then its recipients' addresses and domains as arrays, then
+#: its listings' five columns as arrays.
+INSERT = f"""WITH m AS (
+    INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES ({_PLACEHOLDERS}) RETURNING id
+), r AS (
+    INSERT INTO recipients ({', '.join(RECIPIENT_COLUMNS)})
+    SELECT m.id, t.n - 1, t.address, t.domain
+    FROM m, unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t (address, domain, n)
+), l AS (
+    INSERT INTO listings ({', '.join(LISTING_COLUMNS)})
+    SELECT m.id, x.* FROM m,
+        unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) AS x
+)
+SELECT id FROM m"""
+
+
+def insert_parameters(row: Row) -> list[Any]:
+    """The parameters of INSERT for ``row``."""
+    values: list[Any] = list(row.message)
+    received = MESSAGE_COLUMNS.index("received")
+    values[received] = datetime.fromisoformat(values[received])
+    recipients = [[r[1] for r in row.recipients], [r[2] for r in row.recipients]]
+    listings = [[x[i] for x in row.listings] for i in range(len(LISTING_COLUMNS) - 1)]
+    return [*values, *recipients, *listings]
 
 
 def available() -> bool:
@@ -148,31 +172,19 @@ class PostgresStore:
 
                 def configure(connection: psycopg.Connection[Any]) -> None:
                     connection.execute(f"SET statement_timeout = {timeout_ms}")
-                    connection.commit()
 
                 self._pool = psycopg_pool.ConnectionPool(
                     self.url, min_size=1, max_size=self._connections, open=True,
-                    timeout=self.timeout, kwargs=connection_options(self.timeout),
-                    configure=configure, check=psycopg_pool.ConnectionPool.check_connection,
+                    timeout=self.timeout,
+                    kwargs={**connection_options(self.timeout), "autocommit": True},
+                    configure=configure,
                     reconnect_timeout=3600.0, name="trio-smtpd")
             return self._pool
 
     def _insert(self, row: Row) -> None:  # in a worker thread
         try:
-            with self._get_pool().connection() as connection, connection.cursor() as cursor:
-                values = list(row.message)
-                values[MESSAGE_COLUMNS.index("received")] = datetime.fromisoformat(
-                    values[MESSAGE_COLUMNS.index("received")])
-                cursor.execute(_INSERT_MESSAGE, values)
-                found = cursor.fetchone()
-                assert found is not None
-                message_id = found[0]
-                cursor.executemany(_INSERT_RECIPIENT,
-                                   [(message_id, *r) for r in row.recipients])
-                if row.listings:
-                    cursor.executemany(_INSERT_LISTING,
-                                       [(message_id, *x) for x in row.listings])
-            # (the pool's context manager commits on the way out)
+            with self._get_pool().connection() as connection:
+                connection.execute(INSERT, insert_parameters(row))
         except psycopg_pool.PoolTimeout:
             raise unavailable(f"no PostgreSQL connection within {self.timeout:g} s") from None
         except psycopg.Error as exc:
