@@ -1,6 +1,6 @@
 """The PostgreSQL store against a real server (tests/pgcluster.py, one per session; a
-database per test): rows and bodies, two sinkholes writing one database at once, and the
-database going away and coming back under load. (The SIGKILL check is in
+database per test): rows and bodies, sinkholes and --workers writing one database at
+once, and the database going away and coming back under load. (The SIGKILL check is in
 test_sinkhole_durability.py, for every store.)"""
 
 from __future__ import annotations
@@ -113,26 +113,31 @@ def stored_ids(url: str) -> list[str]:
             for (body,) in query(url, "SELECT body FROM messages")]
 
 
-def test_two_sinkholes_write_one_database_at_once(sinkhole_factory: Factory,
-                                                  postgres_url: str) -> None:
-    # Started together on an empty database: both try to migrate it at the same moment.
-    started: list[Sinkhole] = []
-    starters = [threading.Thread(target=lambda: started.append(
-        sinkhole_factory("--store", postgres_url))) for _ in range(2)]
+def test_sinkholes_and_workers_write_one_database_at_once(sinkhole_factory: Factory,
+                                                         postgres_url: str) -> None:
+    # Started together on an empty database, a sinkhole and one with two workers (its
+    # supervisor checks the schema too): they all migrate it at the same moment.
+    started: dict[str, Sinkhole] = {}
+    starters = [threading.Thread(target=lambda k=k, a=a: started.__setitem__(
+        k, sinkhole_factory("--store", postgres_url, *a)))
+        for k, a in (("single", ()), ("workers", ("--workers", "2")))]
     for thread in starters:
         thread.start()
     for thread in starters:
         thread.join(60)
-    assert len(started) == 2
-    load = Load([s.port for s in started])
+    single, workers = started["single"], started["workers"]
+    workers.wait_for("listening", 3)  # the supervisor's line, then one per worker
+    worker_pids = {str(e["pid"]) for e in workers.events("listening")[1:]}
+    load = Load([single.port, workers.port])
     for thread in load.run(threads_per_port=3, limit=15):
         thread.join(120)
     assert load.refused == [] and len(load.acknowledged) == 90
     ids = stored_ids(postgres_url)
     assert sorted(ids) == sorted(load.acknowledged)  # each once, none lost
-    assert {pid for (pid,) in query(postgres_url, "SELECT DISTINCT (regexp_match(name, "
-                                                  "'P([0-9]+)Q'))[1] FROM messages")} == {
-        str(s.process.pid) for s in started}
+    writers = {pid for (pid,) in query(postgres_url, "SELECT DISTINCT (regexp_match(name, "
+                                                     "'P([0-9]+)Q'))[1] FROM messages")}
+    assert str(single.process.pid) in writers and writers & worker_pids
+    assert writers <= worker_pids | {str(single.process.pid)}
     assert query(postgres_url, "SELECT version FROM schema_migrations") == [(1,)]
 
 
