@@ -6,6 +6,7 @@ test_sinkhole_durability.py, for every store.)"""
 from __future__ import annotations
 
 import json
+import signal
 import smtplib
 import subprocess
 import sys
@@ -126,11 +127,15 @@ def test_sinkholes_and_workers_write_one_database_at_once(sinkhole_factory: Fact
     for thread in starters:
         thread.join(60)
     single, workers = started["single"], started["workers"]
-    workers.wait_for("listening", 3)  # the supervisor's line, then one per worker
-    worker_pids = {str(e["pid"]) for e in workers.events("listening")[1:]}
-    load = Load([single.port, workers.port])
-    for thread in load.run(threads_per_port=3, limit=15):
-        thread.join(120)
+    try:
+        workers.wait_for("listening", 3)  # the supervisor's line, then one per worker
+        worker_pids = {str(e["pid"]) for e in workers.events("listening")[1:]}
+        load = Load([single.port, workers.port])
+        for thread in load.run(threads_per_port=3, limit=15):
+            thread.join(120)
+    finally:
+        # SIGTERM: the supervisor stops its workers too (SIGKILL would orphan them).
+        assert workers.stop(signal.SIGTERM) == 0
     assert load.refused == [] and len(load.acknowledged) == 90
     ids = stored_ids(postgres_url)
     assert sorted(ids) == sorted(load.acknowledged)  # each once, none lost
