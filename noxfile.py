@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 
 import nox
@@ -44,14 +45,20 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """trio_smtpd against aiosmtpd and Postfix's smtp-sink, loaded by smtp-source."""
+    """trio_smtpd (and its stores) against aiosmtpd, Postfix's smtp-sink and Postfix,
+    loaded by smtp-source."""
     if not os.path.exists("/usr/sbin/smtp-source"):
         # Debian's postfix, without a mail configuration so that it starts no server.
         session.run("sh", "-c", "echo 'postfix postfix/main_mailer_type select No "
                     "configuration' | debconf-set-selections && apt-get update -qq && "
                     "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
                     "--no-install-recommends postfix", external=True)
-    session.install("-e", ".", "aiosmtpd==1.4.6")
+    if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        # The PostgreSQL store's row starts a private server (benchmarks/pgserver.py).
+        session.run("sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
+                    "apt-get install -y -qq --no-install-recommends postgresql",
+                    external=True)
+    session.install("-e", ".[postgresql]", "aiosmtpd==1.4.6")
     session.run("python", "benchmarks/engine.py")
     session.run("python", "benchmarks/bench.py", *session.posargs)
     session.run("python", "benchmarks/idle.py", env={"PYTHONPATH": "benchmarks"})

@@ -13,6 +13,7 @@ ratios against aiosmtpd and smtp-sink. Results are printed as a table and writte
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import baseline
+import pgserver
 import postfix
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
@@ -96,8 +98,15 @@ class ServerSpec:
                     *lmtp_flag, "--transactions"]
         if self.name == "trio_smtpd --discard":
             return [*trio, "--discard", *lmtp_flag]
-        if self.name == "trio_smtpd maildir":
-            return [*trio, "--maildir", str(workdir / "maildir"), *lmtp_flag]
+        if self.name == "trio_smtpd maildir":  # files and sidecars only
+            return [*trio, "--maildir", str(workdir / "maildir"), "--store", "maildir",
+                    *lmtp_flag]
+        if self.name == "trio_smtpd maildir+sqlite":  # the default store
+            return [*trio, "--maildir", str(workdir / "maildir"), "--store", "sqlite",
+                    *lmtp_flag]
+        if self.name == "trio_smtpd postgresql":  # a fresh database for every run
+            return [*trio, "--maildir", str(workdir / "maildir"), "--store",
+                    pgserver.database(), *lmtp_flag]
         if self.name == "trio_smtpd --discard --workers 2":
             # smtp-source sends from one address, which the default routing (every
             # address to one worker) would give to one worker: spread connections.
@@ -117,6 +126,10 @@ SERVERS = [
     ServerSpec("trio_smtpd transactions()", True),
     ServerSpec("trio_smtpd --discard", True),
     ServerSpec("trio_smtpd maildir", True),
+    # The stores (issue 21): the Maildir with its SQLite index, and PostgreSQL (whose
+    # server's CPU is counted in the row: it does the work the fsyncs do for a Maildir).
+    ServerSpec("trio_smtpd maildir+sqlite", True),
+    ServerSpec("trio_smtpd postgresql", True),
     ServerSpec("trio_smtpd --discard --workers 2", True),
     ServerSpec("aiosmtpd", False),
     ServerSpec("smtp-sink", True),
@@ -214,6 +227,7 @@ class Running:
     def __init__(self, spec: ServerSpec, lmtp: bool, workdir: Path) -> None:
         self.port = free_port()
         self.postfix: postfix.PostfixInstance | None = None
+        self.uses_postgresql = spec.name == "trio_smtpd postgresql"
         if spec.name.startswith("postfix"):
             self.postfix = postfix.PostfixInstance(workdir, self.port,
                                                    held="held" in spec.name)
@@ -229,8 +243,10 @@ class Running:
 
     @property
     def pids(self) -> list[int]:
-        """The server's processes now (Postfix starts and ends some as it goes)."""
-        return process_tree(self.root)
+        """The server's processes now (Postfix starts and ends some as it goes), and
+        PostgreSQL's for the row that stores there."""
+        extra = pgserver.pids() if self.uses_postgresql else []
+        return process_tree(self.root) + extra
 
     def stop(self) -> None:
         if self.postfix is not None:
@@ -256,6 +272,8 @@ def applies(spec: ServerSpec, workload: Workload) -> bool:
     if workload.lmtp and not spec.lmtp_capable:
         return False
     if spec.name.startswith("postfix") and not postfix.available():
+        return False
+    if spec.name == "trio_smtpd postgresql" and not pgserver.available():
         return False
     return not workload.servers or spec.name.split(" @")[0] in workload.servers
 
@@ -336,6 +354,7 @@ def main() -> None:
         servers += [ServerSpec(f"{name} @{args.baseline}", True, tree)
                     for name in ("trio_smtpd library", "trio_smtpd transactions()")]
     results = []
+    atexit.register(pgserver.remove)
     for workload in workloads(args.quick):
         if workload.name not in args.workloads:
             continue

@@ -24,6 +24,7 @@ import pytest
 import trustme
 
 from tests.dnsserver import SilentServer, Unbound, start_unbound
+from tests.pgcluster import Cluster, find_bindir
 from tests.processes import (
     kill_all,
     listening_sockets,
@@ -48,7 +49,10 @@ def _nothing_left_running() -> Iterator[None]:
     behind.
 
     Autouse, so it is set up before and torn down after every other fixture of the test:
-    what those fixtures stop in their teardown does not count as left behind.
+    what those fixtures stop in their teardown does not count as left behind. Session
+    fixtures (unbound, the PostgreSQL server) are set up before it, so their processes
+    are there before and after; what such a server starts during a test (PostgreSQL's
+    backend for each connection) is counted like anything else.
     """
     before = set(processes_with(RUN_VARIABLE, RUN_ID))
     own_before = socket_inodes(os.getpid())
@@ -139,7 +143,8 @@ def cert_files(server_cert: trustme.LeafCert, ca: trustme.CA,
 #: Fixtures that run an external program for the tests that use them (set up once, so
 #: _interop_is_marked sees the program only in the first such test): those tests are
 #: interop tests too.
-PROGRAM_FIXTURES = frozenset({"dns_server", "auth_dns"})
+PROGRAM_FIXTURES = frozenset({"dns_server", "auth_dns", "postgres_cluster",
+                              "own_postgres_cluster"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -206,6 +211,57 @@ def dns_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unbound]:
     server = start_unbound(require_program("unbound"), tmp_path_factory.mktemp("unbound"))
     yield server
     server.stop()
+
+
+def _postgres_bindir() -> Path:
+    """Where PostgreSQL's initdb and pg_ctl are (the test is skipped, or fails in CI,
+    if they are not installed)."""
+    _programs_used.extend(["initdb", "pg_ctl"])
+    bindir = find_bindir()
+    if bindir is None:
+        _missing("PostgreSQL's initdb and pg_ctl are not installed (Debian package "
+                 "postgresql; .ci/run installs it)")
+    assert bindir is not None
+    return bindir
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """A real PostgreSQL server of our own (initdb, pg_ctl) on a private loopback port and
+    socket directory, for the whole session: each test takes a database of its own.
+
+    Session-scoped fixtures are set up before _nothing_left_running looks, so the server's
+    own processes are there before every test and are not counted as left behind; the
+    backend each connection starts is, and must be gone by the end of the test (the
+    sinkholes that held connections have stopped by then). Autovacuum is off, so that
+    the server starts no process of its own accord during a test. A test that stops or
+    restarts a server takes one of its own (own_postgres_cluster).
+    """
+    cluster = Cluster(_postgres_bindir(), autovacuum=False)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def own_postgres_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL server for this test alone, stopped (and removed) when it ends: for
+    tests that stop and start their server."""
+    cluster = Cluster(_postgres_bindir(), autovacuum=False)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Cluster, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database in the session's PostgreSQL server."""
+    name = f"t{time.monotonic_ns()}_{request.node.name[:40]}".lower()
+    return postgres_cluster.create_database("".join(c if c.isalnum() else "_" for c in name))
 
 
 @pytest.fixture

@@ -49,6 +49,7 @@ def test_a_good_configuration_is_described_without_binding_anything(
     assert ["tls-listen", "[::1]:4650"] in lines
     assert ["metrics", "http://127.0.0.1:9125/metrics", "and", "/healthz"] in lines
     assert ["maildir", str(tmp_path / "mail"), "(will", "be", "created)"] in lines
+    assert ["store", "sqlite", "(index", f"{tmp_path / 'mail' / 'index.sqlite3'})"] in lines
     assert ["hostname", "mx.test", "(SMTP,", "STARTTLS,", "AUTH)"] in lines
     assert ["workers", "2"] in lines
     assert ["rules", f"{rules},", str(rules)] in lines

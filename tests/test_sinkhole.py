@@ -319,10 +319,11 @@ def test_storage_failure_gives_451_and_server_keeps_running(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs, so that the disk really fills up (ENOSPC)."""
+    """A 1 MiB tmpfs, so that the disk really fills up (ENOSPC); room, once emptied, for
+    a message and the SQLite index with its write-ahead log."""
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs",
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
                              str(mount_point)], capture_output=True, text=True)
     if result.returncode != 0:
         message = f"cannot mount a tmpfs here ({result.stderr.strip()}); CI runs as root"

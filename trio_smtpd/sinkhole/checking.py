@@ -2,10 +2,10 @@
 
 It does what starting would do up to binding: the options, the TLS certificates and
 keys (loaded), the auth file (parsed), the rules file (parsed, and checked against
---no-dns and --verify), --user and --group, the metrics address; it resolves each listen
-address (without binding) and looks at the Maildir. Each problem is one line on
-standard error and the exit status is 2; otherwise the plan is printed on standard
-output and the status is 0.
+--no-dns and --verify), --user and --group, the metrics address, --store (its database
+is not opened); it resolves each listen address (without binding) and looks at the
+Maildir. Each problem is one line on standard error and the exit status is 2; otherwise
+the plan is printed on standard output and the status is 0.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from .configure import (
     load_rules_option,
     parse_address,
     planned_listeners,
+    store_spec,
     verify_settings,
 )
 from .privileges import Identity, check_not_root, resolve, summary
+from .stores import INDEX_NAME
 
 __all__ = ["check"]
 
@@ -53,6 +55,8 @@ def check(args: argparse.Namespace) -> int:
                     f"{', STARTTLS' if config.tls else ''}"
                     f"{', AUTH' if config.authenticator else ''})")
         plan.append(f"maildir       {_maildir_state(maildir)}")
+        if maildir is not None:
+            plan.append(f"store         {_store_state(args, maildir)}")
         if args.rules:
             plan.append(f"rules         {', '.join(args.rules)}")
 
@@ -123,6 +127,15 @@ def _maildir_state(maildir: Maildir | None) -> str:
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise ConfigError(f"maildir {path}: cannot be created in {parent}")
     return f"{path} (will be created)"
+
+
+def _store_state(args: argparse.Namespace, maildir: Maildir) -> str:
+    spec = store_spec(args, maildir)
+    if spec == "sqlite":
+        return f"sqlite (index {maildir.path.absolute() / INDEX_NAME})"
+    if spec == "maildir":
+        return "maildir (files and sidecars, no index)"
+    return "postgresql (the database is not contacted by --check)"
 
 
 def _existing_parent(path: Path) -> Path:

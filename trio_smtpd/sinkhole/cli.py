@@ -1,4 +1,5 @@
-"""``trio-smtpd``: the sinkhole SMTP/LMTP server (and ``trio-smtpd hash-password``).
+"""``trio-smtpd``: the sinkhole SMTP/LMTP server (and ``trio-smtpd hash-password``,
+``trio-smtpd report``).
 
 Configuration errors are one line on stderr and exit status 2. SIGTERM or SIGINT shuts
 down gracefully (in-flight transactions get the grace period); a second one exits at once.
@@ -25,6 +26,7 @@ from .configure import (
     build_config,
     load_rules_option,
     make_resolver,
+    make_store,
     reload_rules,
     verify_settings,
 )
@@ -38,8 +40,10 @@ from .passwords import hash_password
 from .printing import Printer
 from .privileges import become
 from .privileges import resolve as resolve_user
+from .report import report_command
 from .service import Operations, Supervision, metrics_socket
 from .sockets import REUSEPORT, BoundSocket, from_environment
+from .stores import Store
 from .systemd import listen_fds
 from .tlsfallback import TLSFallback, parse_fallback
 from .trapoptions import handler_settings, reload_conncfg
@@ -87,10 +91,10 @@ def _listeners(args: argparse.Namespace, sockets: list[BoundSocket]) -> tuple[
 
 async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
               sockets: list[BoundSocket], worker: Worker | None = None,
-              ops: Operations | None = None) -> int:
+              ops: Operations | None = None, store: Store | None = None) -> int:
     ops = ops or Operations(None)
     listeners, tls_listeners = _listeners(args, sockets)
-    handler = _handler(args, config, maildir)
+    handler = _handler(args, config, maildir, store)
     config = ops.configure(config, handler, maildir)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         unblock_signals()  # what came since main() started is delivered now
@@ -101,7 +105,7 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
             nursery.start_soon(ops.run, server)
             log_event("listening", addresses=[item.address for item in sockets],
                       lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path),
-                      pid=os.getpid())
+                      pid=os.getpid(), store=None if store is None else store.description)
             stopper = _Stopper(server, nursery, ops)
             nursery.start_soon(give_back_memory, server)
             if worker is not None and worker.liveness is not None:
@@ -114,11 +118,13 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
                     ops.notifier.ready("rules reloaded")
                 else:
                     stopper.signalled(signum)
+    if store is not None:
+        await store.aclose()
     return 0
 
 
-def _handler(args: argparse.Namespace, config: Config, maildir: Maildir | None
-             ) -> SinkholeHandler:
+def _handler(args: argparse.Namespace, config: Config, maildir: Maildir | None,
+             store: Store | None = None) -> SinkholeHandler:
     fallback = None
     if args.tls_fallback:
         fallback = TLSFallback(*parse_fallback(args.tls_fallback))
@@ -133,7 +139,7 @@ def _handler(args: argparse.Namespace, config: Config, maildir: Maildir | None
                                                    verify=verify),
                            resolver=make_resolver(args), verify=verify,
                            printer=Printer(args.print_style) if args.print_style else None,
-                           **trap)
+                           store=store, **trap)
 
 
 class _Stopper:
@@ -178,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hash-password"]:
         return hash_password_command(argv[1:])
+    if argv[:1] == ["report"]:
+        return report_command(argv[1:])
     block_signals()  # until their handlers are set: a SIGHUP now must not kill us
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format)
@@ -213,6 +221,9 @@ def _start(args: argparse.Namespace, argv: list[str], worker: Worker | None) -> 
                   bind_listeners(args, workers=args.workers, shared=shared))
         endpoint = metrics_socket(args.metrics_listen, passed)
         become(identity, maildir)  # every socket is bound: give up root now
+        store = make_store(args, maildir)  # a store that cannot be used: exit 2, now
+        if store is not None:
+            trio.run(store.aclose)  # (each worker opens its own)
         log_event("listening", addresses=[item.address for item in groups[0]],
                   workers=args.workers, pid=os.getpid())
         return supervise(args.workers, argv, groups,
@@ -221,7 +232,9 @@ def _start(args: argparse.Namespace, argv: list[str], worker: Worker | None) -> 
         passed.listeners if passed else bind_listeners(args)[0])
     endpoint = metrics_socket(args.metrics_listen, passed)
     become(identity, maildir)
-    return trio.run(run, args, config, maildir, sockets, worker, Operations(endpoint))
+    # As the user who will write to it (--user), and before anything is served.
+    store = make_store(args, maildir)
+    return trio.run(run, args, config, maildir, sockets, worker, Operations(endpoint), store)
 
 
 if __name__ == "__main__":

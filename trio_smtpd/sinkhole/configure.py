@@ -30,12 +30,16 @@ from .options import (
 from .passwords import AuthFileError, load_auth_file
 from .rules import RulesError, RuleSet, load_rules
 from .sockets import BoundSocket, Kind, bind, bind_group
+from .stores import Store, is_postgresql, open_store
+from .stores.postgresql import available as postgresql_available
+from .stores.schema import SchemaError
 from .tlsfallback import parse_fallback
 from .trapoptions import check_trap_options, lenient_protocol
 from .verifying import VerifySettings
 
 __all__ = ["ConfigError", "bind_listeners", "build_config", "load_rules_option",
-           "make_resolver", "planned_listeners", "reload_rules", "verify_settings"]
+           "make_resolver", "make_store", "planned_listeners", "reload_rules",
+           "store_spec", "verify_settings"]
 
 
 class ConfigError(Exception):
@@ -101,7 +105,9 @@ def build_config(args: argparse.Namespace, *, share: int = 1, create_maildir: bo
         check_trap_options(args)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return config, _maildir(args, create_maildir)
+    maildir = _maildir(args, create_maildir)
+    store_spec(args, maildir)
+    return config, maildir
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -334,3 +340,45 @@ def reload_rules(path: list[str] | None, handler: SinkholeHandler, *, dns: bool)
         return
     handler.rules = rules
     log_event("rules-reload", outcome="loaded", rules=len(rules))
+
+
+def store_spec(args: argparse.Namespace, maildir: Maildir | None) -> str | None:
+    """--store and its settings, checked without opening anything (so by --check too):
+    the store to open, or None when nothing is stored."""
+    if not (math.isfinite(args.store_timeout) and 0 < args.store_timeout <= 600):
+        raise ConfigError("--store-timeout must be more than 0 and at most 600 seconds")
+    if args.store_body_limit < 0 or args.store_connections < 1:
+        raise ConfigError("--store-body-limit must be at least 0, --store-connections 1")
+    if maildir is None:
+        if args.store is not None:
+            raise ConfigError("--store needs somewhere to store: not with --discard, "
+                              "and with --print only alongside --maildir")
+        return None
+    spec: str = args.store or "sqlite"
+    if spec in ("sqlite", "maildir"):
+        return spec
+    if not is_postgresql(spec):
+        raise ConfigError(f"--store {spec!r}: expected sqlite, maildir or "
+                          "postgresql://...")
+    if args.save_hash is not None:
+        # A hash names a file in one Maildir; a fleet's database names messages for all.
+        raise ConfigError("--save-hash is for --store sqlite or maildir, not PostgreSQL")
+    if not postgresql_available():
+        raise ConfigError("--store postgresql needs psycopg: pip install "
+                          "'trio-smtpd[postgresql]'")
+    return spec
+
+
+def make_store(args: argparse.Namespace, maildir: Maildir | None) -> Store | None:
+    """The store --store names, open, its schema up to date (None: nothing is stored).
+
+    Opened once root is given up (``--user``): the SQLite index is created by the user
+    who writes to it."""
+    spec = store_spec(args, maildir)
+    if spec is None or maildir is None:
+        return None
+    try:
+        return open_store(spec, maildir, body_limit=args.store_body_limit,
+                          timeout=args.store_timeout, connections=args.store_connections)
+    except (OSError, ValueError, SchemaError) as exc:
+        raise ConfigError(f"cannot use the store: {exc}") from None

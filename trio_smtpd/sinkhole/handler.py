@@ -30,6 +30,7 @@ from .lookups import ClientLookups
 from .printing import Printer
 from .records import log_connect, log_listing, log_transaction, peer_text
 from .rules import Facts, Pending, Phase, RuleSet, Verdict
+from .stores import Store
 from .storing import Incoming, MessageStore
 from .tlsfallback import TLSFallback
 from .tracking import SessionTrack
@@ -73,10 +74,13 @@ class SinkholeHandler:
     conncfg: ConnConfig | None = None
     #: --save-hash: msg, full or all.
     save_hash: str | None = None
+    #: --store: where messages and their records go (None: the Maildir and its sidecars,
+    #: without an index).
+    store: Store | None = None
 
     def __post_init__(self) -> None:
         self._store = MessageStore(self.maildir, self.hostname, self.save_then_reject,
-                                   self.printer, self.save_hash)
+                                   self.printer, self.save_hash, store=self.store)
 
     async def __call__(self, session: Session) -> None:
         client = session.info.peer[0] if session.info.peer else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
+from ..maildir import MaildirWriter
 from .trapoptions import add_trap_options
 
 __all__ = ["DEFAULT_DNS_TIMEOUT", "DEFAULT_VERIFY_TIMEOUT", "MAX_DNS_TIMEOUT",
@@ -14,6 +15,10 @@ DEFAULT_DNS_TIMEOUT = 5.0
 DEFAULT_VERIFY_TIMEOUT = 10.0
 MAX_VERIFY_TIMEOUT = 60.0
 MAX_DNS_TIMEOUT = 60.0  # well below the library's decision timeout (300 s)
+#: PostgreSQL's in-row bodies are held in memory while they arrive: as much as the
+#: Maildir's write buffer, so a connection costs the same whatever the store.
+DEFAULT_BODY_LIMIT = MaildirWriter.BUFFER
+DEFAULT_STORE_TIMEOUT = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,12 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "durably in a Maildir (250 means it is on disk, fsynced). "
                     "'trio-smtpd hash-password' makes password hashes for --auth-file.",
     )
-    for add_group in (_listening, _tls, _limits, _policy, _dns, _verify, _operations,
-                      _output):
+    for add_group in (_listening, _tls, _limits, _policy, _dns, _verify, _store,
+                      _operations, _output):
         add_group(parser)
     add_trap_options(parser)
     return parser
-
 
 
 def _listening(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +159,23 @@ def _verify(parser: argparse.ArgumentParser) -> None:
     add("--verify-timeout", type=float, default=None, metavar="SECONDS",
         help="how long each check may take before it is temperror "
              f"(default {DEFAULT_VERIFY_TIMEOUT:g}, at most {MAX_VERIFY_TIMEOUT:g})")
+
+
+def _store(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument_group("where messages and their records go").add_argument
+    add("--store", default=None, metavar="STORE",
+        help="sqlite (the default: the Maildir, and a row per message in "
+             "MAILDIR/index.sqlite3), maildir (files and sidecars only), or "
+             "postgresql://USER@HOST/DB (one database for a fleet, not with --save-hash; "
+             "see docs/sinkhole.md)")
+    add("--store-body-limit", type=int, default=DEFAULT_BODY_LIMIT, metavar="BYTES",
+        help="PostgreSQL: messages up to this size are kept in the database, larger ones "
+             f"in the Maildir, named by their row (default {DEFAULT_BODY_LIMIT}; 0: none)")
+    add("--store-timeout", type=float, default=DEFAULT_STORE_TIMEOUT, metavar="SECONDS",
+        help="PostgreSQL: the longest wait for a connection or a statement before the "
+             f"client gets 451 (default {DEFAULT_STORE_TIMEOUT:g})")
+    add("--store-connections", type=int, default=4, metavar="N",
+        help="PostgreSQL: connections per process (default 4)")
 
 
 def _operations(parser: argparse.ArgumentParser) -> None:

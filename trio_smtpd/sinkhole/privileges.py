@@ -22,11 +22,13 @@ from pathlib import Path
 from ..maildir import Maildir
 from .configure import ConfigError
 from .logs import log_event
+from .stores.sqlite import INDEX_NAME
 
 __all__ = ["Identity", "become", "check_not_root", "drop", "give_maildir", "resolve",
            "summary"]
 
 _MAILDIR_DIRECTORIES = ("", "tmp", "new", "cur", "meta")
+_INDEX_SUFFIXES = ("", "-wal", "-shm")  # the database and its write-ahead log
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,16 @@ def become(identity: Identity | None, maildir: Maildir | None) -> None:
 
 
 def give_maildir(identity: Identity, path: Path) -> None:
-    """Make the Maildir's directories the user's (its messages are then created so)."""
+    """Make the Maildir's directories the user's (its messages are then created so),
+    and the SQLite index beside them if an earlier run as root left one."""
     for sub in _MAILDIR_DIRECTORIES:
         directory = path / sub
         if directory.is_dir():
             os.chown(directory, identity.uid, identity.gid)
+    for suffix in _INDEX_SUFFIXES:
+        index = path / f"{INDEX_NAME}{suffix}"
+        if index.is_file():
+            os.chown(index, identity.uid, identity.gid)
 
 
 def drop(identity: Identity) -> None:

@@ -17,8 +17,8 @@ from .logs import log_event
 from .lookups import ClientLookups
 from .safety import json_safe
 
-__all__ = ["log_aborted", "log_connect", "log_listing", "log_transaction", "metadata_writer",
-           "peer_text"]
+__all__ = ["log_aborted", "log_connect", "log_listing", "log_transaction", "message_record",
+           "metadata_writer", "peer_text", "sidecar_writer"]
 
 log = logging.getLogger("trio_smtpd.sinkhole")
 
@@ -32,8 +32,17 @@ def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
     Written after the message is durable and without an fsync of its own: losing a
     sidecar in a crash loses no mail. A failure is logged, not answered.
     """
+    return sidecar_writer(maildir, message_record(name, tx, sha256, rule, dns, auth, extra))
+
+
+def message_record(name: str, tx: Transaction, sha256: str, rule: str | None,
+                   dns: dict[str, Any] | None,
+                   auth: dict[str, Any] | None = None,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What is recorded about a stored message: the sidecar's JSON, and what the stores
+    (``stores/``) index. ``extra``: more fields (``body_sha256``, ``savedir``)."""
     session = tx.info
-    record = {
+    return {
         "file": name, "session": session.id, "peer": peer_text(session.peer),
         "helo": session.helo, "auth": session.authenticated_as,
         "tls": None if session.tls is None else {
@@ -47,6 +56,11 @@ def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
         "authentication_results": auth,
         **(extra or {}),
     }
+
+
+def sidecar_writer(maildir: Maildir, record: dict[str, Any]) -> Callable[[], None]:
+    """Writes ``record`` as the sidecar of its message (a callable for a worker thread)."""
+    name, session_id = record["file"], record["session"]
     path = maildir.path / "meta" / f"{name}.json"
 
     def write() -> None:  # in a worker thread
@@ -56,7 +70,7 @@ def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
             temporary.write_text(json_safe(json.dumps(record, ensure_ascii=False)) + "\n")
             temporary.rename(path)
         except OSError as exc:
-            log.error("session %s: writing metadata for %s failed: %s", session.id, name,
+            log.error("session %s: writing metadata for %s failed: %s", session_id, name,
                       exc)
 
     return write

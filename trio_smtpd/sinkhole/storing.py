@@ -1,13 +1,15 @@
-"""Storing a message: its body streamed into a Maildir file behind the trace headers,
-then committed (fsynced into ``new/``) or dropped, and the answer and log line for it.
+"""Storing a message: its body streamed into the store (a Maildir file, or a row)
+behind the trace headers, then committed or dropped, and the answer and log line for it.
 
-250 is answered only after the file is fsynced into ``new/``. A write error answers 452
-(disk full) or 451 and is logged; the server keeps running. With ``--discard`` nothing is
-stored: the body is only counted. When messages are verified (``verifying.py``), the
-chunks pass through the checks on their way to the file, and the trace headers, with
-the results, are put in front once they are known. A rule's ``savedir`` stores the
-session's messages in another Maildir; ``--save-hash`` names files by their hash
-(:mod:`.hashstore`).
+250 is answered only once the store has the message durably: its file fsynced into
+``new/`` (and its index row committed), or its row committed in PostgreSQL
+(:mod:`.stores`). A write error answers 452 (disk full) or 451 and is logged; a store
+that cannot take the message now answers 451; the server keeps running. With
+``--discard`` nothing is stored: the body is only counted. When messages are verified
+(``verifying.py``), the chunks pass through the checks on their way to the store, and
+the trace headers, with the results, are put in front once they are known. A rule's
+``savedir`` stores the session's messages in another Maildir; ``--save-hash`` names
+files by their hash (:mod:`.hashstore`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import logging
 from dataclasses import dataclass, field
 
 from .. import Message, Session, Transaction
-from ..maildir import Maildir, MaildirWriter
-from .hashstore import MessageDigest, name_by_hash, open_writer
+from ..maildir import Maildir
+from .hashstore import MessageDigest, name_by_hash
 from .lookups import ClientLookups
 from .printing import Printer
-from .records import log_aborted, log_transaction, metadata_writer
+from .records import log_aborted, log_transaction, message_record
 from .rules import Verdict
+from .stores import MaildirStore, MessageWriter, Store, StoreError
 from .trace import trace_headers
 from .verifying import MessageChecks
 from .watch import message_size
@@ -36,13 +39,15 @@ log = logging.getLogger("trio_smtpd.sinkhole")
 class Incoming:
     """A message being received: where it goes, and what went wrong so far."""
 
-    writer: MaildirWriter | None = None
+    writer: MessageWriter | None = None
     error: OSError | None = None
     digest: MessageDigest | None = field(default=None, repr=False)
     #: Its authentication checks, if messages are verified.
     checks: MessageChecks | None = None
     #: The host name of the session's settings (``--conncfg``), for the trace headers.
     hostname: str | None = None
+    #: The rule's savedir it goes to, if any (its record says so).
+    savedir: Maildir | None = None
 
     async def write(self, data: bytes) -> None:
         """Write on, unless an earlier write failed (the body is still read to its end)."""
@@ -61,7 +66,7 @@ class Incoming:
 
 @dataclass
 class MessageStore:
-    """Where accepted messages go: a Maildir, or nowhere (``--discard``)."""
+    """Where accepted messages go: a store (``--store``), or nowhere (``--discard``)."""
 
     maildir: Maildir | None
     hostname: str
@@ -72,14 +77,23 @@ class MessageStore:
     printer: Printer | None = None
     #: --save-hash: msg, full or all (None: Maildir's unique names).
     save_hash: str | None = None
+    #: --store: where messages and their records go (None: the Maildir and its
+    #: sidecars, without an index).
+    store: Store | None = None
+
+    def __post_init__(self) -> None:
+        if self.store is None and self.maildir is not None:
+            self.store = MaildirStore(self.maildir)
 
     async def receive(self, session: Session, tx: Transaction, lookups: ClientLookups,
                       checks: MessageChecks | None = None,
-                      maildir: Maildir | None = None) -> Incoming:
-        """Stream the body in (into ``maildir``, a rule's savedir, if given); keep
-        reading even after a write error."""
-        maildir = maildir or self.maildir
-        if maildir is None:
+                      savedir: Maildir | None = None) -> Incoming:
+        """Stream the body in (into ``savedir``, a rule's, if given); keep reading even
+        after a write error."""
+        store = self.store
+        if store is None and savedir is not None:  # (--discard, but the rule saves)
+            store = MaildirStore(savedir)
+        if store is None:
             async for chunk in session.body():  # (the transaction counts the size)
                 if self.printer is not None:
                     self.printer.keep(tx, chunk)
@@ -88,9 +102,9 @@ class MessageStore:
             if tx.aborted:
                 log_aborted(tx, message_size(session, tx))
             return Incoming(checks=checks)
-        writer = open_writer(maildir, self.save_hash)
+        writer = store.open(savedir, self.save_hash)
         hostname = session.config.hostname
-        incoming = Incoming(writer, None, MessageDigest(), checks, hostname)
+        incoming = Incoming(writer, None, MessageDigest(), checks, hostname, savedir)
         if checks is None:
             # Looked up since connect: by now this rarely waits.
             client_name = await lookups.confirmed_name()
@@ -133,28 +147,31 @@ class MessageStore:
 
     async def _commit(self, tx: Transaction, incoming: Incoming, verdict: Verdict | None,
                       lookups: ClientLookups) -> str | None:
-        """fsync the message into ``new/`` (and its sidecar after it); its file name."""
+        """Store the message and its record durably (``stores/``); its name."""
         writer = incoming.writer
         if incoming.error is not None or writer is None:
             return None
         assert incoming.digest is not None
-        # The sidecar records every DNS fact: one still being looked up (started at MAIL,
+        # The record has every DNS fact: one still being looked up (started at MAIL,
         # say, by a fast client's pipelined command) is worth its short wait.
         await lookups.settle()
-        name_by_hash(writer, tx, incoming.digest, lookups.summary())
-        # Written in the commit's worker thread, after the message is durable: one trip
-        # to a thread per message.
+        if writer.file is not None:
+            name_by_hash(writer.file, tx, incoming.digest, lookups.summary())
         checks = incoming.checks
-        metadata = metadata_writer(writer.maildir, writer.name, tx, incoming.digest.hexdigest(),
-                                   verdict.rule if verdict is not None else None,
-                                   lookups.summary(), checks.summary() if checks else None,
-                                   {"body_sha256": incoming.digest.body_hexdigest()})
+        extra = {"body_sha256": incoming.digest.body_hexdigest()}
+        if incoming.savedir is not None:
+            extra["savedir"] = str(incoming.savedir.path)
+        record = message_record(writer.name, tx, incoming.digest.hexdigest(),
+                                verdict.rule if verdict is not None else None,
+                                lookups.summary(), checks.summary() if checks else None,
+                                extra)
         try:
             if checks is not None:  # the trace headers, now that the results are known
                 await writer.prepend(trace_headers(
                     tx, incoming.hostname or self.hostname, await lookups.confirmed_name(),
                     authentication_results=checks.header(), file_id=writer.name))
-            return await writer.commit(then=metadata)
+            # Stored with its record, durably, in one commit of the store's.
+            return await writer.commit(record)
         except OSError as exc:
             incoming.error = exc
             return None
@@ -163,6 +180,8 @@ class MessageStore:
 def _answer_write_error(decision: Message, error: OSError) -> None:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         decision.tempfail(452, "Insufficient system storage", "4.3.1")
+    elif isinstance(error, StoreError):  # (a database, or the index, that cannot write)
+        decision.tempfail(451, "Message store unavailable; try again later", "4.3.0")
     else:
         decision.tempfail(451, "Local error in processing", "4.3.0")
     log.error("session %s: storing the message failed: %s",

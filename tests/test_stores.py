@@ -1,0 +1,306 @@
+"""The stores without PostgreSQL: the SQLite index beside the Maildir (the default), its
+schema and migrations, its failures, and ``trio-smtpd report`` over it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import AS_ROOT, Sinkhole
+from tests.dnsserver import Unbound
+from tests.wire import Wire
+from trio_smtpd.maildir import Maildir
+from trio_smtpd.sinkhole.handler import SinkholeHandler
+from trio_smtpd.sinkhole.report import VIEWS, report_command
+from trio_smtpd.sinkhole.stores import MaildirStore, SqliteIndex, open_store
+from trio_smtpd.sinkhole.stores.schema import SchemaError, message_row, migrations
+from trio_smtpd.testing import open_client
+
+BODY = b"Subject: caught\r\n\r\nHello, trap.\r\n"
+
+
+def make_index(tmp_path: Path) -> tuple[Maildir, SqliteIndex]:
+    maildir = Maildir(tmp_path / "mail")
+    maildir.create()
+    index = SqliteIndex(maildir.path / "index.sqlite3")
+    index.create()
+    return maildir, index
+
+
+def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as connection:
+        return connection.execute(sql).fetchall()
+
+
+async def test_a_message_gets_its_file_its_sidecar_and_its_rows(tmp_path: Path) -> None:
+    maildir, index = make_index(tmp_path)
+    handler = SinkholeHandler("mx.test", maildir, store=MaildirStore(maildir, index))
+    async with open_client(handler=handler) as client:
+        replies = await client.send_message("Spam@Example.ORG", ["a@trap.test", "b@trap.test"],
+                                            BODY)
+    assert replies[-1].code == 250
+    [name] = os.listdir(maildir.path / "new")
+    assert name in replies[-1].text
+    sidecar = json.loads((maildir.path / "meta" / f"{name}.json").read_text())
+    [(file, sender, domain, size, sha256, helo, metadata, body)] = rows(
+        index.path, "SELECT file, sender, sender_domain, size, sha256, helo, metadata, body "
+                    "FROM messages")
+    assert (file, sender, domain) == (name, "Spam@Example.ORG", "example.org")
+    assert (size, sha256, helo, body) == (len(BODY), sidecar["sha256"], "client.test", None)
+    assert json.loads(metadata) == sidecar  # the whole record, as the sidecar has it
+    assert rows(index.path, "SELECT position, address, domain FROM recipients") == [
+        (0, "a@trap.test", "trap.test"), (1, "b@trap.test", "trap.test")]
+
+
+async def test_a_message_whose_row_cannot_be_written_is_refused_and_not_kept(
+        tmp_path: Path) -> None:
+    maildir, index = make_index(tmp_path)
+    with sqlite3.connect(index.path) as other:  # the index breaks behind the server's back
+        other.execute("DROP TABLE recipients")
+    handler = SinkholeHandler("mx.test", maildir, store=MaildirStore(maildir, index))
+    async with open_client(handler=handler) as client:
+        replies = await client.send_message("a@example.org", ["b@trap.test"], BODY)
+    assert replies[-1].code == 451
+    assert replies[-1].text.startswith("4.3.0 Message store unavailable")
+    # Never a file in new/ without its row, nor a row without its file.
+    assert os.listdir(maildir.path / "new") == []
+    assert rows(index.path, "SELECT count(*) FROM messages") == [(0,)]
+
+
+def test_concurrent_rows_share_commits_and_none_is_lost(tmp_path: Path) -> None:
+    _, index = make_index(tmp_path)
+    errors: list[BaseException] = []
+
+    def add(number: int) -> None:
+        try:
+            index.add(message_row(record(f"m{number}", recipients=[f"r{number}@trap.test"]),
+                                  host="h", file=f"m{number}", body=None))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert rows(index.path, "SELECT count(*) FROM messages") == [(40,)]
+    assert rows(index.path, "SELECT count(*) FROM recipients r JOIN messages m "
+                            "ON m.id = r.message_id AND r.address = 'r' || substr(m.name, 2) "
+                            "|| '@trap.test'") == [(40,)]
+
+
+def test_migrations_apply_once_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    maildir, index = make_index(tmp_path)
+    index.close()
+    versions = [m.version for m in migrations("sqlite")]
+    assert versions == sorted(set(versions)) and versions[0] == 1
+    assert [m.version for m in migrations("postgresql")] == versions
+    open_store("sqlite", maildir, body_limit=0, timeout=1, connections=1)  # again: no-op
+    assert rows(index.path, "SELECT version FROM schema_migrations") == [(v,) for v in versions]
+    with sqlite3.connect(index.path) as connection:
+        connection.execute("INSERT INTO schema_migrations VALUES (999, 'future', '')")
+    with pytest.raises(SchemaError, match="newer"):
+        open_store("sqlite", maildir, body_limit=0, timeout=1, connections=1)
+
+
+def record(name: str, *, peer: str = "192.0.2.7:1234", helo: str = "bot.example",
+           sender: str = "x@spam.example", recipients: list[str] | None = None,
+           received: str = "2026-11-25T03:41:26+00:00",
+           listings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A record as records.message_record makes it."""
+    return {"file": name, "session": "1.1", "peer": peer, "helo": helo, "auth": None,
+            "tls": None, "sender": sender, "recipients": recipients or ["trap@trap.test"],
+            "size": 10, "sha256": "0" * 64, "rule": None, "received": received,
+            "dns": {"rdns": [], "fcrdns": "nodns", "confirmed": None,
+                    "listings": listings or []},
+            "authentication_results": None}
+
+
+def test_a_row_has_the_client_network_and_the_listings() -> None:
+    listed = [{"list": "zen.example", "kind": "dnsbl", "subject": "2001:db8::7",
+               "codes": ["127.0.0.2", "127.0.0.4"], "reason": "spam source"}]
+    row = message_row(record("n", peer="2001:db8:1:2::7:25", sender="",
+                             listings=listed), host="h", file=None, body=b"x")
+    values = dict(zip(["name", "file", "host", "received", "session", "peer_ip",
+                       "peer_port", "network"], row.message, strict=False))
+    assert values["peer_ip"] == "2001:db8:1:2::7" and values["peer_port"] == 25
+    assert values["network"] == "2001:db8:1::/48"
+    assert row.listings == (("zen.example", "dnsbl", "2001:db8::7", "127.0.0.2,127.0.0.4",
+                             "spam source"),)
+    assert row.message[-1] == b"x" and row.message[14] is None  # sender_domain of <>
+
+
+def fill(tmp_path: Path) -> Path:
+    maildir, index = make_index(tmp_path)
+    listed = [{"list": "zen.example", "kind": "dnsbl", "subject": "192.0.2.7",
+               "codes": ["127.0.0.2"], "reason": ""}]
+    samples = [
+        record("a", peer="192.0.2.7:1", recipients=["trap@trap.test", "x@trap.test"],
+               listings=listed),
+        record("b", peer="192.0.2.9:1", helo="bot.example", listings=listed),
+        record("c", peer="198.51.100.1:1", helo="other.example", sender="",
+               received="2026-11-24T23:59:59+00:00"),
+    ]
+    for sample in samples:
+        index.add(message_row(sample, host="h", file=sample["file"], body=None))
+    index.close()
+    return maildir.path
+
+
+def report(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    status = report_command(list(args))
+    return status, capsys.readouterr().out
+
+
+def test_report_views_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out = report(capsys, "--maildir", str(fill(tmp_path)), "--json")
+    assert status == 0
+    views = json.loads(out)
+    assert list(views) == list(VIEWS)
+    assert [(r["network"], r["messages"], r["clients"]) for r in views["networks"]] == [
+        ("192.0.2.0/24", 2, 2), ("198.51.100.0/24", 1, 1)]
+    assert [(r["helo"], r["messages"]) for r in views["helo"]] == [
+        ("bot.example", 2), ("other.example", 1)]
+    assert [(r["sender_domain"], r["messages"]) for r in views["senders"]] == [
+        ("spam.example", 2), ("", 1)]
+    assert [(r["recipient"], r["messages"]) for r in views["recipients"]] == [
+        ("trap@trap.test", 3), ("x@trap.test", 1)]
+    assert [(r["list"], r["messages"], r["clients"]) for r in views["listings"]] == [
+        ("zen.example", 2, 2)]
+    assert [(r["day"], r["messages"]) for r in views["days"]] == [
+        ("2026-11-25", 2), ("2026-11-24", 1)]
+
+
+def test_report_as_a_table_and_its_sql(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    folder = fill(tmp_path)
+    status, out = report(capsys, "--maildir", str(folder), "--view", "helo", "--limit", "1")
+    assert status == 0
+    assert out.splitlines() == ["top HELO names", "helo         messages  networks",
+                                "-----------  --------  --------",
+                                "bot.example         2         1"]
+    status, out = report(capsys, "--sql", "--view", "days", "--store", "postgresql://x/y")
+    assert status == 0 and "to_char(received AT TIME ZONE 'UTC'" in out
+    assert "%(since)s" in out and ":since" not in out
+    # No index there: one line, status 2 (as the program's configuration errors).
+    status, _ = report(capsys, "--maildir", str(tmp_path / "nowhere"))
+    assert status == 2
+
+
+def test_report_reads_the_index_of_a_running_server(sinkhole_factory: Any) -> None:
+    import smtplib
+
+    sinkhole: Sinkhole = sinkhole_factory()
+    with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
+        client.sendmail("a@spam.example", ["trap@trap.test"], BODY)
+    result = subprocess.run([sys.executable, "-m", "trio_smtpd", "report", "--maildir",
+                             str(sinkhole.maildir), "--view", "recipients", "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["recipients"][0]["recipient"] == "trap@trap.test"
+    [listening] = sinkhole.events("listening")
+    assert listening["store"] == f"sqlite:{sinkhole.maildir / 'index.sqlite3'}"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--store", "nonsense"], "expected sqlite, maildir or postgresql"),
+    (["--store", "maildir", "--discard"], "--store needs somewhere to store"),
+    (["--store-timeout", "0"], "--store-timeout"),
+    # Nothing listens there: refused at once, exit 2 before anything listens.
+    (["--store", "postgresql://nobody@127.0.0.1:1/none"], "cannot use the store"),
+    # A hash names a file in one Maildir, not a message of a fleet's database.
+    (["--store", "postgresql://nobody@127.0.0.1:1/none", "--save-hash", "msg"],
+     "--save-hash is for --store sqlite or maildir"),
+])
+def test_a_store_that_cannot_be_used_is_a_configuration_error(
+        tmp_path: Path, args: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "trio_smtpd", "--maildir",
+                             str(tmp_path / "mail"), "--no-dns", "--listen", "127.0.0.1:0",
+                             *AS_ROOT, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_the_plain_maildir_store_has_no_index(sinkhole_factory: Any) -> None:
+    import smtplib
+
+    sinkhole: Sinkhole = sinkhole_factory("--store", "maildir")
+    with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
+        client.sendmail("a@spam.example", ["trap@trap.test"], BODY)
+    assert len(sinkhole.stored()) == 1
+    assert len(os.listdir(sinkhole.maildir / "meta")) == 1
+    assert not (sinkhole.maildir / "index.sqlite3").exists()
+
+
+async def test_an_index_closed_under_load_refuses_rather_than_loses(tmp_path: Path) -> None:
+    maildir, index = make_index(tmp_path)
+    store = MaildirStore(maildir, index)
+    await store.aclose()
+    handler = SinkholeHandler("mx.test", maildir, store=store)
+    async with open_client(handler=handler) as client:
+        replies = await client.send_message("a@example.org", ["b@trap.test"], BODY)
+    assert replies[-1].code == 451
+    assert os.listdir(maildir.path / "new") == []
+
+
+def test_a_row_has_what_the_sidecar_has_with_verified_hash_named_messages(
+        sinkhole_factory: Any, dns_server: Unbound) -> None:
+    """Verified messages get their trace headers at commit and --save-hash names them
+    then: the row names the file, carries both hashes and the authentication results,
+    and a message stored already gets no second row."""
+    sinkhole: Sinkhole = sinkhole_factory("--save-hash", "msg", "--dns-server",
+                                          dns_server.address)
+    body = b"Subject: verified\r\n\r\nthe body\r\n"
+    with Wire(sinkhole.port) as client:
+        replies = [client.message("s@good.test", ["a@example.net"], body, ehlo="c.test")
+                   for _ in range(2)]
+    name = hashlib.sha256(body).hexdigest()
+    assert replies == [f"250 2.0.0 queued as {name}\r\n".encode()] * 2
+    sidecar = json.loads((sinkhole.maildir / "meta" / f"{name}.json").read_text())
+    [(row_name, file, sha256, body_sha256, spf, dkim, arc, dmarc, metadata)] = rows(
+        sinkhole.maildir / "index.sqlite3",
+        "SELECT name, file, sha256, body_sha256, spf, dkim, arc, dmarc, metadata "
+        "FROM messages")
+    assert row_name == file == sha256 == name
+    assert body_sha256 == sidecar["body_sha256"] == hashlib.sha256(b"the body\r\n").hexdigest()
+    results = sidecar["authentication_results"]
+    assert spf == results["spf"]["result"] and spf is not None
+    assert dkim == (",".join(d["result"] for d in results["dkim"]) or "none")
+    assert arc == results["arc"]["result"] and dmarc == results["dmarc"]["result"]
+    assert json.loads(metadata) == sidecar
+
+
+def test_a_savedir_message_is_a_file_there_and_a_row_in_the_index(
+        sinkhole_factory: Any, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text("""
+[[rule]]
+name = "vip"
+phase = "mail"
+action = "accept"
+savedir = "boss-mail"
+[rule.match]
+sender = ["@boss.example"]
+""")
+    sinkhole: Sinkhole = sinkhole_factory("--rules", str(rules))
+    with Wire(sinkhole.port) as client:
+        assert client.message("big@boss.example", ["me@example.net"], BODY,
+                              ehlo="c.test").startswith(b"250")
+    savedir = tmp_path / "boss-mail"
+    [name] = os.listdir(savedir / "new")
+    assert os.listdir(sinkhole.maildir / "new") == []
+    sidecar = json.loads((savedir / "meta" / f"{name}.json").read_text())
+    assert sidecar["savedir"] == str(savedir)
+    [(file, metadata)] = rows(sinkhole.maildir / "index.sqlite3",
+                              "SELECT file, metadata FROM messages")
+    assert file == name and json.loads(metadata) == sidecar

@@ -1,0 +1,94 @@
+"""The Maildir store: each message a file in ``new/``, its record a sidecar in ``meta/``
+and, by default, a row in the SQLite index beside them.
+
+In the commit's worker thread, once the file is fsynced into ``new/`` (the Maildir's
+own commit: its write buffer, its group fsync of ``new/``, its fsync timings for the
+metrics): the index row (durable before this returns), then the sidecar. If the row
+cannot be written, the file is taken out of ``new/`` again and the client gets 451 (452
+if the disk is full), so that every file in ``new/`` that was acknowledged has its row.
+The sidecar has no fsync of its own: losing one in a crash loses no mail, and the index
+has the same record.
+
+A message for a rule's ``savedir`` is a file (and a sidecar) in that Maildir, and a row
+in this store's index all the same (its record names the savedir). With ``--save-hash``
+the file is named by its hash (``hashstore.HashedWriter``); a message stored under that
+name already is neither stored nor indexed again.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from ...maildir import Maildir, MaildirWriter
+from ..hashstore import open_writer
+from ..records import sidecar_writer
+from .base import MessageWriter, StoreError, unavailable
+from .schema import message_row
+from .sqlite import SqliteIndex
+
+__all__ = ["MaildirStore"]
+
+
+class MaildirStore:
+    """Messages in ``maildir``; rows in ``index`` too, unless it is None."""
+
+    def __init__(self, maildir: Maildir, index: SqliteIndex | None = None) -> None:
+        self.maildir = maildir
+        self.index = index
+        self.host = socket.gethostname()
+        self.description = "maildir" if index is None else f"sqlite:{index.path}"
+
+    def open(self, maildir: Maildir | None = None, save_hash: str | None = None
+             ) -> MessageWriter:
+        return _MaildirMessage(self, open_writer(maildir or self.maildir, save_hash))
+
+    async def aclose(self) -> None:
+        if self.index is not None:
+            self.index.close()
+
+
+class _MaildirMessage:
+    def __init__(self, store: MaildirStore, writer: MaildirWriter) -> None:
+        self._store = store
+        self._writer = writer
+
+    @property
+    def name(self) -> str:  # (a HashedWriter's changes once the hash is known)
+        return self._writer.name
+
+    @property
+    def file(self) -> MaildirWriter:
+        return self._writer
+
+    async def write(self, data: bytes) -> None:
+        await self._writer.write(data)
+
+    async def prepend(self, data: bytes) -> None:
+        await self._writer.prepend(data)
+
+    async def abort(self) -> None:
+        await self._writer.abort()
+
+    async def commit(self, record: dict[str, Any]) -> str:
+        writer, index = self._writer, self._store.index
+        maildir, host = writer.maildir, self._store.host
+        sidecar = sidecar_writer(maildir, record)
+
+        def then() -> None:  # in the commit's worker thread, once the file is durable
+            # (Never for a hash-named message stored already: it has its row and sidecar.)
+            if index is not None:
+                try:
+                    index.add(message_row(record, host=host, file=writer.name, body=None))
+                except BaseException:
+                    (maildir.path / "new" / writer.name).unlink(missing_ok=True)
+                    raise
+            sidecar()
+
+        name = await writer.commit(then=then)
+        error = writer.then_error
+        if isinstance(error, StoreError):
+            raise error
+        if error is not None:
+            raise unavailable(f"indexing the message failed: {error!r}") from error
+        return name

@@ -1,0 +1,164 @@
+"""The SQLite index beside a Maildir (the default store's second half).
+
+One file, ``index.sqlite3`` in the Maildir's folder, in WAL mode (readers such as
+``trio-smtpd report`` never block the writer, nor it them) with ``synchronous=FULL``: a
+commit returns once the write-ahead log is fsynced, so a row, like its message file, is
+durable before the 250.
+
+Written from worker threads with a group commit, as the Maildir's ``new/`` is fsynced:
+a thread that brings a row while another is writing waits, and the next writer takes
+every row waiting, in one transaction and one fsync. Under load that is one fsync per
+batch, not per message. Several processes (``--workers``) share the file: SQLite lets
+one write at a time, and each waits for the others (``busy_timeout``) rather than fail.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .base import StoreError, unavailable
+from .schema import (
+    CREATE_BOOKKEEPING,
+    LISTING_COLUMNS,
+    MESSAGE_COLUMNS,
+    RECIPIENT_COLUMNS,
+    Row,
+    pending,
+    statements,
+)
+
+__all__ = ["INDEX_NAME", "SqliteIndex", "connect_readonly"]
+
+INDEX_NAME = "index.sqlite3"
+_SQLITE_FULL = 13
+
+_INSERT_MESSAGE = (f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
+                   f"VALUES ({', '.join('?' for _ in MESSAGE_COLUMNS)})")
+_INSERT_RECIPIENT = (f"INSERT INTO recipients ({', '.join(RECIPIENT_COLUMNS)}) "
+                     "VALUES (?, ?, ?, ?)")
+_INSERT_LISTING = (f"INSERT INTO listings ({', '.join(LISTING_COLUMNS)}) "
+                   "VALUES (?, ?, ?, ?, ?, ?)")
+
+
+class _Waiting:
+    __slots__ = ("done", "error", "row")
+
+    def __init__(self, row: Row) -> None:
+        self.row = row
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class SqliteIndex:
+    """Rows for the messages of one Maildir, in ``PATH`` (an SQLite database)."""
+
+    def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._connection: sqlite3.Connection | None = None
+        self._changed = threading.Condition()
+        self._waiting: list[_Waiting] = []
+        self._writing = False
+
+    def create(self) -> None:
+        """Open (creating it if need be) and bring the schema up to date.
+
+        Raises StoreError (or SchemaError for a database newer than this program)."""
+        try:
+            connection = sqlite3.connect(self.path, timeout=self._busy_timeout,
+                                         isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
+            migrate(connection)
+        except sqlite3.Error as exc:
+            raise _error(exc) from None
+        self._connection = connection
+
+    def close(self) -> None:
+        with self._changed:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    def add(self, row: Row) -> None:
+        """Insert ``row``; return once it is durable (in a worker thread: it blocks)."""
+        waiting = _Waiting(row)
+        with self._changed:
+            self._waiting.append(waiting)
+            while not waiting.done:
+                if self._writing:
+                    self._changed.wait()
+                    continue
+                batch, self._waiting = self._waiting, []
+                self._writing = True
+                self._changed.release()
+                error: BaseException | None = None
+                try:
+                    self._write([w.row for w in batch])
+                except BaseException as exc:  # every row of the batch shares its fate
+                    error = exc
+                finally:
+                    self._changed.acquire()
+                    self._writing = False
+                    for done in batch:
+                        done.done, done.error = True, error
+                    self._changed.notify_all()
+        if waiting.error is not None:
+            if isinstance(waiting.error, sqlite3.Error):
+                raise _error(waiting.error)
+            raise waiting.error
+
+    def _write(self, rows: list[Row]) -> None:
+        connection = self._connection
+        if connection is None:
+            raise unavailable("the index is closed")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for row in rows:
+                message_id = connection.execute(_INSERT_MESSAGE, row.message).lastrowid
+                connection.executemany(_INSERT_RECIPIENT,
+                                       [(message_id, *r) for r in row.recipients])
+                if row.listings:
+                    connection.executemany(_INSERT_LISTING,
+                                           [(message_id, *x) for x in row.listings])
+            connection.execute("COMMIT")
+        except BaseException:
+            with suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            raise
+
+
+def migrate(connection: sqlite3.Connection) -> None:
+    """Apply the missing migrations, each in a transaction with its bookkeeping."""
+    connection.execute("BEGIN IMMEDIATE")  # one process migrates, the others wait
+    try:
+        connection.execute(CREATE_BOOKKEEPING)
+        applied = {v for (v,) in connection.execute("SELECT version FROM schema_migrations")}
+        for migration in pending("sqlite", applied):
+            for statement in statements(migration.sql):
+                connection.execute(statement)
+            connection.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                               (migration.version, migration.name,
+                                datetime.now(UTC).isoformat()))
+        connection.execute("COMMIT")
+    except BaseException:
+        with suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")
+        raise
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """For reports: the index, read-only (a missing file is an error, not a new one)."""
+    if not path.exists():
+        raise StoreError(2, f"no index at {path}")
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+
+def _error(exc: sqlite3.Error) -> StoreError:
+    full = getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL
+    return unavailable(f"the SQLite index: {exc}", full=full)
