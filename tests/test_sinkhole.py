@@ -276,6 +276,8 @@ def test_sigterm_is_graceful_and_second_signal_exits(sinkhole_factory: Factory) 
     assert second.process.poll() is None  # waiting for the transaction still in DATA
     second.process.send_signal(signal.SIGTERM)
     assert second.process.wait(10) != 0
+    # The log lines kept for writing together were written before the immediate exit.
+    assert [line["signal"] for line in second.events("exit")] == ["SIGTERM"]
     for sock in busy:
         sock.close()
     [stored] = second.stored()  # the acknowledged message, not the abandoned one
