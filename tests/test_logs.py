@@ -5,13 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-import trio
-import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -69,80 +66,3 @@ def test_no_value_splits_or_hides_in_a_line(value: str) -> None:
     assert text_line.endswith(" size=1")  # the value did not swallow the next field
     helo = text_line.split(" helo=", 1)[1].rsplit(" size=", 1)[0]
     assert (json.loads(helo) if helo.startswith('"') else helo) == value
-
-
-class _CountedStream(io.StringIO):
-    """A stream that counts the writes that reach it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes = 0
-
-    def write(self, text: str) -> int:
-        self.writes += 1
-        return super().write(text)
-
-
-def _events(stream: io.StringIO) -> list[str]:
-    return [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
-
-
-@pytest.mark.usefixtures("restored_logging")
-async def test_lines_are_kept_until_the_loop_is_idle_then_written_together() -> None:
-    stream = _CountedStream()
-    logs.configure_logging("json", stream)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(logs.write_when_idle)
-        logs.log_event("connect", session="1.1")
-        logging.getLogger("trio_smtpd.server").warning("a library line between")
-        logs.log_event("close", session="1.1")
-        assert stream.getvalue() == ""  # this task has not waited yet
-        await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-        assert _events(stream) == ["connect", "log", "close"]
-        assert stream.writes == 1
-        nursery.cancel_scope.cancel()
-    logs.log_event("exit")  # no task keeps lines now: written at once
-    assert _events(stream)[-1] == "exit"
-
-
-@pytest.mark.usefixtures("restored_logging")
-async def test_kept_lines_are_written_when_the_writer_ends_or_is_flushed() -> None:
-    stream = _CountedStream()
-    logs.configure_logging("text", stream)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(logs.write_when_idle)
-        logs.log_event("shutdown", signal="SIGTERM")
-        logs.flush()  # as before os._exit()
-        assert stream.getvalue().split()[1:] == ["shutdown", "signal=SIGTERM"]
-        logs.log_event("close", session="1.1")
-        nursery.cancel_scope.cancel()  # the writer ends before the loop idles
-    assert stream.getvalue().splitlines()[-1].split()[1:] == ["close", "session=1.1"]
-
-
-@pytest.mark.usefixtures("restored_logging")
-async def test_a_busy_loop_writes_at_the_limit_without_waiting() -> None:
-    stream = _CountedStream()
-    logs.configure_logging("json", stream)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(logs.write_when_idle)
-        line = "x" * 1000
-        for _ in range(logs._EventWriter.LIMIT // 1000 + 1):
-            logs.log_event("message", note=line)
-        assert stream.writes == 1 and len(stream.getvalue()) >= logs._EventWriter.LIMIT
-        nursery.cancel_scope.cancel()
-
-
-@pytest.mark.usefixtures("restored_logging")
-async def test_a_line_from_another_thread_comes_after_the_kept_ones() -> None:
-    stream = _CountedStream()
-    logs.configure_logging("json", stream)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(logs.write_when_idle)
-        logs.log_event("connect")
-        # Without waiting on the loop thread: a thread's line cannot be kept (nobody
-        # would write it), and must not overtake the line before it.
-        thread = threading.Thread(target=logs.log_event, args=("from-thread",))
-        thread.start()
-        thread.join()
-        assert _events(stream) == ["connect", "from-thread"]
-        nursery.cancel_scope.cancel()

@@ -33,7 +33,7 @@ from .configure import (
 from .handler import SinkholeHandler
 from .libraryevents import install as structure_library_events
 from .lifecycle import block_signals, die_with_parent, supervisor_gone, unblock_signals
-from .logs import configure_logging, flush, log_event, write_when_idle
+from .logs import configure_logging, log_event
 from .memory import give_back_memory
 from .options import build_parser
 from .passwords import hash_password
@@ -99,7 +99,6 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         unblock_signals()  # what came since main() started is delivered now
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(write_when_idle)
             server = await nursery.start(partial(serve, config, handler=handler,
                                                  listeners=listeners,
                                                  tls_listeners=tls_listeners))
@@ -155,7 +154,6 @@ class _Stopper:
         self._signals += 1
         if self._signals > 1:
             log_event("exit", signal=signal.Signals(signum).name)
-            flush()
             os._exit(1)
         self.stop(signal=signal.Signals(signum).name)
 

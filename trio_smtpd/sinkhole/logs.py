@@ -16,17 +16,13 @@ import json
 import logging
 import math
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import trio
-import trio.testing
-
 from .safety import json_safe
 
-__all__ = ["configure_logging", "flush", "log_event", "write_when_idle"]
+__all__ = ["configure_logging", "log_event"]
 
 _events = logging.getLogger("trio_smtpd.events")
 _JSON = json.JSONEncoder(default=str, ensure_ascii=False)
@@ -41,120 +37,19 @@ def log_event(event: str, **fields: Any) -> None:
 
 
 class _EventWriter:
-    """Where every line goes: straight to the stream, or, while :func:`write_when_idle`
-    runs, kept and written together (see there). One event a transaction under load: the
-    logging module's records, locks and lookups would cost more than the line's own work.
-    """
-
-    #: Characters kept before they are written whatever the event loop is doing.
-    LIMIT = 64 * 1024
+    """Event lines go straight to the stream: one a transaction under load, and the
+    logging module's records, locks and lookups cost more than the line's own work."""
 
     def __init__(self, stream: Any, json_lines: bool) -> None:
         self.stream = stream
         self.json = json_lines
-        self._kept: list[str] = []
-        self._kept_size = 0
-        self._lock = threading.Lock()
-        #: The thread whose lines are kept (the event loop's), while one is.
-        self._keeping_for: int | None = None
-        self.kept_one = trio.Event()
 
     def write(self, line: str) -> None:
-        with self._lock:
-            if threading.get_ident() != self._keeping_for:
-                # Another thread (or nobody flushing): whatever was kept goes first.
-                self._write([*self._kept, line])
-                self._kept.clear()
-                self._kept_size = 0
-                return
-            self._kept.append(line)
-            self._kept_size += len(line)
-            if self._kept_size < self.LIMIT:
-                if len(self._kept) == 1:
-                    self.kept_one.set()
-                return
-            self._write(self._kept)
-            self._kept.clear()
-            self._kept_size = 0
-
-    def flush(self) -> None:
-        with self._lock:
-            if self._kept:
-                self._write(self._kept)
-                self._kept.clear()
-                self._kept_size = 0
-
-    def keep_for(self, thread: int | None) -> None:
-        self.flush()
-        with self._lock:
-            self._keeping_for = thread
-
-    def _write(self, lines: list[str]) -> None:
         try:
-            self.stream.write("".join(line + "\n" for line in lines))
+            self.stream.write(line + "\n")
             self.stream.flush()
         except (OSError, ValueError):
             pass  # as logging does: a log that cannot be written never stops the server
-
-
-class _KeptLinesHandler(logging.Handler):
-    """The library's records, formatted, among the event lines and in their order."""
-
-    def __init__(self, writer: _EventWriter, style: Literal["text", "json"]) -> None:
-        super().__init__()
-        self.setFormatter(_Formatter(style))
-        self._writer = writer
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record)
-        except Exception:
-            self.handleError(record)
-            return
-        self._writer.write(line)
-
-    def flush(self) -> None:
-        self._writer.flush()
-
-
-async def write_when_idle(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                          ) -> None:
-    """Keep this event loop's log lines and write them together: once every task is
-    waiting (the loop would sleep next), or after at most ``KEPT_FOR`` seconds, or once
-    ``_EventWriter.LIMIT`` characters are kept. Run it as a task for the life of the
-    server; lines still kept when it ends are written then.
-
-    What a crash can lose is the lines of the last moment the loop was busy: never a
-    message (a message is on disk before its 250, whatever its log line does), and
-    nothing on an orderly exit or a second signal's immediate one (:func:`flush`).
-    """
-    writer = _writer
-    if writer is None:
-        task_status.started()
-        await trio.sleep_forever()
-        return
-    writer.kept_one = trio.Event()
-    writer.keep_for(threading.get_ident())
-    task_status.started()
-    try:
-        while True:
-            await writer.kept_one.wait()
-            writer.kept_one = trio.Event()
-            with trio.move_on_after(KEPT_FOR):
-                await trio.testing.wait_all_tasks_blocked()
-            writer.flush()
-    finally:
-        writer.keep_for(None)
-
-
-#: The longest a line is kept while the event loop stays busy, in seconds.
-KEPT_FOR = 0.5
-
-
-def flush() -> None:
-    """Write every kept line now (before the process exits)."""
-    if _writer is not None:
-        _writer.flush()
 
 
 _writer: _EventWriter | None = None
@@ -214,13 +109,13 @@ def _text(value: Any) -> str:
 def configure_logging(style: Literal["text", "json"], stream: Any = None) -> None:
     global _writer
     stream = stream or sys.stderr
-    if _writer is not None:
-        _writer.flush()
-    _writer = _EventWriter(stream, style == "json")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_Formatter(style))
     root = logging.getLogger("trio_smtpd")
-    root.handlers[:] = [_KeptLinesHandler(_writer, style)]
+    root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
+    _writer = _EventWriter(stream, style == "json")
     # This process is the program's own: skip what the records would carry but the
     # lines never show (the logging docs' "Optimization" section).
     logging._srcfile = None
