@@ -9,6 +9,7 @@ import os
 import resource
 import shutil
 import signal
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -16,9 +17,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trustme
@@ -297,6 +299,22 @@ class Sinkhole:
     def stored(self) -> list[bytes]:
         new = self.maildir / "new"
         return [(new / name).read_bytes() for name in sorted(os.listdir(new))]
+
+    def stored_names(self) -> list[str]:
+        return sorted(os.listdir(self.maildir / "new"))
+
+    def record_text(self, file: str) -> str:
+        """The record of the stored file ``file`` as written: the JSON of its row in the
+        SQLite index (the default store)."""
+        index = f"{(self.maildir / 'index.sqlite3').as_uri()}?mode=ro"
+        with closing(sqlite3.connect(index, uri=True)) as connection:
+            [(metadata,)] = connection.execute(
+                "SELECT metadata FROM messages WHERE file = ?", (file,)).fetchall()
+        return str(metadata)
+
+    def record(self, file: str) -> dict[str, Any]:
+        """The record of the stored file ``file`` (its row's ``metadata``)."""
+        return cast(dict[str, Any], json.loads(self.record_text(file)))
 
     def wait_for(self, kind: str, count: int = 1, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout

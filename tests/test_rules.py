@@ -3,7 +3,6 @@ program with rules, including a reload (SIGHUP) with a broken file."""
 
 from __future__ import annotations
 
-import json
 import signal
 import smtplib
 import socket
@@ -260,8 +259,7 @@ def test_rules_through_the_program(sinkhole_factory: Factory, tmp_path: Path) ->
     messages = sinkhole.events("message")
     assert [m["outcome"] for m in messages] == ["accepted", "saved-then-rejected"]
     assert messages[1]["rule"] == "samples"
-    sidecar = sinkhole.maildir / "meta" / f"{messages[1]['file']}.json"
-    assert json.loads(sidecar.read_text())["rule"] == "samples"
+    assert sinkhole.record(str(messages[1]["file"]))["rule"] == "samples"
     policies = {e["rule"] for e in sinkhole.events("policy")}
     assert policies == {"no-localhost", "bad-helo", "greylist", "traps"}
 

@@ -8,7 +8,6 @@ lets one through (a miss)."""
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import subprocess
@@ -199,7 +198,7 @@ def test_unknown_tempfails_by_default_and_rules_can_say_otherwise(
     assert converse(nomatch, mail("a@refused.test"))[-1].startswith("250")
 
 
-def test_facts_reach_logs_trace_headers_and_the_sidecar(
+def test_facts_reach_logs_trace_headers_and_the_record(
         sinkhole_factory: Factory, dns_server: Unbound, tmp_path: Path) -> None:
     # A rule that names the lists but lets everyone through: the facts are looked up
     # because a rule may use them, and reported whatever the rules decide.
@@ -223,7 +222,7 @@ def test_facts_reach_logs_trace_headers_and_the_sidecar(
         ("dbl.test", "spammy.test", z.DBL_REASONS["spammy.test"])}
     stored = {}
     for path in sorted((sinkhole.maildir / "new").iterdir()):
-        meta = json.loads((sinkhole.maildir / "meta" / f"{path.name}.json").read_text())
+        meta = sinkhole.record(path.name)
         stored[meta["sender"]] = (headers_and_body(path.read_bytes())[0], meta)
     received, meta = stored["a@spammy.test"]
     assert received[-1].startswith(f"Received: from client.test (unknown [{z.LISTED}])")

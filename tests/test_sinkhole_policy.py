@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import smtplib
 import socket
 import ssl
@@ -172,7 +171,7 @@ def test_save_then_reject_stores_and_refuses(sinkhole_factory: Factory) -> None:
     assert entry["outcome"] == "saved-then-rejected" and entry["file"] == name.name
 
 
-def test_certificates_by_sni_and_the_metadata_sidecar(
+def test_certificates_by_sni_and_the_message_record(
         sinkhole_factory: Factory, cert_files: tuple[Path, Path, Path], ca: trustme.CA,
         client_tls: ssl.SSLContext, tmp_path: Path) -> None:
     cert, key, _ = cert_files
@@ -201,7 +200,7 @@ def test_certificates_by_sni_and_the_metadata_sidecar(
     files = sorted((sinkhole.maildir / "new").iterdir())
     assert len(files) == 3
     for stored in files:
-        meta = json.loads((sinkhole.maildir / "meta" / f"{stored.name}.json").read_text())
+        meta = sinkhole.record(stored.name)
         assert meta["file"] == stored.name
         assert meta["sha256"] == hashlib.sha256(body).hexdigest()
         assert meta["sender"] == "a@example.org" and meta["recipients"] == ["b@example.net"]

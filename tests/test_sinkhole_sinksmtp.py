@@ -6,7 +6,6 @@ RCPT, and a greeting per local address (--conncfg)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import ssl
@@ -253,7 +252,7 @@ def test_save_hash_names_files_and_never_stores_twice(sinkhole_factory: Factory,
             stored = (sinkhole.maildir / "new" / name).read_bytes()
             received = headers_and_body(stored)[0][-1]
             assert f"\n\tid {name}\n" in received  # the header names the file it is in
-            meta = json.loads((sinkhole.maildir / "meta" / f"{name}.json").read_text())
+            meta = sinkhole.record(name)
             assert meta["file"] == name
             assert meta["body_sha256"] == hashlib.sha256(b"the body\r\n").hexdigest()
         sinkhole.stop()
@@ -288,7 +287,7 @@ def test_save_hash_with_verified_messages(sinkhole_factory: Factory, dns_server:
                                                   "Authentication-Results", "Received"]
     assert headers[2].startswith("Authentication-Results: mx.test;")
     assert f"\n\tid {name}\n" in headers[3]
-    meta = json.loads((sinkhole.maildir / "meta" / f"{name}.json").read_text())
+    meta = sinkhole.record(name)
     assert meta["authentication_results"]["spf"]["domain"] == "good.test"
     assert meta["body_sha256"] == hashlib.sha256(b"the body\r\n").hexdigest()
 

@@ -1,11 +1,13 @@
 """What the sinkhole writes about a message cannot be forged by the client: trace
-headers, the metadata sidecar, log lines and the transcript, through the real program."""
+headers, the message's record, log lines and the transcript, through the real program."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import Sinkhole
 from tests.test_sinkhole import headers_and_body
@@ -43,10 +45,11 @@ def test_forged_helo_lands_only_in_postfix_safe_form(sinkhole_factory: Factory) 
         assert received.count("by ") == 1  # ours: "\tby mx.test"
 
 
+@pytest.mark.parametrize("store", ["sqlite", "maildir"])
 def test_unicode_separators_are_never_written_raw(sinkhole_factory: Factory,
-                                                  tmp_path: Path) -> None:
+                                                  tmp_path: Path, store: str) -> None:
     transcript = tmp_path / "smtp.log"
-    sinkhole = sinkhole_factory("--smtplog", str(transcript))
+    sinkhole = sinkhole_factory("--smtplog", str(transcript), "--store", store)
     helo = "evil" + "".join(SEPARATORS) + "Received: forged"
     sender = '"a\u2028b"@example.org'
     recipient = '"x\u202ey\u2029"@example.net'
@@ -64,18 +67,20 @@ def test_unicode_separators_are_never_written_raw(sinkhole_factory: Factory,
     written = {
         "trace headers": trace,
         "JSON log": sinkhole.log_path.read_bytes().decode(),
-        "sidecar": next((sinkhole.maildir / "meta").iterdir()).read_bytes().decode(),
+        # The record: the index row's JSON, or without an index the sidecar file.
+        "record": (sinkhole.record_text(sinkhole.stored_names()[0]) if store == "sqlite"
+                   else next((sinkhole.maildir / "meta").iterdir()).read_text()),
         "transcript": transcript.read_bytes().decode(),
     }
     for where, text in written.items():
         for character in SEPARATORS:
             assert character not in text, (where, character)
-    # Headers: the HELO neutered, the addresses escaped; the sidecar and log keep the
+    # Headers: the HELO neutered, the addresses escaped; the record and log keep the
     # exact values behind JSON escapes.
     assert "from evil????Received:?forged (unknown [127.0.0.1])" in trace
     assert 'Return-Path: <"a\\u2028b"@example.org>' in ours
     assert 'X-Original-To: "x\\u202ey\\u2029"@example.net' in ours
-    meta = json.loads(written["sidecar"])
+    meta = json.loads(written["record"])
     assert (meta["helo"], meta["sender"], meta["recipients"]) == (helo, sender, [recipient])
     [entry] = sinkhole.events("message")
     assert (entry["helo"], entry["sender"]) == (helo, sender)

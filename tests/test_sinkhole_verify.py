@@ -5,12 +5,11 @@ by implementations independent of the dkimpy we verify with: OpenDKIM's
 opendkim-testmsg and Perl's Mail::DKIM (tests/mailsign.pl).
 
 What is checked for each message: the stored copy's one Authentication-Results header
-of ours, read back by the ``authres`` package; the metadata sidecar; the ``message``
+of ours, read back by the ``authres`` package; the message's record; the ``message``
 log line; and rules over the results."""
 
 from __future__ import annotations
 
-import json
 import re
 import smtplib
 import subprocess
@@ -143,7 +142,7 @@ def stored(sinkhole: Sinkhole, count: int) -> list[Stored]:
                             header, re.M)
         unfolded = [re.sub(r"\r\n[ \t]", " ", f) for f in fields]
         ours = [f for f in unfolded if f.split(":", 1)[1].split(";")[0].strip() == "mx.test"]
-        meta = json.loads((sinkhole.maildir / "meta" / f"{path.name}.json").read_text())
+        meta = sinkhole.record(path.name)
         found.append(Stored(ours, [f for f in unfolded if f not in ours], meta))
     assert len(found) == count
     return found

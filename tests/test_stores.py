@@ -41,7 +41,7 @@ def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
         return connection.execute(sql).fetchall()
 
 
-async def test_a_message_gets_its_file_its_sidecar_and_its_rows(tmp_path: Path) -> None:
+async def test_a_message_gets_its_file_and_its_rows_and_no_sidecar(tmp_path: Path) -> None:
     maildir, index = make_index(tmp_path)
     handler = SinkholeHandler("mx.test", maildir, store=MaildirStore(maildir, index))
     async with open_client(handler=handler) as client:
@@ -50,13 +50,17 @@ async def test_a_message_gets_its_file_its_sidecar_and_its_rows(tmp_path: Path) 
     assert replies[-1].code == 250
     [name] = os.listdir(maildir.path / "new")
     assert name in replies[-1].text
-    sidecar = json.loads((maildir.path / "meta" / f"{name}.json").read_text())
     [(file, sender, domain, size, sha256, helo, metadata, body)] = rows(
         index.path, "SELECT file, sender, sender_domain, size, sha256, helo, metadata, body "
                     "FROM messages")
     assert (file, sender, domain) == (name, "Spam@Example.ORG", "example.org")
-    assert (size, sha256, helo, body) == (len(BODY), sidecar["sha256"], "client.test", None)
-    assert json.loads(metadata) == sidecar  # the whole record, as the sidecar has it
+    assert (size, sha256, helo, body) == (len(BODY), hashlib.sha256(BODY).hexdigest(),
+                                          "client.test", None)
+    record = json.loads(metadata)  # the whole record
+    assert (record["file"], record["sha256"], record["recipients"]) == (
+        name, sha256, ["a@trap.test", "b@trap.test"])
+    # The row is the record: no second file per message beside it (issue 22).
+    assert not (maildir.path / "meta").exists()
     assert rows(index.path, "SELECT position, address, domain FROM recipients") == [
         (0, "a@trap.test", "trap.test"), (1, "b@trap.test", "trap.test")]
 
@@ -253,7 +257,7 @@ async def test_an_index_closed_under_load_refuses_rather_than_loses(tmp_path: Pa
     assert os.listdir(maildir.path / "new") == []
 
 
-def test_a_row_has_what_the_sidecar_has_with_verified_hash_named_messages(
+def test_a_row_has_the_whole_record_with_verified_hash_named_messages(
         sinkhole_factory: Any, dns_server: Unbound) -> None:
     """Verified messages get their trace headers at commit and --save-hash names them
     then: the row names the file, carries both hashes and the authentication results,
@@ -266,18 +270,17 @@ def test_a_row_has_what_the_sidecar_has_with_verified_hash_named_messages(
                    for _ in range(2)]
     name = hashlib.sha256(body).hexdigest()
     assert replies == [f"250 2.0.0 queued as {name}\r\n".encode()] * 2
-    sidecar = json.loads((sinkhole.maildir / "meta" / f"{name}.json").read_text())
     [(row_name, file, sha256, body_sha256, spf, dkim, arc, dmarc, metadata)] = rows(
         sinkhole.maildir / "index.sqlite3",
         "SELECT name, file, sha256, body_sha256, spf, dkim, arc, dmarc, metadata "
         "FROM messages")
     assert row_name == file == sha256 == name
-    assert body_sha256 == sidecar["body_sha256"] == hashlib.sha256(b"the body\r\n").hexdigest()
-    results = sidecar["authentication_results"]
+    record = json.loads(metadata)
+    assert body_sha256 == record["body_sha256"] == hashlib.sha256(b"the body\r\n").hexdigest()
+    results = record["authentication_results"]
     assert spf == results["spf"]["result"] and spf is not None
     assert dkim == (",".join(d["result"] for d in results["dkim"]) or "none")
     assert arc == results["arc"]["result"] and dmarc == results["dmarc"]["result"]
-    assert json.loads(metadata) == sidecar
 
 
 def test_a_savedir_message_is_a_file_there_and_a_row_in_the_index(
@@ -299,8 +302,7 @@ sender = ["@boss.example"]
     savedir = tmp_path / "boss-mail"
     [name] = os.listdir(savedir / "new")
     assert os.listdir(sinkhole.maildir / "new") == []
-    sidecar = json.loads((savedir / "meta" / f"{name}.json").read_text())
-    assert sidecar["savedir"] == str(savedir)
     [(file, metadata)] = rows(sinkhole.maildir / "index.sqlite3",
                               "SELECT file, metadata FROM messages")
-    assert file == name and json.loads(metadata) == sidecar
+    assert file == name and json.loads(metadata)["savedir"] == str(savedir)
+    assert not (savedir / "meta").exists()

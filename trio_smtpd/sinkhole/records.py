@@ -18,21 +18,9 @@ from .lookups import ClientLookups
 from .safety import json_safe
 
 __all__ = ["log_aborted", "log_connect", "log_listing", "log_transaction", "message_record",
-           "metadata_writer", "peer_text", "sidecar_writer"]
+           "peer_text", "sidecar_writer"]
 
 log = logging.getLogger("trio_smtpd.sinkhole")
-
-
-def metadata_writer(maildir: Maildir, name: str, tx: Transaction, sha256: str,
-                     rule: str | None, dns: dict[str, Any] | None,
-                     auth: dict[str, Any] | None = None,
-                     extra: dict[str, Any] | None = None) -> Callable[[], None]:
-    """A sidecar ``meta/<file>.json`` beside the Maildir: what sinksmtp records.
-
-    Written after the message is durable and without an fsync of its own: losing a
-    sidecar in a crash loses no mail. A failure is logged, not answered.
-    """
-    return sidecar_writer(maildir, message_record(name, tx, sha256, rule, dns, auth, extra))
 
 
 def message_record(name: str, tx: Transaction, sha256: str, rule: str | None,

@@ -1,8 +1,8 @@
 """Where the sinkhole stores messages (``--store``).
 
-- ``sqlite`` (the default): the Maildir, each message's sidecar, and a row per message
-  in an SQLite index beside them (``MAILDIR/index.sqlite3``);
-- ``maildir``: the Maildir and sidecars only;
+- ``sqlite`` (the default): the Maildir, and a row per message in an SQLite index
+  beside it (``MAILDIR/index.sqlite3``);
+- ``maildir``: the Maildir, and each message's record in a sidecar file (``meta/``);
 - ``postgresql://...``: rows and (up to ``--store-body-limit``) bodies in PostgreSQL,
   which many hosts can share; larger bodies in the Maildir.
 

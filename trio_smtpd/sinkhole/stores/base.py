@@ -2,8 +2,10 @@
 
 ``storing.MessageStore`` streams each message body into a :class:`MessageWriter` from
 :meth:`Store.open`, then calls :meth:`MessageWriter.commit` with the message's record
-(the metadata sidecar's JSON, ``records.message_record``). ``commit`` returns only once
-the message *and* its record are durable; only then is 250 answered. Any failure is a
+(``records.message_record``). ``commit`` returns only once the message is durable and
+its record written (never before its message; whether the record has an fsync of its
+own is the store's choice: PostgreSQL's commit does, the SQLite index's and the sidecar
+do not); only then is 250 answered. Any failure is a
 :class:`StoreError`, an ``OSError``: the message is answered 452 4.3.1 when its
 ``errno`` is ``ENOSPC`` (the disk or the database is full) and 451 4.3.0 otherwise, and
 the server goes on. With ``--save-hash``, a message already stored under its hash is

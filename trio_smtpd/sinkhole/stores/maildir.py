@@ -1,18 +1,21 @@
-"""The Maildir store: each message a file in ``new/``, its record a sidecar in ``meta/``
-and, by default, a row in the SQLite index beside them.
+"""The Maildir store: each message a file in ``new/``, its record a row in the SQLite
+index beside them (the default) or, without an index, a sidecar in ``meta/``.
 
 In the commit's worker thread, once the file is fsynced into ``new/`` (the Maildir's
 own commit: its write buffer, its group fsync of ``new/``, its fsync timings for the
-metrics): the index row (durable before this returns), then the sidecar. If the row
-cannot be written, the file is taken out of ``new/`` again and the client gets 451 (452
-if the disk is full), so that every file in ``new/`` that was acknowledged has its row.
-The sidecar has no fsync of its own: losing one in a crash loses no mail, and the index
-has the same record.
+metrics): the index row, or the sidecar. Neither has an fsync of its own and neither is
+ever written before its message is durable: a crash can lose the record of a message,
+never the message, and never leaves a record without its message. If the row cannot be
+written, the file is taken out of ``new/`` again and the client gets 451 (452 if the
+disk is full). A sidecar is not written beside an index row: the row holds the same
+record, and a second file per message is a second inode to allocate and a second
+directory to lock for every message (issue 22; benchmarks/README.md).
 
-A message for a rule's ``savedir`` is a file (and a sidecar) in that Maildir, and a row
-in this store's index all the same (its record names the savedir). With ``--save-hash``
-the file is named by its hash (``hashstore.HashedWriter``); a message stored under that
-name already is neither stored nor indexed again.
+A message for a rule's ``savedir`` is a file in that Maildir, and a row in this store's
+index all the same (its record names the savedir), or a sidecar in the savedir's
+``meta/`` without an index. With ``--save-hash`` the file is named by its hash
+(``hashstore.HashedWriter``); a message stored under that name already is neither
+stored nor recorded again.
 """
 
 from __future__ import annotations
@@ -73,17 +76,19 @@ class _MaildirMessage:
     async def commit(self, record: dict[str, Any]) -> str:
         writer, index = self._writer, self._store.index
         maildir, host = writer.maildir, self._store.host
-        sidecar = sidecar_writer(maildir, record)
+        sidecar = sidecar_writer(maildir, record) if index is None else None
 
         def then() -> None:  # in the commit's worker thread, once the file is durable
-            # (Never for a hash-named message stored already: it has its row and sidecar.)
-            if index is not None:
-                try:
-                    index.add(message_row(record, host=host, file=writer.name, body=None))
-                except BaseException:
-                    (maildir.path / "new" / writer.name).unlink(missing_ok=True)
-                    raise
-            sidecar()
+            # (Never for a hash-named message stored already: it has its record.)
+            if sidecar is not None:
+                sidecar()
+                return
+            assert index is not None
+            try:
+                index.add(message_row(record, host=host, file=writer.name, body=None))
+            except BaseException:
+                (maildir.path / "new" / writer.name).unlink(missing_ok=True)
+                raise
 
         name = await writer.commit(then=then)
         error = writer.then_error

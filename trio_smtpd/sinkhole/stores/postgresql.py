@@ -41,7 +41,6 @@ from typing import Any
 import trio
 
 from ...maildir import Maildir, MaildirWriter
-from ..records import sidecar_writer
 from .base import MessageWriter, unavailable
 from .schema import (
     CREATE_BOOKKEEPING,
@@ -244,6 +243,6 @@ class _PostgresMessage:
             return self.name
         # The file first (fsynced into new/), then the row that names it. If the row
         # fails, the file stays (a commit whose outcome is unknown may have written it).
-        name = await self.file.commit(then=sidecar_writer(self._maildir, record))
+        name = await self.file.commit()
         await store.insert(message_row(record, host=store.host, file=name, body=None))
         return name

@@ -1,15 +1,19 @@
 """The SQLite index beside a Maildir (the default store's second half).
 
 One file, ``index.sqlite3`` in the Maildir's folder, in WAL mode (readers such as
-``trio-smtpd report`` never block the writer, nor it them) with ``synchronous=FULL``: a
-commit returns once the write-ahead log is fsynced, so a row, like its message file, is
-durable before the 250.
+``trio-smtpd report`` never block the writer, nor it them) with ``synchronous=NORMAL``:
+a commit is written to the write-ahead log but not fsynced; the log is fsynced when
+SQLite checkpoints it. A row is only ever added once its message is durable, so the
+index is never ahead of the Maildir: a process that is killed loses no row (the log is
+in the kernel's hands), and a power cut can lose the rows of the last moments before it,
+never a message and never the consistency of the database. The 250 waits for the
+message's fsyncs, not for one of the index's own (issue 22; benchmarks/README.md).
 
 Written from worker threads with a group commit, as the Maildir's ``new/`` is fsynced:
 a thread that brings a row while another is writing waits, and the next writer takes
-every row waiting, in one transaction and one fsync. Under load that is one fsync per
-batch, not per message. Several processes (``--workers``) share the file: SQLite lets
-one write at a time, and each waits for the others (``busy_timeout``) rather than fail.
+every row waiting, in one transaction. Several processes (``--workers``) share the
+file: SQLite lets one write at a time, and each waits for the others (``busy_timeout``)
+rather than fail.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ class SqliteIndex:
             connection = sqlite3.connect(self.path, timeout=self._busy_timeout,
                                          isolation_level=None, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA foreign_keys=ON")
             migrate(connection)
         except sqlite3.Error as exc:
@@ -86,7 +90,7 @@ class SqliteIndex:
                 self._connection = None
 
     def add(self, row: Row) -> None:
-        """Insert ``row``; return once it is durable (in a worker thread: it blocks)."""
+        """Insert ``row``; return once it is committed (in a worker thread: it blocks)."""
         waiting = _Waiting(row)
         with self._changed:
             self._waiting.append(waiting)
