@@ -122,3 +122,22 @@ def test_a_trap_takes_what_senders_send_unless_strict(sinkhole_factory: Factory)
         assert client.command(b"EHLO caf\xe9.example").startswith(b"500")
         assert client.command("HELO old.example").startswith(b"250")
         assert client.command("MAIL FROM:<a@example.org> BODY=8BITMIME").startswith(b"555")
+
+
+@pytest.mark.parametrize("unverified", ["--no-verify", "--no-dns"])
+def test_results_claiming_our_name_are_left_out_even_unverified(
+        sinkhole_factory: Factory, unverified: str) -> None:
+    """RFC 8601 5: a field claiming our authserv-id that we did not add is removed
+    whether or not we verify; a reader would otherwise trust the sender's claim."""
+    sinkhole = sinkhole_factory(unverified)
+    forged = (b"Authentication-Results: mx.test; dkim=pass header.d=bank.test\r\n"
+              b"Authentication-Results: (ours?) MX.TEST.;\r\n\tspf=pass\r\n"
+              b"Authentication-Results: elsewhere.test; spf=fail\r\n")
+    with Wire(sinkhole.port) as client:
+        assert client.message("a@example.org", ["b@example.net"], forged + BODY,
+                              ehlo="c.test").startswith(b"250")
+    [stored] = sinkhole.stored()
+    # Someone else's stays, right after our trace headers; ours add none unverified.
+    assert stored.count(b"Authentication-Results:") == 1
+    assert stored.split(b"\r\n")[-5:] == [
+        b"Authentication-Results: elsewhere.test; spf=fail", *BODY.split(b"\r\n")]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .. import Message, Session, Transaction
 from ..maildir import Maildir
+from ..verify import AuthenticationResultsFilter
 from .hashstore import MessageDigest, name_by_hash
 from .lookups import ClientLookups
 from .printing import Printer
@@ -105,6 +106,10 @@ class MessageStore:
         writer = store.open(savedir, self.save_hash)
         hostname = session.config.hostname
         incoming = Incoming(writer, None, MessageDigest(), checks, hostname, savedir)
+        # Unverified, fields claiming our name still go (RFC 8601 5): nobody added them
+        # here, and a reader of the Maildir would take them for ours.
+        forged: MessageChecks | AuthenticationResultsFilter = (
+            checks or AuthenticationResultsFilter(hostname))
         if checks is None:
             # Looked up since connect: by now this rarely waits.
             client_name = await lookups.confirmed_name()
@@ -115,9 +120,8 @@ class MessageStore:
             incoming.digest.update(chunk)  # of the message as received, for the metadata
             if self.printer is not None:
                 self.printer.keep(tx, chunk)
-            await incoming.write(chunk if checks is None else checks.feed(chunk))
-        if checks is not None:
-            await incoming.write(checks.close())
+            await incoming.write(forged.feed(chunk))
+        await incoming.write(forged.close())
         if tx.aborted:
             await incoming.drop()
             log_aborted(tx, message_size(session, tx))
