@@ -4,8 +4,10 @@ It does what starting would do up to binding: the options, the TLS certificates 
 keys (loaded), the auth file (parsed), the rules file (parsed, and checked against
 --no-dns and --verify), --user and --group, the metrics address, --store (its database
 is not opened); it resolves each listen address (without binding) and looks at the
-Maildir. Each problem is one line on standard error and the exit status is 2; otherwise
-the plan is printed on standard output and the status is 0.
+Maildir. Each problem found is one line on standard error and the exit status is 2;
+otherwise the plan is printed on standard output and the status is 0. The listeners, the
+metrics address and the user are checked independently; within the configuration the
+first problem ends that part (building it is what starting does, step by step).
 """
 
 from __future__ import annotations
