@@ -104,6 +104,31 @@ async def test_a_recipient_lookup_that_times_out_is_451_for_the_rest_of_the_sess
     assert codes == [250, 451, 451, 554]  # 554: no valid recipients
 
 
+async def test_the_tarpit_delay_is_not_the_applications_time_to_decide(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    # The reply delay is the server's own choice: a handler that decides within its
+    # deadline gets its answer sent, however long the tarpit then holds the reply.
+    config = Config(hostname="mx.test", timeouts=Timeouts(decision=2))
+
+    async def handler(session: Session) -> None:
+        async for decision in session:
+            if isinstance(decision, trio_smtpd.Connect):
+                session.reply_delay = 1.5
+            elif isinstance(decision, trio_smtpd.Mail):
+                await trio.sleep(1)  # a lookup, well within its 2 s
+            decision.accept()
+
+    async with tcp_server(config, handler) as server:
+        client = await connect(server)
+        assert (await client.command("EHLO c")).code == 250
+        start = trio.current_time()
+        reply = await client.command("MAIL FROM:<a@b.c>")
+        assert (reply.code, trio.current_time() - start) == (250, pytest.approx(2.5, abs=0.2))
+        assert (await client.command("QUIT")).code == 221
+        await client.aclose()
+    assert "took too long" not in caplog.text
+
+
 # -- 3. Cancelling the consumer of transactions() answers its clients at once ------------
 
 async def test_a_cancelled_consumer_answers_held_and_later_messages_451_at_once(

@@ -123,8 +123,11 @@ class Exchange:
             # After a reply the client has to read it before it says more, unless it
             # pipelines (then its next line has begun, or will come at once anyway).
             expect_wait = conn.has_data_to_send and not conn.partial_line
-            rest = self._send_nowait()
-            if rest and not await self._flush(rest, now):
+            if self.reply_delay > 0:
+                if conn.has_data_to_send and not await self._tarpit():
+                    continue
+            elif (rest := self.transport.send_nowait(conn.data_to_send())) and \
+                    not await self._flush(rest, now):
                 continue
             if event is PAUSED:
                 # The engine holds more commands: no reading until they are answered.
@@ -166,12 +169,6 @@ class Exchange:
         else:
             self._record_octets = octets
 
-    def _send_nowait(self) -> bytes | memoryview:
-        """Send the engine's replies as far as that needs no wait (replies are small:
-        they usually all go); the rest."""
-        data = self.conn.data_to_send()
-        return self.transport.send_nowait(data) if self.reply_delay <= 0 else data
-
     def close_when_idle(self, reply: Reply) -> None:
         """Shutdown: end the session with ``reply`` now if the client is idle, else
         answer its first command after the current transaction with it."""
@@ -211,7 +208,9 @@ class Exchange:
                         metrics: Metrics | None = None) -> TLSInfo | TLSFailure:
         """After STARTTLS: send the 220, do the handshake; why not (and closed) if it
         failed."""
-        if not await self._flush(self.conn.data_to_send(), trio.current_time()):
+        sent = (await self._tarpit() if self.reply_delay > 0
+                else await self._flush(self.conn.data_to_send(), trio.current_time()))
+        if not sent:
             return TLSFailure("client gone", "the client stopped reading before TLS")
         stream = trio.SSLStream(self.transport.stream(), context, server_side=True)
         self._app.lift()  # (the handshake is a wait on the client)
@@ -224,13 +223,20 @@ class Exchange:
         self.conn.tls_established()
         return tls_info(stream)
 
+    async def _tarpit(self) -> bool:
+        """Wait ``reply_delay``, then send the engine's replies; False (and closed) if
+        that failed."""
+        # The delay is the server's choice, not the application's time to decide, so
+        # the application's deadline is lifted for it. The replies stay with the engine
+        # until the delay is over: a cancellation during it loses none of them.
+        self._app.lift()
+        await trio.sleep(self.reply_delay)
+        return await self._flush(self.conn.data_to_send(), trio.current_time())
+
     async def _flush(self, data: bytes | memoryview, now: float) -> bool:
         """Send ``data`` (replies); False (and closed) if that failed."""
         if not data:
             return True
-        if self.reply_delay > 0:
-            await trio.sleep(self.reply_delay)
-            now = trio.current_time()
         deadline = min(now + self.timeouts.write, self._session_end)
         if self._app.deadline < deadline:
             self._app.lift()
