@@ -124,8 +124,10 @@ class Exchange:
             # pipelines (then its next line has begun, or will come at once anyway).
             expect_wait = conn.has_data_to_send and not conn.partial_line
             if self.reply_delay > 0:
-                if conn.has_data_to_send and not await self._tarpit():
-                    continue
+                if conn.has_data_to_send:
+                    if not await self._tarpit():
+                        continue
+                    now = trio.current_time()  # (the client's time runs from the reply)
             elif (rest := self.transport.send_nowait(conn.data_to_send())) and \
                     not await self._flush(rest, now):
                 continue
