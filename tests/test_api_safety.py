@@ -310,6 +310,25 @@ async def accept_all(server: trio_smtpd.Server) -> None:
             tx.accept()
 
 
+async def test_a_client_silent_after_its_last_transaction_gets_the_shutdown_421(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # It had its 250 and a short while for its next command (QUIT, usually); it said
+    # nothing, and is told why the server is closing, not that it was too slow.
+    async with tcp_server() as server, trio.open_nursery() as nursery:
+        nursery.start_soon(consume_then_shut_down, server)
+        client = await connect(server)
+        replies = await client.send_message("a@b.c", ["d@e.f"], b"x\r\n")
+        assert replies[-1].code == 250
+        start = trio.current_time()
+        reply = await client.reply()
+        assert (reply.code, reply.lines) == (
+            421, ["4.3.2 Service shutting down, try again later"])
+        # Before the grace period ends: this is the wait for a last command.
+        assert trio.current_time() - start < Timeouts().shutdown_grace
+        assert await client.closed()
+        await client.aclose()
+
+
 async def test_shutdown_with_no_grace_tells_every_client_421_at_once(
         autojump_clock: trio.testing.MockClock) -> None:
     start = math.inf

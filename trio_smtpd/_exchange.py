@@ -280,8 +280,12 @@ class Exchange:
         self.ending = "shutdown" if self._closing is not None and reason == "refused" else reason
 
     def _why_closing(self, woken: bool) -> Reply:
-        if self._closing is not None and (woken or self._session_end == -math.inf):
-            return self._closing
+        closing = self._closing
+        # At shutdown, a client waited on for a command is not too slow: it is being
+        # let go (its wait was cut to _LAST_COMMAND because of the shutdown).
+        if closing is not None and (woken or self._session_end == -math.inf
+                                    or not self.conn.reading_body):
+            return closing
         if trio.current_time() >= self._session_end:
             return _SESSION_TOO_LONG
         log.info("session %s: timed out in %s", self._log_id, self.conn.mode.value)
