@@ -64,8 +64,9 @@ class SocketTransport:
         while True:
             pool = self._pool
             if self._fresh and pool is not None and pool.running:
-                # Parked (written out here, not in a helper: a waiting session is a
-                # chain of suspended calls, and each costs memory).
+                # Parked (written out here, not in a helper: one suspended call fewer
+                # for every connection waiting here; see benchmarks/README.md, "Memory
+                # per idle connection").
                 self._why = None
                 self._watchdog.watch(self, deadline)
                 self._state = _PARKED
