@@ -109,29 +109,23 @@ class Exchange:
 
     async def next_event(self) -> core.Event | None:
         """The engine's next event; None once the connection is closed."""
-        # (Reading is written out here rather than in a helper: every session waiting
-        # on its client holds each call it is in, so one call fewer is memory saved per
-        # connection; see benchmarks/README.md, "Memory per idle connection".)
+        # (Reading is written out here, not in a helper: one suspended call fewer per
+        # waiting session; see benchmarks/README.md, "Memory per idle connection".)
         conn = self.conn
         while not self.closed:
             event = conn.next_event()
             if event is not NEED_DATA and event is not PAUSED:
-                if type(event) is _CLOSED:
-                    self._ended(event)
-                    await self.close()
-                    return None
-                return event  # type: ignore[return-value]
-            now = trio.current_time()
+                if type(event) is not _CLOSED:
+                    return event  # type: ignore[return-value]
+                await self._end(event)
             # After a reply the client has to read it before it says more, unless it
             # pipelines (then its next line has begun, or will come at once anyway).
             expect_wait = conn.has_data_to_send and not conn.partial_line
             if self.reply_delay > 0:
-                if conn.has_data_to_send:
-                    if not await self._tarpit():
-                        continue
-                    now = trio.current_time()  # (the client's time runs from the reply)
+                if conn.has_data_to_send and not await self._tarpit():
+                    continue
             elif (rest := self.transport.send_nowait(conn.data_to_send())) and \
-                    not await self._flush(rest, now):
+                    not await self._flush(rest):
                 continue
             if event is PAUSED:
                 # The engine holds more commands: no reading until they are answered.
@@ -139,7 +133,7 @@ class Exchange:
                 self._app.lift()
                 await trio.lowlevel.checkpoint()
                 continue
-            deadline = self._deadline(now)
+            deadline = self._deadline(trio.current_time())  # (from the reply, once sent)
             # An application deadline that would fire first is lifted; so is any before a
             # client's first command (many never send one: they then wait with nothing
             # registered with trio).
@@ -213,7 +207,7 @@ class Exchange:
         """After STARTTLS: send the 220, do the handshake; why not (and closed) if it
         failed."""
         sent = (await self._tarpit() if self.reply_delay > 0
-                else await self._flush(self.conn.data_to_send(), trio.current_time()))
+                else await self._flush(self.conn.data_to_send()))
         if not sent:
             return TLSFailure("client gone", "the client stopped reading before TLS")
         stream = trio.SSLStream(self.transport.stream(), context, server_side=True)
@@ -235,13 +229,13 @@ class Exchange:
         # until the delay is over: a cancellation during it loses none of them.
         self._app.lift()
         await trio.sleep(self.reply_delay)
-        return await self._flush(self.conn.data_to_send(), trio.current_time())
+        return await self._flush(self.conn.data_to_send())
 
-    async def _flush(self, data: bytes | memoryview, now: float) -> bool:
+    async def _flush(self, data: bytes | memoryview) -> bool:
         """Send ``data`` (replies); False (and closed) if that failed."""
         if not data:
             return True
-        deadline = min(now + self.timeouts.write, self._session_end)
+        deadline = min(trio.current_time() + self.timeouts.write, self._session_end)
         if self._app.deadline < deadline:
             self._app.lift()
         try:
@@ -277,9 +271,11 @@ class Exchange:
         deadline = self._record_deadline
         return deadline if deadline < self._session_end else self._session_end
 
-    def _ended(self, event: core.ConnectionClosed) -> None:
+    async def _end(self, event: core.ConnectionClosed) -> None:
+        """The engine has closed the connection: note why, and close it."""
         reason = _ENDINGS.get(event.reason, "error")
         self.ending = "shutdown" if self._closing is not None and reason == "refused" else reason
+        await self.close()
 
     def _why_closing(self, woken: bool) -> Reply:
         closing = self._closing
