@@ -150,6 +150,7 @@ async def test_connection_limit_overall(autojump_clock: trio.testing.MockClock) 
             await client.aclose()
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_connection_limit_per_ip_over_tcp() -> None:
     config = Config(hostname="mx.test", max_connections_per_ip=2)
     async with trio.open_nursery() as nursery:
@@ -251,6 +252,7 @@ async def test_cancelling_serve_is_graceful(autojump_clock: trio.testing.MockClo
     assert stored == [b"in flight\r\n"]
 
 
+@pytest.mark.usefixtures("both_transports")
 def test_smtplib_sees_421_on_shutdown() -> None:
     # The same through a real client over TCP, without the mock clock. The client reads
     # the reply the server sends unasked; a close without one raises, failing the test.
