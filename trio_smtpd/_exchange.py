@@ -109,8 +109,7 @@ class Exchange:
 
     async def next_event(self) -> core.Event | None:
         """The engine's next event; None once the connection is closed."""
-        # (Reading is written out here, not in a helper: one suspended call fewer per
-        # waiting session; see benchmarks/README.md, "Memory per idle connection".)
+        # (Inline, not in helpers: a suspended call fewer per session; benchmarks/README.md)
         conn = self.conn
         while not self.closed:
             event = conn.next_event()
@@ -118,6 +117,7 @@ class Exchange:
                 if type(event) is not _CLOSED:
                     return event  # type: ignore[return-value]
                 await self._end(event)
+                return None
             # After a reply the client has to read it before it says more, unless it
             # pipelines (then its next line has begun, or will come at once anyway).
             expect_wait = conn.has_data_to_send and not conn.partial_line
