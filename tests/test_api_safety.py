@@ -3,6 +3,7 @@ the public API and real clients: smtplib in a thread, raw sockets for LMTP."""
 
 from __future__ import annotations
 
+import math
 import smtplib
 from datetime import UTC, datetime
 from functools import partial
@@ -104,6 +105,54 @@ async def test_a_recipient_lookup_that_times_out_is_451_for_the_rest_of_the_sess
     assert codes == [250, 451, 451, 554]  # 554: no valid recipients
 
 
+async def test_a_handler_that_returns_mid_transaction_leaves_its_decision_451(
+        autojump_clock: trio.testing.MockClock) -> None:
+    kept: list[trio_smtpd.Decision] = []
+
+    async def handler(session: Session) -> None:
+        async for decision in session:
+            if isinstance(decision, Rcpt):
+                kept.append(decision)
+                return  # stops iterating, the recipient unanswered, the client still there
+            decision.accept()
+
+    async with tcp_server(Config(hostname="mx.test"), handler) as server:
+        client = await connect(server)
+        assert (await client.command("EHLO c")).code == 250
+        assert (await client.command("MAIL FROM:<a@b.c>")).code == 250
+        for recipient in ("d@e.f", "g@e.f"):  # the one at hand, and every later one
+            reply = await client.command(f"RCPT TO:<{recipient}>")
+            assert (reply.code, reply.lines) == (451, ["4.3.0 Not handled; try again later"])
+        assert (await client.command("DATA")).code == 554  # no valid recipients
+        await client.aclose()
+    assert kept[0].reply is not None and kept[0].reply.code == 451
+
+
+async def test_the_tarpit_delay_is_not_the_applications_time_to_decide(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    # The reply delay is the server's own choice: a handler that decides within its
+    # deadline gets its answer sent, however long the tarpit then holds the reply.
+    config = Config(hostname="mx.test", timeouts=Timeouts(decision=2))
+
+    async def handler(session: Session) -> None:
+        async for decision in session:
+            if isinstance(decision, trio_smtpd.Connect):
+                session.reply_delay = 1.5
+            elif isinstance(decision, trio_smtpd.Mail):
+                await trio.sleep(1)  # a lookup, well within its 2 s
+            decision.accept()
+
+    async with tcp_server(config, handler) as server:
+        client = await connect(server)
+        assert (await client.command("EHLO c")).code == 250
+        start = trio.current_time()
+        reply = await client.command("MAIL FROM:<a@b.c>")
+        assert (reply.code, trio.current_time() - start) == (250, pytest.approx(2.5, abs=0.2))
+        assert (await client.command("QUIT")).code == 221
+        await client.aclose()
+    assert "took too long" not in caplog.text
+
+
 # -- 3. Cancelling the consumer of transactions() answers its clients at once ------------
 
 async def test_a_cancelled_consumer_answers_held_and_later_messages_451_at_once(
@@ -138,6 +187,42 @@ async def test_a_cancelled_consumer_answers_held_and_later_messages_451_at_once(
             451, ["4.3.0 Nobody is taking messages now; try again later"])
         assert trio.current_time() - start < 1  # at once, not after a timeout
         for client in (held, later):
+            await client.aclose()
+
+
+async def test_messages_queued_when_the_last_consumer_leaves_get_451_at_once(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with tcp_server() as server:
+        taken, done = trio.Event(), trio.Event()
+
+        async def consume() -> None:
+            async with server.transactions() as transactions:
+                async for tx in transactions:
+                    taken.set()
+                    await done.wait()
+                    tx.accept()
+                    return  # ends normally, a second message queued and never taken
+
+        first, second = await connect(server), await connect(server)
+        replies: dict[str, list[trio_smtpd.testing.ClientReply]] = {}
+
+        async def send(name: str, client: TestClient) -> None:
+            replies[name] = await client.send_message("a@b.c", ["d@e.f"], b"x\r\n")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            nursery.start_soon(send, "first", first)
+            await taken.wait()
+            nursery.start_soon(send, "second", second)
+            await trio.sleep(1)  # the second message is queued, waiting for a consumer
+            assert "second" not in replies
+            start = trio.current_time()
+            done.set()
+        assert replies["first"][-1].code == 250
+        assert (replies["second"][-1].code, replies["second"][-1].lines) == (
+            451, ["4.3.0 Nobody is taking messages now; try again later"])
+        assert trio.current_time() - start < 1  # at once, not after message_decision
+        for client in (first, second):
             await client.aclose()
 
 
@@ -202,6 +287,69 @@ async def test_a_command_after_the_transaction_is_answered_421_not_before_it(
             421, ["4.3.2 Service shutting down, try again later"])
         assert await client.closed()
         await client.aclose()
+
+
+async def test_a_shutdown_after_the_250_lets_quit_have_its_221(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with tcp_server() as server, trio.open_nursery() as nursery:
+        nursery.start_soon(accept_all, server)
+        client = await connect(server)
+        replies = await client.send_message("a@b.c", ["d@e.f"], b"x\r\n")
+        assert replies[-1].code == 250
+        server.shutdown()  # the client has its 250 and is about to say QUIT
+        await trio.sleep(1)
+        reply = await client.command("QUIT")
+        assert (reply.code, reply.lines[0].split()[0]) == (221, "2.0.0")
+        assert await client.closed()
+        await client.aclose()
+
+
+async def accept_all(server: trio_smtpd.Server) -> None:
+    async with server.transactions() as transactions:
+        async for tx in transactions:
+            tx.accept()
+
+
+async def test_a_client_silent_after_its_last_transaction_gets_the_shutdown_421(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # It had its 250 and a short while for its next command (QUIT, usually); it said
+    # nothing, and is told why the server is closing, not that it was too slow.
+    async with tcp_server() as server, trio.open_nursery() as nursery:
+        nursery.start_soon(consume_then_shut_down, server)
+        client = await connect(server)
+        replies = await client.send_message("a@b.c", ["d@e.f"], b"x\r\n")
+        assert replies[-1].code == 250
+        start = trio.current_time()
+        reply = await client.reply()
+        assert (reply.code, reply.lines) == (
+            421, ["4.3.2 Service shutting down, try again later"])
+        # Before the grace period ends: this is the wait for a last command.
+        assert trio.current_time() - start < Timeouts().shutdown_grace
+        assert await client.closed()
+        await client.aclose()
+
+
+async def test_shutdown_with_no_grace_tells_every_client_421_at_once(
+        autojump_clock: trio.testing.MockClock) -> None:
+    start = math.inf
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve, Config(hostname="mx.test"), 0,
+                                             host="127.0.0.1"))
+        idle, busy = await connect(server), await connect(server)
+        assert (await idle.command("EHLO idle")).code == 250
+        for line in ["EHLO busy", "MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "DATA"]:
+            await busy.command(line)
+        await busy.send(b"half a message\r\n")
+        await trio.sleep(1)
+        start = trio.current_time()
+        server.shutdown(grace=0)
+        for client in (idle, busy):
+            reply = await client.reply()
+            assert (reply.code, reply.lines) == (
+                421, ["4.3.2 Service shutting down, try again later"])
+            assert await client.closed()
+            await client.aclose()
+    assert trio.current_time() - start < 1  # serve() has returned, without a grace period
 
 
 # -- 5. A decision made too late raises ---------------------------------------------------

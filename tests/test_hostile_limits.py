@@ -36,6 +36,8 @@ from tests.test_hostile_clients import (
 )
 from trio_smtpd.sinkhole.passwords import hash_password
 
+# (The sinkhole program drives its sockets directly, with no option to do otherwise:
+# these run on that path only; the library tests cover the other.)
 Factory = Callable[..., Sinkhole]
 MiB = 1024  # rss_kb() counts KiB
 

@@ -20,7 +20,7 @@ from trio_smtpd import Config, Credentials, Metrics, Reply, Session, Transaction
 from trio_smtpd.core import ProtocolConfig
 from trio_smtpd.testing import TestClient
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("both_transports")]
 
 
 class Recording(Metrics):

@@ -31,6 +31,9 @@ from trio_smtpd.sasl import (
     load_certificate,
 )
 
+# STARTTLS over each transport: the handshake takes over the plain connection.
+pytestmark = pytest.mark.usefixtures("both_transports")
+
 KEYS = {"alice": ScramKeys.from_password("s3cret")}
 TOKENS = {"tok-alice": "alice"}
 

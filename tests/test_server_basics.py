@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import smtplib
 from functools import partial
 
@@ -227,3 +228,22 @@ async def test_the_transport_is_the_one_under_test(both_transports: str) -> None
         expected = SocketTransport if both_transports == "direct" else StreamTransport
         assert type(session._exchange.transport) is expected
         await client.aclose()
+
+
+@pytest.mark.parametrize("ending", [b"QUIT\r\n", b""], ids=["quit", "eof"])
+async def test_a_session_the_engine_ended_is_not_read_from_again(
+        caplog: pytest.LogCaptureFixture, ending: bytes) -> None:
+    # After QUIT or the client's close, the socket is closed: reading it again would fail
+    # (EBADF, or a closed stream) and be logged as a lost connection.
+    caplog.set_level(logging.INFO, "trio_smtpd")
+    async with tcp_server() as server:
+        client = await connect(server)
+        if ending:
+            await client.send(ending)
+            assert (await client.reply()).code == 221
+        else:
+            assert isinstance(client.stream, trio.SocketStream)
+            await client.stream.send_eof()
+        assert await client.closed()
+        await client.aclose()
+    assert "connection lost" not in caplog.text

@@ -150,6 +150,7 @@ async def test_connection_limit_overall(autojump_clock: trio.testing.MockClock) 
             await client.aclose()
 
 
+@pytest.mark.usefixtures("both_transports")
 async def test_connection_limit_per_ip_over_tcp() -> None:
     config = Config(hostname="mx.test", max_connections_per_ip=2)
     async with trio.open_nursery() as nursery:
@@ -251,6 +252,7 @@ async def test_cancelling_serve_is_graceful(autojump_clock: trio.testing.MockClo
     assert stored == [b"in flight\r\n"]
 
 
+@pytest.mark.usefixtures("both_transports")
 def test_smtplib_sees_421_on_shutdown() -> None:
     # The same through a real client over TCP, without the mock clock. The client reads
     # the reply the server sends unasked; a close without one raises, failing the test.
@@ -310,6 +312,25 @@ async def test_tarpit_delays_only_the_chosen_client(
         assert trio.current_time() - start < 1
         await slow.aclose()
         await fast.aclose()
+
+
+async def test_a_tarpitted_client_gets_its_whole_command_timeout_after_the_reply(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # The client cannot answer a reply it has not had: its time runs from the reply.
+    async def handler(session: Session) -> None:
+        async for event in session:
+            if isinstance(event, trio_smtpd.Connect):
+                session.reply_delay = 8.0
+            event.accept()
+
+    config = Config(hostname="mx.test", timeouts=Timeouts(command=10))
+    async with memory_server(config, handler=handler) as (_s, listener):
+        client = TestClient(await listener.connect())
+        assert (await client.reply()).code == 220
+        assert (await client.command("EHLO c")).code == 250
+        await trio.sleep(5)
+        assert (await client.command("NOOP")).code == 250
+        await client.aclose()
 
 
 async def test_starttls_can_be_withheld_per_client(server_tls: ssl.SSLContext) -> None:

@@ -18,6 +18,9 @@ import trio_smtpd
 from trio_smtpd import Config, Session, serve
 from trio_smtpd.testing import TestClient
 
+# STARTTLS over each transport: the handshake takes over the plain connection.
+pytestmark = pytest.mark.usefixtures("both_transports")
+
 
 @asynccontextmanager
 async def running(config: Config) -> AsyncIterator[tuple[int, list[trio_smtpd.Decision],

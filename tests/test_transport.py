@@ -124,3 +124,28 @@ async def test_data_that_is_already_there_still_lets_other_tasks_run(
     assert ticks >= 49
     await transport.aclose()
     peer.close()
+
+
+@pytest.mark.parametrize("ended_by", ["deadline", "wake"])
+async def test_after_an_ended_wait_a_socket_is_only_written_without_waiting(
+        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, ended_by: str) -> None:
+    # A wait ended early is ended by trio.lowlevel.notify_closing, which expects the
+    # socket to be closed next, with no new wait on it: the session's last word (its
+    # 421) goes out if it fits in the socket's buffer, and is given up if it does not.
+    watchdog = Watchdog()
+    await nursery.start(watchdog.run)
+    ours, peer = socket.socketpair()
+    transport = SocketTransport(ours, watchdog)
+    async with trio.open_nursery() as waiting:
+        waiting.start_soon(transport.receive, 100, trio.current_time() + 60)
+        await trio.testing.wait_all_tasks_blocked()
+        if ended_by == "wake":
+            transport.wake()
+    assert await transport.send(b"421 closing\r\n", trio.current_time() + 10) is True
+    assert peer.recv(100) == b"421 closing\r\n"
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    start = trio.current_time()
+    assert await transport.send(b"x" * 10_000_000, start + 10) is False
+    assert trio.current_time() == start  # no wait on the socket
+    await transport.aclose()
+    peer.close()

@@ -180,7 +180,8 @@ class ServerConnection:
         self._out = bytearray()
         self._eof = False
         # Events made but not yet returned: rarely more than two, and usually none, so
-        # the list exists only while it holds something (a deque would cost 600 B).
+        # the list exists only while it holds something (an idle connection then holds
+        # no container at all; benchmarks/README.md, "Memory per idle connection").
         self._queued: list[Event] | None = None
         self._pending: Request | None = None
         self._discarding_line = False

@@ -40,7 +40,8 @@ _RECEIVE_SIZE = 65536
 # A record (what must arrive within one deadline) ends at a line end, or after this many
 # octets: a long line, or a BDAT chunk (which has no lines), gets a deadline per part.
 _RECORD = 1000
-# (Reading an enum member is slow enough to show in a session's cost.)
+# The modes compared on every read, bound to module names: each use of an enum member
+# is an attribute lookup, on a path that every read of every session takes.
 _DATA, _BDAT = Mode.DATA, Mode.BDAT
 # At shutdown, how long a client that just finished its transaction gets for its next
 # command (QUIT, usually) before it is told 421 unprompted.
@@ -108,23 +109,23 @@ class Exchange:
 
     async def next_event(self) -> core.Event | None:
         """The engine's next event; None once the connection is closed."""
-        # (Reading is written out here rather than in a helper: a waiting session is a
-        # chain of suspended calls, and each costs memory.)
+        # (Inline, not in helpers: a suspended call fewer per session; benchmarks/README.md)
         conn = self.conn
         while not self.closed:
             event = conn.next_event()
             if event is not NEED_DATA and event is not PAUSED:
-                if type(event) is _CLOSED:
-                    self._ended(event)
-                    await self.close()
-                    return None
-                return event  # type: ignore[return-value]
-            now = trio.current_time()
+                if type(event) is not _CLOSED:
+                    return event  # type: ignore[return-value]
+                await self._end(event)
+                return None
             # After a reply the client has to read it before it says more, unless it
             # pipelines (then its next line has begun, or will come at once anyway).
             expect_wait = conn.has_data_to_send and not conn.partial_line
-            rest = self._send_nowait()
-            if rest and not await self._flush(rest, now):
+            if self.reply_delay > 0:
+                if conn.has_data_to_send and not await self._tarpit():
+                    continue
+            elif (rest := self.transport.send_nowait(conn.data_to_send())) and \
+                    not await self._flush(rest):
                 continue
             if event is PAUSED:
                 # The engine holds more commands: no reading until they are answered.
@@ -132,7 +133,7 @@ class Exchange:
                 self._app.lift()
                 await trio.lowlevel.checkpoint()
                 continue
-            deadline = self._deadline(now)
+            deadline = self._deadline(trio.current_time())  # (from the reply, once sent)
             # An application deadline that would fire first is lifted; so is any before a
             # client's first command (many never send one: they then wait with nothing
             # registered with trio).
@@ -165,12 +166,6 @@ class Exchange:
             self._record_mode = None
         else:
             self._record_octets = octets
-
-    def _send_nowait(self) -> bytes | memoryview:
-        """Send the engine's replies as far as that needs no wait (replies are small:
-        they usually all go); the rest."""
-        data = self.conn.data_to_send()
-        return self.transport.send_nowait(data) if self.reply_delay <= 0 else data
 
     def close_when_idle(self, reply: Reply) -> None:
         """Shutdown: end the session with ``reply`` now if the client is idle, else
@@ -211,7 +206,9 @@ class Exchange:
                         metrics: Metrics | None = None) -> TLSInfo | TLSFailure:
         """After STARTTLS: send the 220, do the handshake; why not (and closed) if it
         failed."""
-        if not await self._flush(self.conn.data_to_send(), trio.current_time()):
+        sent = (await self._tarpit() if self.reply_delay > 0
+                else await self._flush(self.conn.data_to_send()))
+        if not sent:
             return TLSFailure("client gone", "the client stopped reading before TLS")
         stream = trio.SSLStream(self.transport.stream(), context, server_side=True)
         self._app.lift()  # (the handshake is a wait on the client)
@@ -224,14 +221,21 @@ class Exchange:
         self.conn.tls_established()
         return tls_info(stream)
 
-    async def _flush(self, data: bytes | memoryview, now: float) -> bool:
+    async def _tarpit(self) -> bool:
+        """Wait ``reply_delay``, then send the engine's replies; False (and closed) if
+        that failed."""
+        # The delay is the server's choice, not the application's time to decide, so
+        # the application's deadline is lifted for it. The replies stay with the engine
+        # until the delay is over: a cancellation during it loses none of them.
+        self._app.lift()
+        await trio.sleep(self.reply_delay)
+        return await self._flush(self.conn.data_to_send())
+
+    async def _flush(self, data: bytes | memoryview) -> bool:
         """Send ``data`` (replies); False (and closed) if that failed."""
         if not data:
             return True
-        if self.reply_delay > 0:
-            await trio.sleep(self.reply_delay)
-            now = trio.current_time()
-        deadline = min(now + self.timeouts.write, self._session_end)
+        deadline = min(trio.current_time() + self.timeouts.write, self._session_end)
         if self._app.deadline < deadline:
             self._app.lift()
         try:
@@ -267,13 +271,19 @@ class Exchange:
         deadline = self._record_deadline
         return deadline if deadline < self._session_end else self._session_end
 
-    def _ended(self, event: core.ConnectionClosed) -> None:
+    async def _end(self, event: core.ConnectionClosed) -> None:
+        """The engine has closed the connection: note why, and close it."""
         reason = _ENDINGS.get(event.reason, "error")
         self.ending = "shutdown" if self._closing is not None and reason == "refused" else reason
+        await self.close()
 
     def _why_closing(self, woken: bool) -> Reply:
-        if self._closing is not None and (woken or self._session_end == -math.inf):
-            return self._closing
+        closing = self._closing
+        # At shutdown, a client waited on for a command is not too slow: it is being
+        # let go (its wait was cut to _LAST_COMMAND because of the shutdown).
+        if closing is not None and (woken or self._session_end == -math.inf
+                                    or not self.conn.reading_body):
+            return closing
         if trio.current_time() >= self._session_end:
             return _SESSION_TOO_LONG
         log.info("session %s: timed out in %s", self._log_id, self.conn.mode.value)

@@ -9,10 +9,11 @@ did not have to wait still yields to the other tasks, so a client that never sto
 cannot starve them.
 
 Deadlines are kept by the server's ``Watchdog``: it calls ``expire()``, which ends the
-wait with ``trio.lowlevel.notify_closing`` (the session closes the socket right after, as
-that call expects). A new connection waits for its first command in the server's
-``IdlePool``, where an idle connection costs less memory; it leaves the pool for good once
-the client has spoken.
+wait with ``trio.lowlevel.notify_closing``; so does ``wake()`` at shutdown. That call
+expects the socket to be closed next, with no new wait on it: the session then writes its
+421 only as far as that needs no wait, and closes the socket. A new connection waits for
+its first command in the server's ``IdlePool``, where an idle connection costs less
+memory; it leaves the pool for good once the client has spoken.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ _IDLE, _READING, _WRITING, _PARKED = 0, 1, 2, 3
 class SocketTransport:
     """A non-blocking plain socket, its calls tried before any wait."""
 
-    __slots__ = ("_deadline", "_fd", "_fresh", "_pool", "_sock", "_state", "_watchdog",
-                 "_why", "queued_at", "watched_deadline")
+    __slots__ = ("_deadline", "_fd", "_fresh", "_notified", "_pool", "_sock", "_state",
+                 "_watchdog", "_why", "queued_at", "watched_deadline")
 
     def __init__(self, sock: socket.socket, watchdog: Watchdog,
                  pool: IdlePool | None = None) -> None:
@@ -49,6 +50,9 @@ class SocketTransport:
         self._fresh = pool is not None
         self._state = _IDLE
         self._why: Outcome | None = None  # why the current wait ended early
+        # Set once a wait was ended by notify_closing: the socket is to be closed, and
+        # nothing may wait on it again (trio expects that), so sends no longer wait.
+        self._notified = False
         self._deadline = math.inf
         #: For the watchdog (see ``Watched``).
         self.watched_deadline = math.inf
@@ -64,8 +68,9 @@ class SocketTransport:
         while True:
             pool = self._pool
             if self._fresh and pool is not None and pool.running:
-                # Parked (written out here, not in a helper: a waiting session is a
-                # chain of suspended calls, and each costs memory).
+                # Parked (written out here, not in a helper: one suspended call fewer
+                # for every connection waiting here; see benchmarks/README.md, "Memory
+                # per idle connection").
                 self._why = None
                 self._watchdog.watch(self, deadline)
                 self._state = _PARKED
@@ -124,7 +129,7 @@ class SocketTransport:
 
     async def _wait(self, state: int, deadline: float) -> Outcome | None:
         """Wait until the socket is ready (None), or the deadline or ``wake()`` comes."""
-        if deadline <= trio.current_time():
+        if deadline <= trio.current_time() or self._notified:
             return TIMEOUT
         self._why = None
         self._watchdog.watch(self, deadline)
@@ -160,6 +165,7 @@ class SocketTransport:
             assert self._pool is not None
             self._pool.release(self._fd)
         else:
+            self._notified = True
             trio.lowlevel.notify_closing(self._fd)
 
 
