@@ -128,6 +128,37 @@ async def test_a_handler_that_returns_mid_transaction_leaves_its_decision_451(
     assert kept[0].reply is not None and kept[0].reply.code == 451
 
 
+@pytest.mark.parametrize("step", ["connect", "auth"])
+async def test_a_decision_the_application_let_time_out_gets_its_own_kind_of_4xx(
+        autojump_clock: trio.testing.MockClock, step: str) -> None:
+    """A greeting answers 421 (RFC 5321 3.1), AUTH 454 (RFC 4954 6): the session's 451
+    would be a reply neither command may give."""
+    async def anyone(credentials: trio_smtpd.Credentials) -> str | None:
+        return "anyone"
+
+    async def handler(session: Session) -> None:
+        async for decision in session:
+            if type(decision).__name__.lower() == step:
+                await trio.sleep_forever()  # the application never answers
+            decision.accept()
+
+    config = Config(hostname="mx.test", timeouts=Timeouts(decision=1),
+                    authenticator=anyone, auth_requires_tls=False)
+    async with tcp_server(config, handler) as server:
+        assert server.port is not None
+        client = TestClient(await trio.open_tcp_stream("127.0.0.1", server.port))
+        greeting = await client.reply()
+        if step == "connect":
+            assert (greeting.code, greeting.lines) == (
+                421, ["4.3.2 Timed out waiting for a decision; try again later"])
+        else:
+            assert greeting.code == 220 and (await client.command("EHLO c")).code == 250
+            reply = await client.command("AUTH PLAIN AGFsaWNlAHNlY3JldA==")
+            assert (reply.code, reply.lines) == (
+                454, ["4.7.0 Timed out waiting for a decision; try again later"])
+        await client.aclose()
+
+
 async def test_the_tarpit_delay_is_not_the_applications_time_to_decide(
         autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
     # The reply delay is the server's own choice: a handler that decides within its

@@ -62,6 +62,9 @@ class Decision:
     _ACCEPT_CODES: tuple[int, ...] = (250,)
     _REJECT_CODES: tuple[int, ...] = ()
     _TEMPFAIL_CODES: tuple[int, ...] = ()
+    #: Its temporary failure is not 451 (421 at connect, 454 for AUTH): the server, when
+    #: it answers for a gone application, uses that code instead of its own 451.
+    _OWN_TEMPFAIL = False
 
     def __init__(self) -> None:
         self._answered = False
@@ -119,6 +122,18 @@ class Decision:
             self._answer(reply)
             self._why_answered = f" ({why})"
 
+    def _give_up(self, code: int, enhanced: str, text: str) -> bool:
+        """The application is gone: answer with the temporary failure the session fell
+        back to (in this kind's own code, if it has one). True for a report, which is
+        answered with nothing."""
+        if self._OWN_TEMPFAIL:
+            code, enhanced = self._TEMPFAIL[0], self._TEMPFAIL[1] or enhanced
+        self._settle(Reply(code, text, enhanced), _GONE)
+        return False
+
+
+_GONE = "the application is gone"
+
 
 def _check(code: int, allowed: tuple[int, ...], what: str) -> None:
     if allowed and code not in allowed:
@@ -147,6 +162,7 @@ class Connect(Decision):
     _TEMPFAIL_CODES = (421,)
     _REJECT_TEXT = "No service for you"
     _TEMPFAIL_TEXT = "Service not available, try again later"
+    _OWN_TEMPFAIL = True
 
     def __init__(self, info: SessionInfo) -> None:
         super().__init__()
@@ -182,6 +198,7 @@ class Auth(Decision):
     _TEMPFAIL = (454, "4.7.0")
     _ACCEPT_CODES = (235,)
     _REJECT_TEXT = "Authentication credentials invalid"
+    _OWN_TEMPFAIL = True
 
     def __init__(self, mechanism: str, identity: str, credentials: Credentials) -> None:
         super().__init__()
@@ -286,6 +303,10 @@ class Message(Decision):
                  enhanced: str | None = None) -> None:
         self.transaction.tempfail(code, text, enhanced)
 
+    def _give_up(self, code: int, enhanced: str, text: str) -> bool:
+        self.transaction._close_answers((code, enhanced, text), _GONE)
+        return False
+
     def __repr__(self) -> str:
         return f"Message({self.transaction.size} octets)"
 
@@ -304,6 +325,10 @@ class TLSFailed(Decision):
         super().__init__()
         self.reason = reason
         self.detail = detail
+
+    def _give_up(self, code: int, enhanced: str, text: str) -> bool:
+        self._settle(None, "a report needs no answer")
+        return True
 
     def __repr__(self) -> str:
         return f"TLSFailed({self.reason}: {self.detail})"

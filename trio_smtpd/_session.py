@@ -225,7 +225,7 @@ class Session:
         if decision is None:
             return
         conn = self._exchange.conn
-        if self._fallback is not None and _settle_with(decision, self._fallback):
+        if self._fallback is not None and decision._give_up(*self._fallback):
             return  # (a report: nothing to send)
         if not self.offer_starttls and conn.config.tls_available:
             conn.config = replace(conn.config, tls_available=False)
@@ -329,24 +329,6 @@ async def forward_transactions(session: Session) -> None:
     async for decision in session:
         if isinstance(decision, Message):
             await session._queue.deliver(decision.transaction)
-
-
-def _settle_with(decision: Decision, fallback: tuple[int, str, str]) -> bool:
-    """Answer ``decision`` with the temporary failure the session fell back to; True if
-    it was a report (``TLSFailed``), to which nothing is sent."""
-    code, enhanced, text = fallback
-    if isinstance(decision, TLSFailed):
-        decision._settle(None, "a report needs no answer")
-        return True
-    if isinstance(decision, Message):
-        decision.transaction._close_answers(fallback, "the application is gone")
-    elif isinstance(decision, Connect):
-        decision._settle(Reply(421, text, "4.3.2"), "the application is gone")
-    elif isinstance(decision, Auth):
-        decision._settle(Reply(454, text, "4.7.0"), "the application is gone")
-    else:
-        decision._settle(Reply(code, text, enhanced), "the application is gone")
-    return False
 
 
 _ON_EVENT: dict[type[core.Event], Callable[[Session, Any], Decision | None]] = {
