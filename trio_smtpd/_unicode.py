@@ -24,43 +24,41 @@ __all__ = ["UNSAFE_CATEGORIES", "escape_unsafe", "first_not_in_name", "is_unsafe
 # in the reader's newer Unicode (U+2066-2069 were unassigned before Unicode 6.3).
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 
-# The Default_Ignorable_Code_Point characters (DerivedCoreProperties.txt) outside those
-# categories, which render as nothing: the combining grapheme joiner, the Hangul fillers,
-# the Khmer inherent vowels, the Mongolian free variation selectors and the variation
-# selectors. (unicodedata does not expose the property; the other ignorables are Cf or Cn.)
-_IGNORABLE = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u3164"
-                        "\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]")
-
 
 def is_unsafe(char: str) -> bool:
     """Whether ``char`` could split, reorder or hide text if written raw."""
-    return unicodedata.category(char) in UNSAFE_CATEGORIES or _IGNORABLE.match(char) is not None
-
-
-def _has_unsafe(text: str) -> bool:
-    # str.isprintable() is False for every category above and for spaces other than
-    # U+0020, in C: the usual text needs no look at each character.
-    if text.isprintable():
-        return _IGNORABLE.search(text) is not None
-    return any(is_unsafe(c) for c in text)
+    return unicodedata.category(char) in UNSAFE_CATEGORIES
 
 
 def escape_unsafe(text: str, escaped: Callable[[str], str]) -> str:
     """``text`` with each unsafe character replaced by ``escaped(char)``."""
-    if not _has_unsafe(text):
+    # str.isprintable() is False for every unsafe category (and for spaces other than
+    # U+0020), in C: the usual text needs no look at each character.
+    if text.isprintable():
         return text
     return "".join(escaped(c) if is_unsafe(c) else c for c in text)
+
+
+# The Default_Ignorable_Code_Point characters (DerivedCoreProperties.txt) outside the
+# unsafe categories, which render as nothing: the combining grapheme joiner, the Hangul
+# fillers, the Khmer inherent vowels, the Mongolian free variation selectors and the
+# variation selectors. (unicodedata does not expose the property; the other ignorables
+# are Cf or Cn.) Written down they cannot split or reorder a line, so they are not unsafe
+# there; in a name they make two spellings of it look alike.
+_IGNORABLE = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u3164"
+                        "\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]")
 
 
 def not_in_name(char: str) -> bool:
     """Whether no domain name label may hold ``char``.
 
-    The unsafe characters, spaces (Zs), and what IDNA2003's nameprep maps to nothing
-    (table B.1, which adds U+1806): IDNA2008 (RFC 5892) disallows them all, and a label
-    holding one would be a different spelling of a name (``exa\\u00admple`` is
-    ``example`` to IDNA2003) or no name at all.
+    The unsafe characters, spaces (Zs), the other default-ignorable characters, and what
+    IDNA2003's nameprep maps to nothing (table B.1, which adds U+1806): IDNA2008 (RFC
+    5892) disallows them all, and a label holding one would be a different spelling of a
+    name (``exa\\u00admple`` is ``example`` to IDNA2003) or no name at all.
     """
-    return is_unsafe(char) or unicodedata.category(char) == "Zs" or stringprep.in_table_b1(char)
+    return (is_unsafe(char) or unicodedata.category(char) == "Zs"
+            or _IGNORABLE.match(char) is not None or stringprep.in_table_b1(char))
 
 
 def first_not_in_name(label: str) -> str | None:
