@@ -220,7 +220,7 @@ MAILBOX_BAD: list[tuple[str, bool, int, str]] = [
     ("a@ü-.example", True, 501, "starts or ends with a hyphen"),
     ("a@-ü.example", True, 501, "starts or ends with a hyphen"),
     ("a@" + "ü" * 60 + ".example", True, 501, "is not a valid IDNA label"),  # A-label > 63
-    ("a@\ue000.example", True, 501, "is not a valid IDNA label"),  # private use
+    ("a@\ue000.example", True, 501, "label contains U+E000, which IDNA2008"),  # private use
     ("a@\u05d0a.example", True, 501, "is not a valid IDNA label"),  # bidi rule
     ("a@b\u3002c", True, 501, "is not a valid IDNA label"),  # ideographic full stop
     ("a@b\uff0ec", True, 501, "is not a valid IDNA label"),  # fullwidth full stop
@@ -750,3 +750,67 @@ def test_undecodable_octets_without_smtputf8_are_an_smtputf8_matter() -> None:
     with pytest.raises(ReplyError) as info:
         parse_forward_path("<a\udc80@b.c>", utf8=False)
     assert str(info.value.reply) == "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8"
+
+
+# ------------------------------------------------------------------ invisible characters
+# Issue 16: IDNA2003's nameprep (the stdlib codec) maps the soft hyphen, the zero-width
+# characters, the word joiner and the variation selectors to nothing, so a label holding
+# one passed the codec and reached the rules spelt differently from the domain it stands
+# for. IDNA2008 (RFC 5892), which RFC 6531 asks U-labels to follow, disallows every such
+# character; the parser refuses them, so every consumer sees one spelling of a domain.
+
+# Format characters (Cf: soft hyphen, zero-width (non-)joiners, word joiner, bidi
+# controls, tag characters, ...), what nameprep maps to nothing (table B.1: with the Cf
+# ones, U+034F, U+1806, the Mongolian and standard variation selectors), the other
+# default-ignorable characters (Hangul fillers, Khmer inherent vowels, the supplementary
+# variation selectors) and the other characters no name may hold (spaces, controls,
+# private use, unassigned).
+_INVISIBLE_EXTRA = ("\u034f\u115f\u1160\u17b4\u17b5\u1806\u180b\u180c\u180d\u180f\u3164"
+                    "\ufe00\ufe0f\uffa0\U000e0100\U000e01ef")
+invisible = st.one_of(
+    st.characters(categories=["Cf"]),
+    st.sampled_from(_INVISIBLE_EXTRA),
+    st.sampled_from("\u00ad\u200b\u200c\u200d\u2060\u206a\u180e\U000e0001\U000e0041"),
+    st.characters(categories=["Zs", "Zl", "Zp", "Co", "Cn"], min_codepoint=0x80),
+)
+_GOOD_LABELS = ["bücher", "例え", "テスト", "münchen", "δοκιμή", "example", "spamtrap", "ceo"]
+
+
+@given(st.sampled_from(_GOOD_LABELS), st.integers(0, 8), invisible,
+       st.sampled_from(["rev", "fwd", "box"]), st.booleans())
+def test_invisible_characters_in_a_domain_label_are_refused(
+        label: str, where: int, char: str, function: str, route: bool) -> None:
+    spelt = label[:where] + char + label[where:]
+    domain = f"{spelt}.example"
+    text = f"ceo@{domain}" if function == "box" else (
+        f"<@{domain}:ceo@example.com>" if route else f"<ceo@{domain}>")
+    where_said = "source route domain" if route and function != "box" else "domain"
+    with pytest.raises(ReplyError) as info:
+        run(function, text, True)
+    reply = info.value.reply
+    assert (reply.code, reply.enhanced) == (501, enhanced_for(function, 501)), reply
+    assert f"{where_said} label contains U+{ord(char):04X}" in reply.text, reply
+    # The reply names the character; it does not echo it.
+    assert char not in reply.text
+
+
+@pytest.mark.parametrize("text", [
+    "<ceo@exa\u00admple.com>", "<ceo@exa\u200bmple.com>", "<ceo@example\u2060.com>",
+    "<x@spam\u00adtrap.example>", "<x@spam\u200ctrap.example>", "<x@spam\u200dtrap.example>",
+    "<x@spam\ufe0ftrap.example>", "<x@spamtrap\U000e0041.example>",
+])
+def test_the_reported_bypasses_are_refused(text: str) -> None:
+    with pytest.raises(ReplyError) as info:
+        parse_forward_path(text, utf8=True)
+    assert info.value.reply.code == 501
+
+
+@pytest.mark.parametrize(("text", "domain"), [
+    ("<a@bücher.example>", "bücher.example"), ("<a@例え.テスト>", "例え.テスト"),
+    ("<a@xn--bcher-kva.example>", "xn--bcher-kva.example"),
+    ("<a@xn--r8jz45g.xn--zckzah>", "xn--r8jz45g.xn--zckzah"),
+    ("<a@BÜCHER.example>", "BÜCHER.example"), ("<a@δοκιμή.example>", "δοκιμή.example"),
+])
+def test_ordinary_internationalised_domains_still_pass(text: str, domain: str) -> None:
+    address, rest = parse_forward_path(text, utf8=True)
+    assert (address.domain, rest) == (domain, "")

@@ -54,6 +54,10 @@ def test_short_circuits_and_negation() -> None:
     ("mail.example.org.", "EHLO", {"ehlo", "bogus"}),
     ("[garbage]", "EHLO", {"ehlo", "bogus", "nodots"}),
     ("bücher.example", "EHLO", {"ehlo"}),
+    # Issue 16: a name spelt with a character no name may hold is not a host name.
+    ("mx.exa\u00admple.com", "EHLO", {"ehlo", "bogus"}),
+    ("mx.example\u2060.com", "EHLO", {"ehlo", "bogus"}),
+    ("mx.exa\ufe0fmple.com", "EHLO", {"ehlo", "bogus"}),
     ("192.0.2.9", "EHLO", {"ehlo", "bareip", "otherip"}),
     ("[192.0.2.9]", "EHLO", {"ehlo", "properip", "otherip"}),
     ("[198.51.100.2]", "EHLO", {"ehlo", "properip", "remip"}),

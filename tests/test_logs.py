@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -49,9 +50,25 @@ def test_event_lines_go_to_the_configured_stream_in_order() -> None:
     assert stream.getvalue().splitlines()[-1].endswith(' close session=1.1 helo="mx test"')
 
 
+# The general categories never written raw (issue 16): controls, format characters (the
+# soft hyphen, bidi and zero-width controls, tag characters...), line and paragraph
+# separators, lone surrogates, private use and unassigned code points.
+UNSAFE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn")
+unsafe_characters = st.one_of(
+    st.characters(categories=UNSAFE_CATEGORIES),
+    # Those a hand list once missed, astral ones (tag characters) among them.
+    st.sampled_from("\u00ad\u180e\u206a\u206f\U000e0001\U000e0020\U000e0041\U000e007f"),
+)
 # Anything a client chose, with what could split or disguise a line.
-hostile = st.text(st.sampled_from(["a", "ü", " ", '"', "=", "\\", "\n", "\r", "\x00", "\x7f",
-                                   "\x85", "\u2028", "\u2029", "\u202e", "\u200b", "\ufeff"]))
+hostile = st.text(st.one_of(
+    st.sampled_from(["a", "ü", " ", '"', "=", "\\", "\n", "\r", "\x00", "\x7f", "\x85",
+                     "\u2028", "\u2029", "\u202e", "\u200b", "\ufeff"]),
+    unsafe_characters))
+
+
+def raw_unsafe(text: str) -> list[str]:
+    """The characters of ``text`` in a category never written raw."""
+    return [c for c in text if unicodedata.category(c) in UNSAFE_CATEGORIES]
 
 
 @given(hostile)
@@ -61,6 +78,7 @@ def test_no_value_splits_or_hides_in_a_line(value: str) -> None:
     for line in (json_line, text_line):
         # As line-based readers (Python's splitlines, JavaScript, log viewers) see it.
         assert len(line.splitlines()) == 1 and line.isprintable()
+        assert raw_unsafe(line) == []
     decoded = json.loads(json_line)
     assert decoded["helo"] == value and decoded["recipients"] == [value]  # exact values
     assert text_line.endswith(" size=1")  # the value did not swallow the next field

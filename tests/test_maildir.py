@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import os
 import re
@@ -15,6 +16,7 @@ import pytest
 import trio
 
 from trio_smtpd.maildir import Maildir
+from trio_smtpd.sinkhole.hashstore import HashedWriter
 
 
 async def test_deliver_writes_into_new_only(tmp_path: Path) -> None:
@@ -170,17 +172,21 @@ async def test_prepend_before_and_after_the_buffer_is_flushed(
     assert large.size == len(body) + 10 and os.listdir(tmp_path / "tmp") == []
 
 
+@pytest.mark.parametrize("hashed", [False, True], ids=["named", "hash-named"])
+@pytest.mark.parametrize("timed", [False, True], ids=["untimed", "timed"])
 async def test_commit_order_is_fsync_rename_fsync_directory_then_return(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hashed: bool, timed: bool) -> None:
     # A 250 may only follow a commit that returned; a message is durable only if its data
     # was fsynced before the rename made it visible, and the rename itself (the directory)
     # was fsynced after it. A crash between any two of these steps must lose nothing
-    # that was acknowledged.
+    # that was acknowledged. Every commit path is held to it (issue 23): the timed one
+    # (Maildir.on_fsync, the sinkhole with --metrics-listen) and the hash-named one
+    # (--save-hash, which links instead of renaming).
     maildir = Maildir(tmp_path)
     maildir.create()
     body = b"Subject: durable\r\n\r\n" + b"x" * 5000 + b"\r\n"
     steps: list[tuple[str, ...]] = []
-    real_fsync, real_rename = os.fsync, os.rename
+    real_fsync, real_rename, real_link = os.fsync, os.rename, os.link
 
     def fsync(fd: int) -> None:
         # What the descriptor is, and how much of the message it holds, right now.
@@ -193,21 +199,35 @@ async def test_commit_order_is_fsync_rename_fsync_directory_then_return(
         steps.append(("rename", os.fspath(src), os.fspath(dst)))
         real_rename(src, dst)
 
+    def link(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        steps.append(("rename", os.fspath(src), os.fspath(dst)))  # as good as one here
+        real_link(src, dst)
+
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)
-    writer = maildir.open()
+    monkeypatch.setattr(os, "link", link)
+    if timed:
+        maildir.on_fsync = lambda what, _seconds: steps.append(("timed", what))
+    writer = HashedWriter(maildir, "msg") if hashed else maildir.open()
     await writer.write(body)
+    if isinstance(writer, HashedWriter):
+        writer.name_it(hashlib.sha256(body).hexdigest())
     name = await writer.commit(then=lambda: steps.append(("then",)))
     steps.append(("returned",))
-    tmp, new = str(tmp_path / "tmp" / name), str(tmp_path / "new" / name)
-    assert steps == [
+    tmp, new = steps[0][1], str(tmp_path / "new" / name)
+    assert Path(tmp).parent == tmp_path / "tmp"
+    expected = [
         ("fsync", tmp, str(len(body))),  # the whole message, while still in tmp/
+        ("timed", "file"),
         ("rename", tmp, new),
         ("fsync", str(tmp_path / "new"), "directory"),
+        ("timed", "directory"),
         ("then",),
         ("returned",),
     ]
+    assert steps == [step for step in expected if timed or step[0] != "timed"]
     assert (tmp_path / "new" / name).read_bytes() == body
+    assert os.listdir(tmp_path / "tmp") == []
 
 
 # What a Maildir promises beyond delivery itself: names readers can parse, files only we

@@ -5,10 +5,15 @@ patterns mean what sinksmtp's mean."""
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import Sinkhole
+from tests.test_address import invisible
+from tests.wire import Wire
 from trio_smtpd._address import parse_forward_path
 from trio_smtpd.sinkhole.addresses import address_patterns, canonical_domain, host_pattern
 
@@ -102,3 +107,69 @@ def test_host_patterns_compare_one_idn_form() -> None:
     for name in ("notdyn.example", "pool.example.net", "bücher.example"):
         assert not matches(name), name
     assert canonical_domain("BÜCHER\u3002Example.") == "bücher.example"
+
+
+# Issue 16: a HELO or DNS name is not checked by the engine (an address is: see
+# test_address.py), so the canonical form drops what IDNA2003 maps to nothing and every
+# other character a domain name may not hold. ``EHLO exa\u00admple.com`` is the name
+# ``example.com`` to IDNA2003 and no name at all to IDNA2008; it must not dodge a rule for
+# ``example.com``.
+@given(st.lists(labels, min_size=1, max_size=3), st.data())
+def test_host_names_with_invisible_characters_compare_as_without(
+        parts: list[str], data: st.DataObject) -> None:
+    name = ".".join(parts)
+    index = data.draw(st.integers(0, len(parts) - 1))
+    label = parts[index]
+    where = data.draw(st.integers(0, len(label)))
+    chars = data.draw(st.lists(invisible, min_size=1, max_size=3))
+    spelt = ".".join([*parts[:index], label[:where] + "".join(chars) + label[where:],
+                      *parts[index + 1:]])
+    assert canonical_domain(spelt) == canonical_domain(name)
+    assert host_pattern([name])(spelt) and host_pattern([spelt])(name)
+    assert host_pattern(["." + parts[-1]])(spelt)
+
+
+BYPASS_RULES = """
+[[rule]]
+name = "protected"
+phase = "rcpt"
+action = "reject"
+reply = "550 5.7.1 Protected"
+[rule.match]
+recipient = ["ceo@example.com", "@.spamtrap.example"]
+
+[[rule]]
+name = "impostor"
+phase = "helo"
+action = "reject"
+reply = "550 5.7.1 You are not us"
+[rule.match]
+helo = ["mx.example.com"]
+"""
+
+
+def test_invisible_characters_do_not_dodge_rules_in_the_program(
+        sinkhole_factory: Callable[..., Sinkhole], tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(BYPASS_RULES)
+    sinkhole = sinkhole_factory("--rules", str(path))
+    with Wire(sinkhole.port) as wire:
+        assert wire.command("EHLO mx.exa\u00admple.com").startswith(b"550 5.7.1 You are not")
+    with Wire(sinkhole.port) as wire:
+        assert wire.command("EHLO client.test").startswith(b"250")
+        assert wire.command("MAIL FROM:<a@exa\u200bmple.com> SMTPUTF8").startswith(
+            b"501 5.1.7 Syntax error in sender address: domain label contains U+200B")
+        assert wire.command("MAIL FROM:<a@client.test> SMTPUTF8").startswith(b"250")
+        for rcpt in ("ceo@exa\u00admple.com", "ceo@exa\u200bmple.com",
+                     "ceo@example\u2060.com", "x@spam\u00adtrap.example",
+                     "x@a.spam\u200ctrap.example", "x@spamtrap\ufe0f.example"):
+            reply = wire.command(f"RCPT TO:<{rcpt}>")
+            assert reply.startswith(b"501 5.1.3 Syntax error in recipient address: domain "
+                                    b"label contains U+"), (rcpt, reply)
+        for rcpt in ("ceo@example.com", "CEO@EXAMPLE.COM", "x@a.spamtrap.example",
+                     "x@spamtrap.example"):
+            assert wire.command(f"RCPT TO:<{rcpt}>").startswith(b"550 5.7.1 Protected"), rcpt
+        for rcpt in ("ceo@bücher.example", "x@例え.テスト", "x@xn--bcher-kva.example"):
+            assert wire.command(f"RCPT TO:<{rcpt}>").startswith(b"250"), rcpt
+    sinkhole.wait_for("policy", 5)  # log lines are written in batches
+    assert [e["rule"] for e in sinkhole.events("policy")] == ["impostor"] + ["protected"] * 4

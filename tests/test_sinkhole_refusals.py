@@ -139,9 +139,11 @@ def test_auth_and_tls_failures_are_structured(sinkhole_factory: Factory,
         assert (event["reason"], event["detail"], event["after_hello"]) == (
             "protocol error", "WRONG_VERSION_NUMBER", False)
     assert starttls["session"] != implicit["session"] and implicit["session"]
-    # The library's free-text lines about them are replaced, not repeated.
+    # The library's free-text lines about them are replaced, not repeated; and each
+    # AUTH failure is that one refused line, not another without the address (issue 16).
     free_text = [e["message"] for e in sinkhole.events("log")]
     assert not [m for m in free_text if "AUTH" in str(m) or "TLS" in str(m)], free_text
+    assert [e["event"] for e in sinkhole.log() if e.get("user") == "alice"] == ["refused"]
 
 
 def test_plaintext_injected_behind_starttls_is_logged(sinkhole_factory: Factory,

@@ -12,10 +12,12 @@ client precisely what is wrong.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import NoReturn
 
 from ._replies import ReplyError
+from ._unicode import first_not_in_name
 
 __all__ = ["Address", "parse_forward_path", "parse_mailbox", "parse_reverse_path"]
 
@@ -178,14 +180,24 @@ def _check_domain(kind: _Kind, domain: str, where: str) -> None:
         if label.isascii():
             if len(label) > _MAX_LABEL:
                 raise _syntax(kind, f"{where} label longer than {_MAX_LABEL} octets")
+        elif (char := first_not_in_name(label)) is not None:
+            raise _syntax(kind, f"{where} label contains {_named(char)}, which IDNA2008 "
+                                "does not allow")
         elif not _is_u_label(label):
             raise _syntax(kind, f"{where} label {label!r} is not a valid IDNA label")
+
+
+def _named(char: str) -> str:
+    # Named, not echoed: the character is invisible, or worse, in the client's terminal.
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X} {name}" if name else f"U+{ord(char):04X}"
 
 
 def _is_u_label(label: str) -> bool:
     # The stdlib codec is IDNA2003, so this is a sanity check rather than IDNA2008 validation:
     # the label must convert to one LDH label of at most 63 octets. The codec also splits on
     # U+3002 and other dot look-alikes, which therefore fail here rather than hide a label.
+    # What it maps to nothing (the soft hyphen...) was refused before (first_not_in_name).
     try:
         a_label = label.encode("idna").decode("ascii")
     except UnicodeError:

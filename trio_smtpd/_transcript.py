@@ -11,33 +11,35 @@ protocol line, in the manner of the Go smtpd's connection log::
 AUTH secrets never reach it; message bodies are summarised unless ``bodies=True``, when
 each line of data is written too (marked ``<|``). What the client sent, and the replies
 (which echo it), are escaped so that a transcript line is always one line: control
-characters, and Unicode line and format controls, become ``\\xNN``/``\\uNNNN``.
+characters, and Unicode line and format controls, become ``\\xNN``/``\\uNNNN``/
+``\\UNNNNNNNN`` (the categories are in ``_unicode.py``).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ._replies import Reply
+from ._unicode import escape_unsafe
 
 __all__ = ["Transcript", "escape"]
 
-# C0 and C1 controls, DEL, and the Unicode line/paragraph separators and bidi and other
-# format controls that could split a line or disguise it in a terminal or log viewer.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069"
-                     "\ufeff\ufff9-\ufffb]")
-
 
 def escape(text: str) -> str:
-    """``text`` with every character that could break or disguise a line escaped."""
-    return _UNSAFE.sub(_escaped, text)
+    """``text`` with every character that could break or disguise a line escaped: those
+    of the general categories in ``_unicode.UNSAFE_CATEGORIES`` (controls, format
+    characters, line and paragraph separators...), as ``\\xNN``, ``\\uNNNN`` or
+    ``\\UNNNNNNNN``."""
+    return escape_unsafe(text, _escaped)
 
 
-def _escaped(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    # Eight digits beyond the BMP, so that "\\ue0041" is not read as U+E004 then "1".
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 class Transcript:

@@ -8,7 +8,10 @@ the address and the pattern are put in one form:
   normalisation, so ``TRAP``, ``trap`` and the full-width ``trap`` are alike);
 * the domain in one form whatever IDN form was sent: A-labels (``xn--bcher-kva``) are
   decoded to U-labels (``bücher``), the ideographic and full-width full stops count as
-  dots (IDNA does that), and a final dot is dropped.
+  dots (IDNA does that), and a final dot is dropped;
+* in the domain, characters no name may hold are dropped: the engine refuses them in an
+  address (``exa\u00admple.com``, which IDNA2003 maps to ``example.com``), but a HELO or
+  DNS name is not checked, and must not dodge a rule for the name it is spelt like.
 
 Patterns, as sinksmtp's: ``<>`` the null sender; ``user@domain``; ``user@`` that local
 part at any domain (and the domain-less ``<Postmaster>`` for ``postmaster@``);
@@ -29,6 +32,8 @@ import re
 import unicodedata
 from collections.abc import Callable
 
+from .._unicode import first_not_in_name, not_in_name
+
 __all__ = ["address_patterns", "canonical_address", "canonical_domain", "host_pattern"]
 
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
@@ -44,6 +49,8 @@ def _label(label: str) -> str:
     if label[:4].lower() == "xn--":
         with contextlib.suppress(UnicodeError, ValueError):  # else compared as written
             label = label[4:].encode("ascii").decode("punycode")
+    if first_not_in_name(label) is not None:
+        label = "".join(c for c in label if not not_in_name(c))
     return _fold(label)
 
 

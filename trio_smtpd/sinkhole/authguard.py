@@ -16,7 +16,10 @@
   budget refills. The budget is a token bucket (``trio_smtpd._ratelimit``): an address
   that stops failing gets one more try every ``UNIT / N``.
 
-Every failure and every refusal is logged (``auth`` lines, with the delay).
+Every failure and every refusal is one ``refused`` log line, the one the reply makes
+(:mod:`.watch`), with the client's address, the mechanism and the user name; the guard
+adds the address's ``failures`` and the ``delay``, or the ``detail`` of a refusal without
+a check. A line of its own would say it twice, once without the address (issue 16).
 """
 
 from __future__ import annotations
@@ -29,9 +32,8 @@ import trio
 
 from .. import Credentials, PlainCredentials, Reply
 from .._ratelimit import RateLimit
-from .logs import log_event
 from .passwords import dummy_hash, verify_password
-from .records import peer_text
+from .watch import watch_of
 
 __all__ = ["HASHING_THREADS", "MAX_DELAY", "AuthGuard"]
 
@@ -59,20 +61,19 @@ class AuthGuard:
         info = credentials.info
         peer = info.peer if info is not None else None
         ip = peer[0] if peer else ""
+        # What the refused line of this attempt adds (without a watch, nothing to add to).
+        watch = watch_of(info.id) if info is not None else None
+        facts = watch.auth_facts if watch is not None else {}
         async with self._turn(ip):
             now = trio.current_time()
             if not self._budget.allows(ip, now):
-                log_event("auth", session=info.id if info else None, peer=peer_text(peer),
-                          user=_printable(credentials.username), outcome="refused",
-                          reason="failure budget spent")
+                facts["detail"] = "failure budget spent"
                 return _OVER_BUDGET
             if await self._check(credentials.username, credentials.password):
                 return credentials.username
-            failures = self._budget.spend(ip, now)
-            delay = min(MAX_DELAY, self._delay * 2 ** (math.ceil(failures) - 1))
-            log_event("auth", session=info.id if info else None, peer=peer_text(peer),
-                      user=_printable(credentials.username), outcome="failed",
-                      failures=math.ceil(failures), delay=delay)
+            failures = math.ceil(self._budget.spend(ip, now))
+            delay = min(MAX_DELAY, self._delay * 2 ** (failures - 1))
+            facts.update(failures=failures, delay=delay)
             await trio.sleep(delay)
             return None
 
@@ -93,7 +94,3 @@ class AuthGuard:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._turns.pop(ip, None)
 
-
-def _printable(text: str) -> str:
-    """A user name is the client's text: no control characters in our logs."""
-    return "".join(c if c.isprintable() else "?" for c in text)[:100]

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .._unicode import first_not_in_name
 from ..verify import SPFResult
 from .logic import UNKNOWN, Key, Unknown
 
@@ -64,6 +65,8 @@ def dbl_name(name: str | None) -> str | None:
     name = name.lower().removesuffix(".")
     if len(name) > 253 or not _HOSTNAME.fullmatch(name):
         return None
+    if any(first_not_in_name(label) is not None for label in name.split(".")):
+        return None  # invisible or format characters: no host name (issue 16)
     try:
         ipaddress.ip_address(name)
     except ValueError:

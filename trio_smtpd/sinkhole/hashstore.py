@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import secrets
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -137,6 +136,7 @@ class HashedWriter(MaildirWriter):
             assert self._fd is not None
             if self._at is not None:
                 os.pwrite(self._fd, self.name.encode(), self._at)
+            # The base class's _timed: told to on_fsync (metrics) as every commit's fsyncs.
             self._timed("file", partial(os.fsync, self._fd))
             self.duplicate = not self._link()
             if not self.duplicate:
@@ -161,10 +161,3 @@ class HashedWriter(MaildirWriter):
         except FileExistsError:
             return False
         return True
-
-    def _timed(self, what: str, action: Callable[[], object]) -> None:
-        """``action()``, its time told to the Maildir's ``on_fsync`` (metrics)."""
-        started = time.monotonic()
-        action()
-        if self.maildir.on_fsync is not None:
-            self.maildir.on_fsync(what, time.monotonic() - started)

@@ -11,7 +11,8 @@ No DNS: the name is judged by its form and against the connection's two addresse
 * ``myip`` / ``remip`` / ``otherip``: that address (bare or literal) is ours, the
   client's own, or another;
 * ``bogus``: neither a host name (RFC 5321 letters, digits and hyphens, or U-labels)
-  nor an IP address nor an address literal: ``EHLO .``, ``EHLO my_pc``, ``EHLO [x]``.
+  nor an IP address nor an address literal: ``EHLO .``, ``EHLO my_pc``, ``EHLO [x]``,
+  a name holding a character no name may hold (``EHLO mx.exa\u00admple.com``).
 """
 
 from __future__ import annotations

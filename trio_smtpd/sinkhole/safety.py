@@ -11,25 +11,26 @@ arrives escaped, as 8-bit HELO bytes do) and the bidirectional and other format 
   ``printable()`` and ``neuter()``), so no client can add a comment, a ``by`` clause or a
   ``for`` clause of its own: ``EHLO foo bar()baz;`` is ``from foo?bar??baz?``. Non-ASCII
   is kept only when the message is SMTPUTF8 (its header may then be UTF-8, RFC 6532).
-* An address in a header keeps its form (quoted local part and all) but its Unicode
-  line and format controls are escaped as ``\\uXXXX``.
+* An address in a header keeps its form (quoted local part and all) but its controls,
+  Unicode line and format characters are escaped as ``\\uXXXX`` (the transcript's
+  escapes).
 * A JSON line (log or sidecar) keeps the exact value but writes those characters as
   ``\\uXXXX`` escapes, as ``ensure_ascii`` would, while leaving other non-ASCII readable:
   a line-based reader never sees a line end inside a value.
+
+What is unsafe goes by general category (``trio_smtpd._unicode``: controls, format
+characters, line and paragraph separators, surrogates, private use, unassigned), shared
+with the library's ``Transcript``: a hand list missed the soft hyphen, U+206A-206F and the
+tag characters (issue 16).
 """
 
 from __future__ import annotations
 
-import re
-
 from .._transcript import escape
+from .._unicode import escape_unsafe, not_in_name
 
-__all__ = ["UNSAFE", "escape", "header_address", "json_safe", "safe_name"]
+__all__ = ["escape", "header_address", "json_safe", "safe_name"]
 
-# What could split or disguise a line: C0 and C1 controls, DEL, and the Unicode line,
-# paragraph, bidirectional and invisible format characters (the library's Transcript set).
-UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069"
-                    "\ufeff\ufff9-\ufffb]")
 # Postfix's NEUTER_CHARACTERS (smtpd.c), plus the backslash of an escaped 8-bit byte.
 _NEUTER = frozenset(' <>()\\";@')
 
@@ -45,7 +46,9 @@ def _keeps(c: str, utf8: bool) -> bool:
         return False
     if c.isascii():
         return "!" <= c <= "~"
-    return utf8 and c.isprintable() and UNSAFE.match(c) is None
+    # isprintable() is False for every unsafe category; not_in_name() adds what no name
+    # may hold though it can be printed (variation selectors, Hangul fillers...).
+    return utf8 and c.isprintable() and not not_in_name(c)
 
 
 def header_address(address: str) -> str:
@@ -56,6 +59,13 @@ def header_address(address: str) -> str:
 def json_safe(encoded: str) -> str:
     """JSON text (``ensure_ascii=False``) with every unsafe character as a ``\\u``
     escape. Such characters can only be inside its strings, where the escape is valid."""
-    if UNSAFE.search(encoded) is None:
-        return encoded
-    return UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", encoded)
+    return escape_unsafe(encoded, _json_escape)
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    # JSON has no escape beyond the BMP: a surrogate pair, as ensure_ascii writes it.
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"

@@ -57,6 +57,9 @@ class SessionWatch:
         #: The mechanism and user name of the AUTH attempt that just failed, and why.
         self.auth: tuple[str | None, str | None] | None = None
         self.auth_detail: str | None = None
+        #: What the authenticator (:mod:`.authguard`) adds to that line: the address's
+        #: failures and the delay, or why it refused without checking.
+        self.auth_facts: dict[str, Any] = {}
         self._bdat: int | None = None  # octets announced by the transaction's BDATs
         self._data: int | None = None  # octets of the DATA just received
 
@@ -102,15 +105,24 @@ class SessionWatch:
         fields: dict[str, Any] = {}
         if self.rule is not None:
             fields["rule"] = self.rule
-        if command == "AUTH" and self.auth is not None:
-            fields["mechanism"], fields["user"] = self.auth
-            if self.auth_detail is not None:
-                fields["detail"] = self.auth_detail
-            self.auth = self.auth_detail = None
+        if command == "AUTH":
+            fields.update(self._auth_fields())
         if command in ("DATA", "BDAT") and self.message_size is not None:
             fields["size"] = self.message_size
         self._log("refused", command=command, code=reply.code, enhanced=reply.enhanced,
                   reason=reply.text, **fields)
+
+    def _auth_fields(self) -> dict[str, Any]:
+        """The failed AUTH's facts, once: a failure is one ``refused`` line (issue 16)."""
+        fields: dict[str, Any] = {}
+        if self.auth is not None:
+            fields["mechanism"], fields["user"] = self.auth
+            if self.auth_detail is not None:
+                fields["detail"] = self.auth_detail
+        fields.update(self.auth_facts)  # the authenticator's detail says more than ours
+        self.auth = self.auth_detail = None
+        self.auth_facts = {}
+        return fields
 
     def _log(self, event: str, **fields: Any) -> None:
         peer = self.peer
