@@ -115,6 +115,9 @@ CASES = {
                  [ehlo("good.test")]),
     "dbl-sender": ("mail", 'dbl = { sender = ["dbl.test"] }', [mail("a@spammy.test")],
                    [mail("a@good.test")]),
+    "dbl-any": ("mail", 'dbl = { any = ["dbl.test"] }',
+                [mail("a@good.test", source=z.DYNAMIC), mail("a@good.test", helo="spammy.test"),
+                 mail("a@spammy.test")], [mail("a@good.test")]),
     # sinksmtp "helo-has".
     "helo_has-helo": ("helo", 'helo_has = ["helo"]', [ehlo("mail.test", "HELO")],
                       [ehlo("mail.test")]),
