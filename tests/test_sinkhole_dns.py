@@ -176,6 +176,19 @@ def test_each_matcher_decides_a_real_session(case: str, sinkhole_factory: Factor
         assert last[0] == "2", (client, last)
 
 
+def test_an_mx_saying_no_mail_makes_a_domain_baddom_whatever_the_others(
+        sinkhole_factory: Factory, dns_server: Unbound, tmp_path: Path) -> None:
+    # As sinksmtp's ValidDomain has it: any MX of "." or "localhost." means "send us no
+    # mail", even beside a good mail host; RFC 7505 forbids a null MX beside other MX
+    # records, so a domain publishing both is broken, not deliverable.
+    sinkhole = dns_sinkhole(sinkhole_factory, tmp_path, dns_server.address,
+                            one_rule("mail", 'sender_has = ["baddom"]'))
+    for domain in ("mixedmx.test", "mixednull.test"):
+        last = converse(sinkhole, mail(f"a@{domain}"))[-1]
+        assert MATCHED in last and last[0] == "5", (domain, last)
+    assert converse(sinkhole, mail("a@good.test"))[-1].startswith("250")  # its MX alone
+
+
 def test_helo_has_none_never_reaches_the_rules(sinkhole_factory: Factory,
                                                dns_server: Unbound, tmp_path: Path) -> None:
     # As in sinksmtp, whose docs say so: a HELO without a name is answered by the
