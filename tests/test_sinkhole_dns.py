@@ -189,6 +189,21 @@ def test_an_mx_saying_no_mail_makes_a_domain_baddom_whatever_the_others(
     assert converse(sinkhole, mail("a@good.test"))[-1].startswith("250")  # its MX alone
 
 
+def test_a_second_dns_server_answers_when_the_first_never_does(
+        sinkhole_factory: Factory, silent_dns: SilentServer, dns_server: Unbound,
+        tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(one_rule("connect", 'dnsbl = ["zen.test"]'))
+    sinkhole = sinkhole_factory("--rules", str(rules), "--dns-server", silent_dns.address,
+                                "--dns-server", dns_server.address, "--dns-timeout", "20")
+    greeting = converse(sinkhole, at(z.LISTED))[0]
+    assert MATCHED in greeting and greeting[0] == "5", greeting
+    assert converse(sinkhole, at(z.GOOD))[0].startswith("220 ")
+    sinkhole.wait_for("close", 2)
+    assert silent_dns.received >= 1  # each lookup went to the silent one first
+    assert [e["fcrdns"] for e in sinkhole.events("connect")] == ["nodns", "good"]
+
+
 def test_helo_has_none_never_reaches_the_rules(sinkhole_factory: Factory,
                                                dns_server: Unbound, tmp_path: Path) -> None:
     # As in sinksmtp, whose docs say so: a HELO without a name is answered by the
