@@ -9,6 +9,7 @@ import hashlib
 import os
 import signal
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,6 +129,26 @@ helo = ["ylmf-pc"]
         ("127.0.0.2", "added"), ("127.0.0.3", "added"), ("127.0.0.4", "made one by a rule")]
     refusals = [e for e in sinkhole.events("refused") if e["command"] == "CONNECT"]
     assert [(e["ip"], e["code"]) for e in refusals] == [("127.0.0.2", 421), ("127.0.0.4", 421)]
+
+
+def test_a_do_nothing_client_is_forgotten_after_dndur(sinkhole_factory: Factory) -> None:
+    sinkhole = sinkhole_factory("--dncount", "1", "--dndur", "2s")
+    with Wire(sinkhole.port, "127.0.0.2") as client:  # no HELO: got nowhere
+        assert client.greeting.startswith(b"220")
+    sinkhole.wait_for("yakker")
+    with Wire(sinkhole.port, "127.0.0.2") as client:
+        assert client.greeting.startswith(b"421 4.7.0")  # remembered
+    # Refused sessions do not count, so --dndur after the one that did it is forgotten.
+    deadline = time.monotonic() + 30
+    while True:
+        with Wire(sinkhole.port, "127.0.0.2") as client:
+            if client.greeting.startswith(b"220"):
+                break
+            assert client.greeting.startswith(b"421 4.7.0")
+        assert time.monotonic() < deadline, "still refused long after --dndur"
+        time.sleep(0.1)
+    refusals = [e for e in sinkhole.events("refused") if e["command"] == "CONNECT"]
+    assert refusals and all(e["ip"] == "127.0.0.2" for e in refusals)
 
 
 def test_rule_files_include_phaseless_rules_and_pattern_files(sinkhole_factory: Factory,
