@@ -113,6 +113,10 @@ AUTH_ZONE = [
     '_dmarc.relaxed.test. 300 TXT "v=DMARC1; p=reject; adkim=r"',
     '_dmarc.strict.test. 300 TXT "v=DMARC1; p=reject; sp=quarantine; adkim=s; aspf=s"',
     '_dmarc.spf-pass.test. 300 TXT "v=DMARC1; p=quarantine"',
+    # SPF passes for a subdomain of relaxed.test and strict.test, and for strict.test
+    'bounce.relaxed.test. 300 TXT "v=spf1 ip4:127.0.0.1 -all"',
+    'bounce.strict.test. 300 TXT "v=spf1 ip4:127.0.0.1 -all"',
+    'strict.test. 300 TXT "v=spf1 ip4:127.0.0.1 -all"',
 ]
 #: The domains whose DKIM key (selector "sel") the tests publish.
 DKIM_DOMAINS = ["dkim.test", "relaxed.test", "strict.test", "arc.test", "dmarc-reject.test"]

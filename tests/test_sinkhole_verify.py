@@ -292,6 +292,29 @@ def test_dmarc_alignment_and_policy(sinkhole_factory: Factory, auth_dns: Unbound
                                                                       "quarantine")
 
 
+SPF_ALIGNMENT_CASES = [  # (From, MAIL FROM, DMARC result); SPF passes for each
+    ("x@relaxed.test", "a@bounce.relaxed.test", "pass"),  # aspf=r (the default)
+    ("x@strict.test", "a@bounce.strict.test", "fail"),  # aspf=s: a subdomain is not it
+    ("x@strict.test", "a@strict.test", "pass"),
+]
+
+
+def test_dmarc_spf_alignment_relaxed_and_strict(sinkhole_factory: Factory,
+                                                auth_dns: Unbound, tmp_path: Path) -> None:
+    sinkhole = verifying_sinkhole(sinkhole_factory, auth_dns, tmp_path)
+    for author, sender, _result in SPF_ALIGNMENT_CASES:
+        send(sinkhole, message(author), sender)  # unsigned: SPF alone can align
+    copies = stored(sinkhole, len(SPF_ALIGNMENT_CASES))
+    for case, copy in zip(SPF_ALIGNMENT_CASES, copies, strict=True):
+        _author, sender, result = case
+        assert copy.auth["spf"]["result"] == "pass" and copy.auth["spf"]["domain"] == \
+            sender.partition("@")[2], case
+        [(found, _properties)] = copy.parsed()["dmarc"]
+        record = copy.auth["dmarc"]
+        assert found == record["result"] == result, case
+        assert (record["spf_aligned"], record["dkim_aligned"]) == (result == "pass", False)
+
+
 @pytest.mark.interop
 def test_dmarc_reject_rule(sinkhole_factory: Factory, auth_dns: Unbound, keys: Keys,
                            tmp_path: Path) -> None:
