@@ -80,10 +80,11 @@ def mail_dkim(data: bytes, key: Path, domain: str, canon: str = "relaxed/simple"
                           check=True).stdout
 
 
-def arc_seal(data: bytes, key: Path) -> bytes:
+def arc_seal(data: bytes, key: Path, relay: str = "relay.arc.test") -> bytes:
+    """An ARC set added by ``relay``, from its Authentication-Results header on top."""
     require_perl_module("Mail::DKIM::ARC::Signer", "libmail-dkim-perl")
     return subprocess.run(["perl", str(HERE / "mailsign.pl"), "arc", "arc.test", "sel",
-                           str(key), "relay.arc.test"], input=data, capture_output=True,
+                           str(key), relay], input=data, capture_output=True,
                           check=True).stdout
 
 
@@ -363,6 +364,31 @@ def test_arc_chain_sealed_by_mail_dkim(sinkhole_factory: Factory, auth_dns: Unbo
     assert broken.parsed()["arc"][0][0] == "fail"
     assert good.others == ["Authentication-Results: relay.arc.test; arc=none; spf=pass "
                            "smtp.mailfrom=alice@arc.test"]  # someone else's: kept
+
+
+@pytest.mark.interop
+def test_dmarc_and_arc_rules(sinkhole_factory: Factory, auth_dns: Unbound, keys: Keys,
+                             tmp_path: Path) -> None:
+    rules = ('[[rule]]\nname = "dmarc"\nphase = "message"\naction = "reject"\n'
+             'reply = "550 5.7.1 DMARC fails"\n[rule.match]\ndmarc = ["fail"]\n'
+             '[[rule]]\nname = "arc"\nphase = "message"\naction = "reject"\n'
+             'reply = "550 5.7.1 ARC fails"\n[rule.match]\narc = ["fail"]\n')
+    sinkhole = verifying_sinkhole(sinkhole_factory, auth_dns, tmp_path, rules)
+    sealed = arc_seal(message("alice@arc.test", extra="Authentication-Results: "
+                              "relay.arc.test; arc=none\r\n"), keys.sel)
+    for data, reply in ((message("x@dmarc-reject.test"), b"DMARC fails"),
+                        (altered(sealed), b"ARC fails")):  # (arc.test has no DMARC)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            send(sinkhole, data, "a@spf-fail.test")
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (550, b"5.7.1 " + reply)
+    send(sinkhole, mail_dkim(message("x@relaxed.test"), keys.sel, "relaxed.test"),
+         "a@spf-fail.test")  # DMARC passes
+    send(sinkhole, sealed, "a@spf-fail.test")  # ARC passes
+    copies = stored(sinkhole, 2)
+    assert [c.auth["dmarc"]["result"] for c in copies] == ["pass", "none"]
+    assert [c.auth["arc"]["result"] for c in copies] == ["none", "pass"]
+    rejected = [e for e in sinkhole.events("message") if e["outcome"] == "rejected"]
+    assert [e["rule"] for e in rejected] == ["dmarc", "arc"]
 
 
 @pytest.mark.interop
