@@ -367,6 +367,35 @@ def test_arc_chain_sealed_by_mail_dkim(sinkhole_factory: Factory, auth_dns: Unbo
 
 
 @pytest.mark.interop
+def test_arc_chain_of_two_sets(sinkhole_factory: Factory, auth_dns: Unbound, keys: Keys,
+                               tmp_path: Path) -> None:
+    sinkhole = verifying_sinkhole(sinkhole_factory, auth_dns, tmp_path)
+    first = arc_seal(message("alice@arc.test", extra="Authentication-Results: "
+                             "relay.arc.test; arc=none\r\n"), keys.sel)
+    relay2 = b"Authentication-Results: relay2.arc.test; arc=pass\r\n"
+    second = arc_seal(relay2 + first, keys.sel, "relay2.arc.test")
+    assert second.startswith(b"ARC-Seal: i=2; a=rsa-sha256; cv=pass; d=arc.test")
+    # A second relay sealing (and claiming arc=pass for) a chain whose first seal is
+    # forged: its own set is good, the chain is not.
+    seal = re.search(rb"ARC-Seal: i=1;[^\r]*b=\s*", first)
+    assert seal is not None
+    at = seal.end() + 10
+    forged = first[:at] + (b"B" if first[at:at + 1] == b"A" else b"A") + first[at + 1:]
+    broken = arc_seal(relay2 + forged, keys.sel, "relay2.arc.test")
+    for data in (second, altered(second), broken):
+        send(sinkhole, data, "a@spf-fail.test")
+    good, altered_body, forged_first = stored(sinkhole, 3)
+    assert good.parsed()["arc"] == [("pass", {"header.ams-d": "arc.test",
+                                              "header.ams-s": "sel",
+                                              "header.as-d": "arc.test",
+                                              "header.as-s": "sel"})]
+    assert good.auth["arc"]["result"] == "pass" and good.auth["arc"]["instances"] == 2
+    assert altered_body.parsed()["arc"][0][0] == "fail"
+    assert forged_first.parsed()["arc"][0][0] == "fail"
+    assert "ARC-Seal[1] did not validate" in forged_first.auth["arc"]["reason"]
+
+
+@pytest.mark.interop
 def test_dmarc_and_arc_rules(sinkhole_factory: Factory, auth_dns: Unbound, keys: Keys,
                              tmp_path: Path) -> None:
     rules = ('[[rule]]\nname = "dmarc"\nphase = "message"\naction = "reject"\n'
