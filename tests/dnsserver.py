@@ -75,6 +75,11 @@ ZONE = [
     "private.test. 300 MX 10 mx.private.test.",
     "mx.private.test. 300 A 10.1.2.3",  # (a record's value: nothing is sent there)
     "v6only.test. 300 AAAA 2001:db8::10",
+    # A good MX beside one saying "no mail here": the latter wins (as sinksmtp has it).
+    "mixedmx.test. 300 MX 10 mx.good.test.",
+    "mixedmx.test. 300 MX 20 localhost.",
+    "mixednull.test. 300 MX 10 mx.good.test.",
+    "mixednull.test. 300 MX 0 .",  # which RFC 7505 forbids beside other MX records
 ]
 REFUSED_ZONES = ["refused.test.", "6.0.0.127.in-addr.arpa."]
 
@@ -108,6 +113,10 @@ AUTH_ZONE = [
     '_dmarc.relaxed.test. 300 TXT "v=DMARC1; p=reject; adkim=r"',
     '_dmarc.strict.test. 300 TXT "v=DMARC1; p=reject; sp=quarantine; adkim=s; aspf=s"',
     '_dmarc.spf-pass.test. 300 TXT "v=DMARC1; p=quarantine"',
+    # SPF passes for a subdomain of relaxed.test and strict.test, and for strict.test
+    'bounce.relaxed.test. 300 TXT "v=spf1 ip4:127.0.0.1 -all"',
+    'bounce.strict.test. 300 TXT "v=spf1 ip4:127.0.0.1 -all"',
+    'strict.test. 300 TXT "v=spf1 ip4:127.0.0.1 -all"',
 ]
 #: The domains whose DKIM key (selector "sel") the tests publish.
 DKIM_DOMAINS = ["dkim.test", "relaxed.test", "strict.test", "arc.test", "dmarc-reject.test"]

@@ -115,6 +115,9 @@ CASES = {
                  [ehlo("good.test")]),
     "dbl-sender": ("mail", 'dbl = { sender = ["dbl.test"] }', [mail("a@spammy.test")],
                    [mail("a@good.test")]),
+    "dbl-any": ("mail", 'dbl = { any = ["dbl.test"] }',
+                [mail("a@good.test", source=z.DYNAMIC), mail("a@good.test", helo="spammy.test"),
+                 mail("a@spammy.test")], [mail("a@good.test")]),
     # sinksmtp "helo-has".
     "helo_has-helo": ("helo", 'helo_has = ["helo"]', [ehlo("mail.test", "HELO")],
                       [ehlo("mail.test")]),
@@ -171,6 +174,34 @@ def test_each_matcher_decides_a_real_session(case: str, sinkhole_factory: Factor
     for client in misses:
         last = converse(sinkhole, client)[-1]
         assert last[0] == "2", (client, last)
+
+
+def test_an_mx_saying_no_mail_makes_a_domain_baddom_whatever_the_others(
+        sinkhole_factory: Factory, dns_server: Unbound, tmp_path: Path) -> None:
+    # As sinksmtp's ValidDomain has it: any MX of "." or "localhost." means "send us no
+    # mail", even beside a good mail host; RFC 7505 forbids a null MX beside other MX
+    # records, so a domain publishing both is broken, not deliverable.
+    sinkhole = dns_sinkhole(sinkhole_factory, tmp_path, dns_server.address,
+                            one_rule("mail", 'sender_has = ["baddom"]'))
+    for domain in ("mixedmx.test", "mixednull.test"):
+        last = converse(sinkhole, mail(f"a@{domain}"))[-1]
+        assert MATCHED in last and last[0] == "5", (domain, last)
+    assert converse(sinkhole, mail("a@good.test"))[-1].startswith("250")  # its MX alone
+
+
+def test_a_second_dns_server_answers_when_the_first_never_does(
+        sinkhole_factory: Factory, silent_dns: SilentServer, dns_server: Unbound,
+        tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(one_rule("connect", 'dnsbl = ["zen.test"]'))
+    sinkhole = sinkhole_factory("--rules", str(rules), "--dns-server", silent_dns.address,
+                                "--dns-server", dns_server.address, "--dns-timeout", "20")
+    greeting = converse(sinkhole, at(z.LISTED))[0]
+    assert MATCHED in greeting and greeting[0] == "5", greeting
+    assert converse(sinkhole, at(z.GOOD))[0].startswith("220 ")
+    sinkhole.wait_for("close", 2)
+    assert silent_dns.received >= 1  # each lookup went to the silent one first
+    assert [e["fcrdns"] for e in sinkhole.events("connect")] == ["nodns", "good"]
 
 
 def test_helo_has_none_never_reaches_the_rules(sinkhole_factory: Factory,

@@ -9,8 +9,11 @@ import hashlib
 import os
 import signal
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+import trustme
 
 from tests import dnsserver as z
 from tests.conftest import Sinkhole
@@ -128,6 +131,26 @@ helo = ["ylmf-pc"]
         ("127.0.0.2", "added"), ("127.0.0.3", "added"), ("127.0.0.4", "made one by a rule")]
     refusals = [e for e in sinkhole.events("refused") if e["command"] == "CONNECT"]
     assert [(e["ip"], e["code"]) for e in refusals] == [("127.0.0.2", 421), ("127.0.0.4", 421)]
+
+
+def test_a_do_nothing_client_is_forgotten_after_dndur(sinkhole_factory: Factory) -> None:
+    sinkhole = sinkhole_factory("--dncount", "1", "--dndur", "2s")
+    with Wire(sinkhole.port, "127.0.0.2") as client:  # no HELO: got nowhere
+        assert client.greeting.startswith(b"220")
+    sinkhole.wait_for("yakker")
+    with Wire(sinkhole.port, "127.0.0.2") as client:
+        assert client.greeting.startswith(b"421 4.7.0")  # remembered
+    # Refused sessions do not count, so --dndur after the one that did it is forgotten.
+    deadline = time.monotonic() + 30
+    while True:
+        with Wire(sinkhole.port, "127.0.0.2") as client:
+            if client.greeting.startswith(b"220"):
+                break
+            assert client.greeting.startswith(b"421 4.7.0")
+        assert time.monotonic() < deadline, "still refused long after --dndur"
+        time.sleep(0.1)
+    refusals = [e for e in sinkhole.events("refused") if e["command"] == "CONNECT"]
+    assert refusals and all(e["ip"] == "127.0.0.2" for e in refusals)
 
 
 def test_rule_files_include_phaseless_rules_and_pattern_files(sinkhole_factory: Factory,
@@ -320,12 +343,16 @@ sender = ["<>"]
 
 
 def test_greeting_and_certificate_per_local_address(
-        sinkhole_factory: Factory, cert_files: tuple[Path, Path, Path],
+        sinkhole_factory: Factory, cert_files: tuple[Path, Path, Path], ca: trustme.CA,
         client_tls: ssl.SSLContext, tmp_path: Path) -> None:
-    cert, key, _ = cert_files
+    cert, key, _ = cert_files  # localhost, 127.0.0.1, mx.test
+    leaf = ca.issue_cert("second.test")
+    cert2, key2 = tmp_path / "second.crt", tmp_path / "second.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert2))
+    leaf.private_key_pem.write_to_path(str(key2))
     conncfg = write(tmp_path / "conncfg", f"""
 # LOCAL          settings
-127.0.0.2        hostname=second.test cert={cert} key={key}
+127.0.0.2        hostname=second.test cert={cert2} key={key2}
 127.0.0.0/8:1    hostname=never.test
 127.0.0.3        hostname=third.test
 """)
@@ -338,6 +365,19 @@ def test_greeting_and_certificate_per_local_address(
         with Wire(port, host=address) as client:  # to that address of ours
             return client.greeting, client.command("EHLO c.test")
 
+    def served_names(address: str, port: int) -> set[str]:
+        """The names of the certificate STARTTLS gets from that address of ours."""
+        client_tls.check_hostname = False  # (the chain is still verified)
+        with Wire(port, host=address) as client:
+            assert client.command("EHLO c.test").startswith(b"250")
+            client.starttls(client_tls)
+            assert isinstance(client.sock, ssl.SSLSocket)
+            certificate = client.sock.getpeercert()
+        assert certificate is not None
+        return {str(pair[1]) for pair in certificate["subjectAltName"]}
+
+    assert served_names("127.0.0.1", default) == {"localhost", "127.0.0.1", "mx.test"}
+    assert served_names("127.0.0.2", second) == {"second.test"}
     greeting, ehlo = greeting_and_ehlo("127.0.0.1", default)  # no line: the command line
     assert greeting.startswith(b"220 mx.test ESMTP") and b"STARTTLS" in ehlo
     greeting, ehlo = greeting_and_ehlo("127.0.0.2", second)

@@ -80,10 +80,11 @@ def mail_dkim(data: bytes, key: Path, domain: str, canon: str = "relaxed/simple"
                           check=True).stdout
 
 
-def arc_seal(data: bytes, key: Path) -> bytes:
+def arc_seal(data: bytes, key: Path, relay: str = "relay.arc.test") -> bytes:
+    """An ARC set added by ``relay``, from its Authentication-Results header on top."""
     require_perl_module("Mail::DKIM::ARC::Signer", "libmail-dkim-perl")
     return subprocess.run(["perl", str(HERE / "mailsign.pl"), "arc", "arc.test", "sel",
-                           str(key), "relay.arc.test"], input=data, capture_output=True,
+                           str(key), relay], input=data, capture_output=True,
                           check=True).stdout
 
 
@@ -292,6 +293,29 @@ def test_dmarc_alignment_and_policy(sinkhole_factory: Factory, auth_dns: Unbound
                                                                       "quarantine")
 
 
+SPF_ALIGNMENT_CASES = [  # (From, MAIL FROM, DMARC result); SPF passes for each
+    ("x@relaxed.test", "a@bounce.relaxed.test", "pass"),  # aspf=r (the default)
+    ("x@strict.test", "a@bounce.strict.test", "fail"),  # aspf=s: a subdomain is not it
+    ("x@strict.test", "a@strict.test", "pass"),
+]
+
+
+def test_dmarc_spf_alignment_relaxed_and_strict(sinkhole_factory: Factory,
+                                                auth_dns: Unbound, tmp_path: Path) -> None:
+    sinkhole = verifying_sinkhole(sinkhole_factory, auth_dns, tmp_path)
+    for author, sender, _result in SPF_ALIGNMENT_CASES:
+        send(sinkhole, message(author), sender)  # unsigned: SPF alone can align
+    copies = stored(sinkhole, len(SPF_ALIGNMENT_CASES))
+    for case, copy in zip(SPF_ALIGNMENT_CASES, copies, strict=True):
+        _author, sender, result = case
+        assert copy.auth["spf"]["result"] == "pass" and copy.auth["spf"]["domain"] == \
+            sender.partition("@")[2], case
+        [(found, _properties)] = copy.parsed()["dmarc"]
+        record = copy.auth["dmarc"]
+        assert found == record["result"] == result, case
+        assert (record["spf_aligned"], record["dkim_aligned"]) == (result == "pass", False)
+
+
 @pytest.mark.interop
 def test_dmarc_reject_rule(sinkhole_factory: Factory, auth_dns: Unbound, keys: Keys,
                            tmp_path: Path) -> None:
@@ -340,6 +364,60 @@ def test_arc_chain_sealed_by_mail_dkim(sinkhole_factory: Factory, auth_dns: Unbo
     assert broken.parsed()["arc"][0][0] == "fail"
     assert good.others == ["Authentication-Results: relay.arc.test; arc=none; spf=pass "
                            "smtp.mailfrom=alice@arc.test"]  # someone else's: kept
+
+
+@pytest.mark.interop
+def test_arc_chain_of_two_sets(sinkhole_factory: Factory, auth_dns: Unbound, keys: Keys,
+                               tmp_path: Path) -> None:
+    sinkhole = verifying_sinkhole(sinkhole_factory, auth_dns, tmp_path)
+    first = arc_seal(message("alice@arc.test", extra="Authentication-Results: "
+                             "relay.arc.test; arc=none\r\n"), keys.sel)
+    relay2 = b"Authentication-Results: relay2.arc.test; arc=pass\r\n"
+    second = arc_seal(relay2 + first, keys.sel, "relay2.arc.test")
+    assert second.startswith(b"ARC-Seal: i=2; a=rsa-sha256; cv=pass; d=arc.test")
+    # A second relay sealing (and claiming arc=pass for) a chain whose first seal is
+    # forged: its own set is good, the chain is not.
+    seal = re.search(rb"ARC-Seal: i=1;[^\r]*b=\s*", first)
+    assert seal is not None
+    at = seal.end() + 10
+    forged = first[:at] + (b"B" if first[at:at + 1] == b"A" else b"A") + first[at + 1:]
+    broken = arc_seal(relay2 + forged, keys.sel, "relay2.arc.test")
+    for data in (second, altered(second), broken):
+        send(sinkhole, data, "a@spf-fail.test")
+    good, altered_body, forged_first = stored(sinkhole, 3)
+    assert good.parsed()["arc"] == [("pass", {"header.ams-d": "arc.test",
+                                              "header.ams-s": "sel",
+                                              "header.as-d": "arc.test",
+                                              "header.as-s": "sel"})]
+    assert good.auth["arc"]["result"] == "pass" and good.auth["arc"]["instances"] == 2
+    assert altered_body.parsed()["arc"][0][0] == "fail"
+    assert forged_first.parsed()["arc"][0][0] == "fail"
+    assert "ARC-Seal[1] did not validate" in forged_first.auth["arc"]["reason"]
+
+
+@pytest.mark.interop
+def test_dmarc_and_arc_rules(sinkhole_factory: Factory, auth_dns: Unbound, keys: Keys,
+                             tmp_path: Path) -> None:
+    rules = ('[[rule]]\nname = "dmarc"\nphase = "message"\naction = "reject"\n'
+             'reply = "550 5.7.1 DMARC fails"\n[rule.match]\ndmarc = ["fail"]\n'
+             '[[rule]]\nname = "arc"\nphase = "message"\naction = "reject"\n'
+             'reply = "550 5.7.1 ARC fails"\n[rule.match]\narc = ["fail"]\n')
+    sinkhole = verifying_sinkhole(sinkhole_factory, auth_dns, tmp_path, rules)
+    sealed = arc_seal(message("alice@arc.test", extra="Authentication-Results: "
+                              "relay.arc.test; arc=none\r\n"), keys.sel)
+    for data, reply in ((message("x@dmarc-reject.test"), b"DMARC fails"),
+                        (altered(sealed), b"ARC fails")):  # (arc.test has no DMARC)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            send(sinkhole, data, "a@spf-fail.test")
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (550, b"5.7.1 " + reply)
+    send(sinkhole, mail_dkim(message("x@relaxed.test"), keys.sel, "relaxed.test"),
+         "a@spf-fail.test")  # DMARC passes
+    send(sinkhole, sealed, "a@spf-fail.test")  # ARC passes
+    copies = stored(sinkhole, 2)
+    assert [c.auth["dmarc"]["result"] for c in copies] == ["pass", "none"]
+    assert [c.auth["arc"]["result"] for c in copies] == ["none", "pass"]
+    rejected = [e for e in sinkhole.events("message") if e["outcome"] == "rejected"]
+    assert [e["rule"] for e in rejected] == ["dmarc", "arc"]
 
 
 @pytest.mark.interop

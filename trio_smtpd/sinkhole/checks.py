@@ -108,6 +108,8 @@ async def mail_domain(resolver: Resolver, domain: str, deadline: float) -> MailD
         return MailDomain(domain, "unknown", f"MX {mx.status.value} {mx.detail}".strip())
     if mx.status is Status.NXDOMAIN:
         return MailDomain(domain, "baddom", "no such domain")
+    # Any MX saying "no mail here" decides, whatever the other MX hosts, as sinksmtp's
+    # ValidDomain has it (RFC 7505 forbids a null MX beside other MX records).
     for preference, host in mx.records:
         if host == ".":
             return MailDomain(domain, "baddom", "null MX (RFC 7505)" if preference == 0
