@@ -250,6 +250,9 @@ class Server:
         session: Session | str | None = None
         try:
             session, counted = await self._open(accepted, implicit_tls, peer, local)
+            # What accept() gave lives on in the session; this frame, which every idle
+            # connection keeps, need not hold the raw address (benchmarks/README.md).
+            del accepted, peer, local
             if isinstance(session, str):
                 outcome = session
                 return
