@@ -54,6 +54,8 @@ class PostfixInstance:
             "inet_interfaces = 127.0.0.1", "inet_protocols = ipv4",
             "smtpd_relay_restrictions = permit_mynetworks, reject",
             "smtpd_peername_lookup = no", "disable_dns_lookups = yes",
+            # The 10 MB workload: as large as the trio servers take (--max-message-size).
+            f"message_size_limit = {200 * 2**20}",
             *(f"{kind}_transport = discard" for kind in
               ("default", "local", "relay", "virtual")),
             f"maillog_file = {self.dir}/maillog", f"maillog_file_prefixes = {self.dir}",
