@@ -27,6 +27,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import baseline
 import pgserver
@@ -107,6 +108,9 @@ class ServerSpec:
         if self.name == "trio_smtpd postgresql":  # a fresh database for every run
             return [*trio, "--maildir", str(workdir / "maildir"), "--store",
                     pgserver.database(), *lmtp_flag]
+        if self.name == "trio_smtpd maildir+sqlite --workers 2":  # (spread as below)
+            return [*trio, "--maildir", str(workdir / "maildir"), "--workers", "2",
+                    "--worker-routing", "connection", *lmtp_flag]
         if self.name == "trio_smtpd --discard --workers 2":
             # smtp-source sends from one address, which the default routing (every
             # address to one worker) would give to one worker: spread connections.
@@ -131,6 +135,7 @@ SERVERS = [
     ServerSpec("trio_smtpd maildir+sqlite", True),
     ServerSpec("trio_smtpd postgresql", True),
     ServerSpec("trio_smtpd --discard --workers 2", True),
+    ServerSpec("trio_smtpd maildir+sqlite --workers 2", True),
     ServerSpec("aiosmtpd", False),
     ServerSpec("smtp-sink", True),
     # Postfix's own accept path (root only): mail kept in its hold queue, or discarded.
@@ -337,6 +342,40 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+#: Durable acceptance, ours and Postfix's (issue 22).
+DURABLE = ("trio_smtpd maildir", "trio_smtpd maildir+sqlite", "trio_smtpd postgresql",
+           "trio_smtpd maildir+sqlite --workers 2")
+
+
+def durable_table(results: list[Result]) -> str:
+    """Our durable rows as ratios to Postfix's accept path (mail held in its queue)."""
+    by_key = {(r.server, r.workload): r for r in results}
+    lines = ["| workload | server | msg/s | CPU s / 1000 msg | msg/s vs Postfix held | "
+             "CPU per message vs Postfix held |", "|---|---|---:|---:|---:|---:|"]
+    for result in results:
+        held = by_key.get(("postfix (held)", result.workload))
+        if result.server not in DURABLE or held is None:
+            continue
+        lines.append(
+            f"| {result.workload} | {result.server} | {result.messages_per_second:.0f} | "
+            f"{result.cpu_seconds_per_1000:.3f} | "
+            f"{result.messages_per_second / held.messages_per_second:.2f}x | "
+            f"{result.cpu_seconds_per_1000 / held.cpu_seconds_per_1000:.2f}x |")
+    return "\n".join(lines)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    results = [Result(**r) for r in report["results"]]
+    print(f"{report['date']} on {report['machine']}\n")
+    for name, description in report["workloads"].items():
+        print(f"({name}) {description}")
+    print()
+    print(table(results))
+    if any(r.server == "postfix (held)" for r in results):
+        print()
+        print(durable_table(results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -347,7 +386,12 @@ def main() -> None:
                         help="also run the library rows of this earlier commit, in turns "
                              "with the others (before/after in one run)")
     parser.add_argument("--workloads", default="abcde", help="which workloads (letters)")
+    parser.add_argument("--report", metavar="JSON",
+                        help="print the tables of an earlier run's JSON, and measure nothing")
     args = parser.parse_args()
+    if args.report:
+        print_report(json.loads(Path(args.report).read_text()))
+        return
     servers = list(SERVERS)
     if args.baseline:
         tree = baseline.extract(args.baseline)
@@ -372,11 +416,7 @@ def main() -> None:
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{report['date']} on {report['machine']}\n")
-    for name, description in report["workloads"].items():
-        print(f"({name}) {description}")
-    print()
-    print(table(results))
+    print_report(report)
 
 
 def machine() -> str:
