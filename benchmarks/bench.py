@@ -94,6 +94,9 @@ class ServerSpec:
         if self.name == "trio_smtpd library":
             return [sys.executable, str(Path(__file__).parent / "library_sink.py"), str(port),
                     *lmtp_flag]
+        if self.name == "trio_smtpd library (streams)":  # Config(direct_sockets=False)
+            return [sys.executable, str(Path(__file__).parent / "library_sink.py"), str(port),
+                    *lmtp_flag, "--streams"]
         if self.name == "trio_smtpd transactions()":
             return [sys.executable, str(Path(__file__).parent / "library_sink.py"), str(port),
                     *lmtp_flag, "--transactions"]
@@ -128,6 +131,7 @@ class ServerSpec:
 SERVERS = [
     ServerSpec("trio_smtpd library", True),
     ServerSpec("trio_smtpd transactions()", True),
+    ServerSpec("trio_smtpd library (streams)", True),
     ServerSpec("trio_smtpd --discard", True),
     ServerSpec("trio_smtpd maildir", True),
     # The stores (issue 21): the Maildir with its SQLite index, and PostgreSQL (whose
