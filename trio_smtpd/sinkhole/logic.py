@@ -54,34 +54,29 @@ Truth = bool | Unknown | Pending
 
 def all_of(values: Iterable[Truth]) -> Truth:
     """Kleene's AND; stops at the first False (the rest are not evaluated)."""
-    pending: set[Key] = set()
-    unknown = False
-    for value in values:
-        if value is False:
-            return False
-        if isinstance(value, Pending):
-            pending |= value.keys
-        elif isinstance(value, Unknown):
-            unknown = True
-    if pending:
-        return Pending(frozenset(pending))
-    return UNKNOWN if unknown else True
+    return _combine(values, decisive=False)
 
 
 def any_of(values: Iterable[Truth]) -> Truth:
     """Kleene's OR; stops at the first True."""
+    return _combine(values, decisive=True)
+
+
+def _combine(values: Iterable[Truth], decisive: bool) -> Truth:
+    """AND (``decisive`` False) or OR (True): the first ``decisive`` value settles it;
+    otherwise anything pending makes the whole pending, then anything unknown unknown."""
     pending: set[Key] = set()
     unknown = False
     for value in values:
-        if value is True:
-            return True
+        if value is decisive:
+            return decisive
         if isinstance(value, Pending):
             pending |= value.keys
         elif isinstance(value, Unknown):
             unknown = True
     if pending:
         return Pending(frozenset(pending))
-    return UNKNOWN if unknown else False
+    return UNKNOWN if unknown else not decisive
 
 
 def negate(value: Truth) -> Truth:
