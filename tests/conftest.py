@@ -298,7 +298,7 @@ class Sinkhole:
 
     def stored(self) -> list[bytes]:
         new = self.maildir / "new"
-        return [(new / name).read_bytes() for name in sorted(os.listdir(new))]
+        return [(new / name).read_bytes() for name in self.stored_names()]
 
     def stored_names(self) -> list[str]:
         return sorted(os.listdir(self.maildir / "new"))

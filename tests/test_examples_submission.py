@@ -3,7 +3,6 @@ failure and XCLIENT sections, run against real clients; and the page shows it as
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 import signal
@@ -12,12 +11,12 @@ import subprocess
 import sys
 from functools import partial
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import trio
 import trustme
 
+from tests.examples import ROOT, load_example
 from tests.test_sasl_clients import (
     client_with_certificate,
     oauthbearer,
@@ -27,17 +26,8 @@ from tests.test_sasl_clients import (
 from trio_smtpd import serve
 from trio_smtpd.testing import TestClient
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "submission.py"
 PASSWORD = "correct horse battery staple"
-
-
-def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("submission_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_page_shows_the_example_as_it_is() -> None:
@@ -52,7 +42,7 @@ def test_the_page_shows_the_example_as_it_is() -> None:
 async def test_every_way_in(ca: trustme.CA, cert_files: tuple[Path, Path, Path],
                             caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "submission")
-    example = load()
+    example = load_example("submission")
     cert, key, ca_file = (str(path) for path in cert_files)
     client_tls = client_with_certificate(ca, "alice")
     async with trio.open_nursery() as nursery:

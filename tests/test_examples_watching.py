@@ -3,28 +3,17 @@ settings" and "Watching a session", run with smtplib; and the page shows it as i
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
 import smtplib
 from functools import partial
-from pathlib import Path
-from types import ModuleType
 
 import trio
 
+from tests.examples import ROOT, load_example
 from trio_smtpd import Config, serve
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "watching.py"
-
-
-def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("watching_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_page_shows_the_example_as_it_is() -> None:
@@ -47,7 +36,7 @@ def converse(port: int, source: str) -> tuple[bytes, int | None]:
 
 
 async def test_partners_get_their_settings_and_every_session_a_transcript() -> None:
-    example = load()
+    example = load_example("watching")
     transcripts = io.StringIO()
     config = Config(hostname="mx.example", max_message_size=10 * 2**20)
     async with trio.open_nursery() as nursery:

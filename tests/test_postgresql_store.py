@@ -23,6 +23,7 @@ import psycopg
 
 from tests.conftest import Sinkhole
 from tests.pgcluster import Cluster
+from tests.test_stores import boss_mail_rules
 
 Factory = Callable[..., Sinkhole]
 SMALL = b"Subject: small\r\n\r\nHello, trap.\r\n"
@@ -73,16 +74,7 @@ def test_rows_hold_small_messages_and_name_the_files_of_large_ones(
 
 def test_a_savedir_message_is_a_file_there_named_by_its_row(
         sinkhole_factory: Factory, postgres_url: str, tmp_path: Path) -> None:
-    rules = tmp_path / "rules.toml"
-    rules.write_text("""
-[[rule]]
-name = "vip"
-phase = "mail"
-action = "accept"
-savedir = "boss-mail"
-[rule.match]
-sender = ["@boss.example"]
-""")
+    rules = boss_mail_rules(tmp_path)
     sinkhole = sinkhole_factory("--store", postgres_url, "--rules", str(rules))
     with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
         client.sendmail("big@boss.example", ["trap@trap.test"], SMALL)  # (small, even so)

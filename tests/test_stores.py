@@ -283,8 +283,8 @@ def test_a_row_has_the_whole_record_with_verified_hash_named_messages(
     assert arc == results["arc"]["result"] and dmarc == results["dmarc"]["result"]
 
 
-def test_a_savedir_message_is_a_file_there_and_a_row_in_the_index(
-        sinkhole_factory: Any, tmp_path: Path) -> None:
+def boss_mail_rules(tmp_path: Path) -> Path:
+    """A rules file that saves the boss's mail in the Maildir ``boss-mail``."""
     rules = tmp_path / "rules.toml"
     rules.write_text("""
 [[rule]]
@@ -295,6 +295,12 @@ savedir = "boss-mail"
 [rule.match]
 sender = ["@boss.example"]
 """)
+    return rules
+
+
+def test_a_savedir_message_is_a_file_there_and_a_row_in_the_index(
+        sinkhole_factory: Any, tmp_path: Path) -> None:
+    rules = boss_mail_rules(tmp_path)
     sinkhole: Sinkhole = sinkhole_factory("--rules", str(rules))
     with Wire(sinkhole.port) as client:
         assert client.message("big@boss.example", ["me@example.net"], BODY,
