@@ -44,11 +44,13 @@ class Watchdog:
     """Calls ``expire()`` on each watched member once its deadline has passed."""
 
     def __init__(self, *, resolution: float = 0.1) -> None:
-        self._resolution = resolution
+        #: How late a deadline may fire, at most.
+        self.resolution = resolution
         self._heap: list[tuple[float, Watched]] = []
         self._stale = 0
         self._last_check = -math.inf
         self._sleep: trio.CancelScope | None = None
+        self._wake_at = math.inf  # the sleep's deadline (reading the scope's costs more)
 
     def watch(self, member: Watched, deadline: float) -> None:
         """Expire ``member`` at ``deadline`` (replacing any deadline it had)."""
@@ -60,19 +62,21 @@ class Watchdog:
         member.queued_at = deadline
         heapq.heappush(self._heap, (deadline, member))
         sleep = self._sleep
-        if sleep is not None and deadline < sleep.deadline:
-            sleep.deadline = max(deadline, self._last_check + self._resolution)
+        if sleep is not None and deadline < self._wake_at:
+            self._wake_at = sleep.deadline = max(deadline, self._last_check + self.resolution)
 
     def unwatch(self, member: Watched) -> None:
         """No deadline for ``member`` now (its entry stays, for its next wait)."""
         member.watched_deadline = math.inf
 
     def forget(self, member: Watched) -> None:
-        """``member`` is gone: its entry is dropped."""
+        """``member`` is gone: its entry is dropped (at once, if most entries are of
+        members gone: the watchdog may sleep for a whole command timeout meanwhile)."""
         member.watched_deadline = math.inf
         if member.queued_at != math.inf:
             member.queued_at = math.inf
             self._stale += 1
+            self._prune_if_stale()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -80,8 +84,8 @@ class Watchdog:
         while True:
             self.check(trio.current_time())
             wake_at = self._heap[0][0] if self._heap else math.inf
-            with trio.CancelScope(deadline=max(wake_at, self._last_check + self._resolution)
-                                  ) as self._sleep:
+            self._wake_at = max(wake_at, self._last_check + self.resolution)
+            with trio.CancelScope(deadline=self._wake_at) as self._sleep:
                 await trio.sleep_forever()
             self._sleep = None
 
@@ -103,7 +107,10 @@ class Watchdog:
                 heapq.heappush(heap, (deadline, member))
             else:
                 member.queued_at = math.inf
-        if self._stale > 64 and self._stale * 2 > len(heap):
+        self._prune_if_stale()
+
+    def _prune_if_stale(self) -> None:
+        if self._stale > 64 and self._stale * 2 > len(self._heap):
             self._prune()
 
     def _prune(self) -> None:
