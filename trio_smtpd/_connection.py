@@ -474,7 +474,10 @@ class ServerConnection:
 
     def _command_line(self, raw: bytes) -> Event | None:
         line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-        text = self._decode_command(line)
+        try:
+            text: str | None = line.decode("utf-8")
+        except UnicodeDecodeError:
+            text = self._undecodable(line)
         if text is None:
             return None
         if not text:
@@ -512,13 +515,9 @@ class ServerConnection:
             self._error(exc.reply)
             return None
 
-    def _decode_command(self, line: bytes) -> str | None:
-        """The line as text; None (answered 500) if it is not UTF-8, except a HELO
-        when ``accept_8bit_helo`` says to take it with the bytes escaped."""
-        try:
-            return line.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
+    def _undecodable(self, line: bytes) -> str | None:
+        """A line that is not UTF-8: None (answered 500), except a HELO when
+        ``accept_8bit_helo`` says to take it with the bytes escaped."""
         verb = line[:5].upper()
         if self.config.accept_8bit_helo and verb in (b"HELO ", b"EHLO ", b"LHLO "):
             return line.decode("utf-8", "backslashreplace")

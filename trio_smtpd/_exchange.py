@@ -28,7 +28,7 @@ from ._replies import Reply
 from ._settings import Timeouts
 from ._tls import handshake, tls_info
 from ._tlsfailure import TLSFailure
-from ._transport import EOF, TIMEOUT, WOKEN, StreamTransport, Transport, TransportError
+from ._transport import EOF, TIMEOUT, WOKEN, Outcome, StreamTransport, Transport, TransportError
 
 __all__ = ["Exchange", "ExchangeTimeouts"]
 
@@ -120,33 +120,32 @@ class Exchange:
                 return None
             # After a reply the client has to read it before it says more, unless it
             # pipelines (then its next line has begun, or will come at once anyway).
-            expect_wait = conn.has_data_to_send and not conn.partial_line
             if self.reply_delay > 0:
-                if conn.has_data_to_send and not await self._tarpit():
+                replied = conn.has_data_to_send
+                expect_wait = replied and not conn.partial_line
+                if replied and not await self._tarpit():
                     continue
-            elif (rest := self.transport.send_nowait(conn.data_to_send())) and \
-                    not await self._flush(rest):
+            else:
+                replies = conn.data_to_send()
+                expect_wait = bool(replies) and not conn.partial_line
+                if replies and (rest := self.transport.send_nowait(replies)) and \
+                        not await self._flush(rest):
+                    continue
+            if event is PAUSED:  # (no reading until the engine's replies are taken)
+                await trio.lowlevel.checkpoint()  # let the other sessions run meanwhile
                 continue
-            if event is PAUSED:
-                # The engine holds more commands: no reading until they are answered.
-                # (Let the other sessions run meanwhile, as a read would.)
-                self._app.lift()
-                await trio.lowlevel.checkpoint()
-                continue
-            deadline = self._deadline(trio.current_time())  # (from the reply, once sent)
-            # An application deadline that would fire first is lifted; so is any before a
-            # client's first command (many never send one: they then wait with nothing
-            # registered with trio).
-            if self._app.deadline < deadline or not conn.has_received:
-                self._app.lift()
-            self._waiting = True
-            try:
-                result = await self.transport.receive(_RECEIVE_SIZE, deadline, expect_wait)
-            except TransportError as exc:
-                log.info("session %s: connection lost: %r", self._log_id, exc.__cause__)
-                result = EOF
-            finally:
-                self._waiting = False
+            deadline = self._read_deadline()  # (from the reply, once sent)
+            if deadline is None:
+                result: bytes | Outcome = TIMEOUT
+            else:
+                self._waiting = True
+                try:
+                    result = await self.transport.receive(_RECEIVE_SIZE, deadline, expect_wait)
+                except TransportError as exc:
+                    log.info("session %s: connection lost: %r", self._log_id, exc.__cause__)
+                    result = EOF
+                finally:
+                    self._waiting = False
             if result is TIMEOUT or result is WOKEN:
                 await self.close(self._why_closing(result is WOKEN))
                 continue
@@ -196,7 +195,9 @@ class Exchange:
             data = self.conn.data_to_send()
             if data:
                 # A client that does not read gets no more than a moment.
-                await self.transport.send(data, trio.current_time() + 1)
+                deadline = trio.current_time() + 1
+                self._app.wait_until(deadline)
+                await self.transport.send(data, deadline)
         except TransportError:
             pass
         finally:
@@ -236,8 +237,7 @@ class Exchange:
         if not data:
             return True
         deadline = min(trio.current_time() + self.timeouts.write, self._session_end)
-        if self._app.deadline < deadline:
-            self._app.lift()
+        self._app.wait_until(deadline)
         try:
             sent = await self.transport.send(data, deadline)
         except TransportError as exc:
@@ -251,9 +251,10 @@ class Exchange:
             await self.transport.aclose()
         return sent
 
-    def _deadline(self, now: float) -> float:
-        """The deadline of the next read (and at shutdown, no more new commands)."""
-        conn, timeouts = self.conn, self.timeouts
+    def _read_deadline(self) -> float | None:
+        """The deadline of the next read (None if it has passed already), clear of the
+        application's (and at shutdown, no more new commands)."""
+        conn, timeouts, now = self.conn, self.timeouts, trio.current_time()
         if self._closing is not None and not (conn.reading_body or conn.in_transaction
                                               or conn.partial_line):
             conn.close_on_next_command(self._closing)
@@ -268,8 +269,11 @@ class Exchange:
             else:
                 limit = timeouts.command
             self._record_deadline = now + limit
-        deadline = self._record_deadline
-        return deadline if deadline < self._session_end else self._session_end
+        deadline = min(self._record_deadline, self._session_end)
+        if deadline <= now:
+            return None
+        self._app.wait_until(deadline)
+        return deadline
 
     async def _end(self, event: core.ConnectionClosed) -> None:
         """The engine has closed the connection: note why, and close it."""

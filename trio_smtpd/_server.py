@@ -258,8 +258,8 @@ class Server:
                 return
             self._sessions.add(session)
             try:
-                with trio.CancelScope() as scope:  # the application's time to decide
-                    session._app.scope = scope
+                # The application's time to decide, from its first decision on.
+                with session._app.open(session.config.timeouts.decision) as scope:
                     try:
                         await self._handler(session)
                     except Exception:
@@ -360,7 +360,7 @@ class Server:
         conn = ServerConnection(protocol, tls_active=info.tls is not None)
         if early:
             conn.receive_data(early)
-        app_deadline = AppDeadline(cap)
+        app_deadline = AppDeadline(cap, margin=self._watchdog.resolution)
         exchange = Exchange(conn, transport, self._timeouts, cap, info.id, app_deadline)
         session = Session(exchange, info, self.config, transactions=self._queue,
                           app_deadline=app_deadline)

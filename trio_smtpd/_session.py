@@ -186,7 +186,7 @@ class Session:
     async def _after_handler(self, scope: trio.CancelScope) -> None:
         """The handler has returned, raised, or run out of time (``scope`` was the
         application's): the rest of the session goes without it."""
-        self._app.scope = None
+        self._app.close()
         if scope.cancelled_caught:
             log.warning("session %s: the application took too long to decide", self.info.id)
             self._fallback = _TIMED_OUT

@@ -44,9 +44,10 @@ class Timeouts:
     #: Waiting for each record of message data (RFC 5321 4.5.3.2.5: 3 minutes), from its
     #: first byte: a line of DATA, or 1000 octets (of a long line, or of a BDAT chunk).
     data_block: float = 180.0
-    #: The application deciding about a message (RFC 5321 4.5.3.2.6, the client's
-    #: DATA termination wait: 10 minutes); then 451.
-    message_decision: float = 600.0
+    #: The application deciding about a message; then 451. Well inside the client's
+    #: 10-minute wait for that reply (RFC 5321 4.5.3.2.6), so that the 451 reaches it;
+    #: the same as ``decision``, so a busy session's deadline need not move per message.
+    message_decision: float = 300.0
     #: The application deciding an envelope step (connect, HELO, AUTH, MAIL, RCPT, DATA).
     decision: float = 300.0
     #: A TLS handshake, implicit or after STARTTLS.

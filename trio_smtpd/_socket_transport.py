@@ -65,27 +65,32 @@ class SocketTransport:
             if data is not None:
                 await trio.lowlevel.checkpoint()  # the bytes were there: let others run
                 return data or EOF
+        # (The waits are written out here, not in helpers: this is every session's path
+        # to its client, and a suspended call less per wait shows in benchmarks/README.md.)
+        watchdog = self._watchdog
         while True:
+            self._why = None
+            watchdog.watch(self, deadline)
             pool = self._pool
-            if self._fresh and pool is not None and pool.running:
-                # Parked (written out here, not in a helper: one suspended call fewer
-                # for every connection waiting here; see benchmarks/README.md, "Memory
-                # per idle connection").
-                self._why = None
-                self._watchdog.watch(self, deadline)
-                self._state = _PARKED
-                pool.park(self._fd)
-                try:
+            try:
+                if self._fresh and pool is not None and pool.running:
+                    self._state = _PARKED
+                    pool.park(self._fd)
                     await trio.lowlevel.wait_task_rescheduled(self._abort_park)
-                finally:
-                    self._state = _IDLE
-                    self._watchdog.unwatch(self)
-                ended = self._why
-            else:
-                ended = await self._wait(_READING, deadline)
+                elif self._notified:
+                    return TIMEOUT
+                else:
+                    self._state = _READING
+                    await trio.lowlevel.wait_readable(self._fd)
+            except trio.ClosedResourceError:
+                if self._why is None:
+                    raise
+            finally:
+                self._state = _IDLE
+                watchdog.unwatch(self)
             self._fresh = False
-            if ended is not None:
-                return ended
+            if self._why is not None:
+                return self._why
             data = _recv_nowait(self._sock, max_bytes)
             if data is not None:
                 return data or EOF
@@ -109,7 +114,7 @@ class SocketTransport:
             view = view[sent:]
             if not view:
                 return True
-            if await self._wait(_WRITING, deadline) is not None:
+            if await self._wait_writable(deadline) is not None:
                 return False
 
     def wake(self) -> None:
@@ -127,18 +132,16 @@ class SocketTransport:
         self._watchdog.forget(self)
         self._sock.close()
 
-    async def _wait(self, state: int, deadline: float) -> Outcome | None:
-        """Wait until the socket is ready (None), or the deadline or ``wake()`` comes."""
+    async def _wait_writable(self, deadline: float) -> Outcome | None:
+        """Wait until the socket is writable (None), or the deadline or ``wake()``
+        comes."""
         if deadline <= trio.current_time() or self._notified:
             return TIMEOUT
         self._why = None
         self._watchdog.watch(self, deadline)
-        self._state = state
+        self._state = _WRITING
         try:
-            if state == _READING:
-                await trio.lowlevel.wait_readable(self._fd)
-            else:
-                await trio.lowlevel.wait_writable(self._fd)
+            await trio.lowlevel.wait_writable(self._fd)
         except trio.ClosedResourceError:
             if self._why is None:
                 raise
