@@ -114,6 +114,7 @@ class Watchdog:
             self._prune()
 
     def _prune(self) -> None:
-        self._heap = [entry for entry in self._heap if entry[1].queued_at == entry[0]]
+        # (In place: a check() under way holds the list.)
+        self._heap[:] = [entry for entry in self._heap if entry[1].queued_at == entry[0]]
         heapq.heapify(self._heap)
         self._stale = 0
