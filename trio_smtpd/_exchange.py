@@ -272,7 +272,9 @@ class Exchange:
             else:
                 limit = timeouts.command
             self._record_deadline = now + limit
-        deadline = min(self._record_deadline, self._session_end)
+        deadline = self._record_deadline
+        if deadline > self._session_end:
+            deadline = self._session_end
         if deadline <= now:
             return None
         self._app.wait_until(deadline)
