@@ -59,6 +59,10 @@ def header_address(address: str) -> str:
 def json_safe(encoded: str) -> str:
     """JSON text (``ensure_ascii=False``) with every unsafe character as a ``\\u``
     escape. Such characters can only be inside its strings, where the escape is valid."""
+    # The usual line is ASCII (isascii() reads a flag, it does not scan), and the JSON
+    # encoder has escaped every ASCII control but DEL: then no look at each character.
+    if encoded.isascii() and "\x7f" not in encoded:
+        return encoded
     return escape_unsafe(encoded, _json_escape)
 
 
