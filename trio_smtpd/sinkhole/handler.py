@@ -41,7 +41,9 @@ from .yakkers import Yakkers
 __all__ = ["SinkholeHandler"]
 
 _PHASES: dict[type[Decision], Phase] = {Connect: "connect", Hello: "helo", Mail: "mail",
-                                        Rcpt: "rcpt", DataStart: "data"}
+                                        Rcpt: "rcpt", DataStart: "data",
+                                        Message: "message"}
+_NO_WANTS = Wants()  # (without rules)
 
 
 @dataclass
@@ -101,7 +103,7 @@ class SinkholeHandler:
         fallback = self.tls_fallback
         if fallback is not None and ip is not None and not fallback.offer_starttls(ip):
             session.offer_starttls = False
-        connect_logged = log_connect(lookups, self.rules.wants if self.rules else Wants(),
+        connect_logged = log_connect(lookups, self.rules.wants if self.rules else _NO_WANTS,
                                      session=info.id, peer=peer_text(info.peer),
                                      starttls=None if session.offer_starttls else "withheld")
         client = _Client(lookups, SessionTrack(watch_session(session, self.smtplog)))
@@ -113,7 +115,8 @@ class SinkholeHandler:
         # does not work with ours; one abandoned earlier may be someone on the path.
         if session.info.tls_failed_after_hello and fallback is not None and ip is not None:
             fallback.record_failure(ip)
-        await connect_logged.wait()  # (bounded by the DNS deadline) connect before close
+        if connect_logged is not None:  # (bounded by the DNS deadline) connect before close
+            await connect_logged.wait()
         log_event("close", session=info.id, peer=peer_text(info.peer), helo=info.helo,
                   tls=info.tls.version if info.tls else None, auth=info.authenticated_as,
                   duration=round(time.monotonic() - started, 3))
@@ -129,11 +132,14 @@ class SinkholeHandler:
         if isinstance(decision, Connect) and client.track.connect(session, decision,
                                                                   self.conncfg, self.yakkers):
             return
-        phase: Phase | None = "message" if isinstance(decision, Message) else _PHASES.get(
-            type(decision))
-        verdict = None if phase is None else await self._verdict(session, phase, decision,
-                                                                 client)
-        verdict = client.track.adjust(phase, decision, verdict)
+        phase = _PHASES.get(type(decision))
+        # Without rules, no verdict to wait for (nor a coroutine to make for it), and
+        # nothing to adjust unless a refusal of <> is deferred.
+        verdict = None
+        if phase is not None and self.rules is not None:
+            verdict = await self._verdict(session, phase, decision, client)
+        if verdict is not None or client.track.deferred is not None:
+            verdict = client.track.adjust(phase, decision, verdict)
         if verdict is not None and verdict.action in ("reject", "tempfail"):
             await self._refuse(session, decision, verdict, phase, client)
         elif isinstance(decision, Message):
@@ -151,7 +157,8 @@ class SinkholeHandler:
                     session, decision.transaction, client.lookups,
                     self._checks(session, decision.transaction, client.lookups),
                     client.track.savedir)
-        client.track.answered(phase, decision)
+        if self.yakkers is not None:  # (only do-nothing tracking reads the progress)
+            client.track.answered(phase, decision)
 
     async def _refuse(self, session: Session, decision: Decision, verdict: Verdict,
                       phase: Phase | None, client: _Client) -> None:
@@ -181,7 +188,7 @@ class SinkholeHandler:
         """Ask the rules (if any) about this step, waiting for the DNS facts the deciding
         rule needs (and only those); a rule's delay tarpits from now on."""
         rules = self.rules  # (one rule set throughout, even if SIGHUP swaps it meanwhile)
-        if rules is None:
+        if rules is None:  # (swapped for none since _decide looked)
             return None
         facts = _facts(session, decision, client)
         client.lookups.prefetch(rules.wants, helo=facts.helo, sender=facts.sender,

@@ -95,13 +95,14 @@ def log_transaction(tx: Transaction, outcome: str, reply: str | None,
     )
 
 
-def log_connect(lookups: ClientLookups, wants: Wants, **fields: Any) -> trio.Event:
-    """The ``connect`` line, with the client's DNS facts once they are known."""
-    logged = trio.Event()
+def log_connect(lookups: ClientLookups, wants: Wants, **fields: Any) -> trio.Event | None:
+    """The ``connect`` line, with the client's DNS facts once they are known: an event
+    set once it is written, or None if it was written at once (no DNS facts to wait
+    for, and no checkpoint to wait on it)."""
     if not lookups.enabled:
         log_event("connect", **fields)
-        logged.set()
-        return logged
+        return None
+    logged = trio.Event()
     lookups.prefetch(wants)
 
     async def when_known() -> None:

@@ -131,7 +131,9 @@ class MessageStore:
                      lookups: ClientLookups) -> None:
         """Commit the message and answer it (or answer why not), and log it."""
         tx = decision.transaction
-        name = await self._commit(tx, incoming, verdict, lookups)
+        name = None  # (--discard: nothing to commit)
+        if incoming.writer is not None:
+            name = await self._commit(tx, incoming, verdict, lookups)
         if incoming.error is not None:
             await incoming.drop()
             _answer_write_error(decision, incoming.error)

@@ -77,11 +77,7 @@ class SessionWatch:
     def received(self, line: str) -> None:
         if self.transcript is not None:
             self.transcript.received(line)
-        if line.startswith(_DATA_SUMMARY):
-            self._data = int(line[len(_DATA_SUMMARY):].split(" ", 1)[0])
-            return
-        if (injected := _INJECTED.fullmatch(line)) is not None:
-            self._log("starttls-injection", octets=int(injected.group(1)))
+        if line[:1] == "[" and self._summary(line):  # (the engine's summaries only)
             return
         self.rule = None
         self._data = None
@@ -93,6 +89,17 @@ class SessionWatch:
                 self._bdat = (self._bdat or 0) + int(size)
         elif verb in _NEW_TRANSACTION:
             self._bdat = None
+
+    def _summary(self, line: str) -> bool:
+        """Take in the engine's summary of something it did not pass on, if ``line`` is
+        one (a client's command may start with "[" too)."""
+        if line.startswith(_DATA_SUMMARY):
+            self._data = int(line[len(_DATA_SUMMARY):].split(" ", 1)[0])
+            return True
+        if (injected := _INJECTED.fullmatch(line)) is not None:
+            self._log("starttls-injection", octets=int(injected.group(1)))
+            return True
+        return False
 
     def data(self, chunk: bytes) -> None:
         """(Message data is not asked for: ``wants_data`` is False.)"""
