@@ -14,7 +14,7 @@ do-nothing clients, settings per local address) are in :mod:`.tracking`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -84,11 +84,14 @@ class SinkholeHandler:
         self._store = MessageStore(self.maildir, self.hostname, self.save_then_reject,
                                    self.printer, self.save_hash, store=self.store)
 
-    async def __call__(self, session: Session) -> None:
+    def __call__(self, session: Session) -> Awaitable[None]:
         client = session.info.peer[0] if session.info.peer else None
-        if self.resolver is None:
-            await self._serve(session, ClientLookups(None, None, client, timeout=0))
-            return
+        if self.resolver is None:  # the session's coroutine is _serve's: a frame fewer
+            return self._serve(session, ClientLookups(None, None, client, timeout=0))
+        return self._serve_with_dns(session, client)
+
+    async def _serve_with_dns(self, session: Session, client: str | None) -> None:
+        assert self.resolver is not None
         async with trio.open_nursery() as nursery:
             lookups = ClientLookups(self.resolver, nursery, client,
                                     timeout=self.resolver.timeout,

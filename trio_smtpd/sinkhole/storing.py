@@ -142,7 +142,8 @@ class MessageStore:
             _save_then_reject(decision, name, verdict)
         else:
             decision.accept(text=f"queued as {name}" if name is not None else "discarded")
-        first = tx.replies[0] if tx.replies else None
+        replies = tx.replies  # (a list made on each read)
+        first = replies[0] if replies else None
         if first is None or first.is_positive:
             outcome = "accepted"
         else:
