@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import AS_ROOT, Sinkhole, require_program
 from tests.wire import Wire
+from trio_smtpd.sinkhole.watch import SessionWatch
 
 Factory = Callable[..., Sinkhole]
 
@@ -221,3 +222,21 @@ def test_fail2ban_filter_matches_the_failed_logins(sinkhole_factory: Factory,
     jail = (CONTRIB / "jail.d" / "trio-smtpd.conf").read_text()
     assert "\nfilter   = trio-smtpd\n" in jail and "\nenabled  = true\n" in jail
     assert json.loads(log.read_text().splitlines()[0])["event"] == "listening"
+
+
+def test_the_watch_counts_bdat_chunks_until_a_new_transaction() -> None:
+    """The size a refused BDAT message is logged with: every chunk the client announced
+    (whatever the case of the verb), forgotten at the next transaction; other verbs,
+    however they start, announce nothing."""
+    watch = SessionWatch("s.1", ("192.0.2.1", 2525))
+    for line in ("EHLO client.test", "MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>",
+                 "bdat 100", "NOOP", "BDAT 50 LAST"):
+        watch.received(line)
+    assert watch.message_size == 150
+    watch.received("rset")
+    assert watch.message_size is None
+    for line in ("BDATX 10", "BDA 10", "[message data: 7 octets]"):
+        watch.received(line)
+    assert watch.message_size == 7  # (DATA's count, from the engine's summary)
+    watch.received("BDAT 20")
+    assert watch.message_size == 20

@@ -81,6 +81,8 @@ class SessionWatch:
             return
         self.rule = None
         self._data = None
+        if self._bdat is None and line[:4].upper() != "BDAT":
+            return  # no BDAT to count, none counted to forget: the verb does not matter
         verb, _, rest = line.partition(" ")
         verb = verb.upper()
         if verb == "BDAT":
