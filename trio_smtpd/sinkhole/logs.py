@@ -32,9 +32,9 @@ _JSON = json.JSONEncoder(default=str, ensure_ascii=False)
 
 def _line_encoder() -> Callable[[dict[str, Any]], str]:
     """``_JSON.encode``, but with the C encoder made once: ``JSONEncoder.encode`` builds
-    a new one (and its circular-reference dict) for every line, a third of a line's
-    cost (benchmarks/README.md, issue 22). Our values never nest themselves, and
-    without the C encoder (another Python) ``_JSON.encode`` does the same work."""
+    a new one (and its circular-reference dict) for every line (what that costs:
+    benchmarks/README.md, issue 22). Our values never hold themselves, so no check for
+    that; where the C encoder is missing or writes otherwise, ``_JSON.encode``."""
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
         return _JSON.encode
