@@ -85,19 +85,3 @@ def test_no_value_splits_or_hides_in_a_line(value: str) -> None:
     helo = text_line.split(" helo=", 1)[1].rsplit(" size=", 1)[0]
     assert (json.loads(helo) if helo.startswith('"') else helo) == value
 
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | hostile
-    | st.sampled_from([datetime(2026, 12, 1, tzinfo=UTC), b"bytes", ("a", 1)]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(hostile, inner, max_size=3),
-    max_leaves=8)
-
-
-@given(st.dictionaries(hostile, json_values, max_size=6))
-def test_lines_are_encoded_as_the_standard_encoder_would(fields: dict[str, object]) -> None:
-    """The encoder made once writes what a fresh ``JSONEncoder`` would, for every kind
-    of value a line may hold (NaN and infinities, and values JSON has no form for,
-    written with ``str()``)."""
-    standard = json.JSONEncoder(default=str, ensure_ascii=False)
-    assert logs._encode(fields) == standard.encode(fields)
-    assert logs._encode is not logs._JSON.encode  # (this Python has the C encoder)

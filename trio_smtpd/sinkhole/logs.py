@@ -13,12 +13,10 @@ text or holds a space, quote, ``=`` or backslash.
 from __future__ import annotations
 
 import json
-import json.encoder
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -28,27 +26,6 @@ __all__ = ["configure_logging", "log_event"]
 
 _events = logging.getLogger("trio_smtpd.events")
 _JSON = json.JSONEncoder(default=str, ensure_ascii=False)
-
-
-def _line_encoder() -> Callable[[dict[str, Any]], str]:
-    """``_JSON.encode``, but with the C encoder made once: ``JSONEncoder.encode`` builds
-    a new one (and its circular-reference dict) for every line (what that costs:
-    benchmarks/README.md, issue 22). Our values never hold themselves, so no check for
-    that; where the C encoder is missing or writes otherwise, ``_JSON.encode``."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return _JSON.encode
-    encoder = make(None, str, json.encoder.encode_basestring, None, ": ", ", ", False,
-                   False, True)
-
-    def encode(value: dict[str, Any]) -> str:
-        return "".join(encoder(value, 0))
-
-    sample = {"k": ["\u2028\x7f", 1, 1.5, True, None, {"é": object}]}
-    return encode if encode(sample) == _JSON.encode(sample) else _JSON.encode
-
-
-_encode = _line_encoder()
 
 
 def log_event(event: str, **fields: Any) -> None:
@@ -98,7 +75,7 @@ def _timestamp(created: float) -> str:
 def _format(json_lines: bool, created: float, event: str, fields: dict[str, Any]) -> str:
     now = _timestamp(created)
     if json_lines:
-        return json_safe(_encode({"time": now, "event": event, **fields}))
+        return json_safe(_JSON.encode({"time": now, "event": event, **fields}))
     parts = [now, event]
     parts += [f"{key}={_text(value)}" for key, value in fields.items() if value is not None]
     return " ".join(parts)
