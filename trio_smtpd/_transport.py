@@ -44,7 +44,9 @@ class Transport(Protocol):
                       expect_wait: bool = False) -> bytes | Outcome:
         """Bytes from the client, or how the wait for them ended instead. With
         ``expect_wait`` (the client has just been answered and must read that before it
-        says more), a transport may wait before trying to read."""
+        says more), a transport may wait before trying to read. A ``deadline`` that has
+        passed already may end the wait a moment later rather than at once (the caller
+        knows the time: it does not call with one)."""
 
     async def send(self, data: bytes | memoryview, deadline: float) -> bool:
         """Send all of ``data``; False if the deadline passed first."""
