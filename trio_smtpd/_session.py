@@ -7,9 +7,10 @@ talk to the client until the engine asks for the next decision.
 
 The application's time to decide is the deadline of a real cancel scope around its
 handler, visible through ``trio.current_effective_deadline()``: set when a decision is
-handed out, lifted when the application asks for the next one. A handler that misses it,
-raises, or returns while the client is still there has had its say: that decision and
-every later one get a temporary failure, never an acceptance.
+handed out, and lifted while the session then waits on the client if it could fire first
+(``AppDeadline``). A handler that misses it, raises, or returns while the client is
+still there has had its say: that decision and every later one get a temporary failure,
+never an acceptance.
 """
 
 from __future__ import annotations
