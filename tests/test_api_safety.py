@@ -300,6 +300,18 @@ async def test_shutdown_after_a_message_lets_smtplib_quit_cleanly() -> None:
             await trio.to_thread.run_sync(send)
 
 
+#: What every client is told at shutdown.
+SHUTTING_DOWN = (421, ["4.3.2 Service shutting down, try again later"])
+
+
+async def delivered(server: trio_smtpd.Server) -> TestClient:
+    """A client that has read the greeting and had its 250 for one message."""
+    client = await connect(server)
+    replies = await client.send_message("a@b.c", ["d@e.f"], b"x\r\n")
+    assert replies[-1].code == 250
+    return client
+
+
 async def consume_then_shut_down(server: trio_smtpd.Server) -> None:
     async with server.transactions() as transactions:
         async for tx in transactions:
@@ -311,12 +323,9 @@ async def test_a_command_after_the_transaction_is_answered_421_not_before_it(
         autojump_clock: trio.testing.MockClock) -> None:
     async with tcp_server() as server, trio.open_nursery() as nursery:
         nursery.start_soon(consume_then_shut_down, server)
-        client = await connect(server)
-        replies = await client.send_message("a@b.c", ["d@e.f"], b"x\r\n")
-        assert replies[-1].code == 250
+        client = await delivered(server)
         reply = await client.command("MAIL FROM:<a@b.c>")
-        assert (reply.code, reply.lines) == (
-            421, ["4.3.2 Service shutting down, try again later"])
+        assert (reply.code, reply.lines) == SHUTTING_DOWN
         assert await client.closed()
         await client.aclose()
 
@@ -325,9 +334,7 @@ async def test_a_shutdown_after_the_250_lets_quit_have_its_221(
         autojump_clock: trio.testing.MockClock) -> None:
     async with tcp_server() as server, trio.open_nursery() as nursery:
         nursery.start_soon(accept_all, server)
-        client = await connect(server)
-        replies = await client.send_message("a@b.c", ["d@e.f"], b"x\r\n")
-        assert replies[-1].code == 250
+        client = await delivered(server)
         server.shutdown()  # the client has its 250 and is about to say QUIT
         await trio.sleep(1)
         reply = await client.command("QUIT")
@@ -348,13 +355,10 @@ async def test_a_client_silent_after_its_last_transaction_gets_the_shutdown_421(
     # nothing, and is told why the server is closing, not that it was too slow.
     async with tcp_server() as server, trio.open_nursery() as nursery:
         nursery.start_soon(consume_then_shut_down, server)
-        client = await connect(server)
-        replies = await client.send_message("a@b.c", ["d@e.f"], b"x\r\n")
-        assert replies[-1].code == 250
+        client = await delivered(server)
         start = trio.current_time()
         reply = await client.reply()
-        assert (reply.code, reply.lines) == (
-            421, ["4.3.2 Service shutting down, try again later"])
+        assert (reply.code, reply.lines) == SHUTTING_DOWN
         # Before the grace period ends: this is the wait for a last command.
         assert trio.current_time() - start < Timeouts().shutdown_grace
         assert await client.closed()
@@ -377,8 +381,7 @@ async def test_shutdown_with_no_grace_tells_every_client_421_at_once(
         server.shutdown(grace=0)
         for client in (idle, busy):
             reply = await client.reply()
-            assert (reply.code, reply.lines) == (
-                421, ["4.3.2 Service shutting down, try again later"])
+            assert (reply.code, reply.lines) == SHUTTING_DOWN
             assert await client.closed()
             await client.aclose()
     assert trio.current_time() - start < 1  # serve() has returned, without a grace period
