@@ -7,8 +7,9 @@ run to the next.
 Runs ``library_sink.py`` under ``valgrind --tool=callgrind`` with trio's clock slowed
 down as much as valgrind slows the program (so that what depends on elapsed time, such
 as when a deadline is moved, happens as often per message as it does at full speed),
-loads it with smtp-source as ``bench.py`` does, and counts the instructions between the
-first and the last message. Needs valgrind (Debian's ``valgrind``) and smtp-source.
+loads it with smtp-source with ``bench.py``'s workloads (fewer messages), and counts the
+instructions between the first and the last message. Needs valgrind (Debian's
+``valgrind``) and smtp-source.
 """
 
 from __future__ import annotations
@@ -23,16 +24,11 @@ import time
 from pathlib import Path
 
 import baseline
-from bench import SMTP_SOURCE, free_port, wait_listening
+from bench import SMTP_SOURCE, free_port, wait_listening, workloads
 
 HERE = Path(__file__).resolve().parent
 #: How much slower a program runs under callgrind, about.
 SLOWDOWN = 50.0
-WORKLOADS = {
-    "a": (["-s", "20", "-l", "1024"], []),
-    "b": (["-d", "-s", "20", "-l", "1024"], []),
-    "d": (["-L", "-r", "5", "-s", "20", "-l", "1024"], ["--lmtp"]),
-}
 # library_sink.py under a trio clock that runs SLOWDOWN times slower than the real one.
 SLOW_CLOCK = """
 import runpy, sys, time, trio
@@ -50,7 +46,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def count(tree: Path, workload: str, messages: int) -> float:
     """Instructions per message of ``tree``'s library server under ``workload``."""
-    load, flags = WORKLOADS[workload]
+    spec = {w.name: w for w in workloads(quick=False)}[workload]
+    load = list(spec.args)  # bench.py's load, with this run's count of messages
+    load[load.index("-m") + 1] = str(messages)
+    flags = ["--lmtp"] if spec.lmtp else []
     port = free_port()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "callgrind.out"
@@ -63,8 +62,7 @@ def count(tree: Path, workload: str, messages: int) -> float:
             wait_listening(port, server)
             subprocess.run(["callgrind_control", "--zero", str(server.pid)], check=True,
                            capture_output=True)
-            subprocess.run([SMTP_SOURCE, *load, "-m", str(messages), f"127.0.0.1:{port}"],
-                           check=True)
+            subprocess.run([SMTP_SOURCE, *load, f"127.0.0.1:{port}"], check=True)
             subprocess.run(["callgrind_control", "--dump", str(server.pid)], check=True,
                            capture_output=True)
             time.sleep(0.5)
