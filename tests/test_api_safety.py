@@ -471,6 +471,32 @@ def test_answers_that_the_protocol_does_not_allow_are_refused_at_once() -> None:
     assert connect.reply is not None and connect.reply.code == 554
 
 
+async def test_a_message_accepted_with_another_2xx_than_250_is_refused_at_once() -> None:
+    # Found by review: tx.accept(251) returned, then the engine refused the answer
+    # inside the server's handler, and the client of an accepted message got 421.
+    errors: list[str] = []
+    async with tcp_server(LMTP) as server:
+        async def consume() -> None:
+            async with server.transactions() as transactions:
+                async for tx in transactions:
+                    with pytest.raises(ValueError) as error:
+                        tx.accept(251)
+                    errors.append(str(error.value))
+                    with pytest.raises(ValueError) as error:
+                        tx.accept_recipient(0, 252)
+                    errors.append(str(error.value))
+                    tx.accept()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            client = await connect(server)
+            replies = await lmtp_transaction(client, ["a@x.test"])
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+    assert replies == ["250 2.1.5 <a@x.test> delivered"]
+    assert all("250" in error for error in errors), errors
+
+
 # -- The time to decide is a cancel scope deadline the handler can see ---------------------
 
 async def test_the_deadline_to_decide_is_the_handlers_effective_deadline(

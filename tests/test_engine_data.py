@@ -333,3 +333,45 @@ def test_bdat_chunk_is_consumed_even_when_service_was_refused() -> None:
     engine = Engine(decide=refuse)
     engine.start()
     assert engine.codes(b"BDAT 6 LAST\r\nNOOP\r\nQUIT\r\n") == [503, 221]
+
+
+# Found by review (2026-12-02): an LMTP client waits for one reply per accepted recipient
+# after the final dot (RFC 2033 4.2), also when the server itself refuses the message.
+@pytest.mark.parametrize("body, code", [
+    (b"x" * 200 + b"\r\n", 552),  # over max_message_size
+    (b"bare\nline\r\n", 550),  # a bare LF
+    (b"y" * 1200 + b"\r\n", 550),  # a line too long
+])
+def test_lmtp_message_refused_by_the_engine_gets_a_reply_per_recipient(
+        body: bytes, code: int) -> None:
+    engine = ready(ProtocolConfig(lmtp=True, max_message_size=100), hello=b"LHLO c\r\n")
+    engine.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<one@x.y>\r\nRCPT TO:<two@x.y>\r\n"
+                b"RCPT TO:<three@x.y>\r\nDATA\r\n")
+    assert engine.codes(body + b".\r\n") == [code] * 3
+    assert not ends(engine)
+    assert engine.codes(b"NOOP\r\n") == [250]  # and the next reply is the NOOP's own
+
+
+def test_lmtp_bdat_refused_by_the_engine_gets_a_reply_per_recipient() -> None:
+    engine = ready(ProtocolConfig(lmtp=True, max_message_size=100), hello=b"LHLO c\r\n")
+    engine.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<one@x.y>\r\nRCPT TO:<two@x.y>\r\n")
+    assert engine.codes(b"BDAT 200 LAST\r\n" + b"z" * 200) == [552, 552]
+    assert engine.codes(b"NOOP\r\n") == [250]
+
+
+# Found by review: RFC 5321 4.5.3.1.6 counts a text line's 1000 octets "not counting the
+# leading dot duplicated for transparency".
+def test_a_dot_stuffed_line_may_be_one_octet_longer_on_the_wire() -> None:
+    engine = in_data()
+    engine.send(b"." + b"." + b"a" * 997 + b"\r\n.\r\n")  # 999 + CRLF once unstuffed
+    assert len(ends(engine)) == 1
+    engine.send(ENVELOPE + b"DATA\r\n")
+    assert engine.lines(b".." + b"a" * 998 + b"\r\n.\r\n") == [
+        "550 5.6.0 Message refused: a line is longer than 1000 octets"]
+
+
+def test_a_dot_stuffed_line_at_the_limit_arriving_in_pieces() -> None:
+    engine = in_data()
+    for piece in (b"." + b"." * 500, b"b" * 498 + b"\r", b"\n.\r\n"):  # 1001 on the wire
+        engine.send(piece)
+    assert len(ends(engine)) == 1

@@ -602,3 +602,33 @@ def test_lmtp_greets_as_lmtp_and_tls_is_off_by_default() -> None:
     assert Engine(ProtocolConfig(hostname="mx.test", lmtp=True)).start() == (
         b"220 mx.test LMTP trio_smtpd ready\r\n")
     assert ServerConnection(ProtocolConfig()).tls_active is False
+
+
+# Found by review (2026-12-02): a 421 closes the connection (RFC 5321 3.8, 4.2.2) on every
+# path, not only through respond(): LMTP's per-recipient replies and AUTH's failure.
+def test_a_421_among_lmtp_recipient_replies_closes_after_all_of_them() -> None:
+    def decide(conn: ServerConnection, decision: Request) -> None:
+        if isinstance(decision, EndOfMessage):
+            conn.respond_per_recipient([None, Reply(421, "shutting down", "4.3.2")])
+        else:
+            conn.respond()
+
+    engine = ready(ProtocolConfig(lmtp=True), decide=decide, hello=b"LHLO c\r\n")
+    engine.send(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<one@x.y>\r\nRCPT TO:<two@x.y>\r\nDATA\r\n")
+    assert engine.codes(b"hi\r\n.\r\nNOOP\r\n") == [250, 421]
+    closed = [e for e in engine.events if isinstance(e, ConnectionClosed)]
+    assert [c.reason for c in closed] == ["CLOSING"]  # type: ignore[attr-defined]
+
+
+def test_an_auth_failure_answered_421_closes() -> None:
+    def decide(conn: ServerConnection, decision: Request) -> None:
+        if isinstance(decision, AuthStart | AuthResponse):
+            conn.auth_failure(Reply(421, "authentication service down", "4.7.0"))
+        else:
+            conn.respond()
+
+    engine = ready(ProtocolConfig(auth_mechanisms=("PLAIN",)), decide=decide,
+                   tls_active=True)
+    assert engine.codes(b"AUTH PLAIN AGEAYg==\r\nNOOP\r\n") == [421]
+    closed = [e for e in engine.events if isinstance(e, ConnectionClosed)]
+    assert [c.reason for c in closed] == ["CLOSING"]  # type: ignore[attr-defined]

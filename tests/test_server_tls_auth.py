@@ -180,6 +180,35 @@ async def test_starttls_pipelined_plaintext_is_discarded(server_tls: ssl.SSLCont
     assert received == []
 
 
+async def test_an_auth_before_starttls_does_not_survive_the_handshake(
+        server_tls: ssl.SSLContext, client_tls: ssl.SSLContext) -> None:
+    # Found by review (2026-12-02). RFC 3207 4.2: after the handshake the server discards
+    # what it learnt from the client outside TLS; an identity proved in cleartext is such
+    # knowledge (whoever wrote the plaintext AUTH need not be who is at the TLS end).
+    config = tls_config(server_tls, auth_requires_tls=False, require_auth=True)
+    async with running(config, port=0) as (server, received):
+        assert server.port
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        client = TestClient(stream)
+        assert (await client.reply()).code == 220
+        assert (await client.command("EHLO c")).code == 250
+        assert (await client.command("AUTH PLAIN AGFsaWNlAHMzY3JldA==")).code == 235
+        assert (await client.command("STARTTLS")).code == 220
+        tls = trio.SSLStream(stream, client_tls, server_hostname="localhost")
+        with trio.fail_after(10):
+            await tls.do_handshake()
+        secure = TestClient(tls)
+        assert (await secure.command("EHLO c")).code == 250
+        assert (await secure.command("MAIL FROM:<alice@x.y>")).code == 530  # not signed in
+        assert (await secure.command("AUTH PLAIN AGJvYgBzM2NyZXQ=")).code == 235  # again
+        assert (await secure.command("MAIL FROM:<bob@x.y>")).code == 250
+        assert (await secure.command("RCPT TO:<c@x.y>")).code == 250
+        assert (await secure.command("DATA")).code == 354
+        assert (await secure.command("hi\r\n.")).code == 250
+        await secure.aclose()
+    assert [tx.info.authenticated_as for tx in received] == ["bob"]
+
+
 async def _line_exactly(stream: trio.abc.Stream) -> bytes:
     """One line, read without taking a single byte past its CRLF."""
     line = b""

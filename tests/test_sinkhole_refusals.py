@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import AS_ROOT, Sinkhole, require_program
 from tests.wire import Wire
+from trio_smtpd import Summary
 from trio_smtpd.sinkhole.watch import SessionWatch
 
 Factory = Callable[..., Sinkhole]
@@ -165,6 +166,26 @@ def test_plaintext_injected_behind_starttls_is_logged(sinkhole_factory: Factory,
     assert event["session"] == sinkhole.events("close")[0]["session"]
 
 
+def test_a_client_line_that_looks_like_an_engine_summary_is_only_a_bad_command(
+        sinkhole_factory: Factory) -> None:
+    # Found by review (2026-12-02): the session's watch took any line in brackets for the
+    # engine's own summaries. "[message data: x]" crashed the session (a traceback, no
+    # reply, the connection held until its timeout); "[4096 octets after STARTTLS
+    # discarded]" forged a starttls-injection line from a client that never sent STARTTLS.
+    sinkhole = sinkhole_factory()
+    with Wire(sinkhole.port) as client:
+        assert client.command("EHLO client.test").startswith(b"250")
+        assert client.command("[message data: x]").startswith(b"500")
+        assert client.command("[4096 octets after STARTTLS discarded]").startswith(b"500")
+        assert client.command("[message data: 12 octets]").startswith(b"500")
+        assert client.command("NOOP").startswith(b"250")
+        assert client.command("QUIT").startswith(b"221")
+    sinkhole.wait_for("close")
+    assert sinkhole.events("starttls-injection") == []
+    assert [e["code"] for e in sinkhole.events("refused")] == [500, 500, 500]
+    assert not [e for e in sinkhole.events("log") if e.get("level") == "error"]
+
+
 def test_refusals_in_the_text_log(tmp_path: Path) -> None:
     log_path = tmp_path / "text.log"
     argv = [sys.executable, "-m", "trio_smtpd", "--log-format", "text", "--no-dns",
@@ -235,7 +256,7 @@ def test_the_watch_counts_bdat_chunks_until_a_new_transaction() -> None:
     assert watch.message_size == 150
     watch.received("rset")
     assert watch.message_size is None
-    for line in ("BDATX 10", "BDA 10", "[message data: 7 octets]"):
+    for line in ("BDATX 10", "BDA 10", Summary("[message data: 7 octets]")):
         watch.received(line)
     assert watch.message_size == 7  # (DATA's count, from the engine's summary)
     watch.received("BDAT 20")

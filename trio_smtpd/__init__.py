@@ -22,7 +22,7 @@ from ._decisions import (
 from ._events import Recipient
 from ._info import SessionInfo, TLSInfo
 from ._metrics import Metrics
-from ._observer import Observer
+from ._observer import Observer, Summary
 from ._params import MailParams, OriginalRecipient, RcptParams
 from ._proxy import ProxyProtocolListener
 from ._replies import Reply
@@ -63,6 +63,7 @@ __all__ = [
     "Server",
     "Session",
     "SessionInfo",
+    "Summary",
     "TLSFailed",
     "TLSInfo",
     "Timeouts",

@@ -48,7 +48,7 @@ from ._events import (
     XclientCommand,
 )
 from ._framing import REPLY_TOO_BIG, ChunkReader, DotReader
-from ._observer import Observer
+from ._observer import Observer, Summary
 from ._params import EnabledExtensions, MailParams, parse_mail_params, parse_rcpt_params
 from ._replies import Reply, ReplyError
 from ._xclient import ATTRIBUTES, parse_xclient
@@ -384,6 +384,8 @@ class ServerConnection:
         for rcpt, reply in zip(self._recipients, replies, strict=True):
             self._send(reply or Reply(250, f"<{rcpt.address}> delivered", "2.1.5"))
         self._clear_transaction()
+        if any(reply is not None and reply.code == 421 for reply in replies):
+            self._queue(self._close("CLOSING"))  # (421 says the channel closes)
 
     def auth_challenge(self, challenge: bytes) -> None:
         """Send a 334 challenge; the client's answer comes back as ``AuthResponse``."""
@@ -402,6 +404,10 @@ class ServerConnection:
             raise UsageError("an AUTH failure needs a 4xx or 5xx reply")
         self._take_auth_decision()
         self.mode = Mode.COMMAND
+        if reply is not None and reply.code == 421:
+            self._send(reply)
+            self._queue(self._close("CLOSING"))
+            return
         self._auth_failures += 1
         if self._auth_failures > self.config.max_auth_failures:
             self._send(Reply(421, "Too many authentication failures", "4.7.0"))
@@ -414,7 +420,9 @@ class ServerConnection:
         if self.mode is not Mode.TLS_HANDSHAKE:
             raise UsageError("no STARTTLS handshake is under way")
         self.tls_active = True
-        self.hello_name = self.hello_verb = None
+        # An identity proved before TLS is knowledge from outside it, which RFC 3207
+        # says to discard: the client signs in again through TLS.
+        self.hello_name = self.hello_verb = self.authenticated_as = None
         self.mode = Mode.COMMAND
 
     def close_on_next_command(self, reply: Reply) -> None:
@@ -609,7 +617,8 @@ class ServerConnection:
         limit = self.config.max_message_size
         if limit is not None and self._bdat_size + size > limit:
             started = self._body_method == "BDAT"
-            self._discard_chunk(size, REPLY_TOO_BIG, client_error=False, fails=True)
+            self._discard_chunk(size, REPLY_TOO_BIG, client_error=False, fails=True,
+                                last=last)
             return MessageAborted(REPLY_TOO_BIG) if started else None
         self._chunk_size, self._chunk_last = size, last
         if self._body_method is None:
@@ -672,8 +681,8 @@ class ServerConnection:
         # and must not be read as if it came through TLS.
         if self._buffer:
             if self.observer is not None:
-                self.observer.received(f"[{len(self._buffer)} octets after STARTTLS "
-                                       "discarded]")
+                self.observer.received(Summary(f"[{len(self._buffer)} octets after "
+                                               "STARTTLS discarded]"))
             self._buffer.clear()
         event = self._reset("STARTTLS")
         if event is not None:
@@ -733,7 +742,8 @@ class ServerConnection:
         line = raw.rstrip(b"\r\n")
         self.mode = Mode.COMMAND
         if self.observer is not None:
-            self.observer.received("*" if line == b"*" else "[AUTH response: redacted]")
+            self.observer.received("*" if line == b"*"
+                                   else Summary("[AUTH response: redacted]"))
         if line == b"*":
             self._error(Reply(501, "Authentication cancelled", "5.0.0"))
             return None
@@ -778,6 +788,9 @@ class ServerConnection:
         if refusal is not None:
             self._chunk_refusal = None
             reply, client_error, fails = refusal
+            if self._chunk_last:  # (only a failing LAST chunk keeps that mark)
+                self._refuse_message(reply)
+                return None
             if fails:
                 # RFC 3030 2: a refused chunk fails the whole transaction.
                 self._clear_transaction()
@@ -799,17 +812,25 @@ class ServerConnection:
 
     def _end_of_body(self, error: Reply | None, size: int) -> Event | None:
         if self.observer is not None:
-            self.observer.received(f"[message data: {size} octets]")
+            self.observer.received(Summary(f"[message data: {size} octets]"))
         if error is not None:
-            self._send(error)
-            self._clear_transaction()
+            self._refuse_message(error)
             return MessageAborted(error)
         return EndOfMessage(size)
 
+    def _refuse_message(self, reply: Reply) -> None:
+        """Refuse a message whose end has come, and end its transaction. An LMTP client
+        reads one reply per accepted recipient after the end (RFC 2033 4.2), whoever
+        refused it."""
+        for _ in range(len(self._recipients) if self.config.lmtp else 1):
+            self._send(reply)
+        self._clear_transaction()
+
     def _discard_chunk(self, size: int, reply: Reply, *, client_error: bool = True,
-                       fails: bool = False) -> None:
-        """Read and drop a BDAT chunk's octets, then give ``reply``."""
-        self._chunk_size, self._chunk_last = size, False
+                       fails: bool = False, last: bool = False) -> None:
+        """Read and drop a BDAT chunk's octets, then give ``reply`` (for a LAST chunk
+        that ``fails`` the message, as the message's refusal)."""
+        self._chunk_size, self._chunk_last = size, last and fails
         self._chunk_refusal = (reply, client_error, fails)
         self._start_chunk(discard=True)
 
@@ -1129,5 +1150,5 @@ def _redacted(verb: str, line: str, *, after: str) -> str:
         mechanism, _, initial = line[5:].partition(" ")
         return f"AUTH {mechanism} [redacted]" if initial else line
     if after == "AUTH" and verb not in _HANDLERS:
-        return "[line after AUTH: redacted]"
+        return Summary("[line after AUTH: redacted]")
     return line

@@ -65,7 +65,9 @@ class DotReader:
         """
         last_lf = buf.rfind(b"\n")
         if last_lf < 0:
-            if len(buf) >= self._max_line:
+            # (A line's stuffed dot is not counted: RFC 5321 4.5.3.1.6.)
+            stuffed = self._at_line_start and buf.startswith(b".")
+            if len(buf) >= self._max_line + stuffed:
                 # One unfinished line is already over the limit: drop it but keep its last
                 # octet, which may be the CR of the CRLF that ends it.
                 self._fail(_line_too_long_reply(self._max_line))
@@ -90,15 +92,19 @@ class DotReader:
     def _accept(self, content: bytes) -> bytes:
         at_line_start = self._at_line_start
         self._at_line_start = content.endswith(b"\r\n")
-        refusal = self.error or self._refusal(content)
-        if refusal is not None:
-            self._fail(refusal)
+        if self.error is not None:
             self.size += len(content)  # (a refused message: what the client sent)
             return b""
         # Dot-unstuffing: a line that starts with "." lost that first "." (RFC 5321 4.5.2).
-        if at_line_start and content.startswith(b"."):
-            content = content[1:]
-        content = content.replace(b"\r\n.", b"\r\n")
+        # Before the line length check, which does not count that dot (4.5.3.1.6).
+        unstuffed = content[1:] if at_line_start and content.startswith(b".") else content
+        unstuffed = unstuffed.replace(b"\r\n.", b"\r\n")
+        refusal = self._refusal(unstuffed)
+        if refusal is not None:
+            self._fail(refusal)
+            self.size += len(content)
+            return b""
+        content = unstuffed
         self.size += len(content)
         if self._max_size is not None and self.size > self._max_size:
             self._fail(REPLY_TOO_BIG)

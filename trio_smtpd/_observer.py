@@ -13,7 +13,15 @@ from typing import Protocol
 
 from ._replies import Reply
 
-__all__ = ["Observer"]
+__all__ = ["Observer", "Summary"]
+
+
+class Summary(str):
+    """A line the engine writes in place of something it did not pass on, in brackets
+    (``[message data: 1234 octets]``). A client's own line is a plain ``str``, and may
+    start with "[" too: tell the two apart by type, never by the text."""
+
+    __slots__ = ()
 
 
 class Observer(Protocol):
@@ -25,7 +33,8 @@ class Observer(Protocol):
 
     def received(self, line: str) -> None:
         """A line from the client: a command as sent (non-UTF-8 bytes escaped), with an
-        AUTH exchange's secrets replaced by ``[redacted]``; or, in brackets, a summary:
+        AUTH exchange's secrets replaced by ``[redacted]``; or, as a ``Summary``, in
+        brackets:
         ``[message data: 1234 octets]`` (a refused message: the octets the client sent),
         ``[22 octets after STARTTLS discarded]`` (plaintext pipelined behind STARTTLS,
         dropped unread: CVE-2011-0411's attack, or a broken client)."""

@@ -314,7 +314,7 @@ class Session:
             assert self._config.tls is not None
             tls = await self._exchange.start_tls(self._config.tls, self.info,
                                                  self._config.metrics)
-            self.info.helo = None
+            self.info.helo = self.info.authenticated_as = None  # (RFC 3207 4.2)
             if isinstance(tls, TLSFailure):
                 self.tls_failed, self._fallback = True, _GONE  # (the session is over)
                 return TLSFailed(tls.reason, tls.detail)

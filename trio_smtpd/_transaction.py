@@ -213,10 +213,9 @@ def _positive(code: int | None, text: Text | None, enhanced: str | None,
     if code is None and text is None and enhanced is None:
         return None
     code = 250 if code is None else code
-    if not 200 <= code < 300:
-        raise ValueError(f"accepting a message takes a 2xx code, not {code}")
-    return Reply(code, "OK" if text is None else text,
-                 enhanced or (default_enhanced if code == 250 else "2.0.0"))
+    if code != 250:  # (the reply to a message's end: RFC 5321 4.3.2, RFC 2033 4.2)
+        raise ValueError(f"accepting a message takes code 250, not {code}")
+    return Reply(code, "OK" if text is None else text, enhanced or default_enhanced)
 
 
 def _negative(code: int | None, text: Text | None, enhanced: str | None,

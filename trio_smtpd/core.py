@@ -44,7 +44,7 @@ from ._events import (
     StartTLS,
     XclientCommand,
 )
-from ._observer import Observer
+from ._observer import Observer, Summary
 from ._params import MailParams, OriginalRecipient, RcptParams
 from ._replies import Reply, ReplyError, ReplyTextError
 
@@ -81,6 +81,7 @@ __all__ = [
     "Reset",
     "ServerConnection",
     "StartTLS",
+    "Summary",
     "UsageError",
     "XclientCommand",
     "parse_forward_path",

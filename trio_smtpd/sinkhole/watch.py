@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .. import Reply, Session, Transaction, Transcript
+from .. import Reply, Session, Summary, Transaction, Transcript
 from .logs import log_event
 
 __all__ = ["SessionWatch", "message_size", "refusing", "watch_of", "watch_session"]
@@ -77,7 +77,7 @@ class SessionWatch:
     def received(self, line: str) -> None:
         if self.transcript is not None:
             self.transcript.received(line)
-        if line[:1] == "[" and self._summary(line):  # (the engine's summaries only)
+        if isinstance(line, Summary) and self._summary(line):
             return
         self.rule = None
         self._data = None
@@ -92,9 +92,9 @@ class SessionWatch:
         elif verb in _NEW_TRANSACTION:
             self._bdat = None
 
-    def _summary(self, line: str) -> bool:
-        """Take in the engine's summary of something it did not pass on, if ``line`` is
-        one (a client's command may start with "[" too)."""
+    def _summary(self, line: Summary) -> bool:
+        """Take in the engine's summary of something it did not pass on, if it is one
+        of those the log counts."""
         if line.startswith(_DATA_SUMMARY):
             self._data = int(line[len(_DATA_SUMMARY):].split(" ", 1)[0])
             return True
