@@ -351,6 +351,7 @@ class Model:
         self.chunk_size = 0
         self.chunk_last = False
         self.chunk_refusal: tuple[int, bool, bool] | None = None  # code, counted, fails
+        self.refused_last = False  # the refused chunk ended the message (BDAT ... LAST)
 
     # -- the byte stream
 
@@ -603,7 +604,7 @@ class Model:
             if self.message_open:
                 self.kinds.append("MessageAborted")
                 self.message_open = False
-            self.discard(size, 552, counted=False, fails=True)
+            self.discard(size, 552, counted=False, fails=True, last=last)
             return
         self.chunk_size, self.chunk_last = size, last
         if self.body_method is None:
@@ -620,8 +621,10 @@ class Model:
             self.body_method, self.message_open = "BDAT", True
         self.mode, self.chunk_refusal = "bdat", None
 
-    def discard(self, size: int, code: int, *, counted: bool, fails: bool = False) -> None:
+    def discard(self, size: int, code: int, *, counted: bool, fails: bool = False,
+                last: bool = False) -> None:
         self.mode, self.chunk_size, self.chunk_refusal = "bdat", size, (code, counted, fails)
+        self.refused_last = last  # (the message's end: its refusal, below)
 
     def cmd_rset(self, verb: str, argument: str) -> None:
         if argument:
@@ -663,8 +666,10 @@ class Model:
             self.reply(220)
             self.reset()
             self.kinds.append("StartTLS")
-            # The driver completes the handshake at once: RFC 3207 4.2, start over.
+            # The driver completes the handshake at once: RFC 3207 4.2, start over, with
+            # no hello and no identity from before TLS.
             self.mode, self.hello, self.tls_active = "tls", None, True
+            self.authenticated = False
 
     def cmd_auth(self, verb: str, argument: str) -> None:
         config = self.config
@@ -728,15 +733,24 @@ class Model:
         crlf = body.count(b"\r\n")
         bare = config.bare_line_endings == "reject" and (
             body.count(b"\r") != crlf or body.count(b"\n") != crlf)
-        too_long = any(len(line) >= config.max_data_line_length for line in body.split(b"\n"))
+        # (A line's stuffed dot does not count: RFC 5321 4.5.3.1.6.)
+        too_long = any(len(line) >= config.max_data_line_length
+                       for line in unstuffed.split(b"\n"))
         limit = config.max_message_size
         too_big = limit is not None and len(unstuffed) > limit
         if not (bare or too_long or too_big):
             self.end_of_message(unstuffed)
             return
         # Which refusal is given first depends on where the reads were split.
-        self.reply(*({550} if bare or too_long else set()) | ({552} if too_big else set()))
+        self.refuse_message(*({550} if bare or too_long else set())
+                            | ({552} if too_big else set()))
         self.kinds.append("MessageAborted")
+
+    def refuse_message(self, *codes: int) -> None:
+        """A message refused after its end: one reply per recipient for LMTP (RFC 2033
+        4.2), whoever refused it."""
+        for _ in range(self.recipients if self.config.lmtp else 1):
+            self.reply(*codes)
         self.clear()
 
     def end_of_chunk(self, chunk: bytes) -> None:
@@ -744,6 +758,9 @@ class Model:
         refusal, self.chunk_refusal = self.chunk_refusal, None
         if refusal is not None:
             code, counted, fails = refusal
+            if fails and self.refused_last:
+                self.refuse_message(code)
+                return
             if fails:
                 self.clear()  # RFC 3030 2: a refused chunk fails the transaction
             if counted:
