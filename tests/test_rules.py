@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Sinkhole
+from tests.conftest import AS_ROOT, Sinkhole
+from trio_smtpd.sinkhole.dnsfacts import RDNS, ReverseDNS
 from trio_smtpd.sinkhole.rules import Facts, RulesError, load_rules
 
 Factory = Callable[..., Sinkhole]
@@ -109,6 +110,50 @@ any = [ { helo = ["a*"] }, { all = [ { tls = true }, { helo = ["b*"] } ] } ]''')
                         tls=True)) == "reject"
     assert decide(Facts(ip="192.0.2.1", sender="bad@anywhere.test", helo="beta")) is None
     assert decide(Facts(ip="192.0.2.1", sender="good@ok.test", helo="alpha")) is None
+
+
+def named(name: str) -> Facts:
+    """A client known by ``name`` everywhere a host pattern looks: HELO, confirmed PTR."""
+    return Facts(ip="198.51.100.1", helo=name, sender="a@c.example",
+                 dns={RDNS: ReverseDNS(names=(name,), verified=(name,))})
+
+
+@pytest.mark.parametrize(("key", "phase", "pattern", "hit"), [
+    ("sender_file", "mail", "@spam.example", Facts(sender="x@spam.example")),
+    ("recipient_file", "rcpt", "trap@", Facts(recipient="trap@x.example",
+                                              recipients=("trap@x.example",))),
+    ("ip_file", "connect", "192.0.2.0/24", Facts(ip="192.0.2.1")),
+    ("helo_file", "helo", ".bad.example", named("x.bad.example")),
+    ("host_file", "connect", ".bad.example", named("x.bad.example")),
+    ("source_file", "mail", ".bad.example", named("x.bad.example")),
+])
+def test_indented_comments_in_every_pattern_file(tmp_path: Path, key: str, phase: str,
+                                                 pattern: str, hit: Facts) -> None:
+    # A line whose first non-blank character is "#" is a comment, indented or not: it
+    # was read as a pattern (an address pattern without "@" or a bad network stopped
+    # the program; a host pattern "#*" matched).
+    (tmp_path / "patterns.txt").write_text(f"# top\n  # indented\n\t#*\n{pattern}\n")
+    decide = one(tmp_path, phase, f'{key} = "patterns.txt"')
+    assert decide(hit) == "reject"
+    if key in ("helo_file", "host_file", "source_file"):
+        assert decide(named("#x")) is None
+
+
+def test_indented_comments_in_pattern_files_through_the_program(tmp_path: Path) -> None:
+    (tmp_path / "traps.txt").write_text("trap@t.example\n    # traps added 2026-11\n")
+    (tmp_path / "nets.txt").write_text("\t# test networks\n192.0.2.0/24\n")
+    path = rules(tmp_path, """
+[[rule]]
+phase = "rcpt"
+action = "reject"
+[rule.match]
+recipient_file = "traps.txt"
+ip_file = "nets.txt"
+""")
+    result = subprocess.run([sys.executable, "-m", "trio_smtpd", "--check", "--no-dns",
+                             *AS_ROOT, "--maildir", str(tmp_path / "m"), "--rules", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
 
 
 def test_first_match_wins_actions_replies_and_delay(tmp_path: Path) -> None:
