@@ -306,7 +306,60 @@ def test_rules_through_the_program(sinkhole_factory: Factory, tmp_path: Path) ->
     assert messages[1]["rule"] == "samples"
     assert sinkhole.record(str(messages[1]["file"]))["rule"] == "samples"
     policies = {e["rule"] for e in sinkhole.events("policy")}
-    assert policies == {"no-localhost", "bad-helo", "greylist", "traps"}
+    assert policies == {"no-localhost", "bad-helo", "greylist", "traps", "samples"}
+
+
+def test_message_rule_refusals_log_policy_and_refused_lines_naming_the_rule(
+        sinkhole_factory: Factory, tmp_path: Path) -> None:
+    # "Every refusal by a rule logs a policy line and a refused line naming the rule":
+    # a message-phase refusal (save-then-reject above all, answered by the store) had
+    # neither, only its message line named the rule.
+    path = rules(tmp_path, """
+[[rule]]
+name = "samples"
+phase = "message"
+action = "save-then-reject"
+[rule.match]
+sender = ["@spam.example"]
+
+[[rule]]
+name = "no-junk"
+phase = "message"
+action = "reject"
+[rule.match]
+sender = ["@junk.example"]
+""")
+    sinkhole = sinkhole_factory("--rules", str(path))
+    with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
+        client.ehlo("client.test")
+        for sender in ("x@spam.example", "x@junk.example", "x@fine.example"):
+            client.mail(sender)
+            client.rcpt("user@example.net")
+            client.data(b"Subject: sample\r\n\r\nkeep me\r\n")
+    sinkhole.wait_for("message", 3)
+    sinkhole.wait_for("close")
+    assert len(sinkhole.stored()) == 2  # the sample is still saved, as the rule says
+    refused = [(e["command"], e["code"], e.get("rule")) for e in sinkhole.events("refused")]
+    assert refused == [("DATA", 554, "samples"), ("DATA", 550, "no-junk")]
+    policies = [(e["phase"], e["rule"], e["action"]) for e in sinkhole.events("policy")]
+    assert policies == [("message", "samples", "save-then-reject"),
+                        ("message", "no-junk", "reject")]
+    assert [(m["outcome"], m.get("rule")) for m in sinkhole.events("message")] == [
+        ("saved-then-rejected", "samples"), ("rejected", "no-junk"), ("accepted", None)]
+
+
+def test_save_then_reject_by_option_names_no_rule(sinkhole_factory: Factory) -> None:
+    # --save-then-reject refuses every message, not a rule: no rule to name.
+    sinkhole = sinkhole_factory("--save-then-reject")
+    with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail("x@spam.example")
+        client.rcpt("user@example.net")
+        assert client.data(b"Subject: sample\r\n\r\nkeep me\r\n")[0] == 554
+    sinkhole.wait_for("close")
+    [refused] = sinkhole.events("refused")
+    assert refused["code"] == 554 and "rule" not in refused
+    assert sinkhole.events("policy") == []
 
 
 def test_broken_rules_file_at_start_exits_2(tmp_path: Path) -> None:
