@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Sinkhole
+from tests.conftest import AS_ROOT, Sinkhole
+from trio_smtpd.sinkhole.dnsfacts import RDNS, ReverseDNS
 from trio_smtpd.sinkhole.rules import Facts, RulesError, load_rules
 
 Factory = Callable[..., Sinkhole]
@@ -109,6 +110,50 @@ any = [ { helo = ["a*"] }, { all = [ { tls = true }, { helo = ["b*"] } ] } ]''')
                         tls=True)) == "reject"
     assert decide(Facts(ip="192.0.2.1", sender="bad@anywhere.test", helo="beta")) is None
     assert decide(Facts(ip="192.0.2.1", sender="good@ok.test", helo="alpha")) is None
+
+
+def named(name: str) -> Facts:
+    """A client known by ``name`` everywhere a host pattern looks: HELO, confirmed PTR."""
+    return Facts(ip="198.51.100.1", helo=name, sender="a@c.example",
+                 dns={RDNS: ReverseDNS(names=(name,), verified=(name,))})
+
+
+@pytest.mark.parametrize(("key", "phase", "pattern", "hit"), [
+    ("sender_file", "mail", "@spam.example", Facts(sender="x@spam.example")),
+    ("recipient_file", "rcpt", "trap@", Facts(recipient="trap@x.example",
+                                              recipients=("trap@x.example",))),
+    ("ip_file", "connect", "192.0.2.0/24", Facts(ip="192.0.2.1")),
+    ("helo_file", "helo", ".bad.example", named("x.bad.example")),
+    ("host_file", "connect", ".bad.example", named("x.bad.example")),
+    ("source_file", "mail", ".bad.example", named("x.bad.example")),
+])
+def test_indented_comments_in_every_pattern_file(tmp_path: Path, key: str, phase: str,
+                                                 pattern: str, hit: Facts) -> None:
+    # A line whose first non-blank character is "#" is a comment, indented or not: it
+    # was read as a pattern (an address pattern without "@" or a bad network stopped
+    # the program; a host pattern "#*" matched).
+    (tmp_path / "patterns.txt").write_text(f"# top\n  # indented\n\t#*\n{pattern}\n")
+    decide = one(tmp_path, phase, f'{key} = "patterns.txt"')
+    assert decide(hit) == "reject"
+    if key in ("helo_file", "host_file", "source_file"):
+        assert decide(named("#x")) is None
+
+
+def test_indented_comments_in_pattern_files_through_the_program(tmp_path: Path) -> None:
+    (tmp_path / "traps.txt").write_text("trap@t.example\n    # traps added 2026-11\n")
+    (tmp_path / "nets.txt").write_text("\t# test networks\n192.0.2.0/24\n")
+    path = rules(tmp_path, """
+[[rule]]
+phase = "rcpt"
+action = "reject"
+[rule.match]
+recipient_file = "traps.txt"
+ip_file = "nets.txt"
+""")
+    result = subprocess.run([sys.executable, "-m", "trio_smtpd", "--check", "--no-dns",
+                             *AS_ROOT, "--maildir", str(tmp_path / "m"), "--rules", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
 
 
 def test_first_match_wins_actions_replies_and_delay(tmp_path: Path) -> None:
@@ -261,7 +306,60 @@ def test_rules_through_the_program(sinkhole_factory: Factory, tmp_path: Path) ->
     assert messages[1]["rule"] == "samples"
     assert sinkhole.record(str(messages[1]["file"]))["rule"] == "samples"
     policies = {e["rule"] for e in sinkhole.events("policy")}
-    assert policies == {"no-localhost", "bad-helo", "greylist", "traps"}
+    assert policies == {"no-localhost", "bad-helo", "greylist", "traps", "samples"}
+
+
+def test_message_rule_refusals_log_policy_and_refused_lines_naming_the_rule(
+        sinkhole_factory: Factory, tmp_path: Path) -> None:
+    # "Every refusal by a rule logs a policy line and a refused line naming the rule":
+    # a message-phase refusal (save-then-reject above all, answered by the store) had
+    # neither, only its message line named the rule.
+    path = rules(tmp_path, """
+[[rule]]
+name = "samples"
+phase = "message"
+action = "save-then-reject"
+[rule.match]
+sender = ["@spam.example"]
+
+[[rule]]
+name = "no-junk"
+phase = "message"
+action = "reject"
+[rule.match]
+sender = ["@junk.example"]
+""")
+    sinkhole = sinkhole_factory("--rules", str(path))
+    with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
+        client.ehlo("client.test")
+        for sender in ("x@spam.example", "x@junk.example", "x@fine.example"):
+            client.mail(sender)
+            client.rcpt("user@example.net")
+            client.data(b"Subject: sample\r\n\r\nkeep me\r\n")
+    sinkhole.wait_for("message", 3)
+    sinkhole.wait_for("close")
+    assert len(sinkhole.stored()) == 2  # the sample is still saved, as the rule says
+    refused = [(e["command"], e["code"], e.get("rule")) for e in sinkhole.events("refused")]
+    assert refused == [("DATA", 554, "samples"), ("DATA", 550, "no-junk")]
+    policies = [(e["phase"], e["rule"], e["action"]) for e in sinkhole.events("policy")]
+    assert policies == [("message", "samples", "save-then-reject"),
+                        ("message", "no-junk", "reject")]
+    assert [(m["outcome"], m.get("rule")) for m in sinkhole.events("message")] == [
+        ("saved-then-rejected", "samples"), ("rejected", "no-junk"), ("accepted", None)]
+
+
+def test_save_then_reject_by_option_names_no_rule(sinkhole_factory: Factory) -> None:
+    # --save-then-reject refuses every message, not a rule: no rule to name.
+    sinkhole = sinkhole_factory("--save-then-reject")
+    with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail("x@spam.example")
+        client.rcpt("user@example.net")
+        assert client.data(b"Subject: sample\r\n\r\nkeep me\r\n")[0] == 554
+    sinkhole.wait_for("close")
+    [refused] = sinkhole.events("refused")
+    assert refused["code"] == 554 and "rule" not in refused
+    assert sinkhole.events("policy") == []
 
 
 def test_broken_rules_file_at_start_exits_2(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.conftest import Sinkhole
+from tests.conftest import AS_ROOT, Sinkhole
 from trio_smtpd.sinkhole.tlsfallback import TLSFallback, parse_fallback
 
 Factory = Callable[..., Sinkhole]
@@ -50,7 +50,8 @@ def test_fallback_memory_is_bounded() -> None:
         False] * 3
 
 
-@pytest.mark.parametrize("text", ["3", "0:1", "x:1", "3:0", "3:-1", ":"])
+@pytest.mark.parametrize("text", ["3", "0:1", "x:1", "3:0", "3:-1", ":", "3:nan", "3:inf",
+                                  "3:1e400", "3:x"])
 def test_fallback_option_syntax(text: str) -> None:
     with pytest.raises(ValueError):
         parse_fallback(text)
@@ -153,6 +154,21 @@ def test_policy_option_errors_exit_2(args: tuple[str, str], tmp_path: Path) -> N
                             timeout=60)
     assert result.returncode == 2
     assert result.stderr.startswith("trio-smtpd: ") and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("hours", ["nan", "inf", "-inf", "1e400", "72"])
+def test_tls_fallback_hours_must_be_finite(hours: str, tmp_path: Path) -> None:
+    # NaN or infinite hours turned the fallback silently off (every comparison with the
+    # cutoff false); they are refused like every other duration.
+    result = subprocess.run([sys.executable, "-m", "trio_smtpd", "--check", "--maildir",
+                             str(tmp_path / "m"), *AS_ROOT, "--tls-fallback", f"1:{hours}"],
+                            capture_output=True, text=True, timeout=60)
+    if hours == "72":  # (the check itself passes a good value)
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 2
+    assert result.stderr == ("trio-smtpd: --tls-fallback: HOURS must be a finite number of "
+                             f"hours, more than 0 (not {hours})\n")
 
 
 def test_save_then_reject_stores_and_refuses(sinkhole_factory: Factory) -> None:

@@ -87,6 +87,31 @@ def test_text_parts_are_decoded_by_their_charset_as_best_they_can_be(
     assert shown in lines
 
 
+# Malformed or unusual messages the email package cannot render in full: a header its
+# parser fails on, a charset whose codec cannot decode with replacement characters.
+MALFORMED = [
+    (b'From: "\r\n\r\nbody\r\n', ['From: "', "body"]),
+    (b"Message-ID: <[>\r\n\r\nbody\r\n", ["Message-ID: <[>", "body"]),
+    (b"Message-ID: <[>\r\n caf\xc3\xa9\r\n\r\nbody\r\n", ["Message-ID: <[> café", "body"]),
+    (b"Content-Type: text/plain; charset=idna\r\n\r\nbody \xe9\r\n", ["body \ufffd"]),
+    (b"Content-Type: text/plain; charset=punycode\r\n\r\nbody \xe9\r\n", ["body \ufffd"]),
+    (b'Content-Type: text/plain; charset="utf\x008"\r\n\r\nbody\r\n', ["body"]),
+    (b"Content-Disposition: inline; x*\r\n\r\nbody\r\n",
+     ["Content-Disposition: inline; x*", "body"]),
+    (b"Content-Type: text/plain; x*\r\n\r\nbody \xe9\r\n",  # the parser itself fails
+     ["Content-Type: text/plain; x*", "body \ufffd"]),
+]
+
+
+@pytest.mark.parametrize(("data", "shown"), MALFORMED)
+def test_what_the_email_package_cannot_render_is_shown_as_received(
+        data: bytes, shown: list[str]) -> None:
+    lines = readable(ENVELOPE, data).splitlines()
+    for line in shown:
+        assert line in lines
+    assert lines[-1].startswith("=== end of message 3 ===")
+
+
 def test_raw_is_the_bytes_as_received_between_two_banners() -> None:
     data = b"Subject: x\r\n\r\n\x00\xff\x1b binary \r\n"
     out = render(ENVELOPE, data, "raw")
@@ -192,3 +217,18 @@ def test_a_closed_output_stops_the_printing_not_the_server(tmp_path: Path) -> No
     printing = [e for e in events if e["event"] == "print"]
     assert len(printing) == 1 and "Broken pipe" in printing[0]["error"]
     assert [e["outcome"] for e in events if e["event"] == "message"] == ["accepted"] * 2
+
+
+def test_malformed_messages_are_printed_and_the_session_goes_on(tmp_path: Path) -> None:
+    process, port = start(tmp_path, "--print")
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            for data, _ in MALFORMED:
+                client.sendmail("alice@example.org", ["bob@example.org"], data)
+            # The session survived its printing: the last message's QUIT is answered.
+            assert client.quit()[0] == 221
+    finally:
+        out = stop(process).decode()
+    assert f"=== end of message {len(MALFORMED)} " in out
+    assert 'From: "' in out and "Message-ID: <[>" in out and "body \ufffd" in out
+    assert "raised" not in (tmp_path / "log").read_text()

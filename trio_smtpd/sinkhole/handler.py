@@ -28,7 +28,7 @@ from .dnsfacts import Wants
 from .logs import log_event
 from .lookups import ClientLookups
 from .printing import Printer
-from .records import log_connect, log_listing, log_transaction, peer_text
+from .records import log_connect, log_listing, log_policy, log_transaction, peer_text
 from .rules import Facts, Pending, Phase, RuleSet, Verdict
 from .stores import Store
 from .storing import Incoming, MessageStore
@@ -147,7 +147,7 @@ class SinkholeHandler:
             await self._refuse(session, decision, verdict, phase, client)
         elif isinstance(decision, Message):
             incoming, client.incoming = client.incoming, Incoming()
-            await self._store.finish(decision, incoming, verdict, client.lookups)
+            await self._store.finish(session, decision, incoming, verdict, client.lookups)
             if self.printer is not None:
                 await self.printer.done(decision.transaction)
         else:
@@ -167,6 +167,7 @@ class SinkholeHandler:
                       phase: Phase | None, client: _Client) -> None:
         refusing(session, verdict.rule)
         _answer_refusal(decision, verdict)
+        log_policy(session.info.id, phase, verdict)
         if isinstance(decision, Message):
             await client.incoming.drop()  # refused outright: nothing is kept
             tx = decision.transaction
@@ -174,10 +175,6 @@ class SinkholeHandler:
             log_transaction(tx, "rejected", str(tx.replies[0]), None, verdict.rule,
                             checks.log_fields() if checks else None)
             client.incoming = Incoming()
-            return
-        log_event("policy", session=session.info.id, phase=phase, rule=verdict.rule,
-                  action=verdict.action, reply=str(verdict.reply),
-                  dns="unknown" if verdict.unknown else None)
 
     def _checks(self, session: Session, tx: Transaction,
                 lookups: ClientLookups) -> MessageChecks | None:

@@ -10,7 +10,9 @@ that left) are not printed; the log has them.
 Everything shown comes from the client, so the readable form escapes control
 characters, bidirectional-text overrides and Unicode line separators: a message cannot
 move the terminal's cursor, change its colours or disguise one header as another. (The
-raw form is raw on purpose.)
+raw form is raw on purpose.) What the email package cannot render (a header or a part it
+cannot parse, a charset whose codec cannot decode with replacements) is shown as it
+came, so that every such message is still printed and its session goes on.
 
 A message is kept in memory until it is printed (at most ``--max-message-size``), and
 formatted and written in a worker thread, one whole message after another, so that a
@@ -85,8 +87,6 @@ def render(envelope: Envelope, data: bytes, style: Style) -> bytes:
 
 def readable(envelope: Envelope, data: bytes) -> str:
     """The envelope, the headers, the text parts and a list of the attachments."""
-    message = BytesParser(policy=email.policy.default).parsebytes(
-        data.replace(b"\r\n", b"\n"))
     lines = [_banner(f"message {envelope.number}", "="),
              f"MAIL FROM: <{envelope.sender}>",
              f"RCPT TO:   {', '.join(f'<{r}>' for r in envelope.recipients)}",
@@ -98,45 +98,93 @@ def readable(envelope: Envelope, data: bytes) -> str:
         lines += [f"reply:     <{recipient}> {reply}"
                   for recipient, reply in zip(envelope.recipients, envelope.replies,
                                               strict=True)]
-    lines.append(_banner("headers"))
-    lines += [f"{name}: {_header(value)}" for name, value in message.items()]
-    lines += _parts(message)
+    lines += _message(data.replace(b"\r\n", b"\n"))
     lines.append(_banner(f"end of message {envelope.number}", "="))
     return "\n".join(lines)
+
+
+def _message(data: bytes) -> list[str]:
+    try:
+        message = BytesParser(policy=email.policy.default).parsebytes(data)
+    # The parser reads Content-Type as it goes, with the header parser that fails on
+    # some malformed values (see _headers): the message is printed all the same, whole
+    # and as received.
+    except Exception:
+        return [_banner("the message as received (the email package cannot read it)"),
+                data.decode("utf-8", "replace").rstrip("\n")]
+    return [_banner("headers"), *_headers(message), *_parts(message)]
+
+
+def _headers(message: Message) -> list[str]:
+    lines = []
+    for name, raw in message.raw_items():
+        try:
+            value = _header(message.policy.header_fetch_parse(name, raw))
+        # The email package's header parser fails on some malformed values (IndexError
+        # on a lone quote in From:, HeaderParseError and others) instead of recording a
+        # defect; a message that was accepted is printed all the same, this header as it
+        # came.
+        except Exception:
+            # (unfolded: the line break before a folded line's white space goes)
+            value = re.sub(r"\r?\n(?=[ \t])", "", _as_received(raw)).strip()
+        lines.append(f"{name}: {value}")
+    return lines
+
+
+def _as_received(raw: object) -> str:
+    """Text as the parser kept it, the bytes received that are not UTF-8 (which it keeps
+    as surrogate escapes) as U+FFFD."""
+    return str(raw).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _parts(message: Message) -> list[str]:
     lines: list[str] = []
     for part in message.walk():
-        kind = part.get_content_type()
-        if kind == "message/rfc822":
-            lines.append(_banner(f"{kind} (a message inside), its parts follow"))
-        if part.is_multipart():
-            continue
-        if part.get_content_maintype() == "text" and \
-                part.get_content_disposition() != "attachment":
-            charset = part.get_content_charset()
-            lines.append(_banner(kind + (f"; charset={charset}" if charset else "")))
-            lines.append(_text(part).rstrip("\n"))
-        else:
-            payload = part.get_payload(decode=True)
-            size = len(payload) if isinstance(payload, bytes) else 0
-            name = part.get_filename() or "(no name)"
-            lines.append(_banner(f"attachment: {name} ({kind}, {size} octets), not shown"))
+        try:
+            lines += _part(part)
+        # Reading a part's type, charset or file name goes through the same header
+        # parser (see _headers): such a part is shown as received rather than lost.
+        except Exception:
+            if not part.is_multipart():  # (a multipart's parts are walked in turn)
+                lines.append(_banner("a part whose headers cannot be read, as received"))
+                lines.append(_as_received(part.get_payload()).rstrip("\n"))
+    return lines
+
+
+def _part(part: Message) -> list[str]:
+    lines: list[str] = []
+    kind = part.get_content_type()
+    if kind == "message/rfc822":
+        lines.append(_banner(f"{kind} (a message inside), its parts follow"))
+    if part.is_multipart():
+        return lines
+    if part.get_content_maintype() == "text" and \
+            part.get_content_disposition() != "attachment":
+        charset = part.get_content_charset()
+        lines.append(_banner(kind + (f"; charset={charset}" if charset else "")))
+        lines.append(_text(part).rstrip("\n"))
+    else:
+        payload = part.get_payload(decode=True)
+        size = len(payload) if isinstance(payload, bytes) else 0
+        name = part.get_filename() or "(no name)"
+        lines.append(_banner(f"attachment: {name} ({kind}, {size} octets), not shown"))
     return lines
 
 
 def _text(part: Message) -> str:
     """A text part decoded by its transfer encoding and charset. Undeclared 8-bit text
-    is most often UTF-8 (of which US-ASCII is a part); an unknown charset is read as
-    UTF-8 too, and what does not decode becomes U+FFFD rather than an error."""
+    is most often UTF-8 (of which US-ASCII is a part); an unknown charset, or one whose
+    codec cannot decode with replacements, is read as UTF-8 too, and what does not
+    decode becomes U+FFFD rather than an error."""
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
     charset = part.get_content_charset() or "utf-8"
     try:
         return payload.decode("utf-8" if charset == "us-ascii" else charset, "replace")
-    except LookupError:
+    # LookupError: no such codec, or not a text one (base64). ValueError: a codec that
+    # refuses "replace" (idna, punycode: UnicodeError) or a name with a NUL in it.
+    except (LookupError, ValueError):
         return payload.decode("utf-8", "replace")
 
 

@@ -15,10 +15,11 @@ from ..maildir import Maildir
 from .dnsfacts import Listing, Wants
 from .logs import log_event
 from .lookups import ClientLookups
+from .rules import Verdict
 from .safety import json_safe
 
-__all__ = ["log_aborted", "log_connect", "log_listing", "log_transaction", "message_record",
-           "peer_text", "sidecar_writer"]
+__all__ = ["log_aborted", "log_connect", "log_listing", "log_policy", "log_transaction",
+           "message_record", "peer_text", "sidecar_writer"]
 
 log = logging.getLogger("trio_smtpd.sinkhole")
 
@@ -124,3 +125,11 @@ def log_listing(session_id: str, listing: Listing) -> None:
 
 def peer_text(peer: Any) -> str | None:
     return None if peer is None else f"{peer[0]}:{peer[1]}"
+
+
+def log_policy(session_id: str, phase: str | None, verdict: Verdict) -> None:
+    """The ``policy`` line of a rule's refusal, whichever path answers it (the handler,
+    or the store for ``save-then-reject``): every one is logged alike."""
+    log_event("policy", session=session_id, phase=phase, rule=verdict.rule,
+              action=verdict.action, reply=str(verdict.reply),
+              dns="unknown" if verdict.unknown else None)

@@ -273,13 +273,7 @@ def _matcher(key: str, value: Any, phase: Phase, base: Path) -> Matcher:
             raise RulesError(f"'{key}' must be true or false")
         return lambda facts, p: getattr(facts, key) is value
     if key.endswith("_file"):
-        if not isinstance(value, str):
-            raise RulesError(f"'{key}' takes a file name")
-        try:
-            lines = (base / value).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RulesError(f"cannot read {key} {value!r}: {exc}") from None
-        patterns = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+        patterns = _pattern_file(key, value, base)
         if not patterns:  # as sinksmtp: an empty file matches nothing
             return lambda facts, p: False
         return _matcher(key.removesuffix("_file"), patterns, phase, base)
@@ -303,6 +297,20 @@ def _matcher(key: str, value: Any, phase: Phase, base: Path) -> Matcher:
 
         return recipient
     raise AssertionError(key)  # every name in _MATCHERS is handled above
+
+
+def _pattern_file(key: str, value: Any, base: Path) -> list[str]:
+    """The patterns in a ``*_file``: one a line, blank lines and ``#`` comments skipped."""
+    if not isinstance(value, str):
+        raise RulesError(f"'{key}' takes a file name")
+    try:
+        lines = (base / value).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError(f"cannot read {key} {value!r}: {exc}") from None
+    # Stripped before the comment test, so that an indented "# ..." is a comment too,
+    # not a pattern.
+    stripped = (line.strip() for line in lines)
+    return [line for line in stripped if line and not line.startswith("#")]
 
 
 def _network(text: str) -> Network:

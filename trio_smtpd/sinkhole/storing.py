@@ -24,12 +24,12 @@ from ..verify import AuthenticationResultsFilter
 from .hashstore import MessageDigest, name_by_hash
 from .lookups import ClientLookups
 from .printing import Printer
-from .records import log_aborted, log_transaction, message_record
+from .records import log_aborted, log_policy, log_transaction, message_record
 from .rules import Verdict
 from .stores import MaildirStore, MessageWriter, Store, StoreError
 from .trace import trace_headers
 from .verifying import MessageChecks
-from .watch import message_size
+from .watch import message_size, refusing
 
 __all__ = ["Incoming", "MessageStore"]
 
@@ -127,18 +127,24 @@ class MessageStore:
             log_aborted(tx, message_size(session, tx))
         return incoming
 
-    async def finish(self, decision: Message, incoming: Incoming, verdict: Verdict | None,
-                     lookups: ClientLookups) -> None:
+    async def finish(self, session: Session, decision: Message, incoming: Incoming,
+                     verdict: Verdict | None, lookups: ClientLookups) -> None:
         """Commit the message and answer it (or answer why not), and log it."""
         tx = decision.transaction
         name = None  # (--discard: nothing to commit)
         if incoming.writer is not None:
             name = await self._commit(tx, incoming, verdict, lookups)
-        if incoming.error is not None:
+        by_rule = verdict if verdict is not None and verdict.action == "save-then-reject" \
+            else None
+        if incoming.error is not None:  # (then the refusal is the store's, not the rule's)
             await incoming.drop()
             _answer_write_error(decision, incoming.error)
-        elif self.save_then_reject or (verdict is not None
-                                       and verdict.action == "save-then-reject"):
+        elif self.save_then_reject or by_rule is not None:
+            if by_rule is not None:
+                # A rule's refusal answered here rather than by the handler's _refuse:
+                # logged as every other rule's (its refused line names it, a policy line).
+                refusing(session, by_rule.rule)
+                log_policy(session.info.id, "message", by_rule)
             _save_then_reject(decision, name, verdict)
         else:
             decision.accept(text=f"queued as {name}" if name is not None else "discarded")

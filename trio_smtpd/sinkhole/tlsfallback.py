@@ -8,6 +8,7 @@ at most ``max_addresses`` addresses are remembered, the stalest forgotten first.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -19,9 +20,18 @@ __all__ = ["TLSFallback", "parse_fallback"]
 def parse_fallback(text: str) -> tuple[int, float]:
     """``N:HOURS`` as given to ``--tls-fallback``; ValueError if malformed."""
     count, sep, hours = text.partition(":")
-    if not sep or not count.isdigit() or int(count) < 1 or float(hours) <= 0:
+    try:
+        period = float(hours)
+    except ValueError:
+        period = None
+    if not sep or not count.isdigit() or int(count) < 1 or period is None:
         raise ValueError(f"expected FAILURES:HOURS, got {text!r}")
-    return int(count), float(hours)
+    # As every other duration (configure.py): NaN or infinite hours would turn the
+    # fallback off without a word, every comparison with the cutoff being false.
+    if not (math.isfinite(period) and period > 0):
+        raise ValueError(f"HOURS must be a finite number of hours, more than 0 "
+                         f"(not {hours})")
+    return int(count), period
 
 
 @dataclass
