@@ -822,7 +822,8 @@ class ServerConnection:
         """Refuse a message whose end has come, and end its transaction. An LMTP client
         reads one reply per accepted recipient after the end (RFC 2033 4.2), whoever
         refused it."""
-        for _ in range(len(self._recipients) if self.config.lmtp else 1):
+        replies = len(self._recipients) if self.config.lmtp else 1
+        for _ in range(max(replies, 1)):  # (never none: the client waits for one)
             self._send(reply)
         self._clear_transaction()
 
