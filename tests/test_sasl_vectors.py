@@ -137,6 +137,23 @@ async def test_scram_exchange_looks_up_the_user_and_ends_with_its_signature() ->
     assert isinstance(unknown[1], Failure) and unknown[1].reply is None
 
 
+async def test_an_unknown_user_is_shown_the_iteration_count_users_have() -> None:
+    # Found by review (2026-12-02): keys made with 10,000 iterations answered i=10000
+    # for a real user and i=4096 for an unknown one, before any proof: who exists showed.
+    keys = ScramKeys.from_password("pencil", iterations=10000)
+
+    async def lookup(username: str) -> ScramKeys | None:
+        return keys if username == "alice" else None
+
+    mechanism = ScramSHA256(lookup, iterations=10000)
+    [known] = await run(mechanism, [b"n,,n=alice,r=abc"])
+    [unknown] = await run(mechanism, [b"n,,n=bob,r=abc"])
+    assert isinstance(known, Challenge) and isinstance(unknown, Challenge)
+    assert known.data.endswith(b",i=10000") and unknown.data.endswith(b",i=10000")
+    with pytest.raises(ValueError):
+        ScramSHA256(lookup, iterations=0)
+
+
 async def test_scram_plus_is_offered_only_with_a_channel_binding() -> None:
     async def lookup(username: str) -> ScramKeys | None:
         return None
@@ -185,7 +202,11 @@ async def test_oauthbearer_refusal_is_told_in_json_then_535() -> None:
 @pytest.mark.parametrize("message", [
     b"n,a=user,host=x\x01auth=Bearer t\x01\x01", b"n,,\x01auth=Bearer t\x01",
     b"n,,\x01auth=Basic dXNlcg==\x01\x01", b"p=tls-unique,,\x01auth=Bearer t\x01\x01",
-    b"n,,\x01auth=Bearer t\x01auth=Bearer u\x01\x01", b"\xff"])
+    b"n,,\x01auth=Bearer t\x01auth=Bearer u\x01\x01", b"\xff",
+    # Found by review (2026-12-02): isdigit() takes "²" for a digit, int() does not (a
+    # traceback and 454); and a port is at most 65535.
+    "n,,\x01port=\u00b2\x01auth=Bearer t\x01\x01".encode(),
+    b"n,,\x01port=99999\x01auth=Bearer t\x01\x01"])
 async def test_oauthbearer_malformed(message: bytes) -> None:
     async def validate(credentials: TokenCredentials) -> str | None:
         raise AssertionError("not called")

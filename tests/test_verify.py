@@ -114,6 +114,53 @@ async def test_dkim_results_by_what_the_dns_said(
     assert await verify.check_dkim(FakeResolver(), b"From: a@b.test\r\n\r\nx\r\n") == ()
 
 
+def _der(tag: int, body: bytes) -> bytes:
+    size = len(body)
+    length = bytes([size]) if size < 128 else (
+        bytes([0x80 | ((size.bit_length() + 7) // 8)]) + size.to_bytes(
+            (size.bit_length() + 7) // 8, "big"))
+    return bytes([tag]) + length + body
+
+
+def rsa_key_record(modulus: int, exponent: int) -> str:
+    """A key record of any modulus and exponent (an RFC 8017 RSAPublicKey in p=)."""
+    def integer(value: int) -> bytes:
+        return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+    key = _der(0x30, integer(modulus) + integer(exponent))
+    return f"v=DKIM1; k=rsa; p={base64.b64encode(key).decode()}"
+
+
+@pytest.mark.parametrize(("modulus_bits", "exponent_bits"), [(16384, 17), (2048, 2048)])
+async def test_a_key_too_costly_to_verify_is_a_permerror(
+        key: tuple[bytes, str], modulus_bits: int, exponent_bits: int) -> None:
+    # Found by review (2026-12-02): dkimpy computes pow(b, e, n) in the event loop with
+    # any n and e the signer's DNS publishes; a 16384-bit modulus with as long an exponent
+    # blocked every session for 9 s a signature, past any deadline. RFC 8301 asks
+    # verifiers for keys up to 4096 bits; the exponent is 65537 in practice.
+    private, _ = key
+    hostile = rsa_key_record((1 << (modulus_bits - 1)) | 1, (1 << (exponent_bits - 1)) | 1)
+    resolver = FakeResolver({"s._domainkey.example.test TXT": key_records(hostile)})
+    [result] = await verify.check_dkim(resolver, signed_message(private))
+    assert result.result == "permerror"
+    assert "bits" in result.reason
+
+
+async def test_an_arc_key_too_costly_to_verify_fails_the_chain(
+        key: tuple[bytes, str]) -> None:
+    private, public = key
+    data = b"From: A <a@example.test>\r\nSubject: hi\r\n\r\nHello\r\n"
+    sealed = b"".join(dkim.arc_sign(b"Authentication-Results: relay.test; none\r\n" + data,
+                                    b"s", b"example.test", private, b"relay.test"))
+    sealed += b"Authentication-Results: relay.test; none\r\n" + data
+    name = "s._domainkey.example.test TXT"
+    fair = await verify.check_arc(FakeResolver({name: key_records(public)}), sealed)
+    assert fair.result == "pass", fair
+    hostile = rsa_key_record((1 << 16383) | 1, 65537)
+    costly = await verify.check_arc(FakeResolver({name: key_records(hostile)}), sealed)
+    assert costly.result == "fail" and "too costly" in costly.reason, costly
+
+
 async def test_dkim_body_of_any_size_in_chunks(key: tuple[bytes, str]) -> None:
     private, public = key
     body = b"".join(b"line %d  with  spaces \r\n" % n for n in range(200_000))  # ~5 MB

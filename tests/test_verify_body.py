@@ -82,3 +82,21 @@ def test_a_header_section_over_the_limit_is_not_kept() -> None:
     small.feed(b"X: y\r\n\r\n" + b"z" * 1000)
     small.close()
     assert not small.too_large and small.header == b"X: y\r\n"
+
+
+def test_a_length_tag_past_rfc_6376s_76_digits_is_a_bad_signature_not_an_error() -> None:
+    # Found by review (2026-12-02): l= of 5,000 digits made int() raise out of feed()
+    # (CPython's digit limit); through BDAT the sinkhole answered 451 and logged a
+    # traceback for every such message. RFC 6376 3.5: l= is 1*76DIGIT.
+    for digits in (b"1" * 5000, b"1" * 77):
+        reader = MessageReader()
+        reader.feed(b"DKIM-Signature: v=1; a=rsa-sha256; d=evil.test; s=s; h=from; "
+                    b"bh=AAAA; b=AAAA; l=" + digits + b"\r\nFrom: a@evil.test\r\n\r\nHi\r\n")
+        reader.close()
+        [signature] = reader.signatures
+        assert signature.body_key() is None
+    fine = MessageReader()
+    fine.feed(b"DKIM-Signature: v=1; a=rsa-sha256; d=x.test; s=s; h=from; bh=AAAA; "
+              b"b=AAAA; l=" + b"9" * 76 + b"\r\nFrom: a@x.test\r\n\r\nHi\r\n")
+    fine.close()
+    assert fine.signatures[0].body_key() == ("simple", "rsa-sha256", int(b"9" * 76))

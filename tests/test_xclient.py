@@ -74,6 +74,10 @@ def test_unavailable_values_and_ipv6() -> None:
     ("ADDR=2001:db8::1", "Bad XCLIENT ADDR syntax: 2001:db8::1"),  # needs IPV6:
     ("ADDR=IPV6:192.0.2.1", "Bad XCLIENT ADDR syntax: IPV6:192.0.2.1"),
     ("PORT=65536", "Bad XCLIENT PORT syntax: 65536"),
+    # Found by review (2026-12-02): xtext "+B2" is "²", which isdigit() takes for a digit
+    # and int() refuses: the command got no reply and a traceback blamed the handler.
+    ("PORT=+B2", "Bad XCLIENT PORT syntax: \u00b2"),
+    ("DESTPORT=\u0663", "Bad XCLIENT DESTPORT syntax: \u0663"),  # an Arabic-Indic 3
     ("PROTO=HTTP", "Bad XCLIENT PROTO syntax: HTTP"),
     ("NAME=a/b", "Bad XCLIENT NAME syntax: a/b"),
     ("LOGIN=a+2", "Bad XCLIENT xtext encoding"),

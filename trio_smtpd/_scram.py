@@ -235,23 +235,30 @@ class ScramServer:
 ScramLookup = Callable[[str], Awaitable[ScramKeys | None]]
 
 
-def _unknown_user(username: str) -> ScramKeys:
+def _unknown_user(username: str, iterations: int) -> ScramKeys:
     """Keys for a user that does not exist, so that the exchange goes on as for one
     that does and fails at the proof: nobody learns which users exist."""
     salt = _hmac(_FAKE_SALT_KEY, username.encode("utf-8"))[:16]
-    return ScramKeys(salt, 4096, os.urandom(32), os.urandom(32))
+    return ScramKeys(salt, iterations, os.urandom(32), os.urandom(32))
 
 
 class ScramSHA256:
     """SCRAM-SHA-256 (RFC 7677): ``lookup(username)`` returns the user's ``ScramKeys``,
     or None if there is no such user (the exchange then fails with 535, as for a wrong
-    password). An authzid other than the username is refused."""
+    password). An authzid other than the username is refused.
+
+    ``iterations``: the count the users' keys were made with, which an unknown user is
+    shown too (the server's first message names it before any proof). Keep every user's
+    keys at that one count: a user whose keys differ can be told from an unknown one."""
 
     name = "SCRAM-SHA-256"
     _plus = False
 
-    def __init__(self, lookup: ScramLookup) -> None:
+    def __init__(self, lookup: ScramLookup, *, iterations: int = 4096) -> None:
+        if iterations < 1:
+            raise ValueError("iterations must be at least 1")
         self._lookup = lookup
+        self._iterations = iterations
 
     def offered(self, tls: TLSInfo | None) -> bool:
         """Always, where the configuration says."""
@@ -262,7 +269,7 @@ class ScramSHA256:
         bindings = context.tls.channel_bindings if context.tls is not None else {}
         server = ScramServer(plus=self._plus, bindings=bindings,
                              plus_offered="SCRAM-SHA-256-PLUS" in context.offered)
-        return _ScramExchange(server, self._lookup, self.name)
+        return _ScramExchange(server, self._lookup, self.name, self._iterations)
 
 
 class ScramSHA256Plus(ScramSHA256):
@@ -278,10 +285,12 @@ class ScramSHA256Plus(ScramSHA256):
 
 
 class _ScramExchange:
-    def __init__(self, server: ScramServer, lookup: ScramLookup, name: str) -> None:
+    def __init__(self, server: ScramServer, lookup: ScramLookup, name: str,
+                 iterations: int) -> None:
         self._server = server
         self._lookup = lookup
         self._name = name
+        self._iterations = iterations
         self._stage = 0
         self._known = True
 
@@ -297,7 +306,8 @@ class _ScramExchange:
                 return failure
             keys = await self._lookup(server.username)
             self._known = keys is not None
-            return Challenge(server.server_first(keys or _unknown_user(server.username)))
+            return Challenge(server.server_first(
+                keys or _unknown_user(server.username, self._iterations)))
         if stage == 1:
             final = server.client_final(response)
             if isinstance(final, Failure):

@@ -36,6 +36,12 @@ DEFAULT_TIMEOUT = 10.0
 #: Distinct keys looked up for one message's ARC chain (RFC 8617 allows 50 sets, but a
 #: chain rarely uses more than a few keys).
 MAX_ARC_KEYS = 20
+#: The largest RSA key verified. dkimpy checks a signature in the event loop, at a cost
+#: that grows with the modulus and the exponent the signer publishes; RFC 8301 asks
+#: verifiers for 1024 to 4096 bits, and allows more.
+MAX_RSA_BITS = 8192
+#: The longest RSA public exponent verified (in practice it is 65537, 17 bits).
+MAX_EXPONENT_BITS = 64
 
 # dkimpy logs why each hostile signature failed, at ERROR: that is the message's story,
 # told in our results, not a fault of this program. A logger of its own, outside the
@@ -166,6 +172,31 @@ def _unfit_key(key: bytes, algorithm: str) -> str:
     wanted = algorithm.rpartition("-")[2].encode()
     if hashes is not None and wanted not in re.split(rb"\s*:\s*", hashes.strip().lower()):
         return f"the key does not allow {wanted.decode()} (h=)"
+    return _too_costly(tags)
+
+
+def _too_costly_record(record: str) -> str:
+    try:
+        return _too_costly(parse_tag_value(record.encode("utf-8", "replace")))
+    except InvalidTagValueList:
+        return ""  # (dkimpy says why it cannot use it)
+
+
+def _too_costly(tags: dict[bytes, bytes]) -> str:
+    """Why an RSA key is too large to verify with (see ``MAX_RSA_BITS``), if it is. A
+    key that cannot be read is left to dkimpy, which says why."""
+    if tags.get(b"k", b"rsa").strip().lower() != b"rsa":
+        return ""
+    try:
+        key = dkim.crypto.parse_public_key(base64.b64decode(
+            re.sub(rb"\s+", b"", tags.get(b"p", b"")), validate=True))
+    except (binascii.Error, dkim.crypto.UnparsableKeyError):
+        return ""
+    modulus, exponent = key["modulus"].bit_length(), key["publicExponent"].bit_length()
+    if modulus > MAX_RSA_BITS or exponent > MAX_EXPONENT_BITS:
+        return (f"the key is too costly to verify: a {modulus}-bit modulus and a "
+                f"{exponent}-bit exponent (at most {MAX_RSA_BITS} and "
+                f"{MAX_EXPONENT_BITS} bits)")
     return ""
 
 
@@ -204,6 +235,9 @@ async def check_arc(resolver: Resolver, message: bytes | MessageReader, *,
     failed = [name for name, answer in answers.items() if answer.unknown]
     if failed:
         return ARCResult("temperror", reason=f"key lookup failed: {failed[0]}")
+    for name, answer in answers.items():
+        if answer.records and (costly := _too_costly_record(answer.records[0])):
+            return ARCResult("fail", reason=f"{name}: {costly}")
     keys = {name: answer.records[0].encode("utf-8", "replace") if answer.records else None
             for name, answer in answers.items()}
 

@@ -23,6 +23,8 @@ MAX_ARC_SETS = 50
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _LEADING_BLANK = re.compile(rb"\r?\n")
 _FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+# RFC 6376 3.5: l= is 1*76DIGIT (and int() of a longer one may raise).
+_LENGTH = re.compile(rb"[0-9]{1,76}")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class Signature:
         algorithm = self.tags.get(b"a", b"").decode("ascii", "replace")
         length = self.tags.get(b"l")
         if body not in ("simple", "relaxed") or algorithm not in HASHES or (
-                length is not None and not length.isdigit()):
+                length is not None and _LENGTH.fullmatch(length) is None):
             return None
         canon: Canonicalization = "simple" if body == "simple" else "relaxed"
         return canon, algorithm, None if length is None else int(length)
