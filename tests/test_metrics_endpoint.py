@@ -209,3 +209,36 @@ def test_a_real_prometheus_scrapes_it(sinkhole_factory: Factory, tmp_path: Path)
             process.kill()
             process.wait(10)
         log.close()
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def test_idle_connections_to_the_endpoint_are_bounded(sinkhole_factory: Factory) -> None:
+    # Found by review (2026-12-02): each connection that sent part of a request held a
+    # thread for ever: 2,000 of them made 2,000 threads and 53 MB more.
+    metrics = free_port()
+    sinkhole = sinkhole_factory("--metrics-listen", f"127.0.0.1:{metrics}")
+    assert fetch(f"http://127.0.0.1:{metrics}/healthz") == (200, "ok\n")
+    before = _threads(sinkhole.process.pid)
+    idle = [socket.create_connection(("127.0.0.1", metrics), timeout=10) for _ in range(200)]
+    try:
+        for sock in idle:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
+        wait_until(lambda: _threads(sinkhole.process.pid) >= before + 8, "threads to start")
+        assert _threads(sinkhole.process.pid) <= before + 64
+    finally:
+        for sock in idle:
+            sock.close()
+    # Once they are gone, a scrape is served again (meanwhile one may be turned away).
+    def served() -> bool:
+        try:
+            return fetch(f"http://127.0.0.1:{metrics}/healthz") == (200, "ok\n")
+        except OSError:
+            return False
+
+    wait_until(served, "a scrape to be served again")

@@ -152,3 +152,18 @@ def test_the_contrib_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
                       "ReadWritePaths=/var/lib/trio-smtpd", "NoNewPrivileges=yes"):
         assert f"\n{hardening}\n" in service
     assert "FileDescriptorName=metrics" in (contrib / "trio-smtpd.socket").read_text()
+
+
+@pytest.mark.parametrize("fd3", ["3<&-", "3</dev/null"], ids=["closed", "not-a-socket"])
+def test_a_bad_socket_activation_is_a_one_line_error(tmp_path: Path, fd3: str) -> None:
+    # Found by review (2026-12-02): LISTEN_FDS=1 with fd 3 closed, or a file, ended in a
+    # traceback and exit status 1, where a non-listening socket was already a clear
+    # configuration error (status 2).
+    program = [sys.executable, "-m", "trio_smtpd", "--maildir", str(tmp_path / "mail"),
+               "--no-dns", *AS_ROOT]
+    script = f'{fd3}; LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
+    result = subprocess.run(["sh", "-c", script, "sh", *program], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "passed socket 3" in result.stderr

@@ -220,17 +220,45 @@ class WorkerMetrics:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread for each connection, as many as ``MAX_CONNECTIONS`` at a time (each
+    with ``_Handler.timeout``): a scraper needs one or two, and a client that opens
+    more, or sends half a request and waits, must not cost a thread each for ever."""
+
+    MAX_CONNECTIONS = 32
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # (closed unanswered: try again later)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class MetricsHTTPServer:
     """``/metrics`` and ``/healthz`` on a socket bound beforehand (as root, perhaps)."""
 
     def __init__(self, sock: socket.socket, registry: CollectorRegistry,
                  healthy: Callable[[], bool]) -> None:
         handler = type("Handler", (_Handler,), {"registry": registry, "healthy": healthy})
-        self._server = ThreadingHTTPServer(sock.getsockname()[:2], handler,
-                                           bind_and_activate=False)
+        self._server = _BoundedHTTPServer(sock.getsockname()[:2], handler,
+                                          bind_and_activate=False)
         self._server.socket.close()
         self._server.socket = sock
-        self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="trio-smtpd metrics", daemon=True)
 
@@ -246,6 +274,9 @@ class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry
     healthy: Callable[[], bool]
     server_version = f"trio-smtpd/{__version__}"
+    #: Seconds a connection may keep the server waiting for its request (or to read the
+    #: answer): then it is closed, and its thread is free.
+    timeout = 10
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]

@@ -58,13 +58,7 @@ def listen_fds(environ: MutableMapping[str, str] | None = None) -> PassedSockets
     for index in range(int(count)):
         fd = FIRST_FD + index
         name = labels[index] if index < len(labels) else "unknown"
-        os.set_inheritable(fd, False)
-        sock = socket.socket(fileno=fd)
-        if (sock.type != socket.SOCK_STREAM
-                or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
-            raise ConfigError(
-                f"passed socket {fd} ({name}) is not a listening stream socket: use "
-                "ListenStream= without Accept=yes")
+        sock = _passed_socket(fd, name)
         passed.names.append(name)
         if name == "metrics":
             passed.metrics = sock
@@ -73,6 +67,24 @@ def listen_fds(environ: MutableMapping[str, str] | None = None) -> PassedSockets
     if not passed.listeners:
         raise ConfigError("systemd passed no socket to serve mail on")
     return passed
+
+
+def _passed_socket(fd: int, name: str) -> socket.socket:
+    """The listening stream socket systemd passed as ``fd``, or a ConfigError saying
+    what is there instead (nothing, a file, another kind of socket)."""
+    try:
+        os.set_inheritable(fd, False)
+        sock = socket.socket(fileno=fd)
+        listening = (sock.type == socket.SOCK_STREAM
+                     and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError as exc:
+        raise ConfigError(f"passed socket {fd} ({name}) cannot be used: "
+                          f"{exc.strerror or exc}") from None
+    if not listening:
+        raise ConfigError(
+            f"passed socket {fd} ({name}) is not a listening stream socket: use "
+            "ListenStream= without Accept=yes")
+    return sock
 
 
 class Notifier:
