@@ -136,7 +136,7 @@ def _handler(args: argparse.Namespace, config: Config, maildir: Maildir | None,
     return SinkholeHandler(config.hostname, maildir, tarpit=args.tarpit,
                            tls_fallback=fallback, save_then_reject=args.save_then_reject,
                            rules=load_rules_option(args.rules, dns=not args.no_dns,
-                                                   verify=verify),
+                                                   verify=verify, create_savedirs=True),
                            resolver=make_resolver(args), verify=verify,
                            printer=Printer(args.print_style) if args.print_style else None,
                            store=store, **trap)
@@ -207,7 +207,8 @@ def _start(args: argparse.Namespace, argv: list[str], worker: Worker | None) -> 
     """Bind (or take systemd's or the supervisor's sockets), give up root, then serve or
     supervise."""
     config, maildir = build_config(args, share=worker.count if worker else 1)
-    # A bad rules file is a configuration error, before binding.
+    # A bad rules file is a configuration error, before binding (its savedirs are
+    # created later, by _handler, as the --user that will write to them).
     load_rules_option(args.rules, dns=not args.no_dns,
                       verify=verify_settings(args, config.hostname))
     identity = resolve_user(args.user, args.group)
