@@ -47,7 +47,7 @@ from .stores import Store
 from .systemd import listen_fds
 from .tlsfallback import TLSFallback, parse_fallback
 from .trapoptions import handler_settings, reload_conncfg
-from .workers import Worker, supervise, worker_environment
+from .workers import Worker, say_ready, supervise, worker_environment
 
 __all__ = ["main"]
 
@@ -106,6 +106,7 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
             log_event("listening", addresses=[item.address for item in sockets],
                       lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path),
                       pid=os.getpid(), store=None if store is None else store.description)
+            say_ready(worker)  # (serving now: the supervisor counts it alive from here)
             stopper = _Stopper(server, nursery, ops)
             nursery.start_soon(give_back_memory, server)
             if worker is not None and worker.liveness is not None:
