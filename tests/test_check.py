@@ -92,3 +92,23 @@ def test_an_unusable_maildir_or_a_bad_auth_file_is_a_problem(tmp_path: Path) -> 
                    *AS_ROOT)
     assert result.returncode == 2
     assert str(users) in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_rule_savedir_is_checked_but_not_created(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nphase = "mail"\naction = "accept"\nsavedir = "trapsave"\n'
+                     'match = { sender = ["x@y.z"] }\n')
+    result = check("--rules", str(rules), "--no-dns", "--maildir", str(tmp_path / "m"),
+                   *AS_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert ["savedir", str(tmp_path / "trapsave"), "(will", "be", "created)"] in [
+        line.split() for line in result.stdout.splitlines()]
+    # --check creates nothing: not the Maildir, not the rule's savedir either.
+    assert not (tmp_path / "trapsave").exists() and not (tmp_path / "m").exists()
+    # A savedir that could not be created is still a problem, found without creating.
+    (tmp_path / "blocker").write_text("")
+    rules.write_text(rules.read_text().replace("trapsave", "blocker/trapsave"))
+    result = check("--rules", str(rules), "--no-dns", "--maildir", str(tmp_path / "m"),
+                   *AS_ROOT)
+    assert result.returncode == 2
+    assert f"savedir {tmp_path / 'blocker' / 'trapsave'}: cannot be created" in result.stderr

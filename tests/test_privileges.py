@@ -158,3 +158,37 @@ def test_root_without_user_is_refused_after_binding(nobody: pwd.struct_passwd,
          "--maildir", str(tmp_path / "m"), "--user", "no-such-user-here"],
         capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 2 and "no such user" in unknown.stderr
+
+
+def test_a_rule_savedir_is_created_and_used_as_nobody(nobody: pwd.struct_passwd,
+                                                      open_directory: Path) -> None:
+    # The rules' directory is nobody's to write in, as a savedir's parent must be.
+    rules_dir = open_directory / "rules"
+    rules_dir.mkdir()
+    os.chown(rules_dir, nobody.pw_uid, nobody.pw_gid)
+    rules = rules_dir / "rules.toml"
+    rules.write_text('[[rule]]\nphase = "mail"\naction = "accept"\nsavedir = "trapsave"\n'
+                     'match = { sender = ["a@example.org"] }\n')
+    python, extra = python_for(nobody)
+    maildir, log_path, port = open_directory / "maildir", open_directory / "log", free_port()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [python, "-m", "trio_smtpd", "--listen", f"127.0.0.1:{port}", "--user", "nobody",
+             "--maildir", str(maildir), "--rules", str(rules), "--no-dns", "--log-format",
+             "json", "--hostname", "mx.test"],
+            env={**os.environ, **extra}, stdout=subprocess.DEVNULL, stderr=log, cwd="/")
+    sinkhole = Sinkhole(process, maildir, log_path, [port])
+    try:
+        wait_until(lambda: bool(sinkhole.events("listening")) or process.poll() is not None,
+                   "listening, or exited")
+        assert process.poll() is None, log_path.read_text()
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail("a@example.org", ["b@example.net"], MESSAGE)
+        [stored] = list((rules_dir / "trapsave" / "new").iterdir())
+        for path in [stored, rules_dir / "trapsave", rules_dir / "trapsave" / "tmp"]:
+            assert path.stat().st_uid == nobody.pw_uid, path
+        assert sinkhole.stop(signal.SIGTERM) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Sinkhole, require_program
+from tests.operations import fetch, scrape, total, wait_until
 from tests.test_sinkhole import headers_and_body
 
 Factory = Callable[..., Sinkhole]
@@ -151,3 +152,34 @@ backend sinks
     while not any("untrusted" in str(e.get("message")) for e in backends[0].events("log")):
         assert time.monotonic() < deadline, backends[0].log()
         time.sleep(0.05)
+
+
+def test_a_worker_that_cannot_restart_is_not_counted_alive(
+        sinkhole_factory: Factory, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    good = '[[rule]]\nphase = "mail"\naction = "accept"\nmatch = { sender = ["a@b.c"] }\n'
+    rules.write_text(good)
+    metrics = free_port()
+    sinkhole = sinkhole_factory("--workers", "2", "--rules", str(rules), "--metrics-listen",
+                                f"127.0.0.1:{metrics}")
+    sinkhole.wait_for("listening", 3)
+
+    def workers() -> float:
+        return total(scrape(metrics)[1], "trio_smtpd_workers")
+
+    wait_until(lambda: workers() == 2, "both workers counted")
+    # The rules file broken: a reload keeps the old rules, but a new worker cannot start.
+    rules.write_text('[[rule]]\nphase = "mail"\naction = "bogus"\n')
+    sinkhole.process.send_signal(signal.SIGHUP)
+    sinkhole.wait_for("rules-reload", 2)
+    victim = min(worker_pids(sinkhole))
+    os.kill(victim, signal.SIGKILL)
+    # Its replacement has failed at least once (exit 2): one worker serves, not two.
+    wait_until(lambda: len(sinkhole.events("worker-exit")) >= 2, "the replacement to fail")
+    assert [e["status"] for e in sinkhole.events("worker-exit")][1:2] == [2]
+    wait_until(lambda: workers() == 1, "one worker counted")
+    assert fetch(f"http://127.0.0.1:{metrics}/healthz")[0] == 200  # (one still serves)
+    # The rules file mended: the next restart serves, and is counted then.
+    rules.write_text(good)
+    wait_until(lambda: workers() == 2, "the replacement counted", timeout=40)
+    assert sinkhole.stop(signal.SIGTERM) == 0

@@ -4,10 +4,11 @@ It does what starting would do up to binding: the options, the TLS certificates 
 keys (loaded), the auth file (parsed), the rules file (parsed, and checked against
 --no-dns and --verify), --user and --group, the metrics address, --store (its database
 is not opened); it resolves each listen address (without binding) and looks at the
-Maildir. Each problem found is one line on standard error and the exit status is 2;
-otherwise the plan is printed on standard output and the status is 0. The listeners, the
-metrics address and the user are checked independently; within the configuration the
-first problem ends that part (building it is what starting does, step by step).
+Maildir and each rule's savedir. Each problem found is one line on standard error and
+the exit status is 2; otherwise the plan is printed on standard output and the status
+is 0. The listeners, the metrics address and the user are checked independently; within
+the configuration the first problem ends that part (building it is what starting does,
+step by step).
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def check(args: argparse.Namespace) -> int:
 
     def configuration() -> None:
         config, maildir = build_config(args, create_maildir=False)
-        load_rules_option(args.rules, dns=not args.no_dns,
-                          verify=verify_settings(args, config.hostname))
+        rules = load_rules_option(args.rules, dns=not args.no_dns,
+                                  verify=verify_settings(args, config.hostname))
         plan.append(f"hostname      {config.hostname} ({'LMTP' if config.lmtp else 'SMTP'}"
                     f"{', STARTTLS' if config.tls else ''}"
                     f"{', AUTH' if config.authenticator else ''})")
@@ -61,6 +62,8 @@ def check(args: argparse.Namespace) -> int:
             plan.append(f"store         {_store_state(args, maildir)}")
         if args.rules:
             plan.append(f"rules         {', '.join(args.rules)}")
+        for _, savedir in rules.savedirs if rules is not None else ():
+            plan.append(f"savedir       {_maildir_state(savedir, 'savedir')}")
 
     identity: list[Identity | None] = []
 
@@ -117,17 +120,19 @@ def _text(address: tuple[object, ...]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _maildir_state(maildir: Maildir | None) -> str:
+def _maildir_state(maildir: Maildir | None, what: str = "maildir") -> str:
+    """Whether the Maildir (or a rule's savedir) exists or can be created, found out
+    without creating anything."""
     if maildir is None:
         return "none (messages are not stored)"
     path = maildir.path.absolute()
     if path.is_dir():
         if not os.access(path / "tmp" if (path / "tmp").is_dir() else path, os.W_OK):
-            raise ConfigError(f"maildir {path}: not writable")
+            raise ConfigError(f"{what} {path}: not writable")
         return f"{path} (exists)"
     parent = _existing_parent(path)
     if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ConfigError(f"maildir {path}: cannot be created in {parent}")
+        raise ConfigError(f"{what} {path}: cannot be created in {parent}")
     return f"{path} (will be created)"
 
 

@@ -47,7 +47,7 @@ from .stores import Store
 from .systemd import listen_fds
 from .tlsfallback import TLSFallback, parse_fallback
 from .trapoptions import handler_settings, reload_conncfg
-from .workers import Worker, supervise, worker_environment
+from .workers import Worker, say_ready, supervise, worker_environment
 
 __all__ = ["main"]
 
@@ -106,6 +106,7 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
             log_event("listening", addresses=[item.address for item in sockets],
                       lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path),
                       pid=os.getpid(), store=None if store is None else store.description)
+            say_ready(worker)  # (serving now: the supervisor counts it alive from here)
             stopper = _Stopper(server, nursery, ops)
             nursery.start_soon(give_back_memory, server)
             if worker is not None and worker.liveness is not None:
@@ -136,7 +137,7 @@ def _handler(args: argparse.Namespace, config: Config, maildir: Maildir | None,
     return SinkholeHandler(config.hostname, maildir, tarpit=args.tarpit,
                            tls_fallback=fallback, save_then_reject=args.save_then_reject,
                            rules=load_rules_option(args.rules, dns=not args.no_dns,
-                                                   verify=verify),
+                                                   verify=verify, create_savedirs=True),
                            resolver=make_resolver(args), verify=verify,
                            printer=Printer(args.print_style) if args.print_style else None,
                            store=store, **trap)
@@ -207,7 +208,8 @@ def _start(args: argparse.Namespace, argv: list[str], worker: Worker | None) -> 
     """Bind (or take systemd's or the supervisor's sockets), give up root, then serve or
     supervise."""
     config, maildir = build_config(args, share=worker.count if worker else 1)
-    # A bad rules file is a configuration error, before binding.
+    # A bad rules file is a configuration error, before binding (its savedirs are
+    # created later, by _handler, as the --user that will write to them).
     load_rules_option(args.rules, dns=not args.no_dns,
                       verify=verify_settings(args, config.hostname))
     identity = resolve_user(args.user, args.group)

@@ -307,16 +307,21 @@ def planned_listeners(args: argparse.Namespace) -> list[tuple[Kind, tuple[str, i
 
 
 def load_rules_option(path: list[str] | None, *, dns: bool,
-                      verify: VerifySettings | None = None) -> RuleSet | None:
+                      verify: VerifySettings | None = None,
+                      create_savedirs: bool = False) -> RuleSet | None:
+    """The rules, checked. ``create_savedirs``: only where they are put to use, by the
+    process that serves them, once --user has dropped root (so the savedirs are that
+    user's); --check and the check before binding create nothing."""
     if not path:
         return None
     try:
-        return _rules_for(path, dns, verify)
+        return _rules_for(path, dns, verify, create_savedirs)
     except RulesError as exc:
         raise ConfigError(str(exc)) from None
 
 
-def _rules_for(paths: list[str], dns: bool, verify: VerifySettings | None) -> RuleSet:
+def _rules_for(paths: list[str], dns: bool, verify: VerifySettings | None,
+               create_savedirs: bool) -> RuleSet:
     rules = load_rules(paths)
     named = ", ".join(paths)
     if not dns and rules.wants:
@@ -326,6 +331,12 @@ def _rules_for(paths: list[str], dns: bool, verify: VerifySettings | None) -> Ru
     if missing:
         raise RulesError(f"{named}: rules use {', '.join(sorted(missing))} results, which "
                          "are not checked (--no-dns, --no-verify or --verify)")
+    for label, savedir in rules.savedirs if create_savedirs else ():
+        try:
+            savedir.create()  # (and its write probe)
+        except OSError as exc:
+            raise RulesError(f"{named}: {label}: cannot use savedir {savedir.path}: "
+                             f"{exc}") from None
     return rules
 
 
@@ -334,7 +345,7 @@ def reload_rules(path: list[str] | None, handler: SinkholeHandler, *, dns: bool)
         log_event("rules-reload", outcome="no --rules file")
         return
     try:
-        rules = _rules_for(path, dns, handler.verify)
+        rules = _rules_for(path, dns, handler.verify, create_savedirs=True)
     except RulesError as exc:
         log_event("rules-reload", outcome="failed, previous rules kept", error=str(exc))
         return

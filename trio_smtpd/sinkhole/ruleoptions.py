@@ -11,8 +11,10 @@
 * ``note = "text"`` (sinksmtp's ``with note``): a ``note`` log line each time the rule
   matches, whatever its action.
 * ``savedir = "dir"`` (``with savedir``): messages of this session from then on are
-  stored in that Maildir (created at load; relative to the rules file), even with
-  ``--discard``.
+  stored in that Maildir (relative to the rules file), even with ``--discard``. Parsing
+  creates nothing (``--check`` and the check before ``--user`` drops root read the
+  rules too): the serving process creates it when it puts the rules to use, as the user
+  it serves as (``configure.load_rules_option``).
 * ``make_yakker = true`` (``with make-yakker``): when the session ends, its client
   counts as a do-nothing client at once (see :mod:`.yakkers`; needs ``--dncount``).
 """
@@ -56,10 +58,6 @@ def parse_options(entry: Mapping[str, Any], base: Path) -> RuleOptions | None:
         if not isinstance(savedir, str) or not savedir:
             raise ValueError("savedir takes a directory name")
         maildir = Maildir(base / savedir)
-        try:
-            maildir.create()
-        except OSError as exc:
-            raise ValueError(f"cannot use savedir {savedir!r}: {exc}") from None
     if note is None and maildir is None and not yakker:
         return None
     return RuleOptions(note, maildir, yakker)

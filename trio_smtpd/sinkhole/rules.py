@@ -57,6 +57,7 @@ from typing import Any, Literal
 
 from .._networks import Network, address_in
 from .._replies import Reply, ReplyTextError
+from ..maildir import Maildir
 from .addresses import address_patterns, host_pattern
 from .authrules import AUTH_KNOWN_FROM, AUTH_MATCHERS, auth_matcher, kinds_of
 from .dnsfacts import Wants
@@ -146,9 +147,13 @@ class RuleSet:
         self.wants = Wants()
         #: The authentication checks these rules use (spf, dkim, arc, dmarc).
         self.verify: frozenset[str] = frozenset()
+        #: Each rule's savedir, with the rule's label (created by whoever serves them).
+        self.savedirs: list[tuple[str, Maildir]] = []
         for rule in self._rules:
             self.wants |= rule.wants
             self.verify |= rule.verify
+            if rule.options is not None and rule.options.savedir is not None:
+                self.savedirs.append((rule.label, rule.options.savedir))
 
     def __len__(self) -> int:
         return len(self._rules)

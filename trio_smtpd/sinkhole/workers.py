@@ -12,7 +12,12 @@ exactly one SIGTERM.
 Workers are started with SIGTERM, SIGINT and SIGHUP blocked (they unblock them once their
 handlers are set), and die with the supervisor: see ``lifecycle``. Each is told its slot
 (``TRIO_SMTPD_WORKER=slot/count``: it serves its share of ``--max-connections``) and the
-supervisor's pid and liveness pipe (``TRIO_SMTPD_SUPERVISOR=pid:fd``).
+supervisor's pid, liveness pipe and readiness pipe (``TRIO_SMTPD_SUPERVISOR=pid:fd:fd``).
+
+A worker counts as alive (``/healthz``, ``trio_smtpd_workers``) only once it has said on
+its readiness pipe that it serves: a replacement that cannot start (a rules file broken
+since the supervisor started, which SIGHUP refused but a fresh worker reads) is restarted
+with a growing delay, and is not counted meanwhile.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ from .logs import log_event
 from .service import Supervision
 from .sockets import BoundSocket, to_environment
 
-__all__ = ["SUPERVISOR_ENV", "WORKER_ENV", "Worker", "supervise", "worker_argv",
-           "worker_environment"]
+__all__ = ["SUPERVISOR_ENV", "WORKER_ENV", "Worker", "say_ready", "supervise",
+           "worker_argv", "worker_environment"]
 
 WORKER_ENV = "TRIO_SMTPD_WORKER"
 SUPERVISOR_ENV = "TRIO_SMTPD_SUPERVISOR"
@@ -64,6 +69,7 @@ class Worker:
     count: int
     supervisor: int  # its pid
     liveness: int | None  # the read end of the supervisor's liveness pipe
+    ready: int | None = None  # the write end of its readiness pipe: a byte once serving
 
 
 def worker_environment() -> Worker | None:
@@ -72,8 +78,18 @@ def worker_environment() -> Worker | None:
     if not place or not supervisor:
         return None
     slot, _, count = place.partition("/")
-    pid, _, fd = supervisor.partition(":")
-    return Worker(int(slot), int(count), int(pid), int(fd) if fd else None)
+    pid, _, fds = supervisor.partition(":")
+    fd, _, ready = fds.partition(":")
+    return Worker(int(slot), int(count), int(pid), int(fd) if fd else None,
+                  int(ready) if ready else None)
+
+
+def say_ready(worker: Worker | None) -> None:
+    """Tell the supervisor this worker serves (so it counts it alive from now on)."""
+    if worker is not None and worker.ready is not None:
+        with contextlib.suppress(OSError):  # (a supervisor gone: nobody to tell)
+            os.write(worker.ready, b"1")
+        os.close(worker.ready)
 
 
 def supervise(count: int, argv: Sequence[str], sockets: list[list[BoundSocket]], *,
@@ -102,6 +118,8 @@ class _Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_hangup)  # reload the rules: every worker's job
+        self._pipes: dict[int, int] = {}  # slot: read end of a readiness pipe not yet read
+        self._serving: set[int] = set()  # slots whose worker said it serves
         self._workers = [self._start(slot) for slot in range(count)]
         self._backoff = [0.0] * count
         self._started = [time.monotonic()] * count
@@ -124,25 +142,42 @@ class _Supervisor:
                 log_event("exit", signal=signal.Signals(self._signals[-1]).name)
                 self._send_all(signal.SIGKILL)
                 return 1
-            alive = self._watch()
-            self._service.tick(alive)
-            if self._stopping and alive == 0:
+            running, serving = self._watch()
+            self._service.tick(serving)
+            if self._stopping and running == 0:
                 return 0
             time.sleep(_POLL)
 
-    def _watch(self) -> int:
-        """Restart dead workers (unless stopping); return how many are alive."""
-        alive = 0
+    def _watch(self) -> tuple[int, int]:
+        """Restart dead workers (unless stopping); return how many run, and how many of
+        those serve. A restarted worker is not counted until it says it serves: one
+        that cannot start must not look alive to /healthz and the workers gauge."""
+        running = serving = 0
         for slot, process in enumerate(self._workers):
             status = process.poll()
             if status is None:
-                alive += 1
+                running += 1
+                serving += self._ready(slot)
             elif not self._stopping:
                 log_event("worker-exit", worker=slot, pid=process.pid, status=status)
                 self._service.exited(slot, process.pid)
                 self._restart(slot)
-                alive += 1
-        return alive
+                running += 1
+        return running, serving
+
+    def _ready(self, slot: int) -> bool:
+        """Whether the worker in ``slot`` said it serves (read once, without waiting)."""
+        fd = self._pipes.get(slot)
+        if fd is not None:
+            try:
+                said = os.read(fd, 1)
+            except BlockingIOError:
+                return False
+            os.close(fd)  # (said so, or closed it without saying: it died first)
+            del self._pipes[slot]
+            if said:
+                self._serving.add(slot)
+        return slot in self._serving
 
     def _restart(self, slot: int) -> None:
         # A worker that keeps dying at once is restarted ever more slowly.
@@ -160,14 +195,30 @@ class _Supervisor:
         if self._liveness is not None:
             pipe = str(self._liveness[0])
             fds.append(self._liveness[0])
+        ready = self._readiness_pipe(slot)
         env = {**os.environ, **to_environment(sockets), WORKER_ENV: f"{slot}/{self._count}",
-               SUPERVISOR_ENV: f"{os.getpid()}:{pipe}", **self._service.environment(slot)}
+               SUPERVISOR_ENV: f"{os.getpid()}:{pipe}:{ready}",
+               **self._service.environment(slot)}
         # Started with the signals blocked: they stay so until its handlers are set.
-        with signals_blocked():
-            process = subprocess.Popen(self._command, env=env, pass_fds=fds,
-                                       start_new_session=True)
+        try:
+            with signals_blocked():
+                process = subprocess.Popen(self._command, env=env, pass_fds=[*fds, ready],
+                                           start_new_session=True)
+        finally:
+            os.close(ready)  # (the worker's end: reading then sees EOF if it dies)
         log_event("worker-start", worker=slot, pid=process.pid)
         return process
+
+    def _readiness_pipe(self, slot: int) -> int:
+        """A new readiness pipe for ``slot``'s next worker: its write end."""
+        old = self._pipes.pop(slot, None)
+        if old is not None:
+            os.close(old)
+        self._serving.discard(slot)
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        self._pipes[slot] = read
+        return write
 
     def _send_all(self, signum: int) -> None:
         for process in self._workers:
