@@ -141,7 +141,10 @@ def test_workers_report_through_one_endpoint_with_a_label_each(
     promtool_finds_no_problem(exposition)
     assert total(samples, "trio_smtpd_transactions_total", outcome="accepted") == 12
     assert label_values(samples, "trio_smtpd_sessions_total", "worker") <= {"0", "1"}
-    assert total(samples, "trio_smtpd_workers") == 2
+    # (The supervisor counts a worker once it has read its word that it serves, on its
+    # next turn: not necessarily before the workers' first sessions.)
+    wait_until(lambda: total(scrape(metrics)[1], "trio_smtpd_workers") == 2,
+               "both workers counted")
     wait_until(lambda: total(scrape(metrics)[1], "trio_smtpd_accepting") == 2,
                "both workers' gauges")
     # A worker killed: restarted, counted, and its counters stay (they are history).

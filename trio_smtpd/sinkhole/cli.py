@@ -102,7 +102,7 @@ async def run(args: argparse.Namespace, config: Config, maildir: Maildir | None,
             server = await nursery.start(partial(serve, config, handler=handler,
                                                  listeners=listeners,
                                                  tls_listeners=tls_listeners))
-            nursery.start_soon(ops.run, server)
+            await nursery.start(ops.run, server)
             log_event("listening", addresses=[item.address for item in sockets],
                       lmtp=config.lmtp, maildir=None if maildir is None else str(maildir.path),
                       pid=os.getpid(), store=None if store is None else store.description)

@@ -177,9 +177,12 @@ class SinkholeMetrics(Metrics):
         """``Maildir.on_fsync`` (called in a worker thread: prometheus-client locks)."""
         self.fsync.labels(self.worker, kind).observe(seconds)
 
-    async def sample(self, server: Server) -> None:
-        """Keep the gauges that read the server's state up to date, until cancelled."""
+    async def sample(self, server: Server, *,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the gauges that read the server's state up to date, until cancelled
+        (started once ``accepting`` says 1)."""
         self.accepting.labels(self.worker).set(1)
+        task_status.started()
         try:
             while not server.shutting_down:
                 self.open.labels(self.worker).set(server.connections)

@@ -82,8 +82,11 @@ class Operations:
             maildir.on_fsync = self.metrics.maildir_fsync
         return dataclasses.replace(config, metrics=self.metrics)
 
-    async def run(self, server: Server) -> None:
-        """Serve the endpoint, sample the gauges, feed the watchdog; say READY=1."""
+    async def run(self, server: Server, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the endpoint, sample the gauges, feed the watchdog; say READY=1. Started
+        (``nursery.start``) once the endpoint serves and says the server accepts, so that
+        whoever reads the ``listening`` line after it finds both true."""
         if self._socket is not None and self.metrics is not None:
             from .metrics import MetricsHTTPServer
             assert self.metrics.registry is not None
@@ -93,10 +96,11 @@ class Operations:
         try:
             async with trio.open_nursery() as nursery:
                 if self.metrics is not None:
-                    nursery.start_soon(self.metrics.sample, server)
+                    await nursery.start(self.metrics.sample, server)
                 if self.notifier.watchdog_interval is not None:
                     nursery.start_soon(self._watchdog, self.notifier.watchdog_interval)
                 self.notifier.ready(f"accepting mail, pid {os.getpid()}")
+                task_status.started()
         finally:
             if self._http is not None:
                 with trio.CancelScope(shield=True):
