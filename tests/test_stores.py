@@ -312,3 +312,32 @@ def test_a_savedir_message_is_a_file_there_and_a_row_in_the_index(
                               "SELECT file, metadata FROM messages")
     assert file == name and json.loads(metadata)["savedir"] == str(savedir)
     assert not (savedir / "meta").exists()
+
+
+def test_a_hash_named_message_the_index_holds_is_stored_already_wherever_its_file(
+        sinkhole_factory: Any, tmp_path: Path) -> None:
+    """With the index, its row is the memory of a hash-named message: once its file has
+    left new/ (an operator took it), or for a session whose rule saves to a savedir, the
+    same message is a duplicate (250, the same name, nothing stored), never 451 again and
+    again (the name is unique in the index)."""
+    sinkhole: Sinkhole = sinkhole_factory("--save-hash", "msg",
+                                          "--rules", str(boss_mail_rules(tmp_path)))
+    name = hashlib.sha256(BODY).hexdigest()
+    queued = f"250 2.0.0 queued as {name}\r\n".encode()
+    index, new = sinkhole.maildir / "index.sqlite3", sinkhole.maildir / "new"
+    def send(sender: str) -> bytes:  # (a session each: a savedir is the session's)
+        with Wire(sinkhole.port) as client:
+            return client.message(sender, ["me@example.net"], BODY, ehlo="c.test")
+
+    assert send("a@spam.example") == queued
+    # The savedir has no such file, but the index has the message.
+    assert send("big@boss.example") == queued
+    savedir_new = tmp_path / "boss-mail" / "new"
+    assert not savedir_new.exists() or os.listdir(savedir_new) == []
+    (new / name).unlink()  # the operator processed it
+    assert [send("a@spam.example") for _ in range(2)] == [queued] * 2
+    assert os.listdir(new) == [] and os.listdir(sinkhole.maildir / "tmp") == []
+    # The first receipt's row stays, the only one: no row without the file it recorded
+    # being stored, and no file stored without a row.
+    assert rows(index, "SELECT name, file, sender FROM messages") == [
+        (name, name, "a@spam.example")]

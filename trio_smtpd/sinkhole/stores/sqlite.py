@@ -117,6 +117,24 @@ class SqliteIndex:
                 raise _error(waiting.error)
             raise waiting.error
 
+    def holds(self, name: str) -> bool:
+        """Whether a message named ``name`` has a row (in a worker thread: it blocks).
+
+        Raises StoreError."""
+        with self._changed:
+            # One thread at a time on the connection: not in the middle of a batch.
+            while self._writing:
+                self._changed.wait()
+            connection = self._connection
+            if connection is None:
+                raise unavailable("the index is closed")
+            try:
+                found = connection.execute("SELECT 1 FROM messages WHERE name = ?",
+                                           (name,)).fetchone()
+            except sqlite3.Error as exc:
+                raise _error(exc) from None
+        return found is not None
+
     def _write(self, rows: list[Row]) -> None:
         connection = self._connection
         if connection is None:
