@@ -103,6 +103,38 @@ def test_concurrent_rows_share_commits_and_none_is_lost(tmp_path: Path) -> None:
                             "|| '@trap.test'") == [(40,)]
 
 
+def test_a_failing_row_of_a_batch_fails_alone(tmp_path: Path) -> None:
+    """One row a constraint refuses (a name the index has) in a group commit: only that
+    row's message is refused; the others are committed and their writers told so. The
+    common path stays one transaction per batch."""
+    from trio_smtpd.sinkhole.stores.sqlite import _Waiting
+
+    _, index = make_index(tmp_path)
+
+    def row(name: str) -> Any:
+        return message_row(record(name), host="h", file=name, body=None)
+
+    index.add(row("taken"))
+    assert index._connection is not None
+    transactions: list[str] = []
+    index._connection.set_trace_callback(
+        lambda sql: transactions.append(sql) if sql.startswith("BEGIN") else None)
+    # Rows that came while another batch was being written: the next add takes them all.
+    queued = [_Waiting(row("good1")), _Waiting(row("taken")), _Waiting(row("good2"))]
+    index._waiting.extend(queued)
+    index.add(row("good3"))
+    assert [w.done for w in queued] == [True] * 3
+    assert queued[0].error is None and queued[2].error is None
+    assert isinstance(queued[1].error, sqlite3.IntegrityError)
+    assert rows(index.path, "SELECT name FROM messages ORDER BY id") == [
+        ("taken",), ("good1",), ("good2",), ("good3",)]
+    assert rows(index.path, "SELECT count(*) FROM recipients") == [(4,)]
+    transactions.clear()
+    index._waiting.extend(_Waiting(row(f"more{n}")) for n in range(3))
+    index.add(row("last"))
+    assert len(transactions) == 1  # four rows, one transaction
+
+
 def test_migrations_apply_once_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
     maildir, index = make_index(tmp_path)
     index.close()
