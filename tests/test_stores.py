@@ -103,6 +103,38 @@ def test_concurrent_rows_share_commits_and_none_is_lost(tmp_path: Path) -> None:
                             "|| '@trap.test'") == [(40,)]
 
 
+def test_a_failing_row_of_a_batch_fails_alone(tmp_path: Path) -> None:
+    """One row a constraint refuses (a name the index has) in a group commit: only that
+    row's message is refused; the others are committed and their writers told so. The
+    common path stays one transaction per batch."""
+    from trio_smtpd.sinkhole.stores.sqlite import _Waiting
+
+    _, index = make_index(tmp_path)
+
+    def row(name: str) -> Any:
+        return message_row(record(name), host="h", file=name, body=None)
+
+    index.add(row("taken"))
+    assert index._connection is not None
+    transactions: list[str] = []
+    index._connection.set_trace_callback(
+        lambda sql: transactions.append(sql) if sql.startswith("BEGIN") else None)
+    # Rows that came while another batch was being written: the next add takes them all.
+    queued = [_Waiting(row("good1")), _Waiting(row("taken")), _Waiting(row("good2"))]
+    index._waiting.extend(queued)
+    index.add(row("good3"))
+    assert [w.done for w in queued] == [True] * 3
+    assert queued[0].error is None and queued[2].error is None
+    assert isinstance(queued[1].error, sqlite3.IntegrityError)
+    assert rows(index.path, "SELECT name FROM messages ORDER BY id") == [
+        ("taken",), ("good1",), ("good2",), ("good3",)]
+    assert rows(index.path, "SELECT count(*) FROM recipients") == [(4,)]
+    transactions.clear()
+    index._waiting.extend(_Waiting(row(f"more{n}")) for n in range(3))
+    index.add(row("last"))
+    assert len(transactions) == 1  # four rows, one transaction
+
+
 def test_migrations_apply_once_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
     maildir, index = make_index(tmp_path)
     index.close()
@@ -312,3 +344,32 @@ def test_a_savedir_message_is_a_file_there_and_a_row_in_the_index(
                               "SELECT file, metadata FROM messages")
     assert file == name and json.loads(metadata)["savedir"] == str(savedir)
     assert not (savedir / "meta").exists()
+
+
+def test_a_hash_named_message_the_index_holds_is_stored_already_wherever_its_file(
+        sinkhole_factory: Any, tmp_path: Path) -> None:
+    """With the index, its row is the memory of a hash-named message: once its file has
+    left new/ (an operator took it), or for a session whose rule saves to a savedir, the
+    same message is a duplicate (250, the same name, nothing stored), never 451 again and
+    again (the name is unique in the index)."""
+    sinkhole: Sinkhole = sinkhole_factory("--save-hash", "msg",
+                                          "--rules", str(boss_mail_rules(tmp_path)))
+    name = hashlib.sha256(BODY).hexdigest()
+    queued = f"250 2.0.0 queued as {name}\r\n".encode()
+    index, new = sinkhole.maildir / "index.sqlite3", sinkhole.maildir / "new"
+    def send(sender: str) -> bytes:  # (a session each: a savedir is the session's)
+        with Wire(sinkhole.port) as client:
+            return client.message(sender, ["me@example.net"], BODY, ehlo="c.test")
+
+    assert send("a@spam.example") == queued
+    # The savedir has no such file, but the index has the message.
+    assert send("big@boss.example") == queued
+    savedir_new = tmp_path / "boss-mail" / "new"
+    assert not savedir_new.exists() or os.listdir(savedir_new) == []
+    (new / name).unlink()  # the operator processed it
+    assert [send("a@spam.example") for _ in range(2)] == [queued] * 2
+    assert os.listdir(new) == [] and os.listdir(sinkhole.maildir / "tmp") == []
+    # The first receipt's row stays, the only one: no row without the file it recorded
+    # being stored, and no file stored without a row.
+    assert rows(index, "SELECT name, file, sender FROM messages") == [
+        (name, name, "a@spam.example")]

@@ -12,7 +12,11 @@ of:
 
 A message whose name is taken already (in ``new/``, or moved to ``cur/`` by a reader,
 whatever its flags) is not stored again: the client gets the same 250 naming that file,
-and the first copy and its sidecar stay as they were. The ``Received:`` header names the
+and the first copy and its sidecar stay as they were. With the SQLite index (the default
+store) a name the index holds is taken too, wherever its file is now: processed and gone
+from the Maildir, or in another Maildir (a rule's ``savedir``). The index has one row per
+name, the record of the first copy stored, so a message stored again would have no row
+of its own (``recorded``). The ``Received:`` header names the
 file, as it always does: it is written with a placeholder of the same length, filled in
 once the hash is known, before the file is fsynced and linked into ``new/`` (a hard
 link, so that two deliveries of one message at once cannot overwrite each other). When
@@ -107,6 +111,10 @@ class HashedWriter(MaildirWriter):
         self.name = secrets.token_hex(32)
         #: True once committed if the same message was there already.
         self.duplicate = False
+        #: Whether the store's index has a record of that name (None: no index). Asked
+        #: before the link, so that a duplicate never appears in ``new/``, not even for
+        #: a moment.
+        self.recorded: Callable[[str], bool] | None = None
         self._placeholder = self.name.encode()
         self._at: int | None = None  # where the placeholder is in the file
 
@@ -138,7 +146,7 @@ class HashedWriter(MaildirWriter):
                 os.pwrite(self._fd, self.name.encode(), self._at)
             # The base class's _timed: told to on_fsync (metrics) as every commit's fsyncs.
             self._timed("file", partial(os.fsync, self._fd))
-            self.duplicate = not self._link()
+            self.duplicate = self._is_recorded() or not self._link()
             if not self.duplicate:
                 # The Maildir's shared fsync of new/, as for every other message.
                 self._timed("directory", self.maildir._new_sync.sync)
@@ -149,6 +157,9 @@ class HashedWriter(MaildirWriter):
                 then()
             except Exception as exc:
                 self.then_error = exc
+
+    def _is_recorded(self) -> bool:
+        return self.recorded is not None and self.recorded(self.name)
 
     def _link(self) -> bool:
         """Into ``new/`` (False: the name is taken there, or in ``cur/`` by a reader).

@@ -15,7 +15,10 @@ A message for a rule's ``savedir`` is a file in that Maildir, and a row in this 
 index all the same (its record names the savedir), or a sidecar in the savedir's
 ``meta/`` without an index. With ``--save-hash`` the file is named by its hash
 (``hashstore.HashedWriter``); a message stored under that name already is neither
-stored nor recorded again.
+stored nor recorded again. With the index, a name it has a row for counts as stored
+already, even once its file has left ``new/`` and ``cur/`` or is in another Maildir: the
+row's name is unique, so a second copy could never have a record of its own (it would
+be refused with 451 every time it came back).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import socket
 from typing import Any
 
 from ...maildir import Maildir, MaildirWriter
-from ..hashstore import open_writer
+from ..hashstore import HashedWriter, open_writer
 from ..records import sidecar_writer
 from .base import MessageWriter, StoreError, unavailable
 from .schema import message_row
@@ -44,7 +47,10 @@ class MaildirStore:
 
     def open(self, maildir: Maildir | None = None, save_hash: str | None = None
              ) -> MessageWriter:
-        return _MaildirMessage(self, open_writer(maildir or self.maildir, save_hash))
+        writer = open_writer(maildir or self.maildir, save_hash)
+        if isinstance(writer, HashedWriter) and self.index is not None:
+            writer.recorded = self.index.holds
+        return _MaildirMessage(self, writer)
 
     async def aclose(self) -> None:
         if self.index is not None:

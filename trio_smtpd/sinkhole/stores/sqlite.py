@@ -11,9 +11,11 @@ message's fsyncs, not for one of the index's own (issue 22; benchmarks/README.md
 
 Written from worker threads with a group commit, as the Maildir's ``new/`` is fsynced:
 a thread that brings a row while another is writing waits, and the next writer takes
-every row waiting, in one transaction. Several processes (``--workers``) share the
-file: SQLite lets one write at a time, and each waits for the others (``busy_timeout``)
-rather than fail.
+every row waiting, in one transaction. If that transaction fails for what may be one
+row's fault (a constraint), each row is written again in a transaction of its own, so
+that only the faulty row's message is refused, never its neighbours'. Several processes
+(``--workers``) share the file: SQLite lets one write at a time, and each waits for the
+others (``busy_timeout``) rather than fail.
 """
 
 from __future__ import annotations
@@ -101,21 +103,59 @@ class SqliteIndex:
                 batch, self._waiting = self._waiting, []
                 self._writing = True
                 self._changed.release()
-                error: BaseException | None = None
                 try:
-                    self._write([w.row for w in batch])
-                except BaseException as exc:  # every row of the batch shares its fate
-                    error = exc
+                    self._write_batch(batch)
                 finally:
                     self._changed.acquire()
                     self._writing = False
                     for done in batch:
-                        done.done, done.error = True, error
+                        done.done = True
                     self._changed.notify_all()
         if waiting.error is not None:
             if isinstance(waiting.error, sqlite3.Error):
                 raise _error(waiting.error)
             raise waiting.error
+
+    def holds(self, name: str) -> bool:
+        """Whether a message named ``name`` has a row (in a worker thread: it blocks).
+
+        Raises StoreError."""
+        with self._changed:
+            # One thread at a time on the connection: not in the middle of a batch.
+            while self._writing:
+                self._changed.wait()
+            connection = self._connection
+            if connection is None:
+                raise unavailable("the index is closed")
+            try:
+                found = connection.execute("SELECT 1 FROM messages WHERE name = ?",
+                                           (name,)).fetchone()
+            except sqlite3.Error as exc:
+                raise _error(exc) from None
+        return found is not None
+
+    def _write_batch(self, batch: list[_Waiting]) -> None:
+        """Commit the rows of ``batch``, each ``error`` set to what refused its row.
+
+        One transaction for them all; if it fails, a row could be the cause (a
+        constraint, a value that cannot be stored), and one row's fault must not refuse
+        the other clients' messages: each row is tried again in its own transaction, so
+        only the faulty one fails. An OperationalError is the database's, not a row's
+        (busy past busy_timeout, full, an I/O error): every row would meet it again,
+        after as long a wait, so the batch shares it."""
+        try:
+            self._write([w.row for w in batch])
+            return
+        except BaseException as exc:
+            if len(batch) == 1 or not _a_row_could_cause(exc):
+                for waiting in batch:
+                    waiting.error = exc
+                return
+        for waiting in batch:
+            try:
+                self._write([waiting.row])
+            except BaseException as exc:
+                waiting.error = exc
 
     def _write(self, rows: list[Row]) -> None:
         connection = self._connection
@@ -161,6 +201,13 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     if not path.exists():
         raise StoreError(2, f"no index at {path}")
     return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+
+def _a_row_could_cause(exc: BaseException) -> bool:
+    """Whether ``exc`` may be one row's fault rather than the database's or the
+    process's (a closed index, a cancellation, KeyboardInterrupt)."""
+    return (isinstance(exc, Exception) and not isinstance(exc, StoreError)
+            and not isinstance(exc, sqlite3.OperationalError))
 
 
 def _error(exc: sqlite3.Error) -> StoreError:
