@@ -387,6 +387,32 @@ async def test_shutdown_with_no_grace_tells_every_client_421_at_once(
     assert trio.current_time() - start < 1  # serve() has returned, without a grace period
 
 
+async def test_a_handler_cut_off_by_shutdown_is_not_told_it_took_too_long(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    # Found by review (2026-12-02): the end of the grace period cancelled the handler's
+    # scope, which read as a decision timeout: the client got 451 4.4.3 before its 421,
+    # and the log said the application took too long, 300 s before its deadline.
+    async def stuck(session: Session) -> None:
+        async for decision in session:
+            if isinstance(decision, trio_smtpd.Mail):
+                await trio.sleep_forever()
+            decision.accept()
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve, Config(hostname="mx.test"), 0,
+                                             host="127.0.0.1", handler=stuck))
+        client = await connect(server)
+        assert (await client.command("EHLO c")).code == 250
+        await client.send(b"MAIL FROM:<a@b.c>\r\n")
+        await trio.sleep(1)
+        server.shutdown(grace=2)
+        reply = await client.reply()
+        assert (reply.code, reply.lines) == SHUTTING_DOWN
+        assert await client.closed()
+        await client.aclose()
+    assert "took too long" not in caplog.text
+
+
 # -- 5. A decision made too late raises ---------------------------------------------------
 
 async def test_a_message_decision_after_its_deadline_raises(

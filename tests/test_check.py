@@ -112,3 +112,11 @@ def test_a_rule_savedir_is_checked_but_not_created(tmp_path: Path) -> None:
                    *AS_ROOT)
     assert result.returncode == 2
     assert f"savedir {tmp_path / 'blocker' / 'trapsave'}: cannot be created" in result.stderr
+
+
+def test_a_hostname_no_greeting_could_carry_is_a_configuration_error(tmp_path: Path) -> None:
+    # (Config refuses it since a review found a line break in it ended every connection
+    # at its greeting; the program says so in one line, with the option's name.)
+    result = check("--hostname", "mx test", "--maildir", str(tmp_path / "mail"))
+    assert result.returncode == 2
+    assert "--hostname 'mx test'" in result.stderr and "Traceback" not in result.stderr

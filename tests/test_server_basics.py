@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import socket
+import ssl
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
 import trio_smtpd
+from tests.operations import free_port
 from tests.tcp import connect, tcp_server
 from trio_smtpd import Config, Message, Rcpt, Session, serve
 from trio_smtpd.testing import open_client
@@ -142,6 +146,21 @@ def test_config_rejects_unknown_mechanism() -> None:
         Config(max_recipients=0)
 
 
+@pytest.mark.parametrize("hostname", ["", "mx.test\r\n250 injected", "mx test",
+                                      "mx..test", "-mx.test", "[192.0.2.1", "x" * 256])
+def test_config_rejects_a_hostname_no_greeting_could_carry(hostname: str) -> None:
+    # Found by review (2026-12-02): any hostname was taken, and one with a line break
+    # ended every connection at its greeting (a traceback, 421); "" greeted "220  ESMTP".
+    with pytest.raises(ValueError, match="hostname"):
+        Config(hostname=hostname)
+
+
+@pytest.mark.parametrize("hostname", ["mx.test", "localhost", "mail-1.example.org.",
+                                      "[192.0.2.1]", "[IPv6:2001:db8::1]", "_srv.test"])
+def test_config_takes_a_domain_or_an_address_literal(hostname: str) -> None:
+    assert Config(hostname=hostname).hostname == hostname
+
+
 async def test_slow_handler_gets_the_default_after_the_decision_timeout(
         autojump_clock: trio.testing.MockClock) -> None:
     async def handler(session: Session) -> None:
@@ -247,3 +266,18 @@ async def test_a_session_the_engine_ended_is_not_read_from_again(
         assert await client.closed()
         await client.aclose()
     assert "connection lost" not in caplog.text
+
+
+async def test_a_serve_that_cannot_start_leaves_no_port_bound(
+        tmp_path: Path, server_tls: ssl.SSLContext) -> None:
+    # Found by review (2026-12-02): serve() bound its ports, then failed building the
+    # server (a client CA file that is not there), and the port stayed bound for as long
+    # as the exception lived.
+    port = free_port()
+    config = Config(hostname="mx.test", tls=server_tls, client_certificates="optional",
+                    client_ca=str(tmp_path / "missing-ca.pem"))
+    with pytest.raises(OSError) as failed:
+        await serve(config, port, host="127.0.0.1")
+    assert failed.value is not None  # (kept alive: a listener it held would be too)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))  # EADDRINUSE while a listener holds it

@@ -421,15 +421,23 @@ async def serve(
     (RFC 8314) with ``config.tls``. ``handler(session)`` makes the decisions of each
     connection; without one, messages go to ``Server.transactions()``.
     """
-    plain = list(listeners)
-    implicit = list(tls_listeners)
-    if (implicit and config.tls is None) or (tls_port is not None and config.tls is None):
+    if (tls_listeners or tls_port is not None) and config.tls is None:
         raise ValueError("implicit TLS listeners need Config.tls")
-    if port is not None:
-        plain += await trio.open_tcp_listeners(port, host=host)
-    if tls_port is not None:
-        implicit += await trio.open_tcp_listeners(tls_port, host=host)
-    if not plain and not implicit:
+    if not (listeners or tls_listeners) and port is None and tls_port is None:
         raise ValueError("nothing to listen on: give a port or listeners")
+    # Built (and so checked) before any port is bound: a server that cannot start must
+    # not leave a port taken.
     server = Server(config, handler)
-    await server._run(plain, implicit, task_status)
+    opened = await _open_tcp(port, host)
+    try:
+        opened_tls = await _open_tcp(tls_port, host)
+    except BaseException:
+        for listener in opened:
+            await trio.aclose_forcefully(listener)
+        raise
+    await server._run([*listeners, *opened], [*tls_listeners, *opened_tls], task_status)
+
+
+async def _open_tcp(port: int | None, host: str | bytes | None
+                    ) -> list[trio.SocketListener]:
+    return [] if port is None else await trio.open_tcp_listeners(port, host=host)

@@ -63,7 +63,7 @@ class Session:
     ``tempfail()`` before asking for the next.
     """
 
-    __slots__ = ("_app", "_auth", "_config", "_current", "_decision_timeouts", "_exchange",
+    __slots__ = ("_app", "_auth", "_config", "_current", "_cut", "_decision_timeouts", "_exchange",
                  "_fallback", "_queue", "_stashed", "_transaction", "info",
                  "offer_starttls", "tls_failed")
 
@@ -85,6 +85,7 @@ class Session:
         self._stashed: core.Event | None = None
         self._app = app_deadline
         self._fallback: tuple[int, str, str] | None = None  # once the application is gone
+        self._cut: Reply | None = None  # the shutdown's last word, once its grace ran out
 
     @property
     def transaction(self) -> Transaction | None:
@@ -188,6 +189,9 @@ class Session:
         """The handler has returned, raised, or run out of time (``scope`` was the
         application's): the rest of the session goes without it."""
         self._app.close()
+        if self._cut is not None:  # (the shutdown's grace ran out, not the application's)
+            await self._exchange.close(self._cut)
+            return
         if scope.cancelled_caught:
             log.warning("session %s: the application took too long to decide", self.info.id)
             self._fallback = _TIMED_OUT
@@ -196,6 +200,7 @@ class Session:
 
     def _cut_off(self, reply: Reply) -> None:
         """End of the shutdown grace period: stop the application, close with ``reply``."""
+        self._cut = reply
         self._exchange.cut_off(reply)
         if self._app.scope is not None:
             self._app.scope.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
@@ -18,6 +19,23 @@ from ._metrics import Metrics
 from ._networks import Network
 from ._replies import Reply
 from ._sasl import MECHANISMS, Credentials
+
+_LABEL = re.compile(r"\w(?:[\w-]*\w)?")  # letters, digits, "_"; hyphens inside only
+_ADDRESS_LITERAL = re.compile(r"\[[^\[\]\s\\]+\]")
+
+
+def is_server_name(name: str) -> bool:
+    """A domain (dot-separated labels; a final dot allowed) or an address literal in
+    brackets: what RFC 5321 (4.1.3, 4.2) lets the greeting and the EHLO reply begin with.
+    (Underscores too, as real host names have them; a line break would be a reply of
+    its own.)"""
+    if not 0 < len(name) <= 255:
+        return False
+    if _ADDRESS_LITERAL.fullmatch(name):
+        return True
+    return all(len(label) <= 63 and _LABEL.fullmatch(label)
+               for label in name.removesuffix(".").split("."))
+
 
 __all__ = ["Authenticator", "Config", "Timeouts"]
 
@@ -131,6 +149,9 @@ class Config:
                                          compare=False)
 
     def __post_init__(self) -> None:
+        if not is_server_name(self.hostname):
+            raise ValueError(f"hostname {self.hostname!r} is not a domain name or an "
+                             "address literal (it begins the greeting and every EHLO reply)")
         for entry in (*self.auth_mechanisms, *self.cleartext_auth_mechanisms):
             if isinstance(entry, str) and entry not in MECHANISMS:
                 raise ValueError(f"unsupported SASL mechanism {entry!r}: give a "

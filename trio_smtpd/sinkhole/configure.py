@@ -14,7 +14,7 @@ import ssl
 
 from .. import Config, Timeouts
 from .._ratelimit import RateLimit
-from .._settings import Authenticator
+from .._settings import Authenticator, is_server_name
 from ..dns import Resolver, parse_nameserver
 from ..maildir import Maildir
 from ..verify import KINDS
@@ -85,8 +85,12 @@ def build_config(args: argparse.Namespace, *, share: int = 1, create_maildir: bo
     tls = _tls_context(args)
     rate = parse_rate(args.max_connection_rate, "--max-connection-rate") if (
         args.max_connection_rate) else None
+    hostname = args.hostname or socket.gethostname()
+    if not is_server_name(hostname):
+        raise ConfigError(f"--hostname {hostname!r}: not a domain name or an address "
+                          "literal (it begins the greeting and every EHLO reply)")
     config = Config(
-        hostname=args.hostname or socket.gethostname(),
+        hostname=hostname,
         lmtp=args.lmtp,
         tls=tls,
         authenticator=_authenticator(args),
