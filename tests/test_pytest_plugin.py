@@ -7,6 +7,7 @@ client for what smtplib cannot do, such as several LMTP replies).
 
 from __future__ import annotations
 
+import logging
 import smtplib
 import ssl
 import threading
@@ -154,6 +155,20 @@ def test_implicit_tls_refuses_a_client_that_does_not_trust_the_ca(
     with pytest.raises(ssl.SSLCertVerificationError):
         smtplib.SMTP_SSL(smtp_server_thread.host, smtp_server_thread.port,
                          context=ssl.create_default_context(), timeout=10)
+
+
+def test_a_failed_starttls_handshake_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    """A client that does not trust the test CA is a normal thing to test: the server
+    ends that connection without an error of its own, and goes on serving."""
+    with ThreadedSMTPTestServer(tls="starttls") as server:
+        with connect(server) as client, pytest.raises(ssl.SSLCertVerificationError):
+            client.starttls(context=ssl.create_default_context())
+        with connect(server) as client:
+            client.starttls(context=server.client_context())
+            client.sendmail("a@example.org", ["b@example.org"], b"x\r\n")
+    # (After close(): every session, the failed one too, has ended.)
+    assert len(server.messages) == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @pytest.mark.smtp_server(users={"alice": "secret"})
