@@ -260,6 +260,15 @@ def test_host(smtp_server_thread: ThreadedSMTPTestServer) -> None:
     ({"max_size": 0}, "max_size must be positive"),
     ({"host": "localhost"}, "host must be an IP address"),
     ({"lmpt": True}, "unexpected keyword argument 'lmpt'"),
+    ({"lmtp": "no"}, "lmtp must be True or False, not 'no'"),
+    ({"users": ["alice"]}, "users must be a mapping of names to passwords"),
+    ({"users": {"alice": 1}}, "users: the password of 'alice' must be a string, not 1"),
+    ({"users": {1: "secret"}}, "users: a name must be a string, not 1"),
+    ({"max_size": "10"}, "max_size must be an int or None, not '10'"),
+    ({"max_size": True}, "max_size must be an int or None, not True"),
+    ({"hostname": ""}, "hostname must be a name without spaces or control characters"),
+    ({"hostname": "bad\r\n250 injected"}, "hostname must be a name without spaces"),
+    ({"host": 1}, "host must be an IP address"),
 ])
 def test_bad_options(options: dict[str, object], complaint: str) -> None:
     with pytest.raises((ValueError, TypeError), match=complaint):
