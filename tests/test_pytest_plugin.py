@@ -7,6 +7,7 @@ client for what smtplib cannot do, such as several LMTP replies).
 
 from __future__ import annotations
 
+import logging
 import smtplib
 import ssl
 import threading
@@ -156,6 +157,20 @@ def test_implicit_tls_refuses_a_client_that_does_not_trust_the_ca(
                          context=ssl.create_default_context(), timeout=10)
 
 
+def test_a_failed_starttls_handshake_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    """A client that does not trust the test CA is a normal thing to test: the server
+    ends that connection without an error of its own, and goes on serving."""
+    with ThreadedSMTPTestServer(tls="starttls") as server:
+        with connect(server) as client, pytest.raises(ssl.SSLCertVerificationError):
+            client.starttls(context=ssl.create_default_context())
+        with connect(server) as client:
+            client.starttls(context=server.client_context())
+            client.sendmail("a@example.org", ["b@example.org"], b"x\r\n")
+    # (After close(): every session, the failed one too, has ended.)
+    assert len(server.messages) == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 @pytest.mark.smtp_server(users={"alice": "secret"})
 def test_auth_users(smtp_server_thread: ThreadedSMTPTestServer) -> None:
     with connect(smtp_server_thread) as client:
@@ -245,6 +260,15 @@ def test_host(smtp_server_thread: ThreadedSMTPTestServer) -> None:
     ({"max_size": 0}, "max_size must be positive"),
     ({"host": "localhost"}, "host must be an IP address"),
     ({"lmpt": True}, "unexpected keyword argument 'lmpt'"),
+    ({"lmtp": "no"}, "lmtp must be True or False, not 'no'"),
+    ({"users": ["alice"]}, "users must be a mapping of names to passwords"),
+    ({"users": {"alice": 1}}, "users: the password of 'alice' must be a string, not 1"),
+    ({"users": {1: "secret"}}, "users: a name must be a string, not 1"),
+    ({"max_size": "10"}, "max_size must be an int or None, not '10'"),
+    ({"max_size": True}, "max_size must be an int or None, not True"),
+    ({"hostname": ""}, "hostname must be a name without spaces or control characters"),
+    ({"hostname": "bad\r\n250 injected"}, "hostname must be a name without spaces"),
+    ({"host": 1}, "host must be an IP address"),
 ])
 def test_bad_options(options: dict[str, object], complaint: str) -> None:
     with pytest.raises((ValueError, TypeError), match=complaint):

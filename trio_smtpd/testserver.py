@@ -46,6 +46,7 @@ from . import (
     Reply,
     Server,
     Session,
+    TLSFailed,
     TLSInfo,
     Transaction,
     serve,
@@ -88,14 +89,42 @@ class ServerOptions:
     host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
+        # Checked here, not where each is used: a bad option should fail the test at
+        # setup, naming the option, not as a confusing reply or traceback mid-test.
+        if not isinstance(self.lmtp, bool):  # "no" would be true
+            raise TypeError(f"lmtp must be True or False, not {self.lmtp!r}")
         if self.tls not in (None, "starttls", "implicit"):
             raise ValueError(f"tls must be None, 'starttls' or 'implicit', not {self.tls!r}")
+        _check_users(self.users)
+        if self.max_size is not None and (isinstance(self.max_size, bool)
+                                          or not isinstance(self.max_size, int)):
+            raise TypeError(f"max_size must be an int or None, not {self.max_size!r}")
         if self.max_size is not None and self.max_size < 1:
             raise ValueError(f"max_size must be positive (or None), not {self.max_size}")
+        if (not isinstance(self.hostname, str) or not self.hostname
+                or not self.hostname.isprintable() or " " in self.hostname):
+            # (It goes into replies and the certificate as it is.)
+            raise ValueError("hostname must be a name without spaces or control "
+                             f"characters, not {self.hostname!r}")
         try:
-            ipaddress.ip_address(self.host)
+            # (Not str: ip_address() takes an int too, which serve() does not.)
+            ipaddress.ip_address(self.host if isinstance(self.host, str) else "")
         except ValueError:
             raise ValueError(f"host must be an IP address, not {self.host!r}") from None
+
+
+def _check_users(users: object) -> None:
+    """Names and passwords are strings (another type fails only at login, mid-test)."""
+    if users is None:
+        return
+    if not isinstance(users, Mapping):
+        raise TypeError(f"users must be a mapping of names to passwords, not {users!r}")
+    for name, password in users.items():
+        if not isinstance(name, str):
+            raise TypeError(f"users: a name must be a string, not {name!r}")
+        if not isinstance(password, str):
+            raise TypeError(f"users: the password of {name!r} must be a string, "
+                            f"not {password!r}")
 
 
 @dataclass(frozen=True)
@@ -414,10 +443,15 @@ class ThreadedSMTPTestServer(_TestServerBase):
 
 
 async def _handle(session: Session, *, mailbox: _Mailbox, script: FailureScript) -> None:
-    """Accept every step the script does not fail; record each message before its 250."""
+    """Accept every step the script does not fail; record each message before its 250.
+    A failed STARTTLS handshake ends the session quietly."""
     async for decision in session:
         if isinstance(decision, Message):
             _finish(decision.transaction, mailbox, script)
+            continue
+        if isinstance(decision, TLSFailed):
+            # A report, not a step: the client has gone and sees the failure itself (a
+            # client that does not trust the test CA is a normal thing to test).
             continue
         reply = script.take(*_step(decision))
         if reply is None:
