@@ -51,6 +51,7 @@ from . import (
     Transaction,
     serve,
 )
+from ._settings import is_server_name
 from ._testscript import COMMANDS, FailureScript
 
 __all__ = [
@@ -101,11 +102,10 @@ class ServerOptions:
             raise TypeError(f"max_size must be an int or None, not {self.max_size!r}")
         if self.max_size is not None and self.max_size < 1:
             raise ValueError(f"max_size must be positive (or None), not {self.max_size}")
-        if (not isinstance(self.hostname, str) or not self.hostname
-                or not self.hostname.isprintable() or " " in self.hostname):
-            # (It goes into replies and the certificate as it is.)
-            raise ValueError("hostname must be a name without spaces or control "
-                             f"characters, not {self.hostname!r}")
+        if not isinstance(self.hostname, str) or not is_server_name(self.hostname):
+            # (It goes into replies and the certificate as it is: Config's own rule.)
+            raise ValueError("hostname must be a domain name or an address literal, "
+                             f"not {self.hostname!r}")
         try:
             # (Not str: ip_address() takes an int too, which serve() does not.)
             ipaddress.ip_address(self.host if isinstance(self.host, str) else "")
