@@ -65,6 +65,11 @@ def test_short_circuits_and_negation() -> None:
     ("[198.51.100.1]", "EHLO", {"ehlo", "properip", "myip"}),
     ("[IPv6:2001:db8::1]", "EHLO", {"ehlo", "properip", "otherip"}),
     ("2001:db8::1", "EHLO", {"ehlo", "bareip", "otherip"}),
+    # Found by review (2026-12-02): RFC 5321 4.1.3's literals are "[IPv4]" and
+    # "[IPv6:IPv6]"; an IPv6 address without its tag, or an IPv4 one with it, is neither.
+    ("[2001:db8::1]", "EHLO", {"ehlo", "bogus"}),
+    ("[IPv6:192.0.2.9]", "EHLO", {"ehlo", "bogus"}),
+    ("[IPv6:::ffff:192.0.2.9]", "EHLO", {"ehlo", "properip", "otherip"}),  # (IPv6v4)
 ])
 def test_helo_attributes(name: str, verb: str, expected: set[str]) -> None:
     assert helo_attributes(name, verb, "198.51.100.2", "198.51.100.1") == expected

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import AS_ROOT, Sinkhole
+from tests.wire import Wire
 from trio_smtpd.sinkhole.dnsfacts import RDNS, ReverseDNS
 from trio_smtpd.sinkhole.rules import Facts, RulesError, load_rules
 
@@ -550,3 +551,42 @@ def test_the_rules_examples_of_the_docs_load(tmp_path: Path) -> None:
     assert len(examples) >= 2
     for example in examples:
         assert len(load_rules(rules(tmp_path, example))) >= 1
+
+
+def test_a_refused_line_names_only_the_rule_that_refused_and_the_reply_it_gave(
+        sinkhole_factory: Factory, tmp_path: Path) -> None:
+    # Found by review (2026-12-02): an empty command line after a rule's refusal was
+    # logged as that rule's refusal too (the engine did not tell its observer of the
+    # line); and a connect rule's policy line gave the rule's reply (550, 450), not the
+    # one sent (554, 421: RFC 5321 3.1).
+    path = rules(tmp_path, """
+[[rule]]
+name = "trap"
+phase = "rcpt"
+action = "reject"
+[rule.match]
+recipient = ["trap@example.net"]
+
+[[rule]]
+name = "go-away"
+phase = "connect"
+action = "reject"
+reply = "550 5.7.1 go away"
+[rule.match]
+ip = ["127.0.0.2"]
+""")
+    sinkhole = sinkhole_factory("--rules", str(path))
+    with Wire(sinkhole.port) as client:
+        assert client.command("EHLO client.test").startswith(b"250")
+        assert client.command("MAIL FROM:<a@example.org>").startswith(b"250")
+        assert client.command("RCPT TO:<trap@example.net>").startswith(b"550")
+        assert client.command("").startswith(b"500")
+    with socket.create_connection(("127.0.0.1", sinkhole.port), timeout=10,
+                                  source_address=("127.0.0.2", 0)) as refused_at_connect:
+        assert refused_at_connect.makefile("rb").readline().startswith(b"554 5.7.1 go away")
+    sinkhole.wait_for("close", 2)
+    refused = [(e["command"], e["code"], e.get("rule")) for e in sinkhole.events("refused")]
+    assert ("RCPT", 550, "trap") in refused, refused
+    assert [rule for _, code, rule in refused if code == 500] == [None], refused
+    replies = {e["rule"]: e["reply"] for e in sinkhole.events("policy")}
+    assert replies["go-away"] == "554 5.7.1 go away", replies

@@ -4,6 +4,7 @@ headers, the message's record, log lines and the transcript, through the real pr
 from __future__ import annotations
 
 import json
+import smtplib
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -109,6 +110,18 @@ def test_trace_details_lmtp_smtputf8(sinkhole_factory: Factory) -> None:
     file_name = reply.split()[-1].decode()
     assert f"\n\tid {file_name}\n" in received  # the file's id, as the client was told
     assert received.endswith(" +0000 (UTC)")
+
+
+def test_an_ipv6_client_is_named_with_rfc_5321s_ipv6_tag(sinkhole_factory: Factory) -> None:
+    # Found by review (2026-12-02): "(unknown [::1])"; RFC 5321 4.1.3 writes an IPv6
+    # address literal "[IPv6:...]", as Postfix does in its Received lines.
+    sinkhole = sinkhole_factory("--listen", "[::1]:0")
+    with smtplib.SMTP("::1", sinkhole.ports[1], timeout=10) as client:
+        client.sendmail("a@example.org", ["b@example.net"], BODY)
+    [stored] = sinkhole.stored()
+    ours, _ = headers_and_body(stored)
+    [received] = [line for line in ours if line.startswith("Received: ")]
+    assert "(unknown [IPv6:::1])" in received, received
 
 
 def test_a_trap_takes_what_senders_send_unless_strict(sinkhole_factory: Factory) -> None:

@@ -373,3 +373,14 @@ def test_a_hash_named_message_the_index_holds_is_stored_already_wherever_its_fil
     # being stored, and no file stored without a row.
     assert rows(index, "SELECT name, file, sender FROM messages") == [
         (name, name, "a@spam.example")]
+
+
+@pytest.mark.parametrize("days", ["99999999", "1000000000", "-1"])
+def test_report_days_out_of_range_is_a_one_line_error(tmp_path: Path, days: str) -> None:
+    # Found by review (2026-12-02): a --days past the calendar's end was a traceback
+    # (OverflowError), status 1.
+    result = subprocess.run([sys.executable, "-m", "trio_smtpd", "report", "--maildir",
+                             str(tmp_path / "mail"), "--days", days],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "--days" in result.stderr and "Traceback" not in result.stderr

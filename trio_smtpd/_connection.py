@@ -490,6 +490,8 @@ class ServerConnection:
             return None
         if not text:
             self._verb = ""
+            if self.observer is not None:
+                self.observer.received("")  # (a line too: the observer hears every one)
             self._error(Reply(500, "Empty command line", "5.5.2"))
             return None
         verb, argument = split_command(text)

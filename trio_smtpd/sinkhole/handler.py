@@ -167,7 +167,7 @@ class SinkholeHandler:
                       phase: Phase | None, client: _Client) -> None:
         refusing(session, verdict.rule)
         _answer_refusal(decision, verdict)
-        log_policy(session.info.id, phase, verdict)
+        log_policy(session.info.id, phase, verdict, decision.reply)
         if isinstance(decision, Message):
             await client.incoming.drop()  # refused outright: nothing is kept
             tx = decision.transaction

@@ -43,7 +43,9 @@ def helo_attributes(name: str | None, verb: str | None, remote: str | None,
         attributes.add("bareip")
     elif name.startswith("[") and name.endswith("]"):
         inner = name[1:-1]
-        address = _address(inner[5:] if inner[:5].lower() == "ipv6:" else inner)
+        tagged = inner[:5].lower() == "ipv6:"  # RFC 5321 4.1.3: IPv6 tagged, IPv4 not
+        text = inner[5:] if tagged else inner
+        address = _address(text) if (":" in text) == tagged else None
         if address is not None:
             attributes.add("properip")
     if address is not None:

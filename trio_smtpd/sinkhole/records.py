@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from .. import Transaction
+from .. import Reply, Transaction
 from ..maildir import Maildir
 from .dnsfacts import Listing, Wants
 from .logs import log_event
@@ -127,9 +127,11 @@ def peer_text(peer: Any) -> str | None:
     return None if peer is None else f"{peer[0]}:{peer[1]}"
 
 
-def log_policy(session_id: str, phase: str | None, verdict: Verdict) -> None:
+def log_policy(session_id: str, phase: str | None, verdict: Verdict,
+               sent: Reply | None = None) -> None:
     """The ``policy`` line of a rule's refusal, whichever path answers it (the handler,
-    or the store for ``save-then-reject``): every one is logged alike."""
+    or the store for ``save-then-reject``): every one is logged alike. ``sent``: the
+    reply given, where it is not the rule's own (at connect: 554 or 421, RFC 5321 3.1)."""
     log_event("policy", session=session_id, phase=phase, rule=verdict.rule,
-              action=verdict.action, reply=str(verdict.reply),
+              action=verdict.action, reply=str(sent or verdict.reply),
               dns="unknown" if verdict.unknown else None)

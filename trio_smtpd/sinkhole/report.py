@@ -90,6 +90,20 @@ def _plain(value: Any) -> Any:
     return str(value)  # (PostgreSQL's inet, cidr, Decimal)
 
 
+
+# (About 270 years: far enough back for any index, near enough for the calendar.)
+_MAX_DAYS = 100_000
+
+
+def _days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not 1 <= days <= _MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"{days} is not between 1 and {_MAX_DAYS}")
+    return days
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trio-smtpd report",
@@ -103,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
         help="sqlite (the default) or postgresql://... as given to the server")
     add("--view", action="append", choices=sorted(VIEWS), default=None,
         help="which view (repeatable; default: all)")
-    add("--days", type=int, default=None, metavar="N", help="only the last N days")
+    add("--days", type=_days, default=None, metavar="N",
+        help=f"only the last N days (1 to {_MAX_DAYS})")
     add("--limit", type=int, default=10, metavar="N", help="rows per view (default 10)")
     add("--json", action="store_true", help="one JSON object: view name -> rows")
     add("--sql", action="store_true", help="print each view's SQL instead of running it")

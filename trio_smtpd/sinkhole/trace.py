@@ -36,6 +36,8 @@ def trace_headers(tx: Transaction, hostname: str, client_name: str | None = None
     the name of the file the message is stored in (the session id without one)."""
     session = tx.info
     ip = session.peer[0] if session.peer else "unknown"
+    if ":" in ip:
+        ip = f"IPv6:{ip}"  # (RFC 5321 4.1.3's address literal, as Postfix writes it)
     utf8 = tx.mail_params.smtputf8
     helo = safe_name(session.helo, utf8=utf8) if session.helo else "unknown"
     client_name = safe_name(client_name, utf8=utf8) if client_name else None
