@@ -314,6 +314,25 @@ async def test_tarpit_delays_only_the_chosen_client(
         await fast.aclose()
 
 
+async def test_the_tarpit_holds_back_the_last_reply_too(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # Found by review (2026-12-02): the 221 to QUIT (and any reply the session ends
+    # with) went out at once; a tarpit holds back each batch of replies.
+    async def handler(session: Session) -> None:
+        async for event in session:
+            if isinstance(event, trio_smtpd.Connect):
+                session.reply_delay = 10.0
+            event.accept()
+
+    async with memory_server(Config(hostname="mx.test"), handler=handler) as (_s, listener):
+        client = TestClient(await listener.connect())
+        assert (await client.reply()).code == 220
+        start = trio.current_time()
+        assert (await client.command("QUIT")).code == 221
+        assert trio.current_time() - start >= 10
+        await client.aclose()
+
+
 async def test_a_tarpitted_client_gets_its_whole_command_timeout_after_the_reply(
         autojump_clock: trio.testing.MockClock) -> None:
     # The client cannot answer a reply it has not had: its time runs from the reply.

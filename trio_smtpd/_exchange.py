@@ -284,6 +284,8 @@ class Exchange:
         """The engine has closed the connection: note why, and close it."""
         reason = _ENDINGS.get(event.reason, "error")
         self.ending = "shutdown" if self._closing is not None and reason == "refused" else reason
+        if self.reply_delay > 0 and self.conn.has_data_to_send:
+            await self._tarpit()  # (the last reply too: a tarpit holds back every one)
         await self.close()
 
     def _why_closing(self, woken: bool) -> Reply:
