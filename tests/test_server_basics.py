@@ -124,6 +124,23 @@ async def _second_client(server: trio_smtpd.Server) -> trio_smtpd.testing.Client
     return reply
 
 
+async def test_a_greeting_with_the_applications_text_still_names_the_server() -> None:
+    # Found by review (2026-12-02): Connect.accept(text=...) went out as "220 <text>",
+    # where RFC 5321 4.2 (and docs/server.md) want "220 <hostname> ESMTP <text>".
+    async def handler(session: Session) -> None:
+        async for event in session:
+            if isinstance(event, trio_smtpd.Connect):
+                event.accept(text=["Welcome", "no spam please"])
+            else:
+                event.accept()
+
+    async with open_client(Config(hostname="mx.test"), handler=handler,
+                           greeting=False) as client:
+        greeting = await client.reply()
+        assert (greeting.code, greeting.lines) == (220, ["mx.test ESMTP Welcome",
+                                                         "no spam please"])
+
+
 async def test_connect_rejection() -> None:
     async def handler(session: Session) -> None:
         async for event in session:
