@@ -1,11 +1,13 @@
-"""IP address membership in networks, the one way the project does it."""
+"""IP address membership in networks, and port numbers as clients write them: the one
+way the project reads each."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 
-__all__ = ["Network", "address_in"]
+__all__ = ["Network", "address_in", "is_port"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -20,3 +22,13 @@ def address_in(host: str, networks: Iterable[Network]) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
     return any(address in network for network in networks)
+
+
+# ASCII digits only: str.isdigit() also takes "²" and other scripts' digits, which int()
+# then refuses.
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def is_port(text: str) -> bool:
+    """Whether ``text`` is a TCP port number, 0 to 65535, in ASCII digits."""
+    return _PORT.fullmatch(text) is not None and int(text) <= 65535

@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 
 from ._info import TLSInfo
 from ._mechanisms import MALFORMED, Challenge, Context, Exchange, Failure, Step, Success, text_of
+from ._networks import is_port
 from ._sasl import Credentials
 
 __all__ = ["OAuthBearer", "TokenCredentials", "XOAuth2"]
 
 _KEY = re.compile(r"[A-Za-z]+")
 _BEARER = re.compile(r"Bearer ([A-Za-z0-9\-._~+/]+=*)")
-# ASCII digits only: str.isdigit() also takes "²" and other scripts' digits.
-_PORT = re.compile(r"[0-9]{1,5}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +108,7 @@ class _BearerExchange(_TokenExchange):
         if pairs is None or bearer is None:
             return Failure("OAUTHBEARER needs auth=Bearer <token> in ^A pairs", MALFORMED)
         port = pairs.get("port")
-        if port is not None and not (_PORT.fullmatch(port) and int(port) <= 65535):
+        if port is not None and not is_port(port):
             return Failure("bad OAUTHBEARER port", MALFORMED)
         username = authzid[2:].replace("=2C", ",").replace("=3D", "=")
         return TokenCredentials("OAUTHBEARER", username, bearer.group(1), pairs.get("host"),

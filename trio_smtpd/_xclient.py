@@ -14,6 +14,7 @@ import ipaddress
 import re
 
 from ._info import SessionInfo
+from ._networks import is_port
 from ._replies import Reply, ReplyError
 
 __all__ = ["ATTRIBUTES", "apply_xclient", "parse_xclient"]
@@ -24,8 +25,6 @@ UNAVAILABLE = "[UNAVAILABLE]"
 _UNKNOWN = (UNAVAILABLE, "[TEMPUNAVAIL]")
 _XTEXT = re.compile(r"\+([0-9A-F]{2})")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
-# ASCII digits only: str.isdigit() also takes "²" and other scripts' digits.
-_PORT = re.compile(r"[0-9]{1,5}")
 _TEXT = re.compile(r"[\x21-\x7e\u0080-\U0010ffff]{1,255}")
 _LOGIN = re.compile(r"[\x20-\x7e\u0080-\U0010ffff]{1,255}")  # (a SASL name may have spaces)
 
@@ -75,7 +74,7 @@ def _check(name: str, value: str) -> str | None:
             return None  # an IPv6 address comes with its IPV6: prefix, and only it
         return str(address)
     if name in ("PORT", "DESTPORT"):
-        return value if _PORT.fullmatch(value) and int(value) <= 65535 else None
+        return value if is_port(value) else None
     if name == "PROTO":
         return value.upper() if value.upper() in ("SMTP", "ESMTP") else None
     if name == "NAME":
