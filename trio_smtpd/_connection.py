@@ -54,7 +54,7 @@ from ._replies import Reply, ReplyError
 from ._xclient import ATTRIBUTES, parse_xclient
 
 __all__ = ["NEED_DATA", "PAUSED", "UNSENT_REPLY_LIMIT", "NeedData", "Paused",
-           "ServerConnection", "UsageError"]
+           "ServerConnection", "UsageError", "greeting"]
 
 
 class NeedData:
@@ -1023,10 +1023,7 @@ class ServerConnection:
         )
 
     def _greeting_bytes(self) -> bytes:
-        config = self.config
-        kind = "LMTP" if config.lmtp else "ESMTP"
-        first, *rest = config.greeting or ("trio_smtpd ready",)
-        return Reply(220, [f"{config.hostname} {kind} {first}", *rest]).to_bytes()
+        return greeting(self.config, self.config.greeting or ("trio_smtpd ready",)).to_bytes()
 
     def _greeting(self) -> bytes:
         if not self.config.greeting_time:
@@ -1143,6 +1140,14 @@ def _b64decode(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ReplyError(Reply(501, "Invalid base64 data", "5.5.2")) from None
+
+
+def greeting(config: ProtocolConfig, lines: Sequence[str]) -> Reply:
+    """A 220 greeting with ``lines`` of text after the server's name, where RFC 5321 4.2
+    has a greeting begin: ``220 <hostname> ESMTP <text>``."""
+    first, *rest = lines
+    kind = "LMTP" if config.lmtp else "ESMTP"
+    return Reply(220, [f"{config.hostname} {kind} {first}", *rest])
 
 
 def _redacted(verb: str, line: str, *, after: str) -> str:

@@ -29,8 +29,7 @@ from . import _events as core
 from ._appdeadline import AppDeadline
 from ._authflow import AuthFlow
 from ._certificates import prepare_client_certificates
-from ._config import ProtocolConfig
-from ._connection import UsageError
+from ._connection import UsageError, greeting
 from ._decisions import Auth, Connect, DataStart, Decision, Hello, Mail, Message, Rcpt, TLSFailed
 from ._exchange import Exchange, ExchangeTimeouts
 from ._info import SessionInfo
@@ -247,7 +246,7 @@ class Session:
                 decision._why_answered = _MOVED_ON
             reply = decision._reply
             if kind is Connect and reply is not None and reply.code == 220:
-                reply = _greeting(conn.config, reply)
+                reply = greeting(conn.config, reply.lines)
             conn.respond(reply)
             self.info.helo = conn.hello_name
 
@@ -330,14 +329,6 @@ class Session:
             self.info.tls = tls
             self._exchange.conn.config = for_connection(self._config, self.info)
         return None
-
-
-def _greeting(config: ProtocolConfig, reply: Reply) -> Reply:
-    """The application's greeting text after the server's name, where RFC 5321 4.2 (and
-    the default greeting) has a greeting begin."""
-    first, *rest = reply.lines
-    kind = "LMTP" if config.lmtp else "ESMTP"
-    return Reply(220, [f"{config.hostname} {kind} {first}", *rest])
 
 
 async def forward_transactions(session: Session) -> None:
