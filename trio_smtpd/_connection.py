@@ -353,8 +353,7 @@ class ServerConnection:
             return
         if reply is not None and reply.code == 421:
             self._pending = None
-            self._send(reply)
-            self._queue(self._close("CLOSING"))
+            self._last_word(reply)
             return
         self._pending = None
         try:
@@ -405,13 +404,12 @@ class ServerConnection:
         self._take_auth_decision()
         self.mode = Mode.COMMAND
         if reply is not None and reply.code == 421:
-            self._send(reply)
-            self._queue(self._close("CLOSING"))
+            self._last_word(reply)
             return
         self._auth_failures += 1
         if self._auth_failures > self.config.max_auth_failures:
-            self._send(Reply(421, "Too many authentication failures", "4.7.0"))
-            self._queue(self._close("AUTH_FAILURES"))
+            self._last_word(Reply(421, "Too many authentication failures", "4.7.0"),
+                            "AUTH_FAILURES")
             return
         self._send(reply or Reply(535, "Authentication credentials invalid", "5.7.8"))
 
@@ -439,8 +437,7 @@ class ServerConnection:
         self._queued = None
         self._pending = None
         self._verb = ""
-        self._send(reply)
-        self._queue(self._close("CLOSING"))
+        self._last_word(reply)
 
     # ------------------------------------------------------------------ reading lines
 
@@ -499,8 +496,7 @@ class ServerConnection:
             self.observer.received(_redacted(verb, text, after=self._verb))
         self._verb = verb
         if self._closing_reply is not None and verb != "QUIT":
-            self._send(self._closing_reply)
-            self._queue(self._close("CLOSING"))
+            self._last_word(self._closing_reply)
             return None
         handler = _HANDLERS.get(verb)
         if handler is None:
@@ -942,11 +938,15 @@ class ServerConnection:
         if counted or reply.code in _BAD_COMMAND_CODES:
             self._bad_commands += 1
             if self._bad_commands > self.config.max_bad_commands:
-                self._send(_TOO_MANY_ERRORS)
-                self._queue(self._close("ERRORS"))
+                self._last_word(_TOO_MANY_ERRORS, "ERRORS")
                 return None
         self._send(reply)
         return None
+
+    def _last_word(self, reply: Reply, reason: str = "CLOSING") -> None:
+        """Send ``reply`` (a 421, as a rule: RFC 5321 3.8) and close after it."""
+        self._send(reply)
+        self._queue(self._close(reason))
 
     def _close(self, reason: str) -> ConnectionClosed:
         self.mode = Mode.CLOSED
