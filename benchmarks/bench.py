@@ -34,6 +34,8 @@ import pgserver
 import postfix
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+#: The tree whose code is measured: the one this file is in.
+REPOSITORY = Path(__file__).resolve().parent.parent
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -77,8 +79,12 @@ class ServerSpec:
     #: For a baseline row: the tree of an earlier commit (see baseline.py).
     tree: Path | None = None
 
-    def environment(self) -> dict[str, str] | None:
-        return None if self.tree is None else {**os.environ, "PYTHONPATH": str(self.tree)}
+    def environment(self) -> dict[str, str]:
+        """The code measured is this file's tree (a baseline row's: its own), whatever
+        the current directory: with ``-m trio_smtpd`` the current directory comes first
+        on ``sys.path``, so a bench.py of one worktree started from another's directory
+        measured that other tree's sinkhole (the servers start in their work directory)."""
+        return {**os.environ, "PYTHONPATH": str(self.tree or REPOSITORY)}
 
     def command(self, port: int, workdir: Path, lmtp: bool) -> list[str]:
         trio = [sys.executable, "-m", "trio_smtpd", "--listen", f"127.0.0.1:{port}",
@@ -245,7 +251,7 @@ class Running:
             return
         self.process = subprocess.Popen(spec.command(self.port, workdir, lmtp),
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        env=spec.environment())
+                                        env=spec.environment(), cwd=workdir)
         self.root = self.process.pid
         wait_listening(self.port, self.process)
         time.sleep(0.3 if "workers" in spec.name else 0)  # let every worker come up

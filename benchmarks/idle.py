@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import baseline
-from bench import SMTP_SOURCE, free_port, machine, peak_rss_mb, wait_listening
+from bench import REPOSITORY, SMTP_SOURCE, free_port, machine, peak_rss_mb, wait_listening
 
 
 def rss_mb(pid: int) -> float:
@@ -82,7 +82,8 @@ def streamed_message_peak_mb(size: int) -> float:
         [sys.executable, "-m", "trio_smtpd", "--discard", "--listen", f"127.0.0.1:{port}",
          "--max-message-size", str(2 * size), "--log-format", "json",
          *(["--user", "root"] if os.geteuid() == 0 else [])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPOSITORY)  # (-m: the current directory's tree is the one that runs)
     try:
         wait_listening(port, process)
         subprocess.run([SMTP_SOURCE, "-s", "1", "-m", "1", "-l", str(size), "-f",
