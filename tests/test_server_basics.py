@@ -6,6 +6,7 @@ import logging
 import smtplib
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
@@ -139,6 +140,70 @@ async def test_a_greeting_with_the_applications_text_still_names_the_server() ->
         greeting = await client.reply()
         assert (greeting.code, greeting.lines) == (220, ["mx.test ESMTP Welcome",
                                                          "no spam please"])
+
+
+def _hello_with(text: object) -> Callable[[Session], Awaitable[None]]:
+    async def handler(session: Session) -> None:
+        async for event in session:
+            if isinstance(event, trio_smtpd.Hello):
+                event.accept(text=text)  # type: ignore[arg-type]
+            else:
+                event.accept()
+    return handler
+
+
+async def test_hello_text_follows_the_servers_name_and_keeps_the_keywords() -> None:
+    # Found by review (2026-12-02): Hello.accept(text=...) was taken and then dropped.
+    # RFC 5321 4.1.1.1: "250 <domain> <greeting>" for HELO, and the EHLO reply's first
+    # line likewise, its other lines still the extension keywords.
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve, Config(hostname="mx.test"), 0,
+                                             host="127.0.0.1",
+                                             handler=_hello_with("pleased to meet you")))
+
+        def talk() -> tuple[tuple[int, bytes], tuple[int, bytes], dict[str, str]]:
+            with smtplib.SMTP("127.0.0.1", server.port, local_hostname="c.test") as smtp:
+                ehlo = smtp.ehlo()
+                features = dict(smtp.esmtp_features)
+                smtp.rset()
+                helo = smtp.helo()
+            return ehlo, helo, features
+
+        ehlo, helo, features = await trio.to_thread.run_sync(talk)
+        nursery.cancel_scope.cancel()
+    assert ehlo[0] == 250 and ehlo[1].split(b"\n")[0] == b"mx.test pleased to meet you"
+    assert "pipelining" in features and "8bitmime" in features
+    assert helo == (250, b"mx.test pleased to meet you")
+
+
+@pytest.mark.parametrize("text", [["two", "lines"], "with\r\nbreak", "bell\x07"])
+async def test_hello_text_that_would_break_the_reply_is_refused_at_accept(
+        text: object) -> None:
+    # The lines after the first are the extension keywords: a second line of text, or a
+    # line break in it, would pass for one (or for a reply of its own).
+    refused: list[BaseException] = []
+
+    async def handler(session: Session) -> None:
+        async for event in session:
+            if isinstance(event, trio_smtpd.Hello):
+                try:
+                    event.accept(text=text)  # type: ignore[arg-type]
+                except ValueError as exc:
+                    refused.append(exc)
+                    event.accept()
+            else:
+                event.accept()
+
+    async with open_client(Config(hostname="mx.test"), handler=handler) as client:
+        reply = await client.command("EHLO c.test")
+    assert reply.code == 250 and reply.lines[0] == "mx.test greets c.test"
+    assert len(refused) == 1
+
+
+def test_hello_takes_no_enhanced_status_code() -> None:
+    # RFC 2034 3: enhanced codes are not used in the reply to HELO or EHLO.
+    with pytest.raises(ValueError, match="enhanced"):
+        trio_smtpd.Hello("EHLO", "c.test").accept(enhanced="2.0.0")
 
 
 async def test_connect_rejection() -> None:

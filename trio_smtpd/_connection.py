@@ -861,8 +861,10 @@ class ServerConnection:
             return
         _check(reply, (250,), "HELO")
         self.hello_name, self.hello_verb = decision.name, decision.verb
-        # The client's name passed the control-character check of every command line.
-        greeting = f"{self.config.hostname} greets {decision.name}"
+        # The client's name passed the control-character check of every command line;
+        # the application's text (Hello.accept) the checks of every reply line.
+        text = f"greets {decision.name}" if reply is None else reply.lines[0]
+        greeting = f"{self.config.hostname} {text}".rstrip()
         if decision.verb == "HELO":
             self._send(Reply(250, greeting))
             return

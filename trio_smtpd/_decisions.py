@@ -183,6 +183,25 @@ class Hello(Decision):
         self.verb = verb
         self.name = name
 
+    def accept(self, code: int | None = None, text: Text | None = None,
+               enhanced: str | None = None) -> None:
+        """Say yes (250). ``text`` follows the server's name on the reply's first line,
+        where RFC 5321 4.1.1.1 has a greeting: ``250 <hostname> <text>`` (by default
+        ``<hostname> greets <name>``). One line only: to EHLO the lines after the first
+        are the extension keywords. No enhanced status code: RFC 2034 3 leaves them out
+        of the reply to HELO and EHLO."""
+        if enhanced is not None:
+            raise ValueError("the reply to HELO or EHLO carries no enhanced status code")
+        _check(250 if code is None else code, self._ACCEPT_CODES, "Hello.accept()")
+        if text is None:
+            self._answer(None)
+            return
+        lines = [text] if isinstance(text, str) else list(text)
+        if len(lines) != 1:
+            raise ValueError("Hello.accept() takes one line of text: to EHLO the lines "
+                             "after the first are the extension keywords")
+        self._answer(Reply(250, lines[0]))
+
     def __repr__(self) -> str:
         return f"Hello({self.verb} {self.name!r})"
 
