@@ -9,7 +9,6 @@ import os
 import re
 import stat
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -76,62 +75,57 @@ def test_create_fails_on_unwritable_directory(tmp_path: Path) -> None:
             Maildir(tmp_path / "mail").create()
 
 
-class CountingCondition(threading.Condition):
-    """A condition variable that counts the calls to wait(): how many threads queued."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waits = 0
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waits += 1  # under the condition's lock, which wait() requires
-        return super().wait(timeout)
-
-
-def test_concurrent_commits_share_directory_fsyncs(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every sync() must return after an fsync that began after it was called; while one
-    # fsync runs, the callers that arrive share the next one.
+async def test_concurrent_commits_share_directory_fsyncs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every commit must return after an fsync of new/ that began after its rename;
+    # the commits that come while a batch is in its worker thread go together in the
+    # next one, with one fsync of new/.
     import trio_smtpd.maildir as maildir_module
 
     clock = itertools.count()
-    fsyncs: list[tuple[int, int]] = []  # (start, end) ticks of each fsync
+    renamed: dict[str, int] = {}
+    started: list[int] = []
+    fsyncs: list[tuple[int, int]] = []  # (start, end) ticks of each fsync of new/
     gate = threading.Event()
+    real_rename = os.rename
+
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        real_rename(src, dst)
+        renamed[Path(dst).name] = next(clock)
 
     def slow_fsync(path: Path) -> None:
         start = next(clock)
-        gate.wait(5)
+        started.append(start)
+        gate.wait(10)
         fsyncs.append((start, next(clock)))
 
+    monkeypatch.setattr(os, "rename", rename)
     monkeypatch.setattr(maildir_module, "_fsync_directory", slow_fsync)
-    group = maildir_module._GroupSync(tmp_path)
-    waiting = CountingCondition()
-    group._changed = waiting
-    calls: list[tuple[int, int]] = []  # (called, returned) ticks of each sync()
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    returned: dict[str, int] = {}
 
-    def caller() -> None:
-        called = next(clock)
-        group.sync()
-        calls.append((called, next(clock)))
+    async def deliver(number: int) -> None:
+        writer = maildir.open()
+        await writer.write(b"message %d\r\n" % number)
+        name = await writer.commit()
+        returned[name] = next(clock)
 
-    threads = [threading.Thread(target=caller) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    # One fsync is under way (held by the gate) once the 19 others wait for the next.
-    deadline = time.monotonic() + 10
-    while waiting.waits < 19:
-        assert time.monotonic() < deadline, f"{waiting.waits} threads waiting"
-        time.sleep(0.01)
-    gate.set()
-    for thread in threads:
-        thread.join(5)
-    assert len(calls) == 20
-    assert len(fsyncs) == 2  # the held one, and one shared by all who waited for it
-    for called, returned in calls:
-        assert any(called < start and end < returned for start, end in fsyncs)
+    async with trio.open_nursery() as nursery:
+        for number in range(20):
+            nursery.start_soon(deliver, number)
+        with trio.fail_after(10):  # one batch at its fsync, the rest waiting
+            while not started or len(maildir._commits._pending) < 19:
+                await trio.sleep(0.01)
+        assert returned == {}
+        gate.set()
+    assert len(returned) == 20 and set(returned) == set(renamed)
+    assert len(fsyncs) == 2  # the held one, and one for all who waited for it
+    for name, done in returned.items():
+        assert any(renamed[name] < start and end < done for start, end in fsyncs), name
 
 
-def test_a_failed_directory_fsync_fails_the_commits_it_covers(
+async def test_a_failed_directory_fsync_fails_the_commits_it_covers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import trio_smtpd.maildir as maildir_module
 
@@ -141,11 +135,44 @@ def test_a_failed_directory_fsync_fails_the_commits_it_covers(
     monkeypatch.setattr(maildir_module, "_fsync_directory", failing)
     maildir = Maildir(tmp_path / "mail")
     maildir.create()
-    writer = maildir.open()
-    writer._pending.append(b"x")
-    with pytest.raises(OSError) as info:
-        writer._commit()
-    assert info.value.errno == errno.EIO
+    failures: list[int | None] = []
+
+    async def deliver() -> None:
+        writer = maildir.open()
+        await writer.write(b"x")
+        with pytest.raises(OSError) as info:
+            await writer.commit()
+        failures.append(info.value.errno)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(deliver)
+    assert failures == [errno.EIO] * 5
+    assert os.listdir(tmp_path / "mail" / "tmp") == []
+
+
+async def test_a_message_that_fails_in_a_batch_fails_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    writers = [maildir.open() for _ in range(3)]
+    for number, writer in enumerate(writers):
+        await writer.write(b"message %d\r\n" % number)
+    doomed = writers[1].name
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(doomed):
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    errors = maildir._commit_batch(writers)  # (as one batch, in this thread)
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], OSError) and errors[1].errno == errno.EIO
+    assert sorted(os.listdir(tmp_path / "new")) == sorted([writers[0].name,
+                                                           writers[2].name])
+    assert os.listdir(tmp_path / "tmp") == []
 
 
 @pytest.mark.parametrize("copy_file_range", ["kernel", "fallback"])
@@ -212,7 +239,7 @@ async def test_commit_order_is_fsync_rename_fsync_directory_then_return(
     await writer.write(body)
     if isinstance(writer, HashedWriter):
         writer.name_it(hashlib.sha256(body).hexdigest())
-    name = await writer.commit(then=lambda: steps.append(("then",)))
+    name = await writer.commit()
     steps.append(("returned",))
     tmp, new = steps[0][1], str(tmp_path / "new" / name)
     assert Path(tmp).parent == tmp_path / "tmp"
@@ -222,7 +249,6 @@ async def test_commit_order_is_fsync_rename_fsync_directory_then_return(
         ("rename", tmp, new),
         ("fsync", str(tmp_path / "new"), "directory"),
         ("timed", "directory"),
-        ("then",),
         ("returned",),
     ]
     assert steps == [step for step in expected if timed or step[0] != "timed"]
@@ -337,21 +363,6 @@ async def test_a_failed_commit_leaves_nothing_and_raises(
         await writer.commit()
     assert info.value.errno == errno.EIO
     assert os.listdir(tmp_path / "tmp") == [] and os.listdir(tmp_path / "new") == []
-
-
-async def test_a_failing_then_is_kept_and_the_message_stored(tmp_path: Path) -> None:
-    maildir = Maildir(tmp_path)
-    maildir.create()
-    writer = maildir.open()
-    await writer.write(b"stored anyway")
-    problem = RuntimeError("sidecar failed")
-
-    def then() -> None:
-        raise problem
-
-    name = await writer.commit(then=then)
-    assert writer.then_error is problem
-    assert (tmp_path / "new" / name).read_bytes() == b"stored anyway"
 
 
 async def test_cancellation_does_not_interrupt_a_commit_or_an_abort(tmp_path: Path) -> None:

@@ -121,17 +121,10 @@ class HeldMaildir(Maildir):
         self.committing = threading.Event()
         self.release = threading.Event()
 
-    def open(self) -> MaildirWriter:
-        writer = super().open()
-        real_commit = writer._commit
-
-        def held_commit() -> None:
-            self.committing.set()
-            assert self.release.wait(30)
-            real_commit()
-
-        writer._commit = held_commit  # type: ignore[method-assign]
-        return writer
+    def _commit_batch(self, writers: list[MaildirWriter]) -> list[OSError | None]:
+        self.committing.set()
+        assert self.release.wait(30)
+        return super()._commit_batch(writers)
 
 
 async def test_disk_work_does_not_block_other_connections(tmp_path: Path) -> None:

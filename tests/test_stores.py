@@ -9,11 +9,11 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from tests.conftest import AS_ROOT, Sinkhole
 from tests.dnsserver import Unbound
@@ -21,7 +21,7 @@ from tests.wire import Wire
 from trio_smtpd.maildir import Maildir
 from trio_smtpd.sinkhole.handler import SinkholeHandler
 from trio_smtpd.sinkhole.report import VIEWS, report_command
-from trio_smtpd.sinkhole.stores import MaildirStore, SqliteIndex, open_store
+from trio_smtpd.sinkhole.stores import MaildirStore, SqliteIndex, StoreError, open_store
 from trio_smtpd.sinkhole.stores.schema import SchemaError, message_row, migrations
 from trio_smtpd.testing import open_client
 
@@ -80,59 +80,66 @@ async def test_a_message_whose_row_cannot_be_written_is_refused_and_not_kept(
     assert rows(index.path, "SELECT count(*) FROM messages") == [(0,)]
 
 
-def test_concurrent_rows_share_commits_and_none_is_lost(tmp_path: Path) -> None:
+async def test_concurrent_rows_share_commits_and_none_is_lost(tmp_path: Path) -> None:
     _, index = make_index(tmp_path)
-    errors: list[BaseException] = []
+    assert index._connection is not None
+    transactions: list[str] = []
+    index._connection.set_trace_callback(
+        lambda sql: transactions.append(sql) if sql.startswith("BEGIN") else None)
 
-    def add(number: int) -> None:
-        try:
-            index.add(message_row(record(f"m{number}", recipients=[f"r{number}@trap.test"]),
-                                  host="h", file=f"m{number}", body=None))
-        except BaseException as exc:
-            errors.append(exc)
+    async def add(number: int) -> None:
+        await index.add(message_row(record(f"m{number}", recipients=[f"r{number}@trap.test"]),
+                                    host="h", file=f"m{number}", body=None))
 
-    threads = [threading.Thread(target=add, args=(n,)) for n in range(40)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert errors == []
+    async with trio.open_nursery() as nursery:
+        for number in range(40):
+            nursery.start_soon(add, number)
     assert rows(index.path, "SELECT count(*) FROM messages") == [(40,)]
     assert rows(index.path, "SELECT count(*) FROM recipients r JOIN messages m "
                             "ON m.id = r.message_id AND r.address = 'r' || substr(m.name, 2) "
                             "|| '@trap.test'") == [(40,)]
+    # The first row found the index idle and went alone; the 39 that came meanwhile
+    # went together in the next transaction.
+    assert len(transactions) == 2
 
 
 def test_a_failing_row_of_a_batch_fails_alone(tmp_path: Path) -> None:
     """One row a constraint refuses (a name the index has) in a group commit: only that
     row's message is refused; the others are committed and their writers told so. The
     common path stays one transaction per batch."""
-    from trio_smtpd.sinkhole.stores.sqlite import _Waiting
-
     _, index = make_index(tmp_path)
 
     def row(name: str) -> Any:
         return message_row(record(name), host="h", file=name, body=None)
 
-    index.add(row("taken"))
+    assert index._write_batch([row("taken")]) == [None]
     assert index._connection is not None
     transactions: list[str] = []
     index._connection.set_trace_callback(
         lambda sql: transactions.append(sql) if sql.startswith("BEGIN") else None)
-    # Rows that came while another batch was being written: the next add takes them all.
-    queued = [_Waiting(row("good1")), _Waiting(row("taken")), _Waiting(row("good2"))]
-    index._waiting.extend(queued)
-    index.add(row("good3"))
-    assert [w.done for w in queued] == [True] * 3
-    assert queued[0].error is None and queued[2].error is None
-    assert isinstance(queued[1].error, sqlite3.IntegrityError)
+    outcomes = index._write_batch([row("good1"), row("taken"), row("good2")])
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], sqlite3.IntegrityError)
     assert rows(index.path, "SELECT name FROM messages ORDER BY id") == [
-        ("taken",), ("good1",), ("good2",), ("good3",)]
-    assert rows(index.path, "SELECT count(*) FROM recipients") == [(4,)]
+        ("taken",), ("good1",), ("good2",)]
+    assert rows(index.path, "SELECT count(*) FROM recipients") == [(3,)]
     transactions.clear()
-    index._waiting.extend(_Waiting(row(f"more{n}")) for n in range(3))
-    index.add(row("last"))
+    assert index._write_batch([row(f"more{n}") for n in range(4)]) == [None] * 4
     assert len(transactions) == 1  # four rows, one transaction
+
+
+async def test_a_refused_row_is_a_store_error_for_its_message_alone(tmp_path: Path) -> None:
+    _, index = make_index(tmp_path)
+
+    def row(name: str) -> Any:
+        return message_row(record(name), host="h", file=name, body=None)
+
+    await index.add(row("taken"))
+    with pytest.raises(StoreError):
+        await index.add(row("taken"))
+    await index.add(row("free"))
+    assert rows(index.path, "SELECT name FROM messages ORDER BY id") == [("taken",),
+                                                                         ("free",)]
 
 
 def test_migrations_apply_once_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -187,8 +194,11 @@ def fill(tmp_path: Path) -> Path:
         record("c", peer="198.51.100.1:1", helo="other.example", sender="",
                received="2026-11-24T23:59:59+00:00"),
     ]
-    for sample in samples:
-        index.add(message_row(sample, host="h", file=sample["file"], body=None))
+    async def add_all() -> None:
+        for sample in samples:
+            await index.add(message_row(sample, host="h", file=sample["file"], body=None))
+
+    trio.run(add_all)
     index.close()
     return maildir.path
 

@@ -1,13 +1,19 @@
 """Durable Maildir delivery that never blocks the trio event loop.
 
 A message is written to ``tmp/``, fsynced, renamed into ``new/``, and ``new/`` itself is
-fsynced, all in a worker thread; only then may the server say 250. A message that was not
+fsynced, in a worker thread; only then may the server say 250. A message that was not
 fully written never appears in ``new/`` (the rename is atomic), and a crash leaves at most
 a stray file in ``tmp/``, which Maildir readers ignore.
 
-Concurrent deliveries share the fsync of ``new/`` (a group commit): a message waits for
-the first fsync that starts after its rename, and one fsync covers every rename before
-it. Under load that is one directory fsync per batch of messages instead of one each.
+Concurrent deliveries are committed together (a group commit, ``_groupcommit``): the
+messages that come to be committed while a batch is in its worker thread go in the next
+batch. A batch writes out each message's file, then fsyncs each (on a file system with a
+journal, the first fsync commits the others' metadata with its own, and theirs find little
+left to do), renames each into ``new/``, and fsyncs ``new/`` once for them all. A worker
+thread is woken once per batch rather than once per message: in a Python process the
+handover of each trip (its thread, the GIL, the event loop's wake-up) costs more than the
+file system's work for a small message (benchmarks/README.md, "Commits in batches,
+measured properly").
 
 File names follow the Maildir convention (``time.MusecPpidQcountRrandom.host``) so that
 several processes and hosts can deliver into one Maildir without colliding.
@@ -20,13 +26,14 @@ import itertools
 import os
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import trio
+
+from ._groupcommit import GroupCommit
 
 __all__ = ["Maildir", "MaildirWriter"]
 
@@ -44,9 +51,9 @@ class Maildir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._host = _safe_hostname()
-        self._new_sync = _GroupSync(self.path / "new")
+        self._commits = GroupCommit[MaildirWriter](self._commit_batch)
         #: Told how long each message's fsyncs took, in seconds (for metrics): its
-        #: ``"file"``, then ``"directory"`` (``new/``, shared by concurrent messages).
+        #: ``"file"``, then ``"directory"`` (``new/``, shared by the messages of a batch).
         #: Called in the worker thread that commits.
         self.on_fsync: Callable[[str, float], None] | None = None
 
@@ -57,6 +64,46 @@ class Maildir:
         probe = self.path / "tmp" / f".probe.{os.getpid()}.{secrets.token_hex(4)}"
         probe.write_bytes(b"")
         probe.unlink()
+
+    def _commit_batch(self, writers: list[MaildirWriter]) -> list[OSError | None]:
+        """In a worker thread: commit ``writers``; for each, None or what failed it.
+
+        Step by step across the batch, so that one message's failure fails it alone
+        (it is discarded) and the others' fsyncs follow one another on the disk."""
+        errors: list[OSError | None] = [None] * len(writers)
+        for step in ("_write_out", "_fsync", "_publish"):  # (a subclass's own, if it has)
+            for index, writer in enumerate(writers):
+                if errors[index] is None:
+                    try:
+                        getattr(writer, step)()
+                    except OSError as exc:
+                        errors[index] = exc
+                        writer._discard()
+        published = [w for w, e in zip(writers, errors, strict=True)
+                     if e is None and w.published]
+        if published:
+            try:
+                self._timed_for(published, "directory",
+                                partial(_fsync_directory, self.path / "new"))
+            except OSError as exc:  # (the files stay in new/: a 451 may make a duplicate)
+                errors = [exc if w in published else e
+                          for w, e in zip(writers, errors, strict=True)]
+        return errors
+
+    def _timed_for(self, writers: list[MaildirWriter], what: str,
+                   fsync: Callable[[], object]) -> None:
+        """``fsync()``, its time told to ``on_fsync`` (if set) once for each of
+        ``writers``: one commit sequence, timed or not, so that one test guards its
+        order (issue 23)."""
+        on_fsync = self.on_fsync
+        if on_fsync is None:
+            fsync()
+            return
+        started = time.monotonic()
+        fsync()
+        seconds = time.monotonic() - started
+        for _ in writers:
+            on_fsync(what, seconds)
 
     def unique_name(self) -> str:
         now = time.time()
@@ -69,7 +116,8 @@ class Maildir:
         """Start a new message; ``write()`` it, then ``commit()`` or ``abort()``.
 
         Writes are buffered (up to ``MaildirWriter.BUFFER`` octets) so that a small message
-        costs a single trip to a worker thread: create, write, fsync, rename, fsync.
+        is created, written, fsynced and renamed in its commit's batch, with no trip of
+        its own to a worker thread.
         The buffer is small (32 KiB) because every connection in DATA holds one: with a
         megabyte each, 400 clients that never send the final dot held 400 MB.
         """
@@ -98,8 +146,8 @@ class MaildirWriter:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._finished = False
-        #: What the ``then`` given to ``commit()`` raised, if anything.
-        self.then_error: Exception | None = None
+        #: Whether the commit put the file in ``new/`` (a hash-named one may not).
+        self.published = False
 
     async def write(self, data: bytes) -> None:
         if self._finished:
@@ -125,32 +173,22 @@ class MaildirWriter:
             return
         await trio.to_thread.run_sync(self._prepend_to_file, data)
 
-    async def commit(self, then: Callable[[], None] | None = None) -> str:
+    async def commit(self) -> str:
         """Write the rest, fsync, move into ``new/``, fsync ``new/``: now it is durable.
 
-        ``then`` runs next in the same worker thread (a trip saved), once the message is
-        durable. The message is stored whatever it does: an exception it raises is kept
-        in ``then_error`` rather than raised.
-        """
+        Done in a batch with the other messages being committed (see the module's
+        docstring); it cannot be cancelled once begun. Raises OSError, and then nothing
+        of the message is left in ``tmp/``."""
         if self._finished:
             raise ValueError("message already committed or aborted")
         self._finished = True
-        # Shielded: once started, finishing the rename matters more than a cancel.
-        with trio.CancelScope(shield=True):
-            try:
-                await trio.to_thread.run_sync(self._commit_then, then)
-            except BaseException:
+        try:
+            await self.maildir._commits(self)
+        except BaseException:
+            with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._discard)
-                raise
+            raise
         return self.name
-
-    def _commit_then(self, then: Callable[[], None] | None) -> None:
-        self._commit()
-        if then is not None:
-            try:
-                then()
-            except Exception as exc:
-                self.then_error = exc
 
     async def abort(self) -> None:
         if self._finished:
@@ -191,80 +229,28 @@ class MaildirWriter:
         os.close(self._fd)
         self._fd = fd
 
-    def _commit(self) -> None:
+    # The steps of a commit, in its batch's worker thread (Maildir._commit_batch).
+
+    def _write_out(self) -> None:
         self._flush()
+
+    def _fsync(self) -> None:
         assert self._fd is not None
         fd, self._fd = self._fd, None
         try:
-            self._timed("file", partial(os.fsync, fd))
+            self.maildir._timed_for([self], "file", partial(os.fsync, fd))
         finally:
             os.close(fd)
-        os.rename(self._tmp, self.maildir.path / "new" / self.name)
-        self._timed("directory", self.maildir._new_sync.sync)
 
-    def _timed(self, what: str, fsync: Callable[[], object]) -> None:
-        """``fsync()``, its time told to the Maildir's ``on_fsync`` if it has one: one
-        commit sequence, timed or not, so that one test guards its order (issue 23)."""
-        on_fsync = self.maildir.on_fsync
-        if on_fsync is None:
-            fsync()
-            return
-        started = time.monotonic()
-        fsync()
-        on_fsync(what, time.monotonic() - started)
+    def _publish(self) -> None:
+        os.rename(self._tmp, self.maildir.path / "new" / self.name)
+        self.published = True
 
     def _discard(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         self._tmp.unlink(missing_ok=True)
-
-
-class _GroupSync:
-    """fsync of a directory, shared by every thread that asks while one is under way.
-
-    ``sync()`` returns once an fsync that *started* after the call has succeeded: any
-    such fsync covers the caller's rename. Threads that arrive during an fsync wait, and
-    the next fsync (done by one of them) covers them all.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._changed = threading.Condition()
-        self._started = 0  # fsyncs begun (they run one at a time, in order)
-        self._finished = 0  # the number of the last one done
-        self._succeeded = 0  # the number of the last one that succeeded
-        self._running = False
-        self._error: OSError | None = None  # of the last one that failed
-
-    def sync(self) -> None:
-        with self._changed:
-            needed = self._started + 1  # the first fsync to begin after this point
-            while self._finished < needed:
-                if self._running:
-                    self._changed.wait()
-                    continue
-                self._running = True
-                self._started += 1
-                number = self._started
-                self._changed.release()
-                error: OSError | None = None
-                try:
-                    _fsync_directory(self._path)
-                except OSError as exc:
-                    error = exc
-                finally:
-                    self._changed.acquire()
-                    self._running = False
-                    self._finished = number
-                    if error is None:
-                        self._succeeded = number
-                    else:
-                        self._error = error
-                    self._changed.notify_all()
-            if self._succeeded < needed:
-                assert self._error is not None
-                raise self._error
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -34,7 +34,6 @@ import json
 import os
 import secrets
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from .. import Transaction
@@ -135,28 +134,21 @@ class HashedWriter(MaildirWriter):
         elif (found := data.find(self._placeholder)) >= 0:
             self._at = found
 
-    # This runs in a worker thread.
+    # The steps of its commit that differ, in the batch's worker thread.
 
-    def _commit_then(self, then: Callable[[], None] | None) -> None:
-        """Write, fsync, link into ``new/`` unless there already; then ``then()``."""
+    def _write_out(self) -> None:
+        self._flush()
+        assert self._fd is not None
+        if self._at is not None:
+            os.pwrite(self._fd, self.name.encode(), self._at)
+
+    def _publish(self) -> None:
+        """Link into ``new/`` unless the name is taken; the name in ``tmp/`` goes."""
         try:
-            self._flush()
-            assert self._fd is not None
-            if self._at is not None:
-                os.pwrite(self._fd, self.name.encode(), self._at)
-            # The base class's _timed: told to on_fsync (metrics) as every commit's fsyncs.
-            self._timed("file", partial(os.fsync, self._fd))
             self.duplicate = self._is_recorded() or not self._link()
-            if not self.duplicate:
-                # The Maildir's shared fsync of new/, as for every other message.
-                self._timed("directory", self.maildir._new_sync.sync)
         finally:
-            self._discard()  # the name in tmp/ goes: linked into new/, or not wanted
-        if then is not None and not self.duplicate:
-            try:
-                then()
-            except Exception as exc:
-                self.then_error = exc
+            self._discard()
+        self.published = not self.duplicate
 
     def _is_recorded(self) -> bool:
         return self.recorded is not None and self.recorded(self.name)

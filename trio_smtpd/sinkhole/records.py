@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -19,7 +18,7 @@ from .rules import Verdict
 from .safety import json_safe
 
 __all__ = ["log_aborted", "log_connect", "log_listing", "log_policy", "log_transaction",
-           "message_record", "peer_text", "sidecar_writer"]
+           "message_record", "peer_text", "write_sidecar"]
 
 log = logging.getLogger("trio_smtpd.sinkhole")
 
@@ -47,22 +46,19 @@ def message_record(name: str, tx: Transaction, sha256: str, rule: str | None,
     }
 
 
-def sidecar_writer(maildir: Maildir, record: dict[str, Any]) -> Callable[[], None]:
-    """Writes ``record`` as the sidecar of its message (a callable for a worker thread)."""
-    name, session_id = record["file"], record["session"]
+def write_sidecar(maildir: Maildir, record: dict[str, Any]) -> None:
+    """Write ``record`` as the sidecar of its message (a failure is logged, not raised:
+    the message is stored)."""
+    name = record["file"]
     path = maildir.path / "meta" / f"{name}.json"
-
-    def write() -> None:  # in a worker thread
-        try:
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text(json_safe(json.dumps(record, ensure_ascii=False)) + "\n")
-            temporary.rename(path)
-        except OSError as exc:
-            log.error("session %s: writing metadata for %s failed: %s", session_id, name,
-                      exc)
-
-    return write
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json_safe(json.dumps(record, ensure_ascii=False)) + "\n")
+        temporary.rename(path)
+    except OSError as exc:
+        log.error("session %s: writing metadata for %s failed: %s", record["session"],
+                  name, exc)
 
 
 def log_aborted(tx: Transaction, size: int | None = None) -> None:

@@ -1,10 +1,10 @@
 """The Maildir store: each message a file in ``new/``, its record a row in the SQLite
 index beside them (the default) or, without an index, a sidecar in ``meta/``.
 
-In the commit's worker thread, once the file is fsynced into ``new/`` (the Maildir's
-own commit: its write buffer, its group fsync of ``new/``, its fsync timings for the
-metrics): the index row, or the sidecar. Neither has an fsync of its own and neither is
-ever written before its message is durable: a crash can lose the record of a message,
+Once the message's commit has returned (the Maildir's own: its write buffer, its batch's
+fsyncs, its fsync timings for the metrics): the index row, or the sidecar, each written
+in batches of their own (``_groupcommit``). Neither has an fsync of its own and neither
+is ever written before its message is durable: a crash can lose the record of a message,
 never the message, and never leaves a record without its message. If the row cannot be
 written, the file is taken out of ``new/`` again and the client gets 451 (452 if the
 disk is full). A sidecar is not written beside an index row: the row holds the same
@@ -24,11 +24,15 @@ be refused with 451 every time it came back).
 from __future__ import annotations
 
 import socket
+from functools import partial
 from typing import Any
 
+import trio
+
+from ..._groupcommit import GroupCommit
 from ...maildir import Maildir, MaildirWriter
 from ..hashstore import HashedWriter, open_writer
-from ..records import sidecar_writer
+from ..records import write_sidecar
 from .base import MessageWriter, StoreError, unavailable
 from .schema import message_row
 from .sqlite import SqliteIndex
@@ -44,6 +48,7 @@ class MaildirStore:
         self.index = index
         self.host = socket.gethostname()
         self.description = "maildir" if index is None else f"sqlite:{index.path}"
+        self.sidecars = GroupCommit[tuple[Maildir, dict[str, Any]]](_write_sidecars)
 
     def open(self, maildir: Maildir | None = None, save_hash: str | None = None
              ) -> MessageWriter:
@@ -80,26 +85,28 @@ class _MaildirMessage:
         await self._writer.abort()
 
     async def commit(self, record: dict[str, Any]) -> str:
-        writer, index = self._writer, self._store.index
-        maildir, host = writer.maildir, self._store.host
-        sidecar = sidecar_writer(maildir, record) if index is None else None
-
-        def then() -> None:  # in the commit's worker thread, once the file is durable
-            # (Never for a hash-named message stored already: it has its record.)
-            if sidecar is not None:
-                sidecar()
-                return
-            assert index is not None
-            try:
-                index.add(message_row(record, host=host, file=writer.name, body=None))
-            except BaseException:
-                (maildir.path / "new" / writer.name).unlink(missing_ok=True)
+        writer, store = self._writer, self._store
+        name = await writer.commit()
+        if not writer.published:
+            return name  # (a hash-named message stored already, with its record)
+        if store.index is None:
+            await store.sidecars((writer.maildir, record))
+            return name
+        try:
+            await store.index.add(message_row(record, host=store.host, file=name, body=None))
+        except Exception as error:
+            # Never a row without its message, nor a message without its row.
+            await trio.to_thread.run_sync(
+                partial((writer.maildir.path / "new" / name).unlink, missing_ok=True))
+            if isinstance(error, StoreError):
                 raise
-
-        name = await writer.commit(then=then)
-        error = writer.then_error
-        if isinstance(error, StoreError):
-            raise error
-        if error is not None:
             raise unavailable(f"indexing the message failed: {error!r}") from error
         return name
+
+
+def _write_sidecars(batch: list[tuple[Maildir, dict[str, Any]]]) -> list[None]:
+    """In a worker thread: each message's sidecar (a failure is logged, not raised: the
+    message is stored)."""
+    for maildir, record in batch:
+        write_sidecar(maildir, record)
+    return [None] * len(batch)

@@ -9,9 +9,9 @@ in the kernel's hands), and a power cut can lose the rows of the last moments be
 never a message and never the consistency of the database. The 250 waits for the
 message's fsyncs, not for one of the index's own (issue 22; benchmarks/README.md).
 
-Written from worker threads with a group commit, as the Maildir's ``new/`` is fsynced:
-a thread that brings a row while another is writing waits, and the next writer takes
-every row waiting, in one transaction. If that transaction fails for what may be one
+Written with a group commit, as the Maildir's ``new/`` is fsynced: rows that arrive
+while a transaction is being written wait, and go together in the next one, written in
+one trip to a worker thread. If that transaction fails for what may be one
 row's fault (a constraint), each row is written again in a transaction of its own, so
 that only the faulty row's message is refused, never its neighbours'. Several processes
 (``--workers``) share the file: SQLite lets one write at a time, and each waits for the
@@ -26,6 +26,7 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..._groupcommit import GroupCommit
 from .base import StoreError, unavailable
 from .schema import (
     CREATE_BOOKKEEPING,
@@ -50,15 +51,6 @@ _INSERT_LISTING = (f"INSERT INTO listings ({', '.join(LISTING_COLUMNS)}) "
                    "VALUES (?, ?, ?, ?, ?, ?)")
 
 
-class _Waiting:
-    __slots__ = ("done", "error", "row")
-
-    def __init__(self, row: Row) -> None:
-        self.row = row
-        self.done = False
-        self.error: BaseException | None = None
-
-
 class SqliteIndex:
     """Rows for the messages of one Maildir, in ``PATH`` (an SQLite database)."""
 
@@ -66,9 +58,9 @@ class SqliteIndex:
         self.path = path
         self._busy_timeout = busy_timeout
         self._connection: sqlite3.Connection | None = None
-        self._changed = threading.Condition()
-        self._waiting: list[_Waiting] = []
-        self._writing = False
+        #: One thread at a time on the connection (a batch, ``holds``, ``close``).
+        self._using = threading.Lock()
+        self._adding = GroupCommit[Row](self._write_batch)
 
     def create(self) -> None:
         """Open (creating it if need be) and bring the schema up to date.
@@ -86,44 +78,24 @@ class SqliteIndex:
         self._connection = connection
 
     def close(self) -> None:
-        with self._changed:
+        with self._using:
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
 
-    def add(self, row: Row) -> None:
-        """Insert ``row``; return once it is committed (in a worker thread: it blocks)."""
-        waiting = _Waiting(row)
-        with self._changed:
-            self._waiting.append(waiting)
-            while not waiting.done:
-                if self._writing:
-                    self._changed.wait()
-                    continue
-                batch, self._waiting = self._waiting, []
-                self._writing = True
-                self._changed.release()
-                try:
-                    self._write_batch(batch)
-                finally:
-                    self._changed.acquire()
-                    self._writing = False
-                    for done in batch:
-                        done.done = True
-                    self._changed.notify_all()
-        if waiting.error is not None:
-            if isinstance(waiting.error, sqlite3.Error):
-                raise _error(waiting.error)
-            raise waiting.error
+    async def add(self, row: Row) -> None:
+        """Insert ``row``; return once it is committed, in one transaction with the rows
+        that came while the one before was being written. Raises StoreError."""
+        try:
+            await self._adding(row)
+        except sqlite3.Error as exc:
+            raise _error(exc) from None
 
     def holds(self, name: str) -> bool:
         """Whether a message named ``name`` has a row (in a worker thread: it blocks).
 
         Raises StoreError."""
-        with self._changed:
-            # One thread at a time on the connection: not in the middle of a batch.
-            while self._writing:
-                self._changed.wait()
+        with self._using:
             connection = self._connection
             if connection is None:
                 raise unavailable("the index is closed")
@@ -134,8 +106,8 @@ class SqliteIndex:
                 raise _error(exc) from None
         return found is not None
 
-    def _write_batch(self, batch: list[_Waiting]) -> None:
-        """Commit the rows of ``batch``, each ``error`` set to what refused its row.
+    def _write_batch(self, rows: list[Row]) -> list[BaseException | None]:
+        """Commit ``rows``; for each, None or what refused it (in a worker thread).
 
         One transaction for them all; if it fails, a row could be the cause (a
         constraint, a value that cannot be stored), and one row's fault must not refuse
@@ -143,19 +115,21 @@ class SqliteIndex:
         only the faulty one fails. An OperationalError is the database's, not a row's
         (busy past busy_timeout, full, an I/O error): every row would meet it again,
         after as long a wait, so the batch shares it."""
-        try:
-            self._write([w.row for w in batch])
-            return
-        except BaseException as exc:
-            if len(batch) == 1 or not _a_row_could_cause(exc):
-                for waiting in batch:
-                    waiting.error = exc
-                return
-        for waiting in batch:
+        with self._using:
             try:
-                self._write([waiting.row])
-            except BaseException as exc:
-                waiting.error = exc
+                self._write(rows)
+                return [None] * len(rows)
+            except Exception as exc:
+                if len(rows) == 1 or not _a_row_could_cause(exc):
+                    return [exc] * len(rows)
+            return [self._write_alone(row) for row in rows]
+
+    def _write_alone(self, row: Row) -> Exception | None:
+        try:
+            self._write([row])
+        except Exception as exc:
+            return exc
+        return None
 
     def _write(self, rows: list[Row]) -> None:
         connection = self._connection
