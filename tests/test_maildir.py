@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_smtpd.maildir import Maildir
+from trio_smtpd.maildir import Maildir, MaildirWriter
 from trio_smtpd.sinkhole.hashstore import HashedWriter
 
 
@@ -381,3 +381,40 @@ async def test_cancellation_does_not_interrupt_a_commit_or_an_abort(tmp_path: Pa
         await aborted.abort()
     assert len(names) == 1 and os.listdir(tmp_path / "new") == names
     assert os.listdir(tmp_path / "tmp") == []
+
+
+async def test_after_commit_follows_the_fsync_of_new_and_can_fail_one_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What follows a batch (the sinkhole's records) comes once its messages are durable,
+    # in the same worker thread, and may refuse one of them alone.
+    import trio_smtpd.maildir as maildir_module
+
+    steps: list[object] = []
+    real_fsync_directory = maildir_module._fsync_directory
+
+    def fsync_directory(path: Path) -> None:
+        steps.append("fsync new/")
+        real_fsync_directory(path)
+
+    def after(published: list[MaildirWriter]) -> list[OSError | None]:
+        steps.append(("after", [writer.record for writer in published]))
+        return [OSError(errno.EIO, "no record") if writer.record == 1 else None
+                for writer in published]
+
+    monkeypatch.setattr(maildir_module, "_fsync_directory", fsync_directory)
+    maildir = Maildir(tmp_path)
+    maildir.create()
+    maildir.after_commit = after
+    writers = [maildir.open() for _ in range(3)]
+    for number, writer in enumerate(writers):
+        await writer.write(b"message %d\r\n" % number)
+        writer.record = number
+    errors = maildir._commit_batch(writers)  # (as one batch, in this thread)
+    assert steps == ["fsync new/", ("after", [0, 1, 2])]
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], OSError) and errors[1].errno == errno.EIO
+    lone = maildir.open()
+    await lone.write(b"alone\r\n")
+    lone.record = 1
+    with pytest.raises(OSError, match="no record"):
+        await lone.commit()

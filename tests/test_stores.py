@@ -80,66 +80,56 @@ async def test_a_message_whose_row_cannot_be_written_is_refused_and_not_kept(
     assert rows(index.path, "SELECT count(*) FROM messages") == [(0,)]
 
 
-async def test_concurrent_rows_share_commits_and_none_is_lost(tmp_path: Path) -> None:
-    _, index = make_index(tmp_path)
+async def test_concurrent_messages_share_transactions_and_none_is_lost(
+        tmp_path: Path) -> None:
+    maildir, index = make_index(tmp_path)
+    store = MaildirStore(maildir, index)
     assert index._connection is not None
     transactions: list[str] = []
     index._connection.set_trace_callback(
         lambda sql: transactions.append(sql) if sql.startswith("BEGIN") else None)
+    names: list[str] = []
 
-    async def add(number: int) -> None:
-        await index.add(message_row(record(f"m{number}", recipients=[f"r{number}@trap.test"]),
-                                    host="h", file=f"m{number}", body=None))
+    async def deliver(number: int) -> None:
+        writer = store.open()
+        await writer.write(b"Subject: %d\r\n\r\nbody\r\n" % number)
+        name = writer.name
+        names.append(await writer.commit(record(name, recipients=[f"r{number}@trap.test"])))
 
     async with trio.open_nursery() as nursery:
         for number in range(40):
-            nursery.start_soon(add, number)
+            nursery.start_soon(deliver, number)
+    assert sorted(os.listdir(maildir.path / "new")) == sorted(names)
     assert rows(index.path, "SELECT count(*) FROM messages") == [(40,)]
-    assert rows(index.path, "SELECT count(*) FROM recipients r JOIN messages m "
-                            "ON m.id = r.message_id AND r.address = 'r' || substr(m.name, 2) "
-                            "|| '@trap.test'") == [(40,)]
-    # The first row found the index idle and went alone; the 39 that came meanwhile
-    # went together in the next transaction.
+    assert rows(index.path, "SELECT count(*) FROM recipients") == [(40,)]
+    # The first message found no batch under way and went alone; the 39 that came
+    # meanwhile went together in the next batch: its files, then one transaction.
     assert len(transactions) == 2
 
 
 def test_a_failing_row_of_a_batch_fails_alone(tmp_path: Path) -> None:
-    """One row a constraint refuses (a name the index has) in a group commit: only that
-    row's message is refused; the others are committed and their writers told so. The
-    common path stays one transaction per batch."""
+    """One row a constraint refuses (a name the index has) in a batch: only that row's
+    message is refused; the others are committed. The common path stays one transaction
+    per batch."""
     _, index = make_index(tmp_path)
 
     def row(name: str) -> Any:
         return message_row(record(name), host="h", file=name, body=None)
 
-    assert index._write_batch([row("taken")]) == [None]
+    assert index.write([row("taken")]) == [None]
     assert index._connection is not None
     transactions: list[str] = []
     index._connection.set_trace_callback(
         lambda sql: transactions.append(sql) if sql.startswith("BEGIN") else None)
-    outcomes = index._write_batch([row("good1"), row("taken"), row("good2")])
+    outcomes = index.write([row("good1"), row("taken"), row("good2")])
     assert outcomes[0] is None and outcomes[2] is None
-    assert isinstance(outcomes[1], sqlite3.IntegrityError)
+    assert isinstance(outcomes[1], StoreError) and "UNIQUE" in str(outcomes[1])
     assert rows(index.path, "SELECT name FROM messages ORDER BY id") == [
         ("taken",), ("good1",), ("good2",)]
     assert rows(index.path, "SELECT count(*) FROM recipients") == [(3,)]
     transactions.clear()
-    assert index._write_batch([row(f"more{n}") for n in range(4)]) == [None] * 4
+    assert index.write([row(f"more{n}") for n in range(4)]) == [None] * 4
     assert len(transactions) == 1  # four rows, one transaction
-
-
-async def test_a_refused_row_is_a_store_error_for_its_message_alone(tmp_path: Path) -> None:
-    _, index = make_index(tmp_path)
-
-    def row(name: str) -> Any:
-        return message_row(record(name), host="h", file=name, body=None)
-
-    await index.add(row("taken"))
-    with pytest.raises(StoreError):
-        await index.add(row("taken"))
-    await index.add(row("free"))
-    assert rows(index.path, "SELECT name FROM messages ORDER BY id") == [("taken",),
-                                                                         ("free",)]
 
 
 def test_migrations_apply_once_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -194,11 +184,8 @@ def fill(tmp_path: Path) -> Path:
         record("c", peer="198.51.100.1:1", helo="other.example", sender="",
                received="2026-11-24T23:59:59+00:00"),
     ]
-    async def add_all() -> None:
-        for sample in samples:
-            await index.add(message_row(sample, host="h", file=sample["file"], body=None))
-
-    trio.run(add_all)
+    assert index.write([message_row(sample, host="h", file=sample["file"], body=None)
+                        for sample in samples]) == [None] * len(samples)
     index.close()
     return maildir.path
 

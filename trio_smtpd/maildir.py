@@ -27,9 +27,10 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -38,6 +39,9 @@ from ._groupcommit import GroupCommit
 __all__ = ["Maildir", "MaildirWriter"]
 
 _counter = itertools.count(1)
+
+#: ``Maildir.after_commit``: for each message, None or what failed it.
+AfterCommit = Callable[[list["MaildirWriter"]], Sequence[OSError | None]]
 
 
 def _safe_hostname() -> str:
@@ -56,6 +60,12 @@ class Maildir:
         #: ``"file"``, then ``"directory"`` (``new/``, shared by the messages of a batch).
         #: Called in the worker thread that commits.
         self.on_fsync: Callable[[str, float], None] | None = None
+        #: What must follow a batch's messages and never precede them (the sinkhole's
+        #: records of them), done in the batch's worker thread without a trip of its
+        #: own: called, once they are durable, with those put into ``new/``; returns
+        #: for each None or the exception that fails its commit (and then takes it
+        #: back out of ``new/`` if it must not stay).
+        self.after_commit: AfterCommit | None = None
 
     def create(self) -> None:
         """Create the folders and check that ``tmp/`` is writable (raises OSError)."""
@@ -86,7 +96,12 @@ class Maildir:
                 self._timed_for(published, "directory",
                                 partial(_fsync_directory, self.path / "new"))
             except OSError as exc:  # (the files stay in new/: a 451 may make a duplicate)
-                errors = [exc if w in published else e
+                return [exc if w in published else e
+                        for w, e in zip(writers, errors, strict=True)]
+            if self.after_commit is not None:
+                followed = dict(zip(map(id, published), self.after_commit(published),
+                                    strict=True))
+                errors = [followed.get(id(w)) if e is None and w.published else e
                           for w, e in zip(writers, errors, strict=True)]
         return errors
 
@@ -148,6 +163,8 @@ class MaildirWriter:
         self._finished = False
         #: Whether the commit put the file in ``new/`` (a hash-named one may not).
         self.published = False
+        #: What ``Maildir.after_commit`` is to know of this message (None by default).
+        self.record: Any = None
 
     async def write(self, data: bytes) -> None:
         if self._finished:

@@ -9,11 +9,11 @@ in the kernel's hands), and a power cut can lose the rows of the last moments be
 never a message and never the consistency of the database. The 250 waits for the
 message's fsyncs, not for one of the index's own (issue 22; benchmarks/README.md).
 
-Written with a group commit, as the Maildir's ``new/`` is fsynced: rows that arrive
-while a transaction is being written wait, and go together in the next one, written in
-one trip to a worker thread. If that transaction fails for what may be one
-row's fault (a constraint), each row is written again in a transaction of its own, so
-that only the faulty row's message is refused, never its neighbours'. Several processes
+Written a batch at a time, in one transaction, by the Maildir's commit batch that made
+their messages durable (``MaildirStore``, ``Maildir.after_commit``). If that transaction
+fails for what may be one row's fault (a constraint), each row is written again in a
+transaction of its own, so that only the faulty row's message is refused, never its
+neighbours'. Several processes
 (``--workers``) share the file: SQLite lets one write at a time, and each waits for the
 others (``busy_timeout``) rather than fail.
 """
@@ -26,7 +26,6 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..._groupcommit import GroupCommit
 from .base import StoreError, unavailable
 from .schema import (
     CREATE_BOOKKEEPING,
@@ -58,9 +57,8 @@ class SqliteIndex:
         self.path = path
         self._busy_timeout = busy_timeout
         self._connection: sqlite3.Connection | None = None
-        #: One thread at a time on the connection (a batch, ``holds``, ``close``).
+        #: One thread at a time on the connection (``write``, ``holds``, ``close``).
         self._using = threading.Lock()
-        self._adding = GroupCommit[Row](self._write_batch)
 
     def create(self) -> None:
         """Open (creating it if need be) and bring the schema up to date.
@@ -83,14 +81,6 @@ class SqliteIndex:
                 self._connection.close()
                 self._connection = None
 
-    async def add(self, row: Row) -> None:
-        """Insert ``row``; return once it is committed, in one transaction with the rows
-        that came while the one before was being written. Raises StoreError."""
-        try:
-            await self._adding(row)
-        except sqlite3.Error as exc:
-            raise _error(exc) from None
-
     def holds(self, name: str) -> bool:
         """Whether a message named ``name`` has a row (in a worker thread: it blocks).
 
@@ -106,8 +96,9 @@ class SqliteIndex:
                 raise _error(exc) from None
         return found is not None
 
-    def _write_batch(self, rows: list[Row]) -> list[BaseException | None]:
-        """Commit ``rows``; for each, None or what refused it (in a worker thread).
+    def write(self, rows: list[Row]) -> list[OSError | None]:
+        """Commit ``rows``; for each, None or the StoreError that refused it (in a worker
+        thread: it blocks).
 
         One transaction for them all; if it fails, a row could be the cause (a
         constraint, a value that cannot be stored), and one row's fault must not refuse
@@ -121,14 +112,14 @@ class SqliteIndex:
                 return [None] * len(rows)
             except Exception as exc:
                 if len(rows) == 1 or not _a_row_could_cause(exc):
-                    return [exc] * len(rows)
+                    return [_store_error(exc)] * len(rows)
             return [self._write_alone(row) for row in rows]
 
-    def _write_alone(self, row: Row) -> Exception | None:
+    def _write_alone(self, row: Row) -> OSError | None:
         try:
             self._write([row])
         except Exception as exc:
-            return exc
+            return _store_error(exc)
         return None
 
     def _write(self, rows: list[Row]) -> None:
@@ -182,6 +173,14 @@ def _a_row_could_cause(exc: BaseException) -> bool:
     process's (a closed index, a cancellation, KeyboardInterrupt)."""
     return (isinstance(exc, Exception) and not isinstance(exc, StoreError)
             and not isinstance(exc, sqlite3.OperationalError))
+
+
+def _store_error(exc: Exception) -> StoreError:
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, sqlite3.Error):
+        return _error(exc)
+    return unavailable(f"indexing the message failed: {exc!r}")
 
 
 def _error(exc: sqlite3.Error) -> StoreError:
