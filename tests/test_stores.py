@@ -381,3 +381,18 @@ def test_report_days_out_of_range_is_a_one_line_error(tmp_path: Path, days: str)
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "--days" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_a_record_that_makes_no_row_is_a_store_error_and_leaves_no_file(
+        tmp_path: Path) -> None:
+    # A record the index cannot take (here, one missing its fields: a bug) must end as
+    # a temporary failure with neither the file nor a row, never a 250 nor a file
+    # without its row.
+    maildir, index = make_index(tmp_path)
+    store = MaildirStore(maildir, index)
+    writer = store.open()
+    await writer.write(b"Subject: x\r\n\r\nbody\r\n")
+    with pytest.raises(StoreError, match="indexing the message failed"):
+        await writer.commit({"file": writer.name})
+    assert os.listdir(maildir.path / "new") == []
+    assert rows(index.path, "SELECT count(*) FROM messages") == [(0,)]

@@ -30,7 +30,7 @@ from typing import Any
 from ...maildir import Maildir, MaildirWriter
 from ..hashstore import HashedWriter, open_writer
 from ..records import write_sidecar
-from .base import MessageWriter
+from .base import MessageWriter, unavailable
 from .schema import message_row
 from .sqlite import SqliteIndex
 
@@ -64,9 +64,11 @@ class MaildirStore:
         """In the commit batch's worker thread: each message's row, in one transaction;
         a message whose row is refused is taken back out of ``new/``."""
         assert self.index is not None
-        rows = [message_row(w.record, host=self.host, file=w.name, body=None)
-                for w in writers]
-        errors = self.index.write(rows)
+        try:
+            errors = self.index.write([message_row(w.record, host=self.host, file=w.name,
+                                                   body=None) for w in writers])
+        except Exception as exc:  # (a record that makes no row: a bug, never a 250)
+            errors = [unavailable(f"indexing the message failed: {exc!r}")] * len(writers)
         for writer, error in zip(writers, errors, strict=True):
             if error is not None:  # never a message without its row
                 (writer.maildir.path / "new" / writer.name).unlink(missing_ok=True)
