@@ -93,45 +93,60 @@ class ServerSpec:
                 # (as root, say it is meant: the program refuses otherwise)
                 *(["--user", "root"] if os.geteuid() == 0 else [])]
         lmtp_flag = ["--lmtp"] if lmtp else []
-        if self.tree is not None:  # "trio_smtpd library @REF" / "... transactions() @REF"
-            flags = [*lmtp_flag, *(["--transactions"] if "transactions" in self.name else [])]
+        name = base_name(self.name)  # (a baseline row runs as its row, from its tree)
+        if self.tree is not None and name in BASELINE_LIBRARY:
+            flags = [*lmtp_flag, *(["--transactions"] if "transactions" in name else [])]
             return [sys.executable, str(self.tree / "benchmarks" / "library_sink.py"),
                     str(port), *flags]
-        if self.name == "trio_smtpd library":
+        return self._named_command(name, trio, port, workdir, lmtp_flag)
+
+    def _named_command(self, name: str, trio: list[str], port: int, workdir: Path,
+                       lmtp_flag: list[str]) -> list[str]:
+        if name == "trio_smtpd library":
             return [sys.executable, str(Path(__file__).parent / "library_sink.py"), str(port),
                     *lmtp_flag]
-        if self.name == "trio_smtpd library (streams)":  # Config(direct_sockets=False)
+        if name == "trio_smtpd library (streams)":  # Config(direct_sockets=False)
             return [sys.executable, str(Path(__file__).parent / "library_sink.py"), str(port),
                     *lmtp_flag, "--streams"]
-        if self.name == "trio_smtpd transactions()":
+        if name == "trio_smtpd transactions()":
             return [sys.executable, str(Path(__file__).parent / "library_sink.py"), str(port),
                     *lmtp_flag, "--transactions"]
-        if self.name == "trio_smtpd --discard":
+        if name == "trio_smtpd --discard":
             return [*trio, "--discard", *lmtp_flag]
-        if self.name == "trio_smtpd maildir":  # files and sidecars only
+        if name == "trio_smtpd maildir":  # files and sidecars only
             return [*trio, "--maildir", str(workdir / "maildir"), "--store", "maildir",
                     *lmtp_flag]
-        if self.name == "trio_smtpd maildir+sqlite":  # the default store
+        if name == "trio_smtpd maildir+sqlite":  # the default store
             return [*trio, "--maildir", str(workdir / "maildir"), "--store", "sqlite",
                     *lmtp_flag]
-        if self.name == "trio_smtpd postgresql":  # a fresh database for every run
+        if name == "trio_smtpd postgresql":  # a fresh database for every run
             return [*trio, "--maildir", str(workdir / "maildir"), "--store",
                     pgserver.database(), *lmtp_flag]
-        if self.name == "trio_smtpd maildir+sqlite --workers 2":  # (spread as below)
+        if name == "trio_smtpd maildir+sqlite --workers 2":  # (spread as below)
             return [*trio, "--maildir", str(workdir / "maildir"), "--workers", "2",
                     "--worker-routing", "connection", *lmtp_flag]
-        if self.name == "trio_smtpd --discard --workers 2":
+        if name == "trio_smtpd --discard --workers 2":
             # smtp-source sends from one address, which the default routing (every
             # address to one worker) would give to one worker: spread connections.
             return [*trio, "--discard", "--workers", "2", "--worker-routing", "connection",
                     *lmtp_flag]
-        if self.name == "aiosmtpd":
+        if name == "aiosmtpd":
             return [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink",
                     "-l", f"127.0.0.1:{port}"]
-        if self.name == "smtp-sink":
+        if name == "smtp-sink":
             root = ["-u", "nobody"] if os.geteuid() == 0 else []  # it refuses root
-            return [SMTP_SINK, *root, *(["-L"] if lmtp else []), f"127.0.0.1:{port}", "256"]
-        raise ValueError(self.name)
+            return [SMTP_SINK, *root, *(["-L"] if lmtp_flag else []), f"127.0.0.1:{port}", "256"]
+        raise ValueError(name)
+
+
+#: The library rows of a ``--baseline`` tree run its own library_sink.py; its other rows
+#: (the sinkhole's) run ``-m trio_smtpd`` from that tree (``ServerSpec.environment``).
+BASELINE_LIBRARY = ("trio_smtpd library", "trio_smtpd transactions()")
+
+
+def base_name(name: str) -> str:
+    """A row's name without its ``@REF``."""
+    return name.split(" @")[0]
 
 
 SERVERS = [
@@ -290,7 +305,7 @@ def applies(spec: ServerSpec, workload: Workload) -> bool:
         return False
     if spec.name == "trio_smtpd postgresql" and not pgserver.available():
         return False
-    return not workload.servers or spec.name.split(" @")[0] in workload.servers
+    return not workload.servers or base_name(spec.name) in workload.servers
 
 
 def measure_once(spec: ServerSpec, workload: Workload) -> Run:
@@ -364,7 +379,7 @@ def durable_table(results: list[Result]) -> str:
              "CPU per message vs Postfix held |", "|---|---|---:|---:|---:|---:|"]
     for result in results:
         held = by_key.get(("postfix (held)", result.workload))
-        if result.server not in DURABLE or held is None:
+        if base_name(result.server) not in DURABLE or held is None:
             continue
         lines.append(
             f"| {result.workload} | {result.server} | {result.messages_per_second:.0f} | "
@@ -393,8 +408,9 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/latest.json")
     parser.add_argument("--only", action="append", default=[], help="server names to run")
     parser.add_argument("--baseline", metavar="REF",
-                        help="also run the library rows of this earlier commit, in turns "
-                             "with the others (before/after in one run)")
+                        help="also run our rows (the library's and the sinkhole's) of this "
+                             "earlier commit, in turns with the others (before/after in one "
+                             "run)")
     parser.add_argument("--workloads", default="abcde", help="which workloads (letters)")
     parser.add_argument("--report", metavar="JSON",
                         help="print the tables of an earlier run's JSON, and measure nothing")
@@ -405,15 +421,16 @@ def main() -> None:
     servers = list(SERVERS)
     if args.baseline:
         tree = baseline.extract(args.baseline)
-        servers += [ServerSpec(f"{name} @{args.baseline}", True, tree)
-                    for name in ("trio_smtpd library", "trio_smtpd transactions()")]
+        servers += [ServerSpec(f"{spec.name} @{args.baseline}", spec.lmtp_capable, tree)
+                    for spec in SERVERS if spec.name.startswith("trio_smtpd")]
     results = []
     atexit.register(pgserver.remove)
     for workload in workloads(args.quick):
         if workload.name not in args.workloads:
             continue
         specs = [spec for spec in servers if applies(spec, workload)
-                 and (not args.only or spec.name in args.only)]
+                 and (not args.only or spec.name in args.only
+                      or base_name(spec.name) in args.only)]
         for result in measure(specs, workload, args.runs):
             print(f"  {workload.name}: {result.server}: {result.messages_per_second:.0f} msg/s",
                   file=sys.stderr, flush=True)
