@@ -164,3 +164,21 @@ async def test_a_cancelled_caller_still_has_its_item_done_before_it_returns() ->
         assert not returned.is_set()
         work.gate.set()
     assert returned.is_set() and not commit._running
+
+
+async def test_a_batch_that_raises_past_exception_still_hands_on_its_turn() -> None:
+    # Even an exception that is no Exception (a KeyboardInterrupt in the worker thread)
+    # reaches every caller of its batch, and the next batch still runs.
+    calls: list[list[int]] = []
+
+    def work(items: list[int]) -> list[None]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return [None] * len(items)
+
+    commit = GroupCommit(work)
+    with pytest.raises(KeyboardInterrupt):
+        await commit(1)
+    await commit(2)
+    assert calls == [[1], [2]] and not commit._running

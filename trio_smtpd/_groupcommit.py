@@ -70,8 +70,8 @@ class GroupCommit(Generic[Item]):
             errors = list(await trio.to_thread.run_sync(self._work, [w.item for w in batch]))
             if len(errors) != len(batch):
                 raise RuntimeError(f"a batch of {len(batch)} got {len(errors)} outcomes")
-        except Exception as exc:  # (the batch's, not one item's)
-            errors = [exc] * len(batch)
+        except BaseException as exc:  # (the batch's, not one item's: each caller raises
+            errors = [exc] * len(batch)  # it, and the next batch still gets its turn)
         for waiter, error in zip(batch, errors, strict=True):
             # A copy each: one exception object raised in several tasks would gather all
             # their tracebacks.
