@@ -142,6 +142,8 @@ class ServerSpec:
 #: The library rows of a ``--baseline`` tree run its own library_sink.py; its other rows
 #: (the sinkhole's) run ``-m trio_smtpd`` from that tree (``ServerSpec.environment``).
 BASELINE_LIBRARY = ("trio_smtpd library", "trio_smtpd transactions()")
+#: Rows a baseline does not have: an earlier library_sink.py may lack ``--streams``.
+BASELINE_NOT = ("trio_smtpd library (streams)",)
 
 
 def base_name(name: str) -> str:
@@ -257,7 +259,7 @@ class Running:
     def __init__(self, spec: ServerSpec, lmtp: bool, workdir: Path) -> None:
         self.port = free_port()
         self.postfix: postfix.PostfixInstance | None = None
-        self.uses_postgresql = spec.name == "trio_smtpd postgresql"
+        self.uses_postgresql = base_name(spec.name) == "trio_smtpd postgresql"
         if spec.name.startswith("postfix"):
             self.postfix = postfix.PostfixInstance(workdir, self.port,
                                                    held="held" in spec.name)
@@ -303,7 +305,7 @@ def applies(spec: ServerSpec, workload: Workload) -> bool:
         return False
     if spec.name.startswith("postfix") and not postfix.available():
         return False
-    if spec.name == "trio_smtpd postgresql" and not pgserver.available():
+    if base_name(spec.name) == "trio_smtpd postgresql" and not pgserver.available():
         return False
     return not workload.servers or base_name(spec.name) in workload.servers
 
@@ -422,7 +424,8 @@ def main() -> None:
     if args.baseline:
         tree = baseline.extract(args.baseline)
         servers += [ServerSpec(f"{spec.name} @{args.baseline}", spec.lmtp_capable, tree)
-                    for spec in SERVERS if spec.name.startswith("trio_smtpd")]
+                    for spec in SERVERS if spec.name.startswith("trio_smtpd")
+                    and spec.name not in BASELINE_NOT]
     results = []
     atexit.register(pgserver.remove)
     for workload in workloads(args.quick):
