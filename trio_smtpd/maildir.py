@@ -91,19 +91,19 @@ class Maildir:
                         writer._discard()
         published = [w for w, e in zip(writers, errors, strict=True)
                      if e is None and w.published]
-        if published:
-            try:
-                self._timed_for(published, "directory",
-                                partial(_fsync_directory, self.path / "new"))
-            except OSError as exc:  # (the files stay in new/: a 451 may make a duplicate)
-                return [exc if w in published else e
-                        for w, e in zip(writers, errors, strict=True)]
+        if not published:
+            return errors
+        followed: Sequence[OSError | None] = [None] * len(published)
+        try:
+            self._timed_for(published, "directory",
+                            partial(_fsync_directory, self.path / "new"))
+        except OSError as exc:  # (the files stay in new/: a 451 may make a duplicate)
+            followed = [exc] * len(published)
+        else:
             if self.after_commit is not None:
-                followed = dict(zip(map(id, published), self.after_commit(published),
-                                    strict=True))
-                errors = [followed.get(id(w)) if e is None and w.published else e
-                          for w, e in zip(writers, errors, strict=True)]
-        return errors
+                followed = self.after_commit(published)
+        outcomes = dict(zip(map(id, published), followed, strict=True))
+        return [outcomes.get(id(w), e) for w, e in zip(writers, errors, strict=True)]
 
     def _timed_for(self, writers: list[MaildirWriter], what: str,
                    fsync: Callable[[], object]) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from ...maildir import Maildir, MaildirWriter
 
-__all__ = ["MessageWriter", "Store", "StoreError", "unavailable"]
+__all__ = ["MessageWriter", "Store", "StoreError", "indexing_failed", "unavailable"]
 
 
 class StoreError(OSError):
@@ -33,6 +33,12 @@ class StoreError(OSError):
 def unavailable(what: str, *, full: bool = False) -> StoreError:
     """A StoreError saying ``what``; ``full`` makes it a 452 (ENOSPC)."""
     return StoreError(errno.ENOSPC if full else errno.EIO, what)
+
+
+def indexing_failed(error: BaseException) -> StoreError:
+    """The StoreError for a record that ``error`` kept from the index (not one of the
+    database's own errors, which say what they are)."""
+    return unavailable(f"indexing the message failed: {error!r}")
 
 
 class MessageWriter(Protocol):

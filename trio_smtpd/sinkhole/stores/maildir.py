@@ -30,7 +30,7 @@ from typing import Any
 from ...maildir import Maildir, MaildirWriter
 from ..hashstore import HashedWriter, open_writer
 from ..records import write_sidecar
-from .base import MessageWriter, unavailable
+from .base import MessageWriter, indexing_failed
 from .schema import message_row
 from .sqlite import SqliteIndex
 
@@ -68,7 +68,7 @@ class MaildirStore:
             errors = self.index.write([message_row(w.record, host=self.host, file=w.name,
                                                    body=None) for w in writers])
         except Exception as exc:  # (a record that makes no row: a bug, never a 250)
-            errors = [unavailable(f"indexing the message failed: {exc!r}")] * len(writers)
+            errors = [indexing_failed(exc)] * len(writers)
         for writer, error in zip(writers, errors, strict=True):
             if error is not None:  # never a message without its row
                 (writer.maildir.path / "new" / writer.name).unlink(missing_ok=True)

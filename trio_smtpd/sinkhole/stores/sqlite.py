@@ -26,7 +26,7 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .base import StoreError, unavailable
+from .base import StoreError, indexing_failed, unavailable
 from .schema import (
     CREATE_BOOKKEEPING,
     LISTING_COLUMNS,
@@ -180,7 +180,7 @@ def _store_error(exc: Exception) -> StoreError:
         return exc
     if isinstance(exc, sqlite3.Error):
         return _error(exc)
-    return unavailable(f"indexing the message failed: {exc!r}")
+    return indexing_failed(exc)
 
 
 def _error(exc: sqlite3.Error) -> StoreError:
