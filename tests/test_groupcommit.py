@@ -48,18 +48,19 @@ async def test_items_that_come_while_a_batch_is_under_way_share_the_next_one() -
         done.append(item)
 
     async with trio.open_nursery() as nursery:
-        for item in range(20):
+        nursery.start_soon(one, 0)
+        await wait_for(lambda: len(work.batches) == 1)  # in its worker thread
+        for item in range(1, 20):
             nursery.start_soon(one, item)
-        # One batch is under way, with the item that found none; the rest wait, and
-        # nobody is done before its batch.
-        await wait_for(lambda: len(work.batches) == 1 and len(commit._pending) == 19)
-        assert done == []
+        # The rest wait for the next batch, and nobody is done before its batch.
+        await wait_for(lambda: len(commit._pending) == 19)
+        await trio.sleep(0.05)
+        assert done == [] and len(work.batches) == 1
         work.gate.set()
     assert sorted(done) == list(range(20))
-    assert [len(batch) for batch in work.batches] == [1, 19]
-    assert sorted(item for batch in work.batches for item in batch) == list(range(20))
+    assert [sorted(batch) for batch in work.batches] == [[0], list(range(1, 20))]
     assert work.most_at_once == 1
-    assert not commit._running  # and the next item starts a batch at once
+    await wait_for(lambda: not commit._running)  # and the next item starts a batch at once
     work.gate.clear()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(one, 20)
@@ -90,16 +91,20 @@ async def test_a_caller_returns_only_once_its_own_batch_is_done() -> None:
         returned[item] = finished
 
     async with trio.open_nursery() as nursery:
-        for item in range(5):
+        nursery.start_soon(one, 0)
+        await wait_for(lambda: len(batches) == 1)
+        for item in range(1, 5):
             nursery.start_soon(one, item)
         await wait_for(lambda: len(commit._pending) == 4)
-        [[first]] = batches
         gates[0].set()
-        await wait_for(lambda: first in returned)
-        assert returned == {first: 1}  # the others are in the second batch, not done yet
+        await wait_for(lambda: 0 in returned)
+        assert returned == {0: 1}  # the others are in the second batch, not done yet
+        await wait_for(lambda: len(batches) == 2)  # (the worker went straight on to it)
+        await trio.sleep(0.05)
+        assert returned == {0: 1}
         gates[1].set()
-    assert [len(batch) for batch in batches] == [1, 4]
-    assert returned == {item: 1 if item == first else 2 for item in range(5)}
+    assert [sorted(batch) for batch in batches] == [[0], [1, 2, 3, 4]]
+    assert returned == {item: 1 if item == 0 else 2 for item in range(5)}
 
 
 async def test_an_item_that_fails_fails_alone_and_a_failing_batch_fails_all() -> None:
@@ -163,7 +168,8 @@ async def test_a_cancelled_caller_still_has_its_item_done_before_it_returns() ->
         await trio.sleep(0.05)
         assert not returned.is_set()
         work.gate.set()
-    assert returned.is_set() and not commit._running
+    assert returned.is_set()
+    await wait_for(lambda: not commit._running)
 
 
 async def test_a_batch_that_raises_past_exception_still_hands_on_its_turn() -> None:
@@ -181,4 +187,32 @@ async def test_a_batch_that_raises_past_exception_still_hands_on_its_turn() -> N
     with pytest.raises(KeyboardInterrupt):
         await commit(1)
     await commit(2)
-    assert calls == [[1], [2]] and not commit._running
+    assert calls == [[1], [2]]
+    await wait_for(lambda: not commit._running)
+
+
+async def test_the_worker_goes_on_to_the_next_batch_without_the_event_loop() -> None:
+    # Under load the event loop is busy: a batch that waited for it to be started would
+    # add its delays to every commit. The worker takes what came during a batch itself.
+    second_started = threading.Event()
+    gates = [threading.Event(), threading.Event()]
+    batches: list[list[int]] = []
+
+    def work(items: list[int]) -> list[None]:
+        batches.append(list(items))
+        if len(batches) == 2:
+            second_started.set()
+        gates[len(batches) - 1].wait(10)
+        return [None] * len(items)
+
+    commit = GroupCommit(work)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(commit, 1)
+        await wait_for(lambda: len(batches) == 1)
+        nursery.start_soon(commit, 2)
+        await wait_for(lambda: len(commit._pending) == 1)
+        gates[0].set()
+        # The event loop is blocked from here until the second batch has begun.
+        assert second_started.wait(10)
+        gates[1].set()
+    assert batches == [[1], [2]]

@@ -112,10 +112,13 @@ async def test_concurrent_commits_share_directory_fsyncs(
         returned[name] = next(clock)
 
     async with trio.open_nursery() as nursery:
-        for number in range(20):
-            nursery.start_soon(deliver, number)
-        with trio.fail_after(10):  # one batch at its fsync, the rest waiting
-            while not started or len(maildir._commits._pending) < 19:
+        nursery.start_soon(deliver, 0)
+        with trio.fail_after(10):  # one batch at its fsync, then the rest waiting
+            while not started:
+                await trio.sleep(0.01)
+            for number in range(1, 20):
+                nursery.start_soon(deliver, number)
+            while len(maildir._commits._pending) < 19:
                 await trio.sleep(0.01)
         assert returned == {}
         gate.set()

@@ -9,11 +9,12 @@ Concurrent deliveries are committed together (a group commit, ``_groupcommit``):
 messages that come to be committed while a batch is in its worker thread go in the next
 batch. A batch writes out each message's file, then fsyncs each (on a file system with a
 journal, the first fsync commits the others' metadata with its own, and theirs find little
-left to do), renames each into ``new/``, and fsyncs ``new/`` once for them all. A worker
-thread is woken once per batch rather than once per message: in a Python process the
-handover of each trip (its thread, the GIL, the event loop's wake-up) costs more than the
-file system's work for a small message (benchmarks/README.md, "Commits in batches,
-measured properly").
+left to do), renames each into ``new/``, and fsyncs ``new/`` once for them all. One worker
+thread goes from batch to batch while commits keep coming, and the event loop is woken
+once per batch rather than once per message: in a Python process the handover of each
+trip (its thread, the GIL, the event loop's wake-up) costs more than the file system's
+work for a small message (benchmarks/README.md, "Commits in batches, measured
+properly" and "A worker that goes from batch to batch").
 
 File names follow the Maildir convention (``time.MusecPpidQcountRrandom.host``) so that
 several processes and hosts can deliver into one Maildir without colliding.
