@@ -310,6 +310,10 @@ def applies(spec: ServerSpec, workload: Workload) -> bool:
     return not workload.servers or base_name(spec.name) in workload.servers
 
 
+#: Above this, creating a file costs more than any server's own work for a message.
+SLOW_CREATION_US = 100
+
+
 class WorkArea:
     """Where every run of one bench works, each in a folder of its own, all removed only
     when the bench ends.
@@ -481,6 +485,11 @@ def main() -> None:
     creation = area.creation_cost()
     print(f"  creating a 1 KB file in {area.root}: {creation:.0f} µs", file=sys.stderr,
           flush=True)
+    if creation > SLOW_CREATION_US:
+        print("  (slow: files deleted here lately, by an earlier bench's clean-up too, make "
+              "each new file cost that much for every server; the durable rows will "
+              "measure it. Wait some minutes, or give --workdir a folder elsewhere)",
+              file=sys.stderr, flush=True)
     for workload in workloads(args.quick):
         if workload.name not in args.workloads:
             continue
