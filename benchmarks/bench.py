@@ -321,9 +321,9 @@ class WorkArea:
     Removing a run's files before the next run would slow the next server's file
     creations: on ext4 without a journal, the inode allocator looks up every inode freed
     in the last seconds (minutes, while its inode table block is dirty) before it takes
-    one, which measured here at 0.7 to 1 ms of kernel CPU per file created after a run's
-    3,000 files were deleted, against 20 to 30 µs elsewhere on the same disk. That is the
-    bench's own doing, not the servers', so the files stay until the end."""
+    one, so that each file created beside a run's deleted ones costs many times its
+    usual kernel time (measured in benchmarks/README.md, "Round 4"). That is the bench's
+    own doing, not the servers', so the files stay until the end."""
 
     def __init__(self, parent: str | None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="trio-smtpd-bench-", dir=parent))
