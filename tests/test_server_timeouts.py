@@ -35,6 +35,14 @@ async def memory_server(config: Config, *, lockstep: bool = False,
         server.shutdown()
 
 
+async def tarpit_every_client(delay: float, session: Session) -> None:
+    """A handler that accepts everything and holds back each reply by ``delay``."""
+    async for event in session:
+        if isinstance(event, trio_smtpd.Connect):
+            session.reply_delay = delay
+        event.accept()
+
+
 async def last_reply_then_closed(client: TestClient) -> ClientReply:
     """Read replies until the server closes; return the last one."""
     last = None
@@ -318,13 +326,8 @@ async def test_the_tarpit_holds_back_the_last_reply_too(
         autojump_clock: trio.testing.MockClock) -> None:
     # Found by review (2026-12-02): the 221 to QUIT (and any reply the session ends
     # with) went out at once; a tarpit holds back each batch of replies.
-    async def handler(session: Session) -> None:
-        async for event in session:
-            if isinstance(event, trio_smtpd.Connect):
-                session.reply_delay = 10.0
-            event.accept()
-
-    async with memory_server(Config(hostname="mx.test"), handler=handler) as (_s, listener):
+    async with memory_server(Config(hostname="mx.test"),
+                             handler=partial(tarpit_every_client, 10.0)) as (_s, listener):
         client = TestClient(await listener.connect())
         assert (await client.reply()).code == 220
         start = trio.current_time()
@@ -336,14 +339,8 @@ async def test_the_tarpit_holds_back_the_last_reply_too(
 async def test_a_tarpitted_client_gets_its_whole_command_timeout_after_the_reply(
         autojump_clock: trio.testing.MockClock) -> None:
     # The client cannot answer a reply it has not had: its time runs from the reply.
-    async def handler(session: Session) -> None:
-        async for event in session:
-            if isinstance(event, trio_smtpd.Connect):
-                session.reply_delay = 8.0
-            event.accept()
-
     config = Config(hostname="mx.test", timeouts=Timeouts(command=10))
-    async with memory_server(config, handler=handler) as (_s, listener):
+    async with memory_server(config, handler=partial(tarpit_every_client, 8.0)) as (_s, listener):
         client = TestClient(await listener.connect())
         assert (await client.reply()).code == 220
         assert (await client.command("EHLO c")).code == 250
