@@ -135,3 +135,12 @@ def listening_sockets(pids: set[int]) -> dict[int, str]:
             if inode in listening:
                 held[inode] = listening[inode]
     return held
+
+
+def commit_helpers(pid: int) -> list[int]:
+    """The commit processes (``trio_smtpd._commitprocess``) that ``pid`` started."""
+    children = []
+    for task in os.listdir(PROC / f"{pid}/task"):
+        children += (PROC / f"{pid}/task/{task}/children").read_text().split()
+    return [int(child) for child in children
+            if b"_commitprocess" in (PROC / f"{child}/cmdline").read_bytes()]

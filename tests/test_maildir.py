@@ -9,17 +9,32 @@ import os
 import re
 import stat
 import threading
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
-from trio_smtpd.maildir import Maildir, MaildirWriter
+from trio_smtpd.maildir import CommitProcess, Maildir, MaildirWriter
 from trio_smtpd.sinkhole.hashstore import HashedWriter
 
+MaildirFactory = Callable[[Path], Maildir]
 
-async def test_deliver_writes_into_new_only(tmp_path: Path) -> None:
-    maildir = Maildir(tmp_path / "mail")
+
+@pytest.fixture(params=["in-thread", "commit-process"])
+def new_maildir(request: pytest.FixtureRequest) -> Iterator[MaildirFactory]:
+    """Maildirs whose batches are committed in their own worker thread, or by a commit
+    process: the same behaviour either way."""
+    process = CommitProcess() if request.param == "commit-process" else None
+    yield partial(Maildir, commit_process=process)
+    if process is not None:
+        process.close()
+
+
+async def test_deliver_writes_into_new_only(
+        new_maildir: MaildirFactory, tmp_path: Path) -> None:
+    maildir = new_maildir(tmp_path / "mail")
     maildir.create()
     name = await maildir.deliver(b"Subject: x\r\n\r\nbody\r\n")
     assert (tmp_path / "mail" / "new" / name).read_bytes() == b"Subject: x\r\n\r\nbody\r\n"
@@ -27,8 +42,9 @@ async def test_deliver_writes_into_new_only(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "mail" / "cur") == []
 
 
-async def test_names_are_unique_and_follow_the_convention(tmp_path: Path) -> None:
-    maildir = Maildir(tmp_path)
+async def test_names_are_unique_and_follow_the_convention(
+        new_maildir: MaildirFactory, tmp_path: Path) -> None:
+    maildir = new_maildir(tmp_path)
     maildir.create()
     names = set()
     async with trio.open_nursery() as nursery:
@@ -43,8 +59,9 @@ async def test_names_are_unique_and_follow_the_convention(tmp_path: Path) -> Non
         assert "/" not in name and ":" not in name
 
 
-async def test_streamed_writer_commit_and_abort(tmp_path: Path) -> None:
-    maildir = Maildir(tmp_path)
+async def test_streamed_writer_commit_and_abort(
+        new_maildir: MaildirFactory, tmp_path: Path) -> None:
+    maildir = new_maildir(tmp_path)
     maildir.create()
     writer = maildir.open()
     writer.BUFFER = 4  # force a real write before the commit
@@ -180,10 +197,11 @@ async def test_a_message_that_fails_in_a_batch_fails_alone(
 
 @pytest.mark.parametrize("copy_file_range", ["kernel", "fallback"])
 async def test_prepend_before_and_after_the_buffer_is_flushed(
-        tmp_path: Path, copy_file_range: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        new_maildir: MaildirFactory, tmp_path: Path, copy_file_range: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     if copy_file_range == "fallback":
         monkeypatch.delattr(os, "copy_file_range", raising=False)
-    maildir = Maildir(tmp_path)
+    maildir = new_maildir(tmp_path)
     maildir.create()
     small = maildir.open()
     await small.write(b"body\r\n")
@@ -286,8 +304,9 @@ def test_create_is_idempotent_and_private(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "mail" / "tmp") == []  # the writability probe is gone
 
 
-async def test_messages_are_private_and_sizes_add_up(tmp_path: Path) -> None:
-    maildir = Maildir(tmp_path)
+async def test_messages_are_private_and_sizes_add_up(
+        new_maildir: MaildirFactory, tmp_path: Path) -> None:
+    maildir = new_maildir(tmp_path)
     maildir.create()
     writer = maildir.open()
     for part in (b"one ", b"two ", b"three"):
@@ -298,8 +317,9 @@ async def test_messages_are_private_and_sizes_add_up(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(tmp_path / "new" / name).st_mode) == 0o600
 
 
-async def test_writes_reach_the_file_once_the_buffer_is_full(tmp_path: Path) -> None:
-    maildir = Maildir(tmp_path)
+async def test_writes_reach_the_file_once_the_buffer_is_full(
+        new_maildir: MaildirFactory, tmp_path: Path) -> None:
+    maildir = new_maildir(tmp_path)
     maildir.create()
     writer = maildir.open()
     writer.BUFFER = 10
@@ -317,8 +337,9 @@ async def test_writes_reach_the_file_once_the_buffer_is_full(tmp_path: Path) -> 
     assert (tmp_path / "new" / name).read_bytes() == b"1234567890abcdefghij"
 
 
-async def test_a_finished_writer_refuses_more(tmp_path: Path) -> None:
-    maildir = Maildir(tmp_path)
+async def test_a_finished_writer_refuses_more(
+        new_maildir: MaildirFactory, tmp_path: Path) -> None:
+    maildir = new_maildir(tmp_path)
     maildir.create()
     writer = maildir.open()
     await writer.commit()
@@ -368,10 +389,11 @@ async def test_a_failed_commit_leaves_nothing_and_raises(
     assert os.listdir(tmp_path / "tmp") == [] and os.listdir(tmp_path / "new") == []
 
 
-async def test_cancellation_does_not_interrupt_a_commit_or_an_abort(tmp_path: Path) -> None:
+async def test_cancellation_does_not_interrupt_a_commit_or_an_abort(
+        new_maildir: MaildirFactory, tmp_path: Path) -> None:
     # Once a commit has begun, finishing the rename matters more than the cancel; an abort
     # must still remove its file. Both run in already-cancelled scopes here.
-    maildir = Maildir(tmp_path)
+    maildir = new_maildir(tmp_path)
     maildir.create()
     committed, aborted = maildir.open(), maildir.open()
     aborted.BUFFER = 1

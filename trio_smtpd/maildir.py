@@ -31,13 +31,14 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import trio
 
+from ._commitprocess import CommitProcess, FileCommit, FileOutcome, Unavailable
 from ._groupcommit import GroupCommit
 
-__all__ = ["Maildir", "MaildirWriter"]
+__all__ = ["CommitProcess", "Maildir", "MaildirWriter"]
 
 _counter = itertools.count(1)
 
@@ -53,8 +54,12 @@ def _safe_hostname() -> str:
 class Maildir:
     """A Maildir folder (created with tmp/, new/ and cur/ if missing)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *,
+                 commit_process: CommitProcess | None = None) -> None:
         self.path = Path(path)
+        #: Where the batches' file work is done, if not in their own worker thread
+        #: (see the module's docstring); it may serve several Maildirs.
+        self.commit_process = commit_process
         self._host = _safe_hostname()
         self._commits = GroupCommit[MaildirWriter](self._commit_batch)
         #: Told how long each message's fsyncs took, in seconds (for metrics): its
@@ -77,10 +82,24 @@ class Maildir:
         probe.unlink()
 
     def _commit_batch(self, writers: list[MaildirWriter]) -> list[OSError | None]:
-        """In a worker thread: commit ``writers``; for each, None or what failed it.
+        """In a worker thread: commit ``writers``; for each, None or what failed it."""
+        process = self.commit_process
+        if process is not None and process.usable and all(
+                w.commits_elsewhere for w in writers):
+            errors = self._commit_in(process, writers)
+        else:
+            errors = self._commit_here(writers)
+        published = [w for w, e in zip(writers, errors, strict=True)
+                     if e is None and w.published]
+        if not published or self.after_commit is None:
+            return errors
+        outcomes = dict(zip(map(id, published), self.after_commit(published), strict=True))
+        return [outcomes.get(id(w), e) for w, e in zip(writers, errors, strict=True)]
 
-        Step by step across the batch, so that one message's failure fails it alone
-        (it is discarded) and the others' fsyncs follow one another on the disk."""
+    def _commit_here(self, writers: list[MaildirWriter]) -> list[OSError | None]:
+        """In this thread, step by step across the batch, so that one message's failure
+        fails it alone (it is discarded) and the others' fsyncs follow one another on
+        the disk; then one fsync of ``new/``."""
         errors: list[OSError | None] = [None] * len(writers)
         for step in ("_write_out", "_fsync", "_publish"):  # (a subclass's own, if it has)
             for index, writer in enumerate(writers):
@@ -92,19 +111,40 @@ class Maildir:
                         writer._discard()
         published = [w for w, e in zip(writers, errors, strict=True)
                      if e is None and w.published]
-        if not published:
-            return errors
-        followed: Sequence[OSError | None] = [None] * len(published)
+        if published:
+            try:
+                self._timed_for(published, "directory",
+                                partial(_fsync_directory, self.path / "new"))
+            except OSError as exc:  # (the files stay in new/: a 451 may make a duplicate)
+                return [exc if w.published else e
+                        for w, e in zip(writers, errors, strict=True)]
+        return errors
+
+    def _commit_in(self, process: CommitProcess, writers: list[MaildirWriter]
+                   ) -> list[OSError | None]:
+        """The same steps, done by the commit process (``_commitprocess``)."""
         try:
-            self._timed_for(published, "directory",
-                            partial(_fsync_directory, self.path / "new"))
-        except OSError as exc:  # (the files stay in new/: a 451 may make a duplicate)
-            followed = [exc] * len(published)
-        else:
-            if self.after_commit is not None:
-                followed = self.after_commit(published)
-        outcomes = dict(zip(map(id, published), followed, strict=True))
-        return [outcomes.get(id(w), e) for w, e in zip(writers, errors, strict=True)]
+            outcomes = process.commit(str(self.path / "new"),
+                                      [w._commit_request() for w in writers])
+        except Unavailable:
+            return self._commit_here(writers)  # (and every batch after it)
+        except OSError as exc:
+            for writer in writers:
+                writer._discard()
+            return [exc] * len(writers)
+        errors: list[OSError | None] = []
+        for writer, outcome in zip(writers, outcomes, strict=True):
+            errors.append(writer._committed_elsewhere(outcome.error))
+            if outcome.error is None:
+                self._tell_fsync(outcome)
+        return errors
+
+    def _tell_fsync(self, outcome: FileOutcome) -> None:
+        on_fsync = self.on_fsync
+        if on_fsync is not None and outcome.fsync_seconds is not None:
+            on_fsync("file", outcome.fsync_seconds)
+            if outcome.directory_seconds is not None:
+                on_fsync("directory", outcome.directory_seconds)
 
     def _timed_for(self, writers: list[MaildirWriter], what: str,
                    fsync: Callable[[], object]) -> None:
@@ -152,6 +192,9 @@ class MaildirWriter:
     #: Octets kept before the first write to ``tmp/`` (and between writes): one
     #: connection's worth of memory for a message on its way.
     BUFFER = 32 * 1024
+    #: Whether a commit process can commit it: it is written out, fsynced and renamed
+    #: as here (a subclass with steps of its own is committed in its batch's thread).
+    commits_elsewhere: ClassVar[bool] = True
 
     def __init__(self, maildir: Maildir, name: str) -> None:
         self.maildir = maildir
@@ -263,6 +306,25 @@ class MaildirWriter:
     def _publish(self) -> None:
         os.rename(self._tmp, self.maildir.path / "new" / self.name)
         self.published = True
+
+    def _commit_request(self) -> FileCommit:
+        """What the commit process is to do (the buffer is kept until it has done it:
+        a helper that cannot start leaves the commit to this process)."""
+        return FileCommit(str(self._tmp), str(self.maildir.path / "new" / self.name),
+                          b"".join(self._pending), self._fd)
+
+    def _committed_elsewhere(self, error: tuple[int, str] | None) -> OSError | None:
+        """Its outcome from the commit process: None once it is in ``new/``."""
+        self._pending.clear()
+        self._pending_size = 0
+        if error is None:
+            self.published = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            return None
+        self._discard()
+        return OSError(*error)
 
     def _discard(self) -> None:
         if self._fd is not None:
