@@ -22,6 +22,7 @@ import trio
 import trio.testing
 
 from tests.conftest import Sinkhole
+from tests.processes import commit_helpers, wait_gone
 from trio_smtpd import Config, serve
 from trio_smtpd.maildir import Maildir, MaildirWriter
 from trio_smtpd.sinkhole.handler import SinkholeHandler
@@ -48,6 +49,22 @@ def test_sigkill_under_load_loses_no_acknowledged_message_postgresql(
     # (A test of its own, not a parameter: the PostgreSQL server is a session fixture,
     # started before the test's leak check looks, and the test is interop.)
     sigkill_under_load(sinkhole_factory, postgres_url, "postgresql")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_the_commit_process_ends_with_the_sinkhole(sinkhole_factory: Factory,
+                                                   signum: int) -> None:
+    # The files are written, fsynced and renamed by one helper process (the commit
+    # process), which must not outlive the server, however it ends.
+    sinkhole = sinkhole_factory()
+    with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
+        client.sendmail("a@example.org", ["b@example.net"], message("one"))
+        [helper] = commit_helpers(sinkhole.process.pid)
+        client.sendmail("a@example.org", ["b@example.net"], message("two"))
+    assert commit_helpers(sinkhole.process.pid) == [helper]  # (one for the server's life)
+    assert len(sinkhole.stored()) == 2
+    sinkhole.stop(signum)
+    assert not wait_gone({helper}, 10)
 
 
 def sigkill_under_load(sinkhole_factory: Factory, spec: str, store: str) -> None:

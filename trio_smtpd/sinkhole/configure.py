@@ -16,7 +16,7 @@ from .. import Config, Timeouts
 from .._ratelimit import RateLimit
 from .._settings import Authenticator, is_server_name
 from ..dns import Resolver, parse_nameserver
-from ..maildir import Maildir
+from ..maildir import CommitProcess, Maildir
 from ..verify import KINDS
 from .authguard import AuthGuard
 from .handler import SinkholeHandler
@@ -394,6 +394,7 @@ def make_store(args: argparse.Namespace, maildir: Maildir | None) -> Store | Non
         return None
     try:
         return open_store(spec, maildir, body_limit=args.store_body_limit,
-                          timeout=args.store_timeout, connections=args.store_connections)
+                          timeout=args.store_timeout, connections=args.store_connections,
+                          commit_process=CommitProcess())
     except (OSError, ValueError, SchemaError) as exc:
         raise ConfigError(f"cannot use the store: {exc}") from None

@@ -103,6 +103,8 @@ class HashedWriter(MaildirWriter):
     name); only the commit differs: the name is filled in, and the file is linked into
     ``new/`` unless a message of that name is there already."""
 
+    commits_elsewhere = False  # (its name is filled in, and it is linked, here)
+
     def __init__(self, maildir: Maildir, kind: str) -> None:
         super().__init__(maildir, maildir.unique_name())  # (its name in tmp/)
         self.kind = kind

@@ -12,7 +12,7 @@ in ``schema`` and ``migrations/``.
 
 from __future__ import annotations
 
-from ...maildir import Maildir
+from ...maildir import CommitProcess, Maildir
 from .base import MessageWriter, Store, StoreError
 from .maildir import MaildirStore
 from .postgresql import PostgresStore
@@ -27,17 +27,18 @@ def is_postgresql(spec: str) -> bool:
 
 
 def open_store(spec: str, maildir: Maildir, *, body_limit: int, timeout: float,
-               connections: int) -> Store:
-    """The store ``--store`` names, ready (its schema up to date).
+               connections: int, commit_process: CommitProcess | None = None) -> Store:
+    """The store ``--store`` names, ready (its schema up to date). A Maildir store's
+    files are committed by ``commit_process`` if it is given, which it then owns.
 
     Raises ValueError for a ``spec`` that names no store, StoreError for one that
     cannot be used (no database, a schema newer than this program, no psycopg)."""
     if spec == "maildir":
-        return MaildirStore(maildir)
+        return MaildirStore(maildir, commit_process=commit_process)
     if spec == "sqlite":
         index = SqliteIndex(maildir.path / INDEX_NAME)
         index.create()
-        return MaildirStore(maildir, index)
+        return MaildirStore(maildir, index, commit_process)
     if is_postgresql(spec):
         from .postgresql import available
 

@@ -12,6 +12,10 @@ not written beside an index row: the row holds the same record, and a second fil
 message is a second inode to allocate and a second directory to lock for every message
 (issue 22; benchmarks/README.md).
 
+The file work of every Maildir the store writes to (its own and the rules' savedirs) is
+done by one commit process when the program gives it one (``open_store``; the sinkhole
+does), which ``aclose()`` ends; the records stay in the batch's thread.
+
 A message for a rule's ``savedir`` is a file in that Maildir, and a row in this store's
 index all the same (its record names the savedir), or a sidecar in the savedir's
 ``meta/`` without an index. With ``--save-hash`` the file is named by its hash
@@ -27,7 +31,9 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from ...maildir import Maildir, MaildirWriter
+import trio
+
+from ...maildir import CommitProcess, Maildir, MaildirWriter
 from ..hashstore import HashedWriter, open_writer
 from ..records import write_sidecar
 from .base import MessageWriter, indexing_failed
@@ -40,9 +46,13 @@ __all__ = ["MaildirStore"]
 class MaildirStore:
     """Messages in ``maildir``; rows in ``index`` too, unless it is None."""
 
-    def __init__(self, maildir: Maildir, index: SqliteIndex | None = None) -> None:
+    def __init__(self, maildir: Maildir, index: SqliteIndex | None = None,
+                 commit_process: CommitProcess | None = None) -> None:
         self.maildir = maildir
         self.index = index
+        #: Where the file work of every Maildir it writes to is done (None: in the
+        #: commit batch's own thread); ended by ``aclose()``.
+        self.commit_process = commit_process
         self.host = socket.gethostname()
         self.description = "maildir" if index is None else f"sqlite:{index.path}"
 
@@ -51,6 +61,7 @@ class MaildirStore:
         target = maildir or self.maildir
         # The records are written in the commit's own batch (Maildir.after_commit).
         target.after_commit = _write_sidecars if self.index is None else self._write_rows
+        target.commit_process = self.commit_process
         writer = open_writer(target, save_hash)
         if isinstance(writer, HashedWriter) and self.index is not None:
             writer.recorded = self.index.holds
@@ -59,6 +70,8 @@ class MaildirStore:
     async def aclose(self) -> None:
         if self.index is not None:
             self.index.close()
+        if self.commit_process is not None:
+            await trio.to_thread.run_sync(self.commit_process.close)
 
     def _write_rows(self, writers: list[MaildirWriter]) -> list[OSError | None]:
         """In the commit batch's worker thread: each message's row, in one transaction;
