@@ -16,6 +16,15 @@ trip (its thread, the GIL, the event loop's wake-up) costs more than the file sy
 work for a small message (benchmarks/README.md, "Commits in batches, measured
 properly" and "A worker that goes from batch to batch").
 
+With a commit process (``Maildir(path, commit_process=CommitProcess())``, what the
+sinkhole does), the batch's thread hands the file work (write out, fsyncs, renames, the
+fsync of ``new/``) to that helper process and waits for its answer: the same steps in
+the same order, without the dozen returns from system calls per message that each wait
+for the GIL the event loop holds (``_commitprocess``). ``after_commit`` still runs in
+the batch's thread. A ``MaildirWriter`` subclass with commit steps of its own says so
+(``commits_elsewhere = False``) and is committed in the batch's thread, as is every
+batch once the commit process is closed or could not be started.
+
 File names follow the Maildir convention (``time.MusecPpidQcountRrandom.host``) so that
 several processes and hosts can deliver into one Maildir without colliding.
 """
