@@ -405,13 +405,16 @@ def table(results: list[Result]) -> str:
     for result in results:
         aio = by_key.get(("aiosmtpd", result.workload))
         sink = by_key.get(("smtp-sink", result.workload))
+        aio_rate = aio.messages_per_second if aio else None
+        aio_cpu = aio.cpu_seconds_per_1000 if aio else None
+        sink_rate = sink.messages_per_second if sink else None
         lines.append(
             f"| {result.workload} | {result.server} | {result.messages_per_second:.0f} | "
             f"{result.cpu_seconds_per_1000:.3f} | {result.kernel_share:.0%} | "
             f"{result.peak_rss_mb:.1f} | "
-            f"{ratio(result.messages_per_second, aio and aio.messages_per_second, True)} | "
-            f"{ratio(result.cpu_seconds_per_1000, aio and aio.cpu_seconds_per_1000, False)} | "
-            f"{ratio(result.messages_per_second, sink and sink.messages_per_second, True)} |")
+            f"{ratio(result.messages_per_second, aio_rate, True)} | "
+            f"{ratio(result.cpu_seconds_per_1000, aio_cpu, False)} | "
+            f"{ratio(result.messages_per_second, sink_rate, True)} |")
     return "\n".join(lines)
 
 
