@@ -16,7 +16,8 @@ import pytest
 import trio
 
 from trio_smtpd import _commitprocess
-from trio_smtpd.maildir import CommitProcess, Maildir, MaildirWriter
+from trio_smtpd._commitprocess import Database
+from trio_smtpd.maildir import CommitProcess, Maildir, MaildirWriter, RecordsInDatabase
 
 from .processes import alive, commit_helpers, wait_gone
 
@@ -119,12 +120,18 @@ async def test_a_batch_with_more_descriptors_than_one_request_carries(
         b"message %d\r\n" % number for number in range(8)}
 
 
-async def test_a_helper_that_died_idle_is_replaced_unseen(
-        tmp_path: Path, process: CommitProcess) -> None:
-    maildir = Maildir(tmp_path, commit_process=process)
+async def with_a_helper(path: Path, process: CommitProcess) -> tuple[Maildir, int]:
+    """A Maildir in ``path`` that has committed a message, and the helper that did."""
+    maildir = Maildir(path, commit_process=process)
     maildir.create()
     await maildir.deliver(b"first")
     [helper] = commit_helpers(os.getpid())
+    return maildir, helper
+
+
+async def test_a_helper_that_died_idle_is_replaced_unseen(
+        tmp_path: Path, process: CommitProcess) -> None:
+    maildir, helper = await with_a_helper(tmp_path, process)
     os.kill(helper, signal.SIGKILL)
     assert not wait_gone({helper}, 10)
     await maildir.deliver(b"second")  # no 451 for a helper that was not working on it
@@ -163,10 +170,7 @@ async def test_signals_that_stop_the_server_do_not_stop_its_helper(
         tmp_path: Path, process: CommitProcess) -> None:
     # SIGINT from a terminal or SIGTERM to a whole service stops the server gracefully:
     # its helper must go on until the server closes it, after the last commit.
-    maildir = Maildir(tmp_path, commit_process=process)
-    maildir.create()
-    await maildir.deliver(b"first")
-    [helper] = commit_helpers(os.getpid())
+    maildir, helper = await with_a_helper(tmp_path, process)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         os.kill(helper, signum)
     await trio.sleep(0.2)
@@ -247,12 +251,12 @@ async def test_a_helper_lost_between_parts_of_a_batch_fails_it_rather_than_redo_
     real_request = CommitProcess._request
     parts: list[int] = []
 
-    def request(self: CommitProcess, new: str, files: list[_commitprocess.FileCommit]
-                ) -> list[_commitprocess.FileOutcome]:
+    def request(self: CommitProcess, new: str, files: list[_commitprocess.FileCommit],
+                records: _commitprocess.Records | None) -> list[_commitprocess.FileOutcome]:
         parts.append(len(files))
         if len(parts) == 2:
             raise _commitprocess.Unavailable(errno.EIO, "no commit process")
-        return real_request(self, new, files)
+        return real_request(self, new, files, records)
 
     monkeypatch.setattr(CommitProcess, "_request", request)
     maildir = Maildir(tmp_path, commit_process=process)
@@ -265,3 +269,30 @@ async def test_a_helper_lost_between_parts_of_a_batch_fails_it_rather_than_redo_
     assert os.listdir(tmp_path / "new") == [writers[0].name]
     assert (tmp_path / "new" / writers[0].name).read_bytes() == b"message\r\n"
     assert os.listdir(tmp_path / "tmp") == []
+
+
+async def test_records_the_helper_cannot_write_keep_every_message_of_the_batch_out(
+        tmp_path: Path, process: CommitProcess) -> None:
+    # The database's own error (here a table that is not there) is every message's:
+    # none is tried again alone, and none stays in new/ without its record.
+    (tmp_path / "db").write_bytes(b"")
+    maildir = Maildir(tmp_path / "mail", commit_process=process)
+    maildir.create()
+    maildir.records = RecordsInDatabase(
+        Database(str(tmp_path / "db"), ("PRAGMA foreign_keys=ON",), 1.0),
+        lambda writer: [("INSERT INTO missing VALUES (?)", [(writer.name,)])],
+        lambda error: OSError(errno.EIO, f"{error.database} {error.text}"))
+    failures: list[str] = []
+
+    async def deliver(number: int) -> None:
+        try:
+            await maildir.deliver(b"message %d" % number)
+        except OSError as exc:
+            failures.append(str(exc))
+
+    async with trio.open_nursery() as nursery:
+        for number in range(5):
+            nursery.start_soon(deliver, number)
+    assert failures == ["[Errno 5] True no such table: missing"] * 5
+    assert os.listdir(tmp_path / "mail" / "new") == []
+    assert os.listdir(tmp_path / "mail" / "tmp") == []

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,16 @@ import trio.testing
 from tests.conftest import AS_ROOT, Sinkhole
 from tests.dnsserver import Unbound
 from tests.wire import Wire
-from trio_smtpd.maildir import Maildir
+from trio_smtpd.maildir import CommitProcess, Maildir
 from trio_smtpd.sinkhole.handler import SinkholeHandler
 from trio_smtpd.sinkhole.report import VIEWS, report_command
-from trio_smtpd.sinkhole.stores import MaildirStore, SqliteIndex, StoreError, open_store
+from trio_smtpd.sinkhole.stores import (
+    MaildirStore,
+    MessageWriter,
+    SqliteIndex,
+    StoreError,
+    open_store,
+)
 from trio_smtpd.sinkhole.stores.schema import Row, SchemaError, message_row, migrations
 from trio_smtpd.testing import open_client
 
@@ -43,9 +50,21 @@ def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
         return connection.execute(sql).fetchall()
 
 
-async def test_a_message_gets_its_file_and_its_rows_and_no_sidecar(tmp_path: Path) -> None:
+@pytest.fixture(params=["in-thread", "commit-process"])
+def committer(request: pytest.FixtureRequest) -> Iterator[CommitProcess | None]:
+    """Rows written in the commit batch's thread, or by the commit process (which
+    writes the files too): the same rows either way."""
+    process = CommitProcess() if request.param == "commit-process" else None
+    yield process
+    if process is not None:
+        process.close()
+
+
+async def test_a_message_gets_its_file_and_its_rows_and_no_sidecar(
+        tmp_path: Path, committer: CommitProcess | None) -> None:
     maildir, index = make_index(tmp_path)
-    handler = SinkholeHandler("mx.test", maildir, store=MaildirStore(maildir, index))
+    handler = SinkholeHandler("mx.test", maildir,
+                              store=MaildirStore(maildir, index, committer))
     async with open_client(handler=handler) as client:
         replies = await client.send_message("Spam@Example.ORG", ["a@trap.test", "b@trap.test"],
                                             BODY)
@@ -68,11 +87,12 @@ async def test_a_message_gets_its_file_and_its_rows_and_no_sidecar(tmp_path: Pat
 
 
 async def test_a_message_whose_row_cannot_be_written_is_refused_and_not_kept(
-        tmp_path: Path) -> None:
+        tmp_path: Path, committer: CommitProcess | None) -> None:
     maildir, index = make_index(tmp_path)
     with sqlite3.connect(index.path) as other:  # the index breaks behind the server's back
         other.execute("DROP TABLE recipients")
-    handler = SinkholeHandler("mx.test", maildir, store=MaildirStore(maildir, index))
+    handler = SinkholeHandler("mx.test", maildir,
+                              store=MaildirStore(maildir, index, committer))
     async with open_client(handler=handler) as client:
         replies = await client.send_message("a@example.org", ["b@trap.test"], BODY)
     assert replies[-1].code == 451
@@ -145,6 +165,70 @@ def test_a_failing_row_of_a_batch_fails_alone(tmp_path: Path) -> None:
     transactions.clear()
     assert index.write([row(f"more{n}") for n in range(4)]) == [None] * 4
     assert len(transactions) == 1  # four rows, one transaction
+
+
+async def test_the_commit_process_writes_the_rows_and_refuses_one_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With a commit process, the rows are its to write (never this process's), in one
+    # transaction; a row a constraint refuses fails its message alone, whose file is
+    # taken back out of new/, as in the batch's own thread.
+    maildir, index = make_index(tmp_path)
+    process = CommitProcess()
+    store = MaildirStore(maildir, index, process)
+
+    def not_here(rows: list[Row]) -> list[OSError | None]:
+        raise AssertionError("rows written in the server's process")
+
+    monkeypatch.setattr(index, "write", not_here)
+    writers = [store.open() for _ in range(3)]
+    for number, writer in enumerate(writers):
+        await writer.write(b"Subject: %d\r\n\r\nbody\r\n" % number)
+    taken = writers[1].name
+    with sqlite3.connect(index.path) as other:
+        other.execute("INSERT INTO messages (name, host, received, session, sender, size, "
+                      "sha256, metadata) VALUES (?, 'h', '', '', '', 0, '', '{}')", (taken,))
+    outcomes: dict[str, object] = {}
+    listed = [{"list": "zen.example", "kind": "dnsbl", "subject": "192.0.2.7",
+               "codes": ["127.0.0.2"], "reason": "listed"}]
+
+    async def commit(writer: MessageWriter) -> None:
+        try:
+            outcomes[writer.name] = await writer.commit(record(
+                writer.name, recipients=["a@trap.test", "b@trap.test"], listings=listed))
+        except StoreError as exc:
+            outcomes[writer.name] = exc
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for writer in writers:
+                nursery.start_soon(commit, writer)
+    finally:
+        await store.aclose()
+    good = [writers[0].name, writers[2].name]
+    assert [outcomes[name] for name in good] == good
+    assert isinstance(outcomes[taken], StoreError) and "UNIQUE" in str(outcomes[taken])
+    assert sorted(os.listdir(maildir.path / "new")) == sorted(good)
+    assert rows(index.path, "SELECT m.name, r.address, l.list FROM messages m JOIN "
+                            "recipients r ON r.message_id = m.id JOIN listings l ON "
+                            "l.message_id = m.id ORDER BY m.name, r.position") == [
+        (name, address, "zen.example") for name in sorted(good)
+        for address in ("a@trap.test", "b@trap.test")]
+    assert not process.usable  # (the store's aclose ended it)
+
+
+async def test_a_record_that_makes_no_row_keeps_its_message_out_with_a_commit_process(
+        tmp_path: Path) -> None:
+    maildir, index = make_index(tmp_path)
+    store = MaildirStore(maildir, index, CommitProcess())
+    writer = store.open()
+    await writer.write(b"Subject: x\r\n\r\nbody\r\n")
+    try:
+        with pytest.raises(StoreError, match="indexing the message failed"):
+            await writer.commit({"file": writer.name})  # (no sender, no recipients...)
+    finally:
+        await store.aclose()
+    assert os.listdir(maildir.path / "new") == [] and os.listdir(maildir.path / "tmp") == []
+    assert rows(index.path, "SELECT count(*) FROM messages") == [(0,)]
 
 
 def test_migrations_apply_once_and_a_newer_schema_is_refused(tmp_path: Path) -> None:

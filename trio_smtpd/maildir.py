@@ -20,8 +20,11 @@ With a commit process (``Maildir(path, commit_process=CommitProcess())``, what t
 sinkhole does), the batch's thread hands the file work (write out, fsyncs, renames, the
 fsync of ``new/``) to that helper process and waits for its answer: the same steps in
 the same order, without the dozen returns from system calls per message that each wait
-for the GIL the event loop holds (``_commitprocess``). ``after_commit`` still runs in
-the batch's thread. A ``MaildirWriter`` subclass with commit steps of its own says so
+for the GIL the event loop holds (``_commitprocess``). The records then written
+(``after_commit``) run in the batch's thread, unless they are rows of an SQLite
+database (``records``): the commit process writes those too, once the files are
+durable, and takes back out of ``new/`` a message whose row it could not write. A
+``MaildirWriter`` subclass with commit steps of its own says so
 (``commits_elsewhere = False``) and is committed in the batch's thread, as is every
 batch once the commit process is closed or could not be started.
 
@@ -38,16 +41,27 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
 import trio
 
-from ._commitprocess import CommitProcess, FileCommit, FileOutcome, Unavailable
+from ._commitprocess import (
+    CommitProcess,
+    Database,
+    FileCommit,
+    FileOutcome,
+    RecordError,
+    Records,
+    Statement,
+    Unavailable,
+)
 from ._groupcommit import GroupCommit
 
-__all__ = ["CommitProcess", "Maildir", "MaildirWriter"]
+__all__ = ["CommitProcess", "Maildir", "MaildirWriter", "RecordsInDatabase"]
 
 _counter = itertools.count(1)
 
@@ -58,6 +72,17 @@ AfterCommit = Callable[[list["MaildirWriter"]], Sequence[OSError | None]]
 def _safe_hostname() -> str:
     # Maildir reserves "/" and ":" in file names; encode them as the convention says.
     return socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+
+
+@dataclass(frozen=True)
+class RecordsInDatabase:
+    """Each message's records as SQL statements (``statements(writer)``, run in
+    ``database`` once the message is durable) and the exception that fails a message
+    whose records were not written (``error``)."""
+
+    database: Database
+    statements: Callable[[MaildirWriter], list[Statement]]
+    error: Callable[[RecordError], OSError]
 
 
 class Maildir:
@@ -81,6 +106,10 @@ class Maildir:
         #: for each None or the exception that fails its commit (and then takes it
         #: back out of ``new/`` if it must not stay).
         self.after_commit: AfterCommit | None = None
+        #: The same records as rows of an SQLite database, for a commit process to
+        #: write in place of ``after_commit`` once it has made the batch's files
+        #: durable (then the batch's thread writes none).
+        self.records: RecordsInDatabase | None = None
 
     def create(self) -> None:
         """Create the folders and check that ``tmp/`` is writable (raises OSError)."""
@@ -95,9 +124,13 @@ class Maildir:
         process = self.commit_process
         if process is not None and process.usable and all(
                 w.commits_elsewhere for w in writers):
-            errors = self._commit_in(process, writers)
-        else:
-            errors = self._commit_here(writers)
+            with suppress(Unavailable):  # (then nothing was done: it is done here)
+                return self._commit_in(process, writers)
+        return self._follow(writers, self._commit_here(writers))
+
+    def _follow(self, writers: list[MaildirWriter], errors: list[OSError | None]
+                ) -> list[OSError | None]:
+        """``after_commit`` for those of ``writers`` now in ``new/``."""
         published = [w for w, e in zip(writers, errors, strict=True)
                      if e is None and w.published]
         if not published or self.after_commit is None:
@@ -131,22 +164,49 @@ class Maildir:
 
     def _commit_in(self, process: CommitProcess, writers: list[MaildirWriter]
                    ) -> list[OSError | None]:
-        """The same steps, done by the commit process (``_commitprocess``)."""
+        """The same steps, done by the commit process (``_commitprocess``), then the
+        records: written by it too (``records``), or else here (``after_commit``).
+        Raises Unavailable, and then has done nothing."""
+        records = self.records
+        errors: list[OSError | None] = [None] * len(writers)
+        groups: list[list[Statement]] = []
+        if records is not None:
+            for index, writer in enumerate(writers):
+                try:
+                    groups.append(records.statements(writer))
+                except Exception as exc:  # (a message that makes no record: never a 250)
+                    errors[index] = records.error(RecordError(None, repr(exc), False))
+        going = [w for w, e in zip(writers, errors, strict=True) if e is None]
         try:
-            outcomes = process.commit(str(self.path / "new"),
-                                      [w._commit_request() for w in writers])
+            outcomes = process.commit(
+                str(self.path / "new"), [w._commit_request() for w in going],
+                None if records is None else Records(records.database, groups))
         except Unavailable:
-            return self._commit_here(writers)  # (and every batch after it)
+            raise
         except OSError as exc:
             for writer in writers:
                 writer._discard()
             return [exc] * len(writers)
-        errors: list[OSError | None] = []
-        for writer, outcome in zip(writers, outcomes, strict=True):
-            errors.append(writer._committed_elsewhere(outcome.error))
-            if outcome.error is None:
-                self._tell_fsync(outcome)
-        return errors
+        results = dict(zip(map(id, going), outcomes, strict=True))
+        for index, writer in enumerate(writers):
+            outcome = results.get(id(writer))
+            if outcome is None:  # (its statements failed: it was not sent)
+                writer._discard()
+                continue
+            errors[index] = self._settle(writer, outcome)
+        return errors if records is not None else self._follow(writers, errors)
+
+    def _settle(self, writer: MaildirWriter, outcome: FileOutcome) -> OSError | None:
+        """What became of ``writer`` in the commit process, told to it and the metrics."""
+        error = writer._committed_elsewhere(outcome.error)
+        if outcome.error is not None:
+            return error
+        self._tell_fsync(outcome)
+        if outcome.record_error is None:
+            return None
+        writer.published = False  # (the commit process took it back out of new/)
+        assert self.records is not None
+        return self.records.error(outcome.record_error)
 
     def _tell_fsync(self, outcome: FileOutcome) -> None:
         on_fsync = self.on_fsync

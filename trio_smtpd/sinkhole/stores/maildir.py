@@ -14,7 +14,10 @@ message is a second inode to allocate and a second directory to lock for every m
 
 The file work of every Maildir the store writes to (its own and the rules' savedirs) is
 done by one commit process when the program gives it one (``open_store``; the sinkhole
-does), which ``aclose()`` ends; the records stay in the batch's thread.
+does), which ``aclose()`` ends. The index's rows are then written by that process too,
+in its own connection to the index, once it has made their messages durable
+(``Maildir.records``); sidecars, and the rows of batches committed in their own thread
+(hash-named messages), are written in the batch's thread.
 
 A message for a rule's ``savedir`` is a file in that Maildir, and a row in this store's
 index all the same (its record names the savedir), or a sidecar in the savedir's
@@ -33,12 +36,13 @@ from typing import Any
 
 import trio
 
-from ...maildir import CommitProcess, Maildir, MaildirWriter
+from ..._commitprocess import Statement
+from ...maildir import CommitProcess, Maildir, MaildirWriter, RecordsInDatabase
 from ..hashstore import HashedWriter, open_writer
 from ..records import write_sidecar
 from .base import MessageWriter, indexing_failed
 from .schema import message_row
-from .sqlite import SqliteIndex
+from .sqlite import SqliteIndex, record_error, row_statements
 
 __all__ = ["MaildirStore"]
 
@@ -51,8 +55,11 @@ class MaildirStore:
         self.maildir = maildir
         self.index = index
         #: Where the file work of every Maildir it writes to is done (None: in the
-        #: commit batch's own thread); ended by ``aclose()``.
+        #: commit batch's own thread), and the index's rows (``Maildir.records``);
+        #: ended by ``aclose()``.
         self.commit_process = commit_process
+        self._records = None if index is None else RecordsInDatabase(
+            index.database, self._row_statements, record_error)
         self.host = socket.gethostname()
         self.description = "maildir" if index is None else f"sqlite:{index.path}"
 
@@ -62,6 +69,7 @@ class MaildirStore:
         # The records are written in the commit's own batch (Maildir.after_commit).
         target.after_commit = _write_sidecars if self.index is None else self._write_rows
         target.commit_process = self.commit_process
+        target.records = self._records
         writer = open_writer(target, save_hash)
         if isinstance(writer, HashedWriter) and self.index is not None:
             writer.recorded = self.index.holds
@@ -72,6 +80,11 @@ class MaildirStore:
             self.index.close()
         if self.commit_process is not None:
             await trio.to_thread.run_sync(self.commit_process.close)
+
+    def _row_statements(self, writer: MaildirWriter) -> list[Statement]:
+        """For the commit process: what records ``writer``'s message in the index."""
+        return row_statements(message_row(writer.record, host=self.host, file=writer.name,
+                                          body=None))
 
     def _write_rows(self, writers: list[MaildirWriter]) -> list[OSError | None]:
         """In the commit batch's worker thread: each message's row, in one transaction;

@@ -9,11 +9,12 @@ in the kernel's hands), and a power cut can lose the rows of the last moments be
 never a message and never the consistency of the database. The 250 waits for the
 message's fsyncs, not for one of the index's own (issue 22; benchmarks/README.md).
 
-Written a batch at a time, in one transaction, by the Maildir's commit batch that made
-their messages durable (``MaildirStore``, ``Maildir.after_commit``). If that transaction
-fails for what may be one row's fault (a constraint), each row is written again in a
-transaction of its own, so that only the faulty row's message is refused, never its
-neighbours'. Several processes
+Written a batch at a time, in one transaction, once the Maildir's commit batch has made
+their messages durable: by the commit process that did the batch's files, or else in
+the batch's worker thread (``MaildirStore``; ``Maildir.records``, ``after_commit``).
+If that transaction fails for what may be one row's fault (a constraint), each row is
+written again in a transaction of its own, so that only the faulty row's message is
+refused, never its neighbours' (``write_records``). Several processes
 (``--workers``) share the file: SQLite lets one write at a time, and each waits for the
 others (``busy_timeout``) rather than fail.
 """
@@ -26,7 +27,8 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .base import StoreError, indexing_failed, unavailable
+from ..._commitprocess import Database, RecordError, Statement, write_records
+from .base import StoreError, unavailable
 from .schema import (
     CREATE_BOOKKEEPING,
     LISTING_COLUMNS,
@@ -37,17 +39,21 @@ from .schema import (
     statements,
 )
 
-__all__ = ["INDEX_NAME", "SqliteIndex", "connect_readonly"]
+__all__ = ["INDEX_NAME", "SqliteIndex", "connect_readonly", "record_error", "row_statements"]
 
 INDEX_NAME = "index.sqlite3"
 _SQLITE_FULL = 13
 
+#: Run by each new connection that writes (this process's, and the commit process's).
+_SETUP = ("PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON")
+_NAME = MESSAGE_COLUMNS.index("name")
+_MESSAGE_ID = "(SELECT id FROM messages WHERE name = ?)"
 _INSERT_MESSAGE = (f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) "
                    f"VALUES ({', '.join('?' for _ in MESSAGE_COLUMNS)})")
 _INSERT_RECIPIENT = (f"INSERT INTO recipients ({', '.join(RECIPIENT_COLUMNS)}) "
-                     "VALUES (?, ?, ?, ?)")
+                     f"VALUES ({_MESSAGE_ID}, ?, ?, ?)")
 _INSERT_LISTING = (f"INSERT INTO listings ({', '.join(LISTING_COLUMNS)}) "
-                   "VALUES (?, ?, ?, ?, ?, ?)")
+                   f"VALUES ({_MESSAGE_ID}, ?, ?, ?, ?, ?)")
 
 
 class SqliteIndex:
@@ -68,8 +74,8 @@ class SqliteIndex:
             connection = sqlite3.connect(self.path, timeout=self._busy_timeout,
                                          isolation_level=None, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute("PRAGMA foreign_keys=ON")
+            for statement in _SETUP:
+                connection.execute(statement)
             migrate(connection)
         except sqlite3.Error as exc:
             raise _error(exc) from None
@@ -96,50 +102,42 @@ class SqliteIndex:
                 raise _error(exc) from None
         return found is not None
 
+    @property
+    def database(self) -> Database:
+        """The file and connection settings, for a connection of another process's
+        (the commit process writes the rows of the messages it commits)."""
+        return Database(str(self.path), _SETUP, self._busy_timeout)
+
     def write(self, rows: list[Row]) -> list[OSError | None]:
         """Commit ``rows``; for each, None or the StoreError that refused it (in a worker
-        thread: it blocks).
-
-        One transaction for them all; if it fails, a row could be the cause (a
-        constraint, a value that cannot be stored), and one row's fault must not refuse
-        the other clients' messages: each row is tried again in its own transaction, so
-        only the faulty one fails. An OperationalError is the database's, not a row's
-        (busy past busy_timeout, full, an I/O error): every row would meet it again,
-        after as long a wait, so the batch shares it."""
+        thread: it blocks). One transaction for them all, unless one row's fault
+        refuses it: then each row alone (``write_records``)."""
         with self._using:
-            try:
-                self._write(rows)
-                return [None] * len(rows)
-            except Exception as exc:
-                if len(rows) == 1 or not _a_row_could_cause(exc):
-                    return [_store_error(exc)] * len(rows)
-            return [self._write_alone(row) for row in rows]
+            connection = self._connection
+            if connection is None:
+                return [unavailable("the index is closed")] * len(rows)
+            written = write_records(connection, [row_statements(row) for row in rows])
+        return [None if error is None else record_error(error) for error in written]
 
-    def _write_alone(self, row: Row) -> OSError | None:
-        try:
-            self._write([row])
-        except Exception as exc:
-            return _store_error(exc)
-        return None
 
-    def _write(self, rows: list[Row]) -> None:
-        connection = self._connection
-        if connection is None:
-            raise unavailable("the index is closed")
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            for row in rows:
-                message_id = connection.execute(_INSERT_MESSAGE, row.message).lastrowid
-                connection.executemany(_INSERT_RECIPIENT,
-                                       [(message_id, *r) for r in row.recipients])
-                if row.listings:
-                    connection.executemany(_INSERT_LISTING,
-                                           [(message_id, *x) for x in row.listings])
-            connection.execute("COMMIT")
-        except BaseException:
-            with suppress(sqlite3.Error):
-                connection.execute("ROLLBACK")
-            raise
+def row_statements(row: Row) -> list[Statement]:
+    """The statements that record ``row``: its recipients and listings find their
+    message by its name, which is unique (so one transaction can hold many rows)."""
+    name = row.message[_NAME]
+    found = [(_INSERT_MESSAGE, [row.message])]
+    if row.recipients:
+        found.append((_INSERT_RECIPIENT, [(name, *r) for r in row.recipients]))
+    if row.listings:
+        found.append((_INSERT_LISTING, [(name, *x) for x in row.listings]))
+    return found
+
+
+def record_error(error: RecordError) -> StoreError:
+    """The StoreError for a row that was not written."""
+    if error.database:
+        return unavailable(f"the SQLite index: {error.text}",
+                           full=error.code is not None and error.code & 0xFF == _SQLITE_FULL)
+    return unavailable(f"indexing the message failed: {error.text}")
 
 
 def migrate(connection: sqlite3.Connection) -> None:
@@ -168,21 +166,5 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
 
 
-def _a_row_could_cause(exc: BaseException) -> bool:
-    """Whether ``exc`` may be one row's fault rather than the database's or the
-    process's (a closed index, a cancellation, KeyboardInterrupt)."""
-    return (isinstance(exc, Exception) and not isinstance(exc, StoreError)
-            and not isinstance(exc, sqlite3.OperationalError))
-
-
-def _store_error(exc: Exception) -> StoreError:
-    if isinstance(exc, StoreError):
-        return exc
-    if isinstance(exc, sqlite3.Error):
-        return _error(exc)
-    return indexing_failed(exc)
-
-
 def _error(exc: sqlite3.Error) -> StoreError:
-    full = getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL
-    return unavailable(f"the SQLite index: {exc}", full=full)
+    return record_error(RecordError(getattr(exc, "sqlite_errorcode", None), str(exc), True))
