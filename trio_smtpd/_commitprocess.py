@@ -7,9 +7,10 @@ into ``new/``, fsyncs ``new/`` once, then writes the records that go with the fi
 (rows of an SQLite database, if the batch has any: ``write_records``, which the
 server's process also uses when it writes them itself), and answers with each
 message's outcome and the fsyncs' durations. In the server's process, the thread of
-the batch only waits for that answer. Done there, the same work was a dozen trips out of the GIL and back for
-each message, each one waiting for the event loop's thread to let go of it: the commit
-thread and the event loop slowed each other down (benchmarks/README.md, "Round 5").
+the batch only waits for that answer. Done there, the same work was a dozen trips out
+of the GIL and back for each message, each one waiting for the event loop's thread to
+let go of it: the commit thread and the event loop slowed each other down
+(benchmarks/README.md, "Round 5").
 
 The helper runs this file as a script, with the standard library alone: ``python -I``
 puts neither the package nor anything from the environment on its path. It ignores

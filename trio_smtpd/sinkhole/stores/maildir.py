@@ -66,7 +66,8 @@ class MaildirStore:
     def open(self, maildir: Maildir | None = None, save_hash: str | None = None
              ) -> MessageWriter:
         target = maildir or self.maildir
-        # The records are written in the commit's own batch (Maildir.after_commit).
+        # The records are written in the commit's own batch: by the commit process
+        # (Maildir.records), or else in the batch's thread (Maildir.after_commit).
         target.after_commit = _write_sidecars if self.index is None else self._write_rows
         target.commit_process = self.commit_process
         target.records = self._records
