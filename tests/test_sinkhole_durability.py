@@ -67,6 +67,23 @@ def test_the_commit_process_ends_with_the_sinkhole(sinkhole_factory: Factory,
     assert not wait_gone({helper}, 10)
 
 
+def test_a_commit_process_killed_between_messages_is_replaced(
+        sinkhole_factory: Factory) -> None:
+    # (An administrator's kill, the OOM killer: the next message must not pay for it.)
+    sinkhole = sinkhole_factory()
+    with smtplib.SMTP("127.0.0.1", sinkhole.port, timeout=10) as client:
+        client.sendmail("a@example.org", ["b@example.net"], message("one"))
+        [helper] = commit_helpers(sinkhole.process.pid)
+        os.kill(helper, signal.SIGKILL)
+        assert not wait_gone({helper}, 10)
+        client.sendmail("a@example.org", ["b@example.net"], message("two"))
+    assert len(sinkhole.stored()) == 2
+    assert [e["outcome"] for e in sinkhole.events("message")] == ["accepted"] * 2
+    assert commit_helpers(sinkhole.process.pid) not in ([], [helper])
+    with sqlite3.connect(sinkhole.maildir / "index.sqlite3") as connection:
+        assert connection.execute("SELECT count(*) FROM messages").fetchone() == (2,)
+
+
 def sigkill_under_load(sinkhole_factory: Factory, spec: str, store: str) -> None:
     sinkhole = sinkhole_factory("--store", spec)
     acknowledged: list[str] = []
