@@ -37,7 +37,7 @@ import time
 from typing import Any, NamedTuple
 
 __all__ = ["CommitProcess", "Database", "FileCommit", "FileOutcome", "RecordError", "Records",
-           "Statement", "Unavailable", "write_records"]
+           "Statement", "Unavailable", "fsync_directory", "write_all", "write_records"]
 
 #: Descriptors in one request: below the kernel's limit for one message (253).
 MAX_FDS = 200
@@ -279,10 +279,11 @@ def commit_files(new_directory: str, files: list[FileCommit]
             _attempt([None], 0, os.unlink, f.tmp)  # (it may never have been made)
     directory = None
     if any(error is None for error in errors):
+        failed: list[tuple[int, str] | None] = [None]
         started = time.monotonic()
-        failed = _fsync_directory(new_directory)
+        _attempt(failed, 0, fsync_directory, new_directory)
         directory = time.monotonic() - started
-        errors = [failed if error is None else error for error in errors]
+        errors = [failed[0] if error is None else error for error in errors]
     return [(error, fsync, directory) for error, fsync in zip(errors, fsyncs, strict=True)]
 
 
@@ -291,11 +292,9 @@ def _write_out(f: FileCommit, errors: list[tuple[int, str] | None], i: int) -> i
     try:
         if fd is None:
             fd = os.open(f.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        view = memoryview(f.data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, f.data)
     except OSError as exc:
-        errors[i] = (exc.errno or errno.EIO, exc.strerror or str(exc))
+        errors[i] = _reason(exc)
         if fd is not None:
             os.close(fd)
         return None
@@ -311,24 +310,32 @@ def _fsync(fd: int, errors: list[tuple[int, str] | None], i: int) -> float | Non
     return time.monotonic() - started if errors[i] is None else None
 
 
-def _fsync_directory(path: str) -> tuple[int, str] | None:
-    errors: list[tuple[int, str] | None] = [None]
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        return (exc.errno or errno.EIO, exc.strerror or str(exc))
-    try:
-        _attempt(errors, 0, os.fsync, fd)
-    finally:
-        os.close(fd)
-    return errors[0]
-
-
 def _attempt(errors: list[tuple[int, str] | None], i: int, call: Any, *args: Any) -> None:
     try:
         call(*args)
     except OSError as exc:
-        errors[i] = (exc.errno or errno.EIO, exc.strerror or str(exc))
+        errors[i] = _reason(exc)
+
+
+def _reason(exc: OSError) -> tuple[int, str]:
+    """An OSError as the server's end rebuilds it (``OSError(*reason)``)."""
+    return (exc.errno or errno.EIO, exc.strerror or str(exc))
+
+
+# Both ends: the helper, and Maildir when it commits in its batch's own thread.
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_records(connection: sqlite3.Connection, groups: list[list[Statement]]

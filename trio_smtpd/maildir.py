@@ -58,7 +58,9 @@ from ._commitprocess import (
     Records,
     Statement,
     Unavailable,
+    write_all,
 )
+from ._commitprocess import fsync_directory as _fsync_directory  # (tests replace it)
 from ._groupcommit import GroupCommit
 
 __all__ = ["CommitProcess", "Maildir", "MaildirWriter", "RecordsInDatabase"]
@@ -337,7 +339,7 @@ class MaildirWriter:
         data = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
-        _write_all(self._fd, data)
+        write_all(self._fd, data)
 
     def _prepend_to_file(self, data: bytes) -> None:
         self._flush()
@@ -345,7 +347,7 @@ class MaildirWriter:
         front = self._tmp.with_name(self._tmp.name + ".prepend")
         fd = os.open(front, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             source = os.open(self._tmp, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 _copy(source, fd)
@@ -402,12 +404,6 @@ class MaildirWriter:
         self._tmp.unlink(missing_ok=True)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def _copy(source: int, target: int) -> None:
     """All of ``source`` onto the end of ``target``, inside the kernel where it can."""
     copy_range = getattr(os, "copy_file_range", None)
@@ -420,12 +416,4 @@ def _copy(source: int, target: int) -> None:
                 raise
             copy_range = None  # a file system that cannot: copy below from where it got
     while block := os.read(source, 1 << 20):
-        _write_all(target, block)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_all(target, block)
