@@ -41,7 +41,7 @@ from ...maildir import CommitProcess, Maildir, MaildirWriter, RecordsInDatabase
 from ..hashstore import HashedWriter, open_writer
 from ..records import write_sidecar
 from .base import MessageWriter, indexing_failed
-from .schema import message_row
+from .schema import Row, message_row
 from .sqlite import SqliteIndex, record_error, row_statements
 
 __all__ = ["MaildirStore"]
@@ -82,18 +82,20 @@ class MaildirStore:
         if self.commit_process is not None:
             await trio.to_thread.run_sync(self.commit_process.close)
 
+    def _row(self, writer: MaildirWriter) -> Row:
+        """``writer``'s message as the index records it."""
+        return message_row(writer.record, host=self.host, file=writer.name, body=None)
+
     def _row_statements(self, writer: MaildirWriter) -> list[Statement]:
         """For the commit process: what records ``writer``'s message in the index."""
-        return row_statements(message_row(writer.record, host=self.host, file=writer.name,
-                                          body=None))
+        return row_statements(self._row(writer))
 
     def _write_rows(self, writers: list[MaildirWriter]) -> list[OSError | None]:
         """In the commit batch's worker thread: each message's row, in one transaction;
         a message whose row is refused is taken back out of ``new/``."""
         assert self.index is not None
         try:
-            errors = self.index.write([message_row(w.record, host=self.host, file=w.name,
-                                                   body=None) for w in writers])
+            errors = self.index.write([self._row(w) for w in writers])
         except Exception as exc:  # (a record that makes no row: a bug, never a 250)
             errors = [indexing_failed(exc)] * len(writers)
         for writer, error in zip(writers, errors, strict=True):
